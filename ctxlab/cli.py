@@ -1,0 +1,240 @@
+"""The command line: a thin layer over scenario, runner, report and render.
+
+Importing this module must stay cheap and framework-free: `ctxlab list` and
+`ctxlab --help` never import Starlette, FastAPI, httpx or uvicorn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ctxlab import __version__
+from ctxlab.scenario import ScenarioError, catalog, suggest
+
+EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
+3 a scenario crashed or timed out; 5 nothing selected."""
+
+app = typer.Typer(
+    help=f"Reproduce and observe the ways a ContextVar is lost or leaks in ASGI apps.\n\n{EXIT_CODES}",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+class UsageError(Exception):
+    """Bad input: one line on stderr, exit 2."""
+
+
+class Server(str, Enum):
+    asgi = "asgi"
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _version_callback(value: bool) -> None:
+    if not value:
+        return
+    from ctxlab.report import environment
+
+    env = environment()
+    packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items())
+    typer.echo(f"ctxlab {__version__} (Python {env['python']}; {packages})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Tool and framework versions."),
+    ] = None,
+) -> None:
+    pass
+
+
+def _entries():
+    try:
+        return catalog()
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_tags(tags: list[str], entries) -> None:
+    known = sorted({tag for entry in entries for tag in entry.tags})
+    for tag in tags:
+        if tag not in known:
+            raise UsageError(f"unknown tag {tag!r}; known tags: {', '.join(known)}")
+
+
+def select(names: list[str], all_: bool, tags: list[str]):
+    """The catalog entries a command line asks for, in the order asked."""
+    entries = _entries()
+    if names and all_:
+        raise UsageError("give scenario names or --all, not both")
+    if not (names or all_ or tags):
+        raise UsageError("name a scenario, or use --all or --tag (see 'ctxlab list')")
+    for name in names:
+        if name not in entries:
+            raise UsageError(f"unknown scenario {name!r}{suggest(name, entries)}")
+    _check_tags(tags, entries.values())
+    chosen = [entries[name] for name in dict.fromkeys(names)] if names else list(entries.values())
+    return [entry for entry in chosen if not tags or set(tags) & set(entry.tags)]
+
+
+def _writable(path: Optional[Path]) -> None:
+    """Refuse an output path before the run, not after it."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write all of `text` or leave `path` as it was."""
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def execute(entries, server: str, spec_version: Optional[str], progress=None):
+    """Run the entries one by one; Ctrl-C keeps what has finished."""
+    from ctxlab import report, runner
+    from ctxlab.scenario import load
+
+    results = report.Report([], server=server, spec_version=spec_version)
+    try:
+        for entry in entries:
+            if server not in entry.servers:
+                outcome = report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}")
+            else:
+                try:
+                    scenario = load(entry)
+                except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
+                    outcome = report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}")
+                else:
+                    outcome = report.compare(scenario, runner.run(scenario, server, spec_version), server, spec_version)
+            results.scenarios.append(outcome)
+            if progress:
+                progress(outcome, entry)
+    except KeyboardInterrupt:
+        results.interrupted = True
+    return results
+
+
+@app.command("list")
+def list_(
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Only scenarios with this tag.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+) -> int:
+    """The catalog: name, tags, one-line summary."""
+    entries = list(_entries().values())
+    if tag:
+        _check_tags(tag, entries)
+        entries = [e for e in entries if set(tag) & set(e.tags)]
+    if as_json:
+        rows = [{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)} for e in entries]
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        from ctxlab import render
+
+        render.catalog(entries, _console())
+    return 0
+
+
+SPEC_VERSION = re.compile(r"^\d+\.\d+$")
+
+
+@app.command()
+def run(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every scenario.")] = False,
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Scenarios with this tag.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
+    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    spec_version: Annotated[
+        Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the JSON report here.")] = None,
+) -> int:
+    """Run scenarios and compare what each probe saw with what is expected."""
+    if spec_version is not None and not SPEC_VERSION.match(spec_version):
+        raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
+    entries = select(names or [], all_, tag or [])
+    _writable(output)
+    if not entries:
+        _console(stderr=True).print("nothing selected: no scenario has all of that")
+        return 5
+    from ctxlab import render
+
+    console = _console()
+    started = time.perf_counter()
+    show = None if as_json else (lambda outcome, entry: render.scenario_report(outcome, entry.summary, console))
+    results = execute(entries, server.value, spec_version, show)
+    document = json.dumps(results.to_json(), indent=2)
+    if output is not None:
+        write_atomically(output, document + "\n")
+    if as_json:
+        typer.echo(document)
+    else:
+        console.print(render.summary_line(results, time.perf_counter() - started))
+    return results.exit_code
+
+
+@app.command()
+def explain(name: Annotated[str, typer.Argument(help="A scenario name.")]) -> int:
+    """The story of one scenario: onion, task tree, why, the fix, the source."""
+    entry = select([name], False, [])[0]
+    from ctxlab import render, report, runner
+    from ctxlab.scenario import load
+
+    scenario = load(entry)
+    result = report.compare(scenario, runner.run(scenario), "asgi", None)
+    render.explain(scenario, result, entry.path.read_text(encoding="utf-8"), _console())
+    return 0
+
+
+def _is_click_error(exc: Exception) -> bool:
+    # Typer may bring its own copy of click, so match the interface.
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        print(f"ctxlab: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        if not _is_click_error(exc):
+            raise
+        if type(exc).__name__ == "Abort":
+            code = 130
+        else:
+            print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
+            code = exc.exit_code
+    sys.exit(code or 0)

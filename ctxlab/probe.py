@@ -1,0 +1,213 @@
+"""The recorder: who saw which value of which variable, and where.
+
+A probe call records, per variable, the value seen (or that it was unset),
+with the task, context and thread it ran in and the request it belongs to.
+Everything here is careful not to disturb what it measures: the recorder's
+own bookkeeping lives in private ContextVars that no scenario reads, and the
+task factory creates exactly the task asyncio would have created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import json
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+UNSET = "<unset>"  # how an unset variable (LookupError) is reported
+NOT_REACHED = "<not reached>"  # an expected probe that never ran
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def raised(exc_type: str, message: str) -> dict[str, str]:
+    """The report form of an exception seen at a probe."""
+    return {"raised": exc_type, "message": message}
+
+
+def jsonable(value: Any) -> Any:
+    """A value as the report shows it: JSON when it can be, else its repr.
+
+    Memory addresses are dropped so that two runs can be compared.
+    """
+    if isinstance(value, BaseException):
+        return raised(type(value).__name__, _ADDRESS.sub("", str(value)))
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return _ADDRESS.sub("", repr(value))
+
+
+class _Mark:
+    """Stored in a context to recognise that context object later.
+
+    There is no API for "the current Context object", so each context we
+    meet gets a mark in a private variable.  A copy inherits the mark, so a
+    mark also names its owner (the task or thread that runs in the marked
+    context): a probe that finds a mark owned by someone else is running in
+    a copy, and marks that copy anew, remembering where it was copied from.
+    """
+
+    __slots__ = ("owner", "parent", "order")
+    _counter = itertools.count()
+
+    def __init__(self, owner: Any, parent: _Mark | None) -> None:
+        self.owner = owner
+        self.parent = parent
+        self.order = next(self._counter)
+
+
+_context_mark: contextvars.ContextVar[_Mark] = contextvars.ContextVar("ctxlab.context")
+_request_number: contextvars.ContextVar[int] = contextvars.ContextVar("ctxlab.request")
+
+
+@dataclass
+class TaskInfo:
+    order: int
+    parent: asyncio.Task | None
+    name: str
+
+
+@dataclass
+class Record:
+    seq: int
+    request: int | None
+    probe: str
+    var: str
+    value: Any  # already jsonable
+    task: asyncio.Task | None
+    context: _Mark
+    thread: str
+
+
+@dataclass
+class Recorder:
+    """Collects the records of one scenario run (one event loop)."""
+
+    records: list[Record] = field(default_factory=list)
+    tasks: dict[asyncio.Task, TaskInfo] = field(default_factory=dict)
+    in_flight: set[int] = field(default_factory=set)
+    on_record: Callable[[Record], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _order: Iterator[int] = field(default_factory=itertools.count)
+    _root: asyncio.Task | None = None
+
+    # -- task tracking ---------------------------------------------------
+    def task_factory(self, loop, coro, *, context=None, **kwargs):
+        """Create the task asyncio would, remembering its parent and context."""
+        if context is None:
+            context = contextvars.copy_context()
+        parent = asyncio.current_task(loop)
+        mark = _Mark(owner=None, parent=context.get(_context_mark))
+        try:
+            context.run(_context_mark.set, mark)
+        except RuntimeError:  # that context is running right now elsewhere
+            mark = None
+        if sys.version_info >= (3, 11):
+            task = asyncio.Task(coro, loop=loop, context=context, **kwargs)
+        else:  # 3.10 tasks copy the current context: make it ours first
+            task = context.run(asyncio.Task, coro, loop=loop, **kwargs)
+        if mark is not None:
+            mark.owner = task
+        if parent is self._root:
+            parent = None
+        self.tasks[task] = TaskInfo(next(self._order), parent, task.get_name())
+        return task
+
+    def set_root(self, task: asyncio.Task | None) -> None:
+        """The runner's own task: requests it starts count as parentless."""
+        self._root = task
+        self.tasks.pop(task, None)
+
+    # -- recording -------------------------------------------------------
+    def where(self) -> tuple[asyncio.Task | None, _Mark, int | None]:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a worker thread: no event loop here
+            task = None
+        owner = task if task is not None else threading.current_thread()
+        mark = _context_mark.get(None)
+        if mark is None or mark.owner is not owner:
+            mark = _Mark(owner=owner, parent=mark)
+            _context_mark.set(mark)
+        request = _request_number.get(None)
+        if request is None and task is None and len(self.in_flight) == 1:
+            # A pool thread running in its own context cannot say whom it
+            # works for; while only one request is in flight it is that one.
+            (request,) = self.in_flight
+        return task, mark, request
+
+    def add(self, probe: str, var: str, value: Any, where) -> None:
+        task, mark, request = where
+        thread = threading.current_thread().name
+        with self._lock:
+            record = Record(len(self.records) + 1, request, probe, var, jsonable(value), task, mark, thread)
+            self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+
+_active: Recorder | None = None
+
+
+def activate(recorder: Recorder | None) -> Recorder | None:
+    """Make `recorder` the one probes write to; returns the previous one."""
+    global _active
+    previous, _active = _active, recorder
+    return previous
+
+
+def probe(label: str, *variables: contextvars.ContextVar) -> None:
+    """Record what each variable holds here (unset when it has no value)."""
+    recorder = _active
+    if recorder is None:
+        return
+    where = recorder.where()
+    for var in variables:
+        try:
+            value = var.get()
+        except LookupError:
+            value = UNSET
+        recorder.add(label, var.name, value, where)
+
+
+def note(label: str, name: str, value: Any) -> None:
+    """Record a computed value (a count, a log line) under `name`."""
+    recorder = _active
+    if recorder is not None:
+        recorder.add(label, name, value, recorder.where())
+
+
+def attempt(label: str, name: str, action: Callable[[], Any]) -> Any:
+    """Run `action` and record its result, or the exception it raised.
+
+    The exception is recorded, not propagated: seeing it is the point.
+    """
+    try:
+        result = action()
+    except Exception as exc:  # noqa: BLE001 - any exception is an observation
+        note(label, name, exc)
+        return None
+    note(label, name, result)
+    return result
+
+
+def start_request(number: int) -> contextvars.Token:
+    """Called by the runner's outermost layer as a request enters the app."""
+    if _active is not None:
+        _active.in_flight.add(number)
+    return _request_number.set(number)
+
+
+def end_request(number: int, token: contextvars.Token) -> None:
+    if _active is not None:
+        _active.in_flight.discard(number)
+    try:
+        _request_number.reset(token)
+    except ValueError:  # the app switched contexts under us; nothing to undo
+        pass

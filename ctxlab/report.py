@@ -1,0 +1,176 @@
+"""Compare what was observed with what was expected; the JSON report."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ctxlab import __version__
+from ctxlab.probe import NOT_REACHED, jsonable
+from ctxlab.scenario import Env, Scenario, ScenarioError, package_version
+
+SCHEMA_VERSION = 1
+PACKAGES = ("starlette", "fastapi", "anyio", "httpx", "uvicorn")
+STATUSES = ("pass", "drift", "error", "skipped")
+
+
+@dataclass
+class Observation:
+    seq: int | None
+    request: int | None
+    probe: str
+    var: str
+    observed: Any
+    expected: Any
+    naive: Any
+    match: bool
+    task: str | None
+    parent_task: str | None
+    context: str | None
+    thread: str | None
+    # For the task tree in `explain`; not part of the JSON contract.
+    parent_context: str | None = field(default=None, repr=False)
+
+    @property
+    def pitfall(self) -> bool:
+        return self.naive != self.expected
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["parent_context"]
+        return data
+
+
+@dataclass
+class ScenarioReport:
+    name: str
+    status: str
+    duration_ms: float = 0.0
+    error: str | None = None
+    onion: list[str] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+
+    @property
+    def drifted(self) -> list[Observation]:
+        return [o for o in self.observations if not o.match]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "duration_ms": round(self.duration_ms, 1),
+            "error": self.error,
+            "onion": self.onion,
+            "observations": [o.to_json() for o in self.observations],
+        }
+
+
+def _labels(items, order, prefix: str) -> dict[Any, str]:
+    return {item: f"{prefix}{n}" for n, item in enumerate(sorted(items, key=order), 1)}
+
+
+def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> ScenarioReport:
+    """Label tasks and contexts, and set each observation against its expectation."""
+    tasks, marks = set(), set()
+    for record in run.records:
+        task, mark = record.task, record.context
+        while task is not None and task not in tasks:
+            tasks.add(task)
+            task = run.tasks[task].parent if task in run.tasks else None
+        while mark is not None and mark not in marks:
+            marks.add(mark)
+            mark = mark.parent
+    unknown = float("inf")  # a task the factory never saw sorts last
+    task_label = _labels(tasks, lambda t: run.tasks[t].order if t in run.tasks else unknown, "T")
+    context_label = _labels(marks, lambda m: m.order, "C")
+    task_label[None] = context_label[None] = None
+
+    report = ScenarioReport(scenario.name, "pass", run.duration_ms, run.error, run.onion)
+    seen = set()
+    try:
+        for record in run.records:
+            env = Env(server, spec_version, record.request)
+            if record.var not in scenario.expect.get(record.probe, {}):
+                raise ScenarioError(f"probe {record.probe!r} saw {record.var!r}, which the scenario does not expect")
+            seen.add((record.probe, record.var))
+            expected = jsonable(scenario.expected(record.probe, record.var, env))
+            info = run.tasks.get(record.task)
+            report.observations.append(
+                Observation(
+                    record.seq, record.request, record.probe, record.var, record.value, expected,
+                    jsonable(scenario.naive_value(record.probe, record.var, env)),
+                    record.value == expected, task_label[record.task],
+                    task_label[info.parent if info else None], context_label[record.context],
+                    record.thread, context_label[record.context.parent],
+                )
+            )  # fmt: skip
+        if run.error is None:
+            env = Env(server, spec_version, None)
+            for probe, variables in scenario.expect.items():
+                for var in variables:
+                    if (probe, var) not in seen:
+                        expected = jsonable(scenario.expected(probe, var, env))
+                        naive = jsonable(scenario.naive_value(probe, var, env))
+                        report.observations.append(
+                            Observation(None, None, probe, var, NOT_REACHED, expected, naive, False, *[None] * 4)
+                        )
+    except ScenarioError as exc:
+        report.error = f"scenario definition: {exc}"
+    if report.error:
+        report.status = "error"
+    elif report.drifted:
+        report.status = "drift"
+    return report
+
+
+def skipped(name: str, reason: str) -> ScenarioReport:
+    return ScenarioReport(name, "skipped", error=reason)
+
+
+def environment() -> dict[str, Any]:
+    return {"python": platform.python_version(), "packages": {p: package_version(p) for p in PACKAGES}}
+
+
+@dataclass
+class Report:
+    scenarios: list[ScenarioReport]
+    server: str = "asgi"
+    spec_version: str | None = None
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(s.status == status for s in self.scenarios)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return {
+            "total": len(self.scenarios),
+            "passed": self.count("pass"),
+            "drifted": self.count("drift"),
+            "errors": self.count("error"),
+            "skipped": self.count("skipped"),
+        }
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        if self.count("error"):
+            return 3
+        if self.count("drift"):
+            return 1
+        if not self.count("pass"):
+            return 5
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "ctxlab", "version": __version__},
+            "environment": environment(),
+            "server": self.server,
+            "spec_version": self.spec_version,
+            "scenarios": [s.to_json() for s in self.scenarios],
+            "summary": self.summary,
+        }

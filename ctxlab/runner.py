@@ -1,0 +1,93 @@
+"""Run one scenario on a fresh event loop and collect what the probes saw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+from ctxlab import servers
+from ctxlab.probe import Record, Recorder, TaskInfo, activate
+from ctxlab.scenario import Scenario
+
+
+@dataclass
+class Run:
+    """The raw outcome of running one scenario once."""
+
+    records: list[Record] = field(default_factory=list)
+    tasks: dict[asyncio.Task, TaskInfo] = field(default_factory=dict)
+    onion: list[str] = field(default_factory=list)
+    duration_ms: float = 0.0
+    error: str | None = None
+
+
+def onion(app) -> list[str]:
+    """The app's middleware, outermost first (Starlette keeps that order)."""
+    names = []
+    for middleware in getattr(app, "user_middleware", ()):
+        options = getattr(middleware, "kwargs", None) or getattr(middleware, "options", {})
+        dispatch = options.get("dispatch")
+        names.append(f"http:{dispatch.__name__}" if dispatch else middleware.cls.__name__)
+    return names
+
+
+def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None) -> Run:
+    result = Run()
+    recorder = Recorder()
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(recorder.task_factory)
+    previous = activate(recorder)
+    started = time.perf_counter()
+    try:
+        app = scenario.build()
+        result.onion = onion(app)
+        driving = _drive(scenario, servers.attribute_requests(app, spec_version), recorder)
+        loop.run_until_complete(asyncio.wait_for(driving, scenario.timeout))
+    except asyncio.TimeoutError:
+        result.error = f"timed out after {scenario.timeout:g}s"
+    except Exception as exc:  # noqa: BLE001 - a crashing scenario is a result
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        activate(previous)
+        _close(loop)
+    result.records, result.tasks = recorder.records, recorder.tasks
+    return result
+
+
+async def _drive(scenario: Scenario, app, recorder: Recorder) -> None:
+    recorder.set_root(asyncio.current_task())
+    loop = asyncio.get_running_loop()
+
+    def in_fresh_task(coro):
+        # What a server does: each request starts in a task of its own
+        # whose context holds nothing from anyone else.
+        return contextvars.Context().run(loop.create_task, coro)
+
+    async with servers.asgi_client(app) as client:
+        sendings = (servers.send(client, request, n) for n, request in enumerate(scenario.requests, 1))
+        if not scenario.task_per_request:
+            for sending in sendings:
+                await sending
+        elif scenario.concurrent:
+            await asyncio.gather(*map(in_fresh_task, sendings))
+        else:
+            for sending in sendings:
+                await in_fresh_task(sending)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the scenario left running and close its loop."""
+    try:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=1))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        # A hung worker thread must not hang ctxlab: wait a moment, no more.
+        loop.run_until_complete(asyncio.wait([loop.create_task(loop.shutdown_default_executor())], timeout=1))
+    finally:
+        loop.close()

@@ -1,0 +1,241 @@
+"""Scenarios: what they are, how expectations are written, where they live.
+
+A scenario is a function that builds an ASGI app, decorated with
+`@scenario(...)`.  Its name, tags and summary must be literals: `ctxlab list`
+reads them from the source with `ast`, without importing the module, so that
+listing never pays for (or depends on) importing a web framework.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+Servers = ("asgi", "uvicorn")
+
+
+class ScenarioError(Exception):
+    """A scenario cannot be found, loaded or is badly declared (exit 2)."""
+
+
+# -- requests -------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    method: str = "GET"
+    path: str = "/"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+# -- expectations -------------------------------------------------------------
+@dataclass(frozen=True)
+class Env:
+    """What an expectation may depend on."""
+
+    server: str
+    spec_version: str | None
+    request: int | None
+
+    def version(self, package: str) -> str:
+        return package_version(package)
+
+
+@cache
+def package_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class Varies:
+    """An expected value that depends on the environment of the run."""
+
+    def __init__(self, describe: str, choose: Callable[[Env], Any]) -> None:
+        self.describe = describe
+        self.choose = choose
+
+    def resolve(self, env: Env) -> Any:
+        return resolve(self.choose(env), env)
+
+    def __repr__(self) -> str:
+        return self.describe
+
+
+def resolve(value: Any, env: Env) -> Any:
+    return value.resolve(env) if isinstance(value, Varies) else value
+
+
+def by_version(package: str, cases: Mapping[str, Any]) -> Varies:
+    """`by_version("uvicorn", {"<0.45": a, ">=0.45": b})`."""
+    from packaging.specifiers import SpecifierSet  # only runs need it, not `list`
+
+    specs = [(SpecifierSet(spec), value) for spec, value in cases.items()]
+
+    def choose(env: Env) -> Any:
+        installed = env.version(package)
+        for spec, value in specs:
+            if spec.contains(installed, prereleases=True):
+                return value
+        raise ScenarioError(f"no expectation for {package} {installed} (cases: {', '.join(cases)})")
+
+    return Varies(f"{package} " + "; ".join(f"{s}: {v!r}" for s, v in cases.items()), choose)
+
+
+def by_server(**cases: Any) -> Varies:
+    """`by_server(asgi=a, uvicorn=b)`."""
+    return Varies("server " + "; ".join(f"{s}: {v!r}" for s, v in cases.items()), lambda env: cases[env.server])
+
+
+def per_request(*values: Any) -> Varies:
+    """The expected value for request 1, 2, ...; the last one repeats."""
+    return Varies(
+        "per request " + ", ".join(repr(v) for v in values),
+        lambda env: values[min(env.request or 1, len(values)) - 1],
+    )
+
+
+# -- the scenario ---------------------------------------------------------------
+Expectations = Mapping[str, Mapping[str, Any]]  # probe -> var -> value
+
+
+@dataclass
+class Scenario:
+    name: str
+    summary: str
+    build: Callable[[], Any]
+    expect: Expectations
+    naive: Expectations = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    requests: tuple[Request, ...] = (Request(),)
+    concurrent: bool = False
+    # False reproduces httpx.ASGITransport used bare: the app runs inline in
+    # the caller's task, so every request shares one context.
+    task_per_request: bool = True
+    servers: tuple[str, ...] = Servers
+    why: str = ""
+    fix: str = ""
+    source: Path | None = None
+    timeout: float = 10.0
+
+    def expected(self, probe: str, var: str, env: Env) -> Any:
+        return resolve(self.expect[probe][var], env)
+
+    def naive_value(self, probe: str, var: str, env: Env) -> Any:
+        if var in self.naive.get(probe, {}):
+            return resolve(self.naive[probe][var], env)
+        return self.expected(probe, var, env)
+
+
+_declared: list[Scenario] = []
+
+
+def scenario(name: str, *, summary: str, expect: Expectations, tags=(), **options: Any):
+    """Declare the decorated app factory as a scenario."""
+
+    def register(build: Callable[[], Any]) -> Callable[[], Any]:
+        _declared.append(
+            Scenario(name=name, summary=summary, build=build, expect=expect, tags=tuple(tags), **options)
+        )
+        return build
+
+    return register
+
+
+# -- discovery without importing --------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """What `ctxlab list` shows, read from the source."""
+
+    name: str
+    summary: str
+    tags: tuple[str, ...]
+    path: Path
+    servers: tuple[str, ...] = Servers
+
+
+def bundled_dir() -> Path:
+    package = Path(__file__).resolve().parent
+    installed = package / "scenarios"  # in a wheel the scenarios ride inside
+    return installed if installed.is_dir() else package.parent / "scenarios"
+
+
+def _literal(node: ast.expr, what: str, path: Path) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ScenarioError(f"{path.name}:{node.lineno}: the scenario's {what} must be a literal") from None
+
+
+def read_entries(path: Path) -> list[Entry]:
+    """The scenarios declared in one module, found by reading its source."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
+    entries = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "scenario"):
+            continue
+        if not node.args:
+            raise ScenarioError(f"{path.name}:{node.lineno}: @scenario needs the name first")
+        keywords = {k.arg: k.value for k in node.keywords}
+        fields = {
+            "name": _literal(node.args[0], "name", path),
+            "summary": _literal(keywords["summary"], "summary", path) if "summary" in keywords else "",
+            "tags": tuple(_literal(keywords["tags"], "tags", path)) if "tags" in keywords else (),
+        }
+        if "servers" in keywords:
+            fields["servers"] = tuple(_literal(keywords["servers"], "servers", path))
+        entries.append(Entry(path=path, **fields))
+    return entries
+
+
+def catalog(directory: Path | None = None) -> dict[str, Entry]:
+    directory = directory or bundled_dir()
+    found: dict[str, Entry] = {}
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        for entry in read_entries(path):
+            if entry.name in found:
+                raise ScenarioError(
+                    f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
+                )
+            found[entry.name] = entry
+    return found
+
+
+def suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else "; see 'ctxlab list'"
+
+
+# -- loading ---------------------------------------------------------------------
+_loaded: dict[Path, list[Scenario]] = {}
+
+
+def load(entry: Entry) -> Scenario:
+    """Import the entry's module (once) and return its Scenario."""
+    path = entry.path
+    if path not in _loaded:
+        module_name = f"ctxlab_scenario_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        start = len(_declared)
+        spec.loader.exec_module(module)
+        _loaded[path] = _declared[start:]
+        for declared in _loaded[path]:
+            declared.source = path
+    for declared in _loaded[path]:
+        if declared.name == entry.name:
+            return declared
+    raise ScenarioError(f"{path.name} lists {entry.name!r} but does not declare it with @scenario")
