@@ -67,9 +67,14 @@ def _root(
     pass
 
 
-def _entries():
+ScenariosOption = Annotated[
+    Optional[List[Path]], typer.Option("--scenarios", help="Also load scenarios from this directory.")
+]
+
+
+def _entries(directories=None):
     try:
-        return catalog()
+        return catalog(*(directories or []))
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
 
@@ -81,9 +86,9 @@ def _check_tags(tags: list[str], entries) -> None:
             raise UsageError(f"unknown tag {tag!r}; known tags: {', '.join(known)}")
 
 
-def select(names: list[str], all_: bool, tags: list[str]):
+def select(names: list[str], all_: bool, tags: list[str], directories=None):
     """The catalog entries a command line asks for, in the order asked."""
-    entries = _entries()
+    entries = _entries(directories)
     if names and all_:
         raise UsageError("give scenario names or --all, not both")
     if not (names or all_ or tags):
@@ -148,9 +153,10 @@ def execute(entries, server: str, spec_version: Optional[str], progress=None):
 def list_(
     tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Only scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    scenarios: ScenariosOption = None,
 ) -> int:
     """The catalog: name, tags, one-line summary."""
-    entries = list(_entries().values())
+    entries = list(_entries(scenarios).values())
     if tag:
         _check_tags(tag, entries)
         entries = [e for e in entries if set(tag) & set(e.tags)]
@@ -178,11 +184,12 @@ def run(
         Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the JSON report here.")] = None,
+    scenarios: ScenariosOption = None,
 ) -> int:
     """Run scenarios and compare what each probe saw with what is expected."""
     if spec_version is not None and not SPEC_VERSION.match(spec_version):
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
-    entries = select(names or [], all_, tag or [])
+    entries = select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:
         _console(stderr=True).print("nothing selected: no scenario has all of that")
@@ -204,9 +211,9 @@ def run(
 
 
 @app.command()
-def explain(name: Annotated[str, typer.Argument(help="A scenario name.")]) -> int:
+def explain(name: Annotated[str, typer.Argument(help="A scenario name.")], scenarios: ScenariosOption = None) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
-    entry = select([name], False, [])[0]
+    entry = select([name], False, [], scenarios)[0]
     from ctxlab import render, report, runner
     from ctxlab.scenario import load
 

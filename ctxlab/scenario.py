@@ -198,9 +198,17 @@ def read_entries(path: Path) -> list[Entry]:
     return entries
 
 
-def catalog(directory: Path | None = None) -> dict[str, Entry]:
-    directory = directory or bundled_dir()
+def catalog(*extra: Path) -> dict[str, Entry]:
+    """Bundled scenarios, then those in `extra` directories; names are unique."""
     found: dict[str, Entry] = {}
+    for directory in (bundled_dir(), *extra):
+        if not directory.is_dir():
+            raise ScenarioError(f"scenario directory {directory} does not exist")
+        _collect(directory, found)
+    return found
+
+
+def _collect(directory: Path, found: dict[str, Entry]) -> None:
     for path in sorted(directory.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -210,7 +218,6 @@ def catalog(directory: Path | None = None) -> dict[str, Entry]:
                     f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
                 )
             found[entry.name] = entry
-    return found
 
 
 def suggest(name: str, known) -> str:

@@ -1,0 +1,175 @@
+"""The CLI end to end, in subprocesses: exit codes, JSON, files, errors."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ctxlab, ctxlab_json
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OBSERVATION_KEYS = [
+    "seq", "request", "probe", "var", "observed", "expected", "naive", "match",
+    "task", "parent_task", "context", "thread",
+]  # fmt: skip
+
+
+def observed_at(document, scenario, probe):
+    (result,) = [s for s in document["scenarios"] if s["name"] == scenario]
+    return [o["observed"] for o in result["observations"] if o["probe"] == probe]
+
+
+def test_run_bad_then_shiny_json_matches_the_contract():
+    code, document, _ = ctxlab_json("run", "bad-then-shiny")
+    assert code == 0
+    assert list(document) == ["schema_version", "tool", "environment", "server", "spec_version", "scenarios", "summary"]
+    assert document["schema_version"] == 1
+    assert document["tool"]["name"] == "ctxlab"
+    assert set(document["environment"]["packages"]) == {"starlette", "fastapi", "anyio", "httpx", "uvicorn"}
+    assert (document["server"], document["spec_version"]) == ("asgi", None)
+    (scenario,) = document["scenarios"]
+    assert list(scenario) == ["name", "status", "duration_ms", "error", "onion", "observations"]
+    assert scenario["status"] == "pass" and scenario["onion"] == ["ShinyMiddleware", "BadMiddleware"]
+    for observation in scenario["observations"]:
+        assert list(observation) == OBSERVATION_KEYS
+    assert observed_at(document, "bad-then-shiny", "bad.after") == [None]
+    assert observed_at(document, "bad-then-shiny", "shiny.after") == [None]
+    assert document["summary"] == {"total": 1, "passed": 1, "drifted": 0, "errors": 0, "skipped": 0}
+
+
+def test_shiny_then_bad_shows_the_value_only_inside():
+    code, document, _ = ctxlab_json("run", "shiny-then-bad")
+    assert code == 0
+    assert observed_at(document, "shiny-then-bad", "shiny.after") == [{"random_int": 42}]
+    assert observed_at(document, "shiny-then-bad", "bad.after") == [None]
+
+
+def test_table_output_has_onion_rows_and_summary():
+    code, out, err = ctxlab("run", "bad-then-shiny")
+    assert code == 0 and err == ""
+    assert "onion: ShinyMiddleware → BadMiddleware → app" in out
+    assert "shiny.after" in out and "naive:" in out
+    assert out.strip().splitlines()[-1].startswith("1 passed in ")
+    assert "\x1b[" not in out  # piped: no colour codes
+
+
+def test_force_color_colours_output():
+    code, out, _ = ctxlab("run", "bad-only", env={"FORCE_COLOR": "1", "NO_COLOR": None})
+    assert code == 0 and "\x1b[" in out
+
+
+def test_typo_exits_2_with_a_suggestion_and_no_traceback():
+    code, out, err = ctxlab("run", "bad-then-shinny")
+    assert code == 2 and out == ""
+    assert err == "ctxlab: error: unknown scenario 'bad-then-shinny'; did you mean 'bad-then-shiny'?\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run"], "name a scenario, or use --all or --tag"),
+        (["run", "--tag", "nope"], "unknown tag 'nope'; known tags:"),
+        (["run", "bad-only", "--all"], "give scenario names or --all, not both"),
+        (["run", "bad-only", "--spec-version", "two"], "bad --spec-version 'two'"),
+        (["run", "bad-only", "--server", "iis"], "'iis' is not one of"),
+        (["run", "bad-only", "--bogus"], "No such option: --bogus"),
+        (["run", "--all", "--scenarios", "/no/such/dir"], "scenario directory /no/such/dir does not exist"),
+        (["explain", "nope"], "unknown scenario 'nope'"),
+        (["list", "--tag", "nope"], "unknown tag 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    code, out, err = ctxlab(*args)
+    assert code == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_nothing_selected_exits_5():
+    code, _, err = ctxlab("run", "bad-only", "--tag", "fix")
+    assert code == 5 and "nothing selected" in err
+
+
+def test_tag_selects_and_all_runs_everything():
+    code, document, _ = ctxlab_json("run", "--tag", "fix")
+    assert code == 0
+    assert {s["name"] for s in document["scenarios"]} == {"shiny-only"}
+    code, document, _ = ctxlab_json("run", "--all")
+    assert code == 0 and document["summary"]["passed"] == document["summary"]["total"] >= 4
+
+
+def test_output_file_holds_the_json_report(tmp_path):
+    target = tmp_path / "report.json"
+    code, out, _ = ctxlab("run", "bad-only", "-o", str(target))
+    assert code == 0 and "bad-only" in out
+    assert json.loads(target.read_text())["scenarios"][0]["name"] == "bad-only"
+    assert os.listdir(tmp_path) == ["report.json"]  # no temporary left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_is_refused_before_running(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    code, _, err = ctxlab("run", "bad-only", "-o", str(locked / "r.json"))
+    assert code == 2 and "not a writable directory" in err
+
+
+def test_output_into_a_missing_directory_is_refused(tmp_path):
+    code, _, err = ctxlab("run", "bad-only", "-o", str(tmp_path / "missing" / "r.json"))
+    assert code == 2 and "is not a writable directory" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_crash_and_hang_are_errors_and_the_rest_still_run(tmp_path):
+    target = tmp_path / "r.json"
+    code, document, _ = ctxlab_json("run", "--tag", "broken", "--scenarios", str(FIXTURES / "broken_scenarios"), "-o", str(target))
+    assert code == 3
+    status = {s["name"]: (s["status"], s["error"]) for s in document["scenarios"]}
+    assert status["crashes"] == ("error", "RuntimeError: the app fell over")
+    assert status["hangs"] == ("error", "timed out after 0.5s")
+    assert status["fine"] == ("pass", None)
+    assert json.loads(target.read_text())["summary"]["errors"] == 2
+
+
+def test_a_starlette_that_propagates_is_reported_as_drift():
+    """If an upgrade made BaseHTTPMiddleware propagate, CI must notice."""
+    env = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
+    code, document, _ = ctxlab_json("run", "--all", env=env)
+    assert code == 1
+    drifted = {
+        (s["name"], o["probe"]) for s in document["scenarios"] for o in s["observations"] if not o["match"]
+    }
+    assert drifted == {
+        ("bad-then-shiny", "bad.after"),
+        ("bad-then-shiny", "shiny.after"),
+        ("shiny-then-bad", "bad.after"),
+        ("bad-only", "bad.after"),
+    }
+    code, out, _ = ctxlab("run", "bad-then-shiny", env=env)
+    assert code == 1 and "DRIFT" in out and "✗" in out
+
+
+def test_list_json_and_table():
+    code, out, _ = ctxlab("list", "--json")
+    rows = json.loads(out)
+    assert code == 0 and {"name", "tags", "summary"} <= set(rows[0])
+    code, out, _ = ctxlab("list")
+    assert code == 0 and "bad-then-shiny" in out
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["run", "--help"], ["--version"]])
+def test_list_and_help_import_no_web_framework(args):
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ctxlab", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"starlette", "fastapi", "httpx", "uvicorn", "anyio"}
+
+
+def test_version_names_tool_and_frameworks():
+    code, out, _ = ctxlab("--version")
+    assert code == 0 and out.startswith("ctxlab 0.1.0") and "starlette" in out and "uvicorn" in out
