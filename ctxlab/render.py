@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable
 
+from rich import box
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
@@ -40,16 +41,23 @@ def onion(layers: list[str]) -> Text:
 
 
 def observation_table(observations: Iterable[Observation]) -> Table:
-    table = Table("#", "probe", "var", "observed", "expected", "task", "ctx", "thread", header_style="bold")
+    """One row per observation; narrow enough for a 60-column CI log."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("probe / var")
+    table.add_column("observed", overflow="fold")
+    table.add_column("expected", overflow="fold")
+    table.add_column("where", no_wrap=True)
     for o in observations:
         mark, style = ("✓", "green") if o.match else ("✗", "bold red")
         expected = Text(show(o.expected))
         if o.pitfall:
             expected.append(f"\nnaive: {show(o.naive)}", style="yellow")
         task = o.task and (f"{o.task}←{o.parent_task}" if o.parent_task else o.task)
+        where = f"{task} {o.context}\n{o.thread}" if task else f"{o.context or '-'}\n{o.thread or '-'}"
         table.add_row(
-            str(o.seq or "-"), o.probe, o.var, Text(f"{mark} {show(o.observed)}", style=style), expected,
-            task or "-", o.context or "-", o.thread or "-",
+            str(o.seq or "-"), Text.assemble(o.probe, "\n", (o.var, "dim")),
+            Text(f"{mark} {show(o.observed)}", style=style), expected, where,
         )  # fmt: skip
     return table
 
