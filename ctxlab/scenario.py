@@ -27,11 +27,12 @@ class ScenarioError(Exception):
 
 # -- requests -------------------------------------------------------------
 @dataclass(frozen=True)
-class Request:
+class ClientRequest:
     method: str = "GET"
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    status: int = 200  # any other answer means the scenario is broken
 
 
 # -- expectations -------------------------------------------------------------
@@ -114,7 +115,7 @@ class Scenario:
     expect: Expectations
     naive: Expectations = field(default_factory=dict)
     tags: tuple[str, ...] = ()
-    requests: tuple[Request, ...] = (Request(),)
+    requests: tuple[ClientRequest, ...] = (ClientRequest(),)
     concurrent: bool = False
     # False reproduces httpx.ASGITransport used bare: the app runs inline in
     # the caller's task, so every request shares one context.

@@ -44,6 +44,16 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+class UnexpectedResponse(Exception):
+    pass
+
+
 async def send(client: httpx.AsyncClient, request, number: int) -> httpx.Response:
     headers = {**request.headers, REQUEST_HEADER: str(number)}
-    return await client.request(request.method, request.path, headers=headers, content=request.body)
+    response = await client.request(request.method, request.path, headers=headers, content=request.body)
+    if response.status_code != request.status:
+        raise UnexpectedResponse(
+            f"request {number} ({request.method} {request.path}) answered {response.status_code},"
+            f" expected {request.status}: {response.text[:200]}"
+        )
+    return response

@@ -7,7 +7,7 @@ from contextvars import ContextVar, copy_context
 from conftest import run_app, seen
 
 from ctxlab.probe import UNSET, Recorder, activate, attempt, jsonable, note, probe
-from ctxlab.scenario import Request
+from ctxlab.scenario import ClientRequest
 
 var: ContextVar = ContextVar("var")
 var_with_default: ContextVar = ContextVar("var_with_default", default=None)
@@ -123,7 +123,7 @@ def test_concurrent_requests_never_mix(asgi_app):
     result = run_app(
         lambda: asgi_app(handler),
         {"step": {"request_id": "any"}},
-        requests=tuple(Request() for _ in range(requests)),
+        requests=tuple(ClientRequest() for _ in range(requests)),
         concurrent=True,
     )
     by_request = {}
