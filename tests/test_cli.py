@@ -93,9 +93,11 @@ def test_nothing_selected_exits_5():
 
 
 def test_tag_selects_and_all_runs_everything():
+    code, listed, _ = ctxlab_json("list", "--tag", "fix")
     code, document, _ = ctxlab_json("run", "--tag", "fix")
     assert code == 0
-    assert {s["name"] for s in document["scenarios"]} == {"shiny-only"}
+    assert [s["name"] for s in document["scenarios"]] == [row["name"] for row in listed]
+    assert "shiny-only" in {row["name"] for row in listed} and all("fix" in row["tags"] for row in listed)
     code, document, _ = ctxlab_json("run", "--all")
     assert code == 0 and document["summary"]["passed"] == document["summary"]["total"] >= 4
 
@@ -137,7 +139,7 @@ def test_crash_and_hang_are_errors_and_the_rest_still_run(tmp_path):
 def test_a_starlette_that_propagates_is_reported_as_drift():
     """If an upgrade made BaseHTTPMiddleware propagate, CI must notice."""
     env = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
-    code, document, _ = ctxlab_json("run", "--all", env=env)
+    code, document, _ = ctxlab_json("run", "--tag", "middleware", env=env)
     assert code == 1
     drifted = {
         (s["name"], o["probe"]) for s in document["scenarios"] for o in s["observations"] if not o["match"]
@@ -147,6 +149,7 @@ def test_a_starlette_that_propagates_is_reported_as_drift():
         ("bad-then-shiny", "shiny.after"),
         ("shiny-then-bad", "bad.after"),
         ("bad-only", "bad.after"),
+        ("dependency-audit", "audit.after"),  # the user now reaches the audit
     }
     code, out, _ = ctxlab("run", "bad-then-shiny", env=env)
     assert code == 1 and "DRIFT" in out and "✗" in out
