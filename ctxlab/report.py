@@ -90,7 +90,7 @@ def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> S
     seen = set()
     try:
         for record in run.records:
-            env = Env(server, spec_version, record.request)
+            env = Env(server, spec_version, record.request, run.concurrency)
             if record.var not in scenario.expect.get(record.probe, {}):
                 raise ScenarioError(f"probe {record.probe!r} saw {record.var!r}, which the scenario does not expect")
             seen.add((record.probe, record.var))
@@ -106,7 +106,7 @@ def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> S
                 )
             )  # fmt: skip
         if run.error is None:
-            env = Env(server, spec_version, None)
+            env = Env(server, spec_version, None, run.concurrency)
             for probe, variables in scenario.expect.items():
                 for var in variables:
                     if (probe, var) not in seen:

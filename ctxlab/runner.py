@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from ctxlab import servers
@@ -21,6 +22,7 @@ class Run:
     onion: list[str] = field(default_factory=list)
     duration_ms: float = 0.0
     error: str | None = None
+    concurrency: int | None = None
 
 
 def onion(app) -> list[str]:
@@ -33,7 +35,7 @@ def onion(app) -> list[str]:
     return names
 
 
-def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None) -> Run:
+def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None, concurrency: int | None = None) -> Run:
     result = Run()
     recorder = Recorder()
     loop = asyncio.new_event_loop()
@@ -41,9 +43,10 @@ def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = Non
     previous = activate(recorder)
     started = time.perf_counter()
     try:
-        app = scenario.build()
+        concurrency = result.concurrency = concurrency or scenario.concurrency
+        app = scenario.build(concurrency) if concurrency else scenario.build()
         result.onion = onion(app)
-        driving = _drive(scenario, servers.attribute_requests(app, spec_version), recorder)
+        driving = _drive(scenario, app, spec_version, concurrency, recorder)
         loop.run_until_complete(asyncio.wait_for(driving, scenario.timeout))
     except asyncio.TimeoutError:
         result.error = f"timed out after {scenario.timeout:g}s"
@@ -57,7 +60,7 @@ def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = Non
     return result
 
 
-async def _drive(scenario: Scenario, app, recorder: Recorder) -> None:
+async def _drive(scenario: Scenario, app, spec_version, concurrency, recorder: Recorder) -> None:
     recorder.set_root(asyncio.current_task())
     loop = asyncio.get_running_loop()
 
@@ -66,12 +69,17 @@ async def _drive(scenario: Scenario, app, recorder: Recorder) -> None:
         # whose context holds nothing from anyone else.
         return contextvars.Context().run(loop.create_task, coro)
 
-    async with servers.asgi_client(app) as client:
-        sendings = (servers.send(client, request, n) for n, request in enumerate(scenario.requests, 1))
+    requests = scenario.requests * concurrency if concurrency else scenario.requests
+    async with AsyncExitStack() as stack:
+        state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
+        client = await stack.enter_async_context(
+            servers.asgi_client(servers.attribute_requests(app, spec_version, state))
+        )
+        sendings = (servers.send(client, request, n) for n, request in enumerate(requests, 1))
         if not scenario.task_per_request:
             for sending in sendings:
                 await sending
-        elif scenario.concurrent:
+        elif scenario.concurrent or concurrency:
             await asyncio.gather(*map(in_fresh_task, sendings))
         else:
             for sending in sendings:

@@ -43,9 +43,21 @@ class Env:
     server: str
     spec_version: str | None
     request: int | None
+    concurrency: int | None = None
 
     def version(self, package: str) -> str:
         return package_version(package)
+
+    def has(self, package: str, spec: str) -> bool:
+        """`env.has("starlette", ">=0.42")`: is the installed version in range?"""
+        from packaging.specifiers import SpecifierSet
+
+        return SpecifierSet(spec).contains(self.version(package), prereleases=True)
+
+    def spec_at_least(self, version: str) -> bool:
+        """Does the run advertise an ASGI spec_version of at least `version`?"""
+        advertised = self.spec_version or ("2.3" if self.server == "uvicorn" else "2.0")
+        return tuple(map(int, advertised.split("."))) >= tuple(map(int, version.split(".")))
 
 
 @cache
@@ -120,6 +132,10 @@ class Scenario:
     # False reproduces httpx.ASGITransport used bare: the app runs inline in
     # the caller's task, so every request shares one context.
     task_per_request: bool = True
+    lifespan: bool = False  # run startup/shutdown around the requests
+    # Send this many copies of the first request at once; the app factory
+    # receives the number (`--concurrency` overrides it).
+    concurrency: int | None = None
     servers: tuple[str, ...] = Servers
     why: str = ""
     fix: str = ""
