@@ -124,7 +124,7 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def execute(entries, server: str, spec_version: Optional[str], progress=None):
+def execute(entries, server: str, spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
     """Run the entries one by one; Ctrl-C keeps what has finished."""
     from ctxlab import report, runner
     from ctxlab.scenario import load
@@ -140,7 +140,10 @@ def execute(entries, server: str, spec_version: Optional[str], progress=None):
                 except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
                     outcome = report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}")
                 else:
-                    outcome = report.compare(scenario, runner.run(scenario, server, spec_version), server, spec_version)
+                    # --concurrency only applies to scenarios built for it
+                    wanted = concurrency if scenario.concurrency else None
+                    ran = runner.run(scenario, server, spec_version, wanted)
+                    outcome = report.compare(scenario, ran, server, spec_version)
             results.scenarios.append(outcome)
             if progress:
                 progress(outcome, entry)
@@ -184,6 +187,9 @@ def run(
         Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the JSON report here.")] = None,
+    concurrency: Annotated[
+        Optional[int], typer.Option(min=1, max=10000, help="Concurrent requests, for scenarios that send them.")
+    ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Run scenarios and compare what each probe saw with what is expected."""
@@ -199,7 +205,7 @@ def run(
     console = _console()
     started = time.perf_counter()
     show = None if as_json else (lambda outcome, entry: render.scenario_report(outcome, entry.summary, console))
-    results = execute(entries, server.value, spec_version, show)
+    results = execute(entries, server.value, spec_version, concurrency, show)
     document = json.dumps(results.to_json(), indent=2)
     if output is not None:
         write_atomically(output, document + "\n")

@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+__all__ = ["UNSET", "attempt", "note", "probe", "raised"]
+
 UNSET = "<unset>"  # how an unset variable (LookupError) is reported
 NOT_REACHED = "<not reached>"  # an expected probe that never ran
 

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+__all__ = ["ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario"]
+
 Servers = ("asgi", "uvicorn")
 
 

@@ -176,3 +176,20 @@ def test_list_and_help_import_no_web_framework(args):
 def test_version_names_tool_and_frameworks():
     code, out, _ = ctxlab("--version")
     assert code == 0 and out.startswith("ctxlab 0.1.0") and "starlette" in out and "uvicorn" in out
+
+
+def test_concurrency_option_changes_the_interleave():
+    code, document, _ = ctxlab_json("run", "threading-local-interleave", "--concurrency", "7")
+    assert code == 0
+    (tally,) = [o for o in document["scenarios"][0]["observations"] if o["var"] == "threading.local foreign"]
+    assert tally["observed"] == 6 and tally["request"] == 7
+    code, _, err = ctxlab("run", "threading-local-interleave", "--concurrency", "0")
+    assert code == 2 and "Invalid value for '--concurrency'" in err
+
+
+def test_readme_catalog_lists_every_scenario():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code, rows, _ = ctxlab_json("list")
+    in_table = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    commands = {"ctxlab list [--tag T] [--json]", "ctxlab run NAME... \\| --all \\| --tag T", "ctxlab explain NAME", "ctxlab --version"}
+    assert in_table - commands == {row["name"] for row in rows}
