@@ -1,0 +1,645 @@
+"""Every scenario, reproduced from scratch without ctxlab, must agree with it.
+
+Each repro below is a minimal standalone program: plain Starlette/FastAPI,
+plain httpx, one fresh task per request as a server does, and a plain dict
+for what was seen.  None of it imports ctxlab, so a bug in ctxlab's recorder
+or runner cannot hide in both places at once.
+"""
+
+import asyncio
+import contextvars
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+
+import httpx
+import pytest
+from conftest import run_named
+from fastapi import Depends, FastAPI
+from fastapi import Request as FastAPIRequest
+from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+REPROS = {}
+
+
+def repro(name):
+    def register(fn):
+        REPROS[name] = fn
+        return fn
+
+    return register
+
+
+class Seen(dict):
+    """(probe, var name) -> the values seen there, in order."""
+
+    def var(self, probe, var):
+        try:
+            observed = var.get()
+        except LookupError:
+            observed = "<unset>"
+        self.value(probe, var.name, observed)
+
+    def value(self, probe, name, observed):
+        self.setdefault((probe, name), []).append(observed)
+
+    def call(self, probe, name, action):
+        try:
+            self.value(probe, name, action())
+        except Exception as exc:
+            message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+            self.value(probe, name, {"raised": type(exc).__name__, "message": message})
+
+
+def serve(app, *requests, fresh_tasks=True, concurrent=False, crash_ok=False):
+    """Send (path, headers) requests; each from a fresh task unless told not to."""
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+
+            async def one(path, headers):
+                try:
+                    await client.get(path, headers=headers)
+                except Exception:
+                    if not crash_ok:
+                        raise
+
+            loop = asyncio.get_running_loop()
+            calls = [one(*r) for r in (requests or [("/", {})])]
+            if not fresh_tasks:
+                for call in calls:
+                    await call
+            elif concurrent:
+                await asyncio.gather(*(contextvars.Context().run(loop.create_task, c) for c in calls))
+            else:
+                for call in calls:
+                    await contextvars.Context().run(loop.create_task, call)
+
+    asyncio.run(main())
+
+
+def starlette_app(endpoint, *middleware):
+    app = Starlette(routes=[Route("/", endpoint)])
+    for cls in middleware:
+        app.add_middleware(cls)
+    return app
+
+
+def pure_after(seen, probe, *variables):
+    """A pure ASGI middleware class that reads `variables` after the app."""
+
+    class After:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            await self.app(scope, receive, send)
+            if scope["type"] == "http":
+                for var in variables:
+                    seen.var(probe, var)
+
+    return After
+
+
+# -- middleware order (the Starlette PR) --------------------------------------------------
+def middleware_order(*order):
+    context, seen = ContextVar("context", default=None), Seen()
+
+    class Bad(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            response = await call_next(request)
+            seen.var("bad.after", context)
+            return response
+
+    async def home(request):
+        context.set({"random_int": 42})
+        seen.var("endpoint", context)
+        return PlainTextResponse("x")
+
+    layers = {"bad": Bad, "shiny": pure_after(seen, "shiny.after", context)}
+    serve(starlette_app(home, *[layers[name] for name in order]))
+    return seen
+
+
+repro("bad-then-shiny")(lambda: middleware_order("bad", "shiny"))
+repro("shiny-then-bad")(lambda: middleware_order("shiny", "bad"))
+repro("bad-only")(lambda: middleware_order("bad"))
+repro("shiny-only")(lambda: middleware_order("shiny"))
+
+
+# -- the FastAPI audit (seed 000) ----------------------------------------------------------
+def audit(kind):
+    request_id, user, seen = ContextVar("request_id"), ContextVar("user"), Seen()
+    alice = {"id": 123, "name": "alice"}
+
+    class RequestID(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            request_id.set("req-0001")
+            return await call_next(request)
+
+    class SetUser(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            user.set(alice)
+            return await call_next(request)
+
+    class Audit(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            response = await call_next(request)
+            if kind == "state":
+                seen.value("audit.after", "request.state.user", getattr(request.state, "user", "<unset>"))
+            else:
+                seen.var("audit.after", request_id)
+                seen.var("audit.after", user)
+            return response
+
+    async def dependency(request: FastAPIRequest):
+        user.set(alice)
+        request.state.user = alice
+
+    app = FastAPI()
+
+    @app.get("/u", dependencies=[] if kind == "user-middleware" else [Depends(dependency)])
+    async def endpoint():
+        seen.var("endpoint", request_id)
+        seen.var("endpoint", user)
+
+    app.add_middleware(pure_after(seen, "audit.after", request_id, user) if kind == "pure" else Audit)
+    if kind == "user-middleware":
+        app.add_middleware(SetUser)
+    app.add_middleware(RequestID)
+    serve(app, ("/u", {}))
+    return seen
+
+
+repro("dependency-audit")(lambda: audit("plain"))
+repro("dependency-audit-request-state")(lambda: audit("state"))
+repro("dependency-audit-pure-asgi")(lambda: audit("pure"))
+repro("dependency-audit-user-middleware")(lambda: audit("user-middleware"))
+
+
+# -- FastAPI execution model -------------------------------------------------------------------
+def tenant_dependency(is_async):
+    tenant, seen = ContextVar("tenant", default=None), Seen()
+
+    def sync_dep():
+        tenant.set("acme")
+        seen.var("dependency", tenant)
+
+    async def async_dep():
+        sync_dep()
+
+    app = FastAPI()
+
+    @app.get("/", dependencies=[Depends(async_dep if is_async else sync_dep)])
+    async def endpoint():
+        seen.var("endpoint", tenant)
+
+    serve(app)
+    return seen
+
+
+repro("sync-dependency")(lambda: tenant_dependency(False))
+repro("async-dependency")(lambda: tenant_dependency(True))
+
+
+@repro("sync-endpoint")
+def sync_endpoint():
+    tenant, seen = ContextVar("tenant", default=None), Seen()
+    app = FastAPI()
+
+    @app.get("/")
+    def endpoint():
+        tenant.set("acme")
+        seen.var("endpoint", tenant)
+
+    app.add_middleware(pure_after(seen, "middleware.after", tenant))
+    serve(app)
+    return seen
+
+
+@repro("yield-dependency-reset")
+def yield_dependency_reset():
+    session, seen = ContextVar("session"), Seen()
+
+    def sync_dep():
+        token = session.set("sync")
+        yield
+        seen.call("sync.teardown", "reset", lambda: session.reset(token))
+
+    async def async_dep():
+        token = session.set("async")
+        yield
+        seen.call("async.teardown", "reset", lambda: session.reset(token))
+
+    app = FastAPI()
+    app.get("/s", dependencies=[Depends(sync_dep)])(lambda: {})
+    app.get("/a", dependencies=[Depends(async_dep)])(lambda: {})
+    serve(app, ("/s", {}), ("/a", {}))
+    return seen
+
+
+@repro("exception-handler")
+def exception_handler():
+    stage, seen = ContextVar("stage"), Seen()
+
+    class Oops(Exception):
+        pass
+
+    class Passthrough(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            return await call_next(request)
+
+    app = FastAPI()
+
+    @app.get("/refused")
+    async def refused():
+        stage.set("in endpoint")
+        raise Oops()
+
+    @app.get("/crash")
+    async def crash():
+        stage.set("in endpoint")
+        raise ValueError()
+
+    @app.exception_handler(Oops)
+    async def on_oops(request, exc):
+        seen.var("refused.handler", stage)
+        return JSONResponse({}, status_code=418)
+
+    @app.exception_handler(Exception)
+    async def on_any(request, exc):
+        seen.var("500.handler", stage)
+        return JSONResponse({}, status_code=500)
+
+    app.add_middleware(Passthrough)
+    serve(app, ("/refused", {}), ("/crash", {}), crash_ok=True)
+    return seen
+
+
+# -- threads ----------------------------------------------------------------------------------------
+def offloading(offload):
+    trace_id, seen = ContextVar("trace_id", default=None), Seen()
+
+    async def endpoint(request):
+        trace_id.set("req-abc-123")
+        await offload(lambda: seen.var("job", trace_id))
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+repro("executor-no-copy")(lambda: offloading(lambda job: asyncio.get_running_loop().run_in_executor(None, job)))
+repro("executor-copy-context")(
+    lambda: offloading(
+        lambda job: asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, job)
+    )
+)
+
+
+@repro("to-thread")
+def to_thread():
+    trace_id, seen = ContextVar("trace_id", default=None), Seen()
+
+    def job(label):
+        seen.var(label, trace_id)
+        trace_id.set("changed")
+
+    async def endpoint(request):
+        trace_id.set("req-abc-123")
+        await asyncio.to_thread(job, "to_thread")
+        seen.var("after.to_thread", trace_id)
+        await run_in_threadpool(job, "run_in_threadpool")
+        seen.var("after.run_in_threadpool", trace_id)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+@repro("executor-thread-leak")
+def executor_thread_leak():
+    trace_id, seen, pool = ContextVar("trace_id", default=None), Seen(), ThreadPoolExecutor(1)
+
+    def job(trace):
+        seen.var("job.start", trace_id)
+        trace_id.set(trace)
+
+    async def endpoint(request):
+        await asyncio.get_running_loop().run_in_executor(pool, job, request.headers["t"])
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"t": "trace-1"}), ("/", {"t": "trace-2"}))
+    pool.shutdown()
+    return seen
+
+
+# -- tasks and tokens ----------------------------------------------------------------------------------
+def in_endpoint(handler):
+    seen = Seen()
+
+    async def endpoint(request):
+        await handler(seen)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+user = ContextVar("user", default=None)
+trace_id = ContextVar("trace_id", default=None)
+
+
+@repro("task-inherits")
+def task_inherits():
+    async def handler(seen):
+        user.set("alice")
+        await asyncio.create_task(child(seen))
+
+    async def child(seen):
+        seen.var("child", user)
+
+    return in_endpoint(handler)
+
+
+@repro("task-changes-stay-in-task")
+def task_changes_stay_in_task():
+    async def handler(seen):
+        user.set("alice")
+
+        async def child():
+            user.set("bob")
+            seen.var("child", user)
+
+        await asyncio.create_task(child())
+        seen.var("parent.after", user)
+
+    return in_endpoint(handler)
+
+
+@repro("task-snapshot-time")
+def task_snapshot_time():
+    async def handler(seen):
+        go = asyncio.Event()
+
+        async def worker():
+            await go.wait()
+            seen.var("worker", user)
+
+        task = asyncio.create_task(worker())
+        await asyncio.sleep(0)
+        user.set("alice")
+        seen.var("request", user)
+        go.set()
+        await task
+
+    return in_endpoint(handler)
+
+
+@repro("reset-wrong-context")
+def reset_wrong_context():
+    async def handler(seen):
+        token = trace_id.set("x")
+
+        async def child():
+            seen.call("child.reset", "reset", lambda: trace_id.reset(token))
+
+        await asyncio.create_task(child())
+
+    return in_endpoint(handler)
+
+
+@repro("reset-twice")
+def reset_twice():
+    async def handler(seen):
+        token = trace_id.set("x")
+        seen.call("first.reset", "reset", lambda: trace_id.reset(token))
+        seen.call("second.reset", "reset", lambda: trace_id.reset(token))
+
+    return in_endpoint(handler)
+
+
+@repro("threading-local-interleave")
+def threading_local_interleave():
+    local, request_id, foreign = threading.local(), ContextVar("request_id"), {"local": 0, "var": 0}
+
+    async def endpoint(request):
+        mine = request.headers["n"]
+        local.request_id = mine
+        request_id.set(mine)
+        await asyncio.sleep(0)
+        foreign["local"] += local.request_id != mine
+        foreign["var"] += request_id.get() != mine
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), *[("/", {"n": str(n)}) for n in range(50)], concurrent=True)
+    seen = Seen()
+    seen.value("tally", "threading.local foreign", foreign["local"])
+    seen.value("tally", "ContextVar foreign", foreign["var"])
+    return seen
+
+
+# -- tracing --------------------------------------------------------------------------------------------
+@repro("trace-id-precedence")
+def trace_id_precedence():
+    trace, seen, generated = ContextVar("trace_id", default=None), Seen(), iter(range(1, 100))
+
+    class Trace:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            headers = dict(scope["headers"])
+            parent = headers.get(b"traceparent", b"").decode().split("-")
+            chosen = (
+                headers.get(b"x-trace-id", b"").decode()
+                or (parent[1] if len(parent) == 4 and len(parent[1]) == 32 else None)
+                or f"{next(generated):032x}"
+            )
+            token = trace.set(chosen)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                trace.reset(token)
+                seen.var("after.reset", trace)
+
+    async def endpoint(request):
+        seen.var("endpoint", trace)
+        return PlainTextResponse("x")
+
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    serve(
+        starlette_app(endpoint, Trace),
+        ("/", {"x-trace-id": "pinned-by-proxy", "traceparent": parent}),
+        ("/", {"traceparent": parent}),
+        ("/", {"traceparent": "garbage"}),
+        ("/", {}),
+    )
+    return seen
+
+
+@repro("trace-id-logging")
+def trace_id_logging():
+    trace, seen, lines = ContextVar("trace_id", default=None), Seen(), []
+
+    class Stamp(logging.Filter):
+        def filter(self, record):
+            lines.append(f"[{trace.get() or 'no-trace'}] {record.getMessage()}")
+            return False
+
+    logger = logging.Logger("independent")
+    logger.addFilter(Stamp())
+
+    async def endpoint(request):
+        loop = asyncio.get_running_loop()
+        logger.info("handling")
+        await loop.run_in_executor(None, logger.info, "in pool, no copy")
+        await loop.run_in_executor(None, contextvars.copy_context().run, logger.info, "in pool, copied")
+        seen.value("endpoint", "log", list(lines))
+        seen.value("endpoint", "no-trace lines", sum("no-trace" in line for line in lines))
+        return PlainTextResponse("x")
+
+    class SetTrace:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            token = trace.set("req-7")
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                trace.reset(token)
+                seen.var("after.reset", trace)
+
+    serve(starlette_app(endpoint, SetTrace))
+    return seen
+
+
+# -- responses, lifespan, client ---------------------------------------------------------------------
+@repro("streaming-body")
+def streaming_body():
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    async def body():
+        seen.var("body.start", stage)
+        stage.set("set while streaming")
+        yield b"x"
+
+    async def endpoint(request):
+        stage.set("set in endpoint")
+        return StreamingResponse(body())
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+@repro("background-task")
+def background_task():
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    async def async_job():
+        seen.var("background.async", stage)
+        stage.set("set by async background")
+
+    def sync_job():
+        seen.var("background.sync", stage)
+        stage.set("set by sync background")
+
+    async def endpoint(request):
+        stage.set("set in endpoint")
+        tasks = BackgroundTasks()
+        tasks.add_task(async_job)
+        tasks.add_task(sync_job)
+        return PlainTextResponse("x", background=tasks)
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+@repro("lifespan-var")
+def lifespan_var():
+    """Start the lifespan in its own task, as uvicorn does, then serve."""
+    db, seen = ContextVar("db", default=None), Seen()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        db.set("pool")
+        seen.var("startup", db)
+        yield {"db": "pool"}
+
+    async def endpoint(request):
+        seen.var("endpoint", db)
+        seen.value("endpoint", "request.state.db", request.state.db)
+        return PlainTextResponse("x")
+
+    app = Starlette(routes=[Route("/", endpoint)], lifespan=lifespan)
+
+    async def main():
+        state, started, stop = {}, asyncio.Event(), asyncio.Event()
+
+        async def receive():
+            if not started.is_set():
+                return {"type": "lifespan.startup"}
+            await stop.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message):
+            started.set()
+
+        loop = asyncio.get_running_loop()
+        task = contextvars.Context().run(loop.create_task, app({"type": "lifespan", "state": state}, receive, send))
+        await started.wait()
+
+        async def with_state(scope, receive, send):
+            await app({**scope, "state": dict(state)}, receive, send)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state), base_url="http://t") as client:
+            await contextvars.Context().run(loop.create_task, client.get("/"))
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    return seen
+
+
+def login_twice(fresh_tasks):
+    user, seen = ContextVar("user"), Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint.before", user)
+        if "x-user" in request.headers:
+            user.set(request.headers["x-user"])
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"x-user": "alice"}), ("/", {}), fresh_tasks=fresh_tasks)
+    return seen
+
+
+repro("asgi-transport-leak")(lambda: login_twice(False))
+repro("asgi-transport-task-per-request")(lambda: login_twice(True))
+
+
+# -- the comparison -------------------------------------------------------------------------------------
+def test_every_in_process_scenario_has_an_independent_repro():
+    from ctxlab.scenario import catalog
+
+    assert {name for name, entry in catalog().items() if "asgi" in entry.servers} == set(REPROS)
+
+
+@pytest.mark.parametrize("name", sorted(REPROS))
+def test_independent_repro_agrees_with_ctxlab(name):
+    result = run_named(name)
+    assert result.status == "pass", (result.error, result.drifted)
+    reported = {}
+    for o in sorted(result.observations, key=lambda o: o.seq):
+        reported.setdefault((o.probe, o.var), []).append(o.observed)
+    assert reported == dict(REPROS[name]())
