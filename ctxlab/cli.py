@@ -38,6 +38,7 @@ class UsageError(Exception):
 
 class Server(str, Enum):
     asgi = "asgi"
+    uvicorn = "uvicorn"
 
 
 def _console(stderr: bool = False):
@@ -124,26 +125,33 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Optional[int] = None):
+    """Load, run and compare one catalog entry: a ScenarioReport."""
+    from ctxlab import report, runner
+    from ctxlab.scenario import Env, load
+
+    if server not in entry.servers:
+        return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}")
+    try:
+        scenario = load(entry)
+    except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
+        return report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}")
+    unmet = scenario.unmet_requirement(Env(server, spec_version, None))
+    if unmet:
+        return report.skipped(entry.name, unmet)
+    # --concurrency only applies to scenarios built for it
+    ran = runner.run(scenario, server, spec_version, concurrency if scenario.concurrency else None)
+    return report.compare(scenario, ran, server, spec_version)
+
+
 def execute(entries, server: str, spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
     """Run the entries one by one; Ctrl-C keeps what has finished."""
-    from ctxlab import report, runner
-    from ctxlab.scenario import load
+    from ctxlab.report import Report
 
-    results = report.Report([], server=server, spec_version=spec_version)
+    results = Report([], server=server, spec_version=spec_version)
     try:
         for entry in entries:
-            if server not in entry.servers:
-                outcome = report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}")
-            else:
-                try:
-                    scenario = load(entry)
-                except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
-                    outcome = report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}")
-                else:
-                    # --concurrency only applies to scenarios built for it
-                    wanted = concurrency if scenario.concurrency else None
-                    ran = runner.run(scenario, server, spec_version, wanted)
-                    outcome = report.compare(scenario, ran, server, spec_version)
+            outcome = run_entry(entry, server, spec_version, concurrency)
             results.scenarios.append(outcome)
             if progress:
                 progress(outcome, entry)
@@ -195,6 +203,8 @@ def run(
     """Run scenarios and compare what each probe saw with what is expected."""
     if spec_version is not None and not SPEC_VERSION.match(spec_version):
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
+    if spec_version is not None and server is not Server.asgi:
+        raise UsageError("--spec-version applies to --server asgi; a real server advertises its own")
     entries = select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:

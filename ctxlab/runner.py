@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import signal
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+
+import httpx
 
 from ctxlab import servers
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
@@ -42,12 +45,20 @@ def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = Non
     loop.set_task_factory(recorder.task_factory)
     previous = activate(recorder)
     started = time.perf_counter()
+    interrupted = False
     try:
         concurrency = result.concurrency = concurrency or scenario.concurrency
         app = scenario.build(concurrency) if concurrency else scenario.build()
         result.onion = onion(app)
-        driving = _drive(scenario, app, spec_version, concurrency, recorder)
-        loop.run_until_complete(asyncio.wait_for(driving, scenario.timeout))
+        driving = loop.create_task(
+            asyncio.wait_for(_drive(scenario, app, server, spec_version, concurrency, recorder), scenario.timeout)
+        )
+        interrupted = _cancel_on_ctrl_c(loop, driving)
+        loop.run_until_complete(driving)
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        raise KeyboardInterrupt from None  # after every finally: servers are down
     except asyncio.TimeoutError:
         result.error = f"timed out after {scenario.timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a crashing scenario is a result
@@ -55,12 +66,39 @@ def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = Non
     finally:
         result.duration_ms = (time.perf_counter() - started) * 1000
         activate(previous)
+        loop.remove_signal_handler(signal.SIGINT)
         _close(loop)
     result.records, result.tasks = recorder.records, recorder.tasks
     return result
 
 
-async def _drive(scenario: Scenario, app, spec_version, concurrency, recorder: Recorder) -> None:
+class _Interrupt:
+    """Truthy once Ctrl-C was pressed during the run."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __bool__(self) -> bool:
+        return self.pressed
+
+
+def _cancel_on_ctrl_c(loop, task) -> _Interrupt:
+    """Turn Ctrl-C into cancelling `task`, so its cleanup (stopping a
+    server, closing sockets) runs before ctxlab reports and exits."""
+    interrupt = _Interrupt()
+
+    def cancel() -> None:
+        interrupt.pressed = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, cancel)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
+        pass
+    return interrupt
+
+
+async def _drive(scenario: Scenario, app, server: str, spec_version, concurrency, recorder: Recorder) -> None:
     recorder.set_root(asyncio.current_task())
     loop = asyncio.get_running_loop()
 
@@ -71,10 +109,24 @@ async def _drive(scenario: Scenario, app, spec_version, concurrency, recorder: R
 
     requests = scenario.requests * concurrency if concurrency else scenario.requests
     async with AsyncExitStack() as stack:
-        state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
-        client = await stack.enter_async_context(
-            servers.asgi_client(servers.attribute_requests(app, spec_version, state))
-        )
+        if server == "uvicorn":
+            base_url = await stack.enter_async_context(
+                servers.uvicorn_server(
+                    servers.attribute_requests(app),
+                    lifespan=scenario.lifespan,
+                    options=scenario.server_options,
+                    timeout=scenario.timeout,
+                )
+            )
+            if scenario.pipelined:
+                await servers.send_pipelined(base_url, requests, range(1, len(requests) + 1))
+                return
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url))
+        else:
+            state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
+            client = await stack.enter_async_context(
+                servers.asgi_client(servers.attribute_requests(app, spec_version, state))
+            )
         sendings = (servers.send(client, request, n) for n, request in enumerate(requests, 1))
         if not scenario.task_per_request:
             for sending in sendings:

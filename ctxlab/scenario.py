@@ -135,6 +135,11 @@ class Scenario:
     # the caller's task, so every request shares one context.
     task_per_request: bool = True
     lifespan: bool = False  # run startup/shutdown around the requests
+    # Write all requests on one connection before reading (uvicorn only;
+    # in process they are simply sent one after another).
+    pipelined: bool = False
+    server_options: Mapping[str, Any] = field(default_factory=dict)  # uvicorn.Config(**options)
+    requires: Mapping[str, str] = field(default_factory=dict)  # {"uvicorn": ">=0.45"}, else skipped
     # Send this many copies of the first request at once; the app factory
     # receives the number (`--concurrency` overrides it).
     concurrency: int | None = None
@@ -143,6 +148,12 @@ class Scenario:
     fix: str = ""
     source: Path | None = None
     timeout: float = 10.0
+
+    def unmet_requirement(self, env: Env) -> str | None:
+        for package, spec in self.requires.items():
+            if not env.has(package, spec):
+                return f"needs {package}{spec}, found {env.version(package)}"
+        return None
 
     def expected(self, probe: str, var: str, env: Env) -> Any:
         return resolve(self.expect[probe][var], env)

@@ -1,4 +1,4 @@
-"""How requests reach a scenario app: in-process, or (later) a real server.
+"""How requests reach a scenario app: in-process, or a real uvicorn.
 
 Every request carries its number in a header; the outermost layer turns it
 into the recorder's request attribution, so the app itself is untouched.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -106,3 +107,112 @@ async def send(client: httpx.AsyncClient, request, number: int) -> httpx.Respons
             f" expected {request.status}: {response.text[:200]}"
         )
     return response
+
+
+class ServerFailed(Exception):
+    pass
+
+
+@asynccontextmanager
+async def uvicorn_server(app, *, lifespan: bool, options: dict[str, Any], timeout: float) -> AsyncIterator[str]:
+    """A real uvicorn on 127.0.0.1 (ephemeral port); yields its base URL.
+
+    We drive `Server.startup()` ourselves instead of `serve()`: serve's
+    loop polls every 100 ms and its shutdown always sleeps 100 ms, which
+    would dominate a run.  Sockets, protocol, lifespan: all uvicorn's own.
+    The h11 protocol is pinned so that runs compare across installs.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http="h11", lifespan="on" if lifespan else "off",
+        log_config=None, access_log=False, **options,
+    )  # fmt: skip
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    errors = _Collect()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(errors)
+    propagate, logger.propagate = logger.propagate, False  # its tracebacks are ours to report
+    try:
+        await server.startup()
+        if not server.started:
+            raise ServerFailed(f"uvicorn did not start: {errors.text() or 'no reason given'}")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            await _stop(server, timeout)
+    finally:
+        logger.removeHandler(errors)
+        logger.propagate = propagate
+
+
+async def _stop(server, timeout: float) -> None:
+    """What Server.shutdown does, minus its fixed sleeps."""
+    for listener in server.servers:
+        listener.close()
+    for connection in list(server.server_state.connections):
+        connection.shutdown()
+    if server.server_state.tasks:
+        _, stuck = await asyncio.wait(list(server.server_state.tasks), timeout=timeout)
+        for task in stuck:
+            task.cancel()
+    if server.config.lifespan != "off":
+        await server.lifespan.shutdown()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "; ".join(record.getMessage() for record in self.records)
+
+
+async def send_pipelined(base_url: str, requests, numbers) -> None:
+    """Write every request on one connection before reading any answer."""
+    import h11
+
+    host, port = base_url.rsplit("/", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for request, number in zip(requests, numbers):
+            headers = {"host": host, REQUEST_HEADER: str(number), "content-length": len(request.body), **request.headers}
+            head = f"{request.method} {request.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(head.encode() + b"\r\n" + request.body)
+        await writer.drain()
+        parser = h11.Connection(h11.CLIENT)
+        for request, number in zip(requests, numbers):
+            # h11 parses a response only after "sending" its request.
+            parser.send(h11.Request(method=request.method, target=request.path, headers=[("host", host)]))
+            parser.send(h11.EndOfMessage())
+            status = await _read_response(parser, reader)
+            if status != request.status:
+                raise UnexpectedResponse(
+                    f"request {number} ({request.method} {request.path}) answered {status}, expected {request.status}"
+                )
+            parser.start_next_cycle()
+    finally:
+        writer.close()
+
+
+async def _read_response(parser, reader) -> int:
+    import h11
+
+    status = None
+    while True:
+        event = parser.next_event()
+        if event is h11.NEED_DATA:
+            parser.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.EndOfMessage):
+            return status
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ServerFailed("the server closed the connection mid-pipeline")
