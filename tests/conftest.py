@@ -6,13 +6,13 @@ import sys
 import pytest
 
 from ctxlab import report, runner
-from ctxlab.scenario import Scenario, catalog, load
+from ctxlab.cli import run_entry
+from ctxlab.scenario import Scenario, catalog
 
 
 def run_named(name, server="asgi", spec_version=None):
-    """Run a bundled scenario for real and compare it."""
-    scenario = load(catalog()[name])
-    return report.compare(scenario, runner.run(scenario, server, spec_version), server, spec_version)
+    """Run a bundled scenario for real and compare it, as `ctxlab run` does."""
+    return run_entry(catalog()[name], server, spec_version)
 
 
 def run_app(build, expect, **options):

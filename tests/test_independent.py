@@ -611,8 +611,8 @@ def lifespan_var():
     return seen
 
 
-def login_twice(fresh_tasks):
-    user, seen = ContextVar("user"), Seen()
+def login_twice(fresh_tasks, **var_options):
+    user, seen = ContextVar("user", **var_options), Seen()
 
     async def endpoint(request):
         seen.var("endpoint.before", user)
@@ -628,18 +628,81 @@ repro("asgi-transport-leak")(lambda: login_twice(False))
 repro("asgi-transport-task-per-request")(lambda: login_twice(True))
 
 
+# -- a real uvicorn, driven the standard way (Server.serve) ---------------------------
+def uvicorn_leak(requests, pipelined=False, **options):
+    import uvicorn
+
+    user, seen = ContextVar("user", default=None), Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint.before", user)
+        await request.body()
+        if "x-user" in request.headers:
+            user.set(request.headers["x-user"])
+        return PlainTextResponse("x")
+
+    app = Starlette(routes=[Route("/", endpoint, methods=["GET", "POST"])])
+
+    async def main():
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http="h11", lifespan="off", log_config=None, **options)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        if pipelined:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(f"GET / HTTP/1.1\r\nhost: x\r\n{h}\r\n".encode() for h in requests))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < len(requests):
+                data += await reader.read(65536)
+            writer.close()
+        else:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for headers, body in requests:
+                    await client.post("/", headers=headers, content=body)
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())
+    return seen
+
+
+LARGE = [({"x-user": "alice"}, b"x" * 1024 * 1024), ({}, b"")]
+UVICORN_REPROS = {
+    "keepalive-large-body-leak": lambda: uvicorn_leak(LARGE),
+    "pipelined-leak": lambda: uvicorn_leak(["x-user: alice\r\n", ""], pipelined=True),
+    "reset-contextvars": lambda: uvicorn_leak(LARGE, reset_contextvars=True),
+}
+# In process there is no connection to leak through: one fresh task each.
+repro("keepalive-large-body-leak")(lambda: login_twice(True, default=None))
+repro("pipelined-leak")(lambda: login_twice(True, default=None))
+
+
 # -- the comparison -------------------------------------------------------------------------------------
-def test_every_in_process_scenario_has_an_independent_repro():
+def test_every_scenario_has_an_independent_repro():
     from ctxlab.scenario import catalog
 
-    assert {name for name, entry in catalog().items() if "asgi" in entry.servers} == set(REPROS)
+    entries = catalog().items()
+    assert {name for name, entry in entries if "asgi" in entry.servers} == set(REPROS)
+    assert {name for name, entry in entries if "uvicorn" in entry.tags} == set(UVICORN_REPROS)
 
 
-@pytest.mark.parametrize("name", sorted(REPROS))
-def test_independent_repro_agrees_with_ctxlab(name):
-    result = run_named(name)
+def agree(result, repro):
     assert result.status == "pass", (result.error, result.drifted)
     reported = {}
     for o in sorted(result.observations, key=lambda o: o.seq):
         reported.setdefault((o.probe, o.var), []).append(o.observed)
-    assert reported == dict(REPROS[name]())
+    assert reported == dict(repro())
+
+
+@pytest.mark.parametrize("name", sorted(REPROS))
+def test_independent_repro_agrees_with_ctxlab(name):
+    agree(run_named(name), REPROS[name])
+
+
+@pytest.mark.parametrize("name", sorted(UVICORN_REPROS))
+def test_independent_uvicorn_repro_agrees_with_ctxlab_on_uvicorn(name):
+    if name == "reset-contextvars" and run_named(name, "uvicorn").status == "skipped":
+        pytest.skip("needs uvicorn >= 0.45")
+    agree(run_named(name, "uvicorn"), UVICORN_REPROS[name])
