@@ -39,6 +39,11 @@ class UsageError(Exception):
 class Server(str, Enum):
     asgi = "asgi"
     uvicorn = "uvicorn"
+    both = "both"
+
+    @property
+    def runs_on(self) -> list[str]:
+        return ["asgi", "uvicorn"] if self is Server.both else [self.value]
 
 
 def _console(stderr: bool = False):
@@ -131,30 +136,31 @@ def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Opti
     from ctxlab.scenario import Env, load
 
     if server not in entry.servers:
-        return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}")
+        return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", server)
     try:
         scenario = load(entry)
     except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
-        return report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}")
+        return report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}", server=server)
     unmet = scenario.unmet_requirement(Env(server, spec_version, None))
     if unmet:
-        return report.skipped(entry.name, unmet)
+        return report.skipped(entry.name, unmet, server)
     # --concurrency only applies to scenarios built for it
     ran = runner.run(scenario, server, spec_version, concurrency if scenario.concurrency else None)
     return report.compare(scenario, ran, server, spec_version)
 
 
-def execute(entries, server: str, spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
-    """Run the entries one by one; Ctrl-C keeps what has finished."""
+def execute(entries, server: "Server", spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
+    """Run the entries one by one, on each server asked for; Ctrl-C keeps
+    what has finished."""
     from ctxlab.report import Report
 
-    results = Report([], server=server, spec_version=spec_version)
+    results = Report([], server=server.value, spec_version=spec_version)
     try:
         for entry in entries:
-            outcome = run_entry(entry, server, spec_version, concurrency)
-            results.scenarios.append(outcome)
+            outcomes = [run_entry(entry, name, spec_version, concurrency) for name in server.runs_on]
+            results.scenarios.extend(outcomes)
             if progress:
-                progress(outcome, entry)
+                progress(entry, outcomes)
     except KeyboardInterrupt:
         results.interrupted = True
     return results
@@ -204,7 +210,7 @@ def run(
     if spec_version is not None and not SPEC_VERSION.match(spec_version):
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
     if spec_version is not None and server is not Server.asgi:
-        raise UsageError("--spec-version applies to --server asgi; a real server advertises its own")
+        raise UsageError("--spec-version applies to --server asgi only; a real server advertises its own")
     entries = select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:
@@ -214,8 +220,8 @@ def run(
 
     console = _console()
     started = time.perf_counter()
-    show = None if as_json else (lambda outcome, entry: render.scenario_report(outcome, entry.summary, console))
-    results = execute(entries, server.value, spec_version, concurrency, show)
+    show = None if as_json else (lambda entry, outcomes: render.outcomes(entry, outcomes, console))
+    results = execute(entries, server, spec_version, concurrency, show)
     document = json.dumps(results.to_json(), indent=2)
     if output is not None:
         write_atomically(output, document + "\n")
@@ -227,15 +233,20 @@ def run(
 
 
 @app.command()
-def explain(name: Annotated[str, typer.Argument(help="A scenario name.")], scenarios: ScenariosOption = None) -> int:
+def explain(
+    name: Annotated[str, typer.Argument(help="A scenario name.")],
+    server: Annotated[Server, typer.Option(help="Where to run it for the task tree (not both).")] = Server.asgi,
+    scenarios: ScenariosOption = None,
+) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
+    if server is Server.both:
+        raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
     entry = select([name], False, [], scenarios)[0]
-    from ctxlab import render, report, runner
+    from ctxlab import render
     from ctxlab.scenario import load
 
-    scenario = load(entry)
-    result = report.compare(scenario, runner.run(scenario), "asgi", None)
-    render.explain(scenario, result, entry.path.read_text(encoding="utf-8"), _console())
+    result = run_entry(entry, server.value, None)
+    render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), _console())
     return 0
 
 

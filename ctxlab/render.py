@@ -40,6 +40,11 @@ def onion(layers: list[str]) -> Text:
     return text
 
 
+def _observed_cell(o: Observation) -> Text:
+    mark, style = ("✓", "green") if o.match else ("✗", "bold red")
+    return Text(f"{mark} {show(o.observed)}", style=style)
+
+
 def observation_table(observations: Iterable[Observation]) -> Table:
     """One row per observation; narrow enough for a 60-column CI log."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
@@ -49,7 +54,6 @@ def observation_table(observations: Iterable[Observation]) -> Table:
     table.add_column("expected", overflow="fold")
     table.add_column("where", no_wrap=True)
     for o in observations:
-        mark, style = ("✓", "green") if o.match else ("✗", "bold red")
         expected = Text(show(o.expected))
         if o.pitfall:
             expected.append(f"\nnaive: {show(o.naive)}", style="yellow")
@@ -57,7 +61,7 @@ def observation_table(observations: Iterable[Observation]) -> Table:
         where = f"{task} {o.context}\n{o.thread}" if task else f"{o.context or '-'}\n{o.thread or '-'}"
         table.add_row(
             str(o.seq or "-"), Text.assemble(o.probe, "\n", (o.var, "dim")),
-            Text(f"{mark} {show(o.observed)}", style=style), expected, where,
+            _observed_cell(o), expected, where,
         )  # fmt: skip
     return table
 
@@ -87,6 +91,59 @@ def scenario_report(result: ScenarioReport, summary: str, console: Console) -> N
     console.print()
 
 
+def outcomes(entry, results: list[ScenarioReport], console: Console) -> None:
+    """One server: the full tables. Both: side by side, differences marked."""
+    if len(results) == 1:
+        scenario_report(results[0], entry.summary, console)
+    else:
+        side_by_side(entry, *results, console=console)
+
+
+def _keyed(result: ScenarioReport) -> dict[tuple, Observation]:
+    """Observations keyed by (request, probe, var, nth time seen)."""
+    counts: dict[tuple, int] = defaultdict(int)
+    keyed = {}
+    for o in result.observations:
+        base = (o.request, o.probe, o.var)
+        keyed[(*base, counts[base])] = o
+        counts[base] += 1
+    return keyed
+
+
+def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: Console) -> None:
+    head = Text.assemble((entry.name, "bold cyan"))
+    for result in (asgi, uvicorn):
+        head.append(f"  {result.server} ")
+        head.append(result.status.upper(), style=STATUS_STYLE[result.status])
+    console.print(head)
+    console.print(Text(entry.summary, style="dim"))
+    for result in (asgi, uvicorn):
+        if result.error:
+            console.print(Text(f"{result.server}: {result.error}", style=STATUS_STYLE[result.status]))
+    left, right = _keyed(asgi), _keyed(uvicorn)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("req", "probe / var", "asgi", "uvicorn", "difference"):
+        table.add_column(column, overflow="fold")
+    expected_differences = 0
+    in_probe_order = [*left, *(key for key in right if key not in left)]
+    for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
+        a, u = left.get(key), right.get(key)
+        cells = [_observed_cell(o) if o else Text("-") for o in (a, u)]
+        if a and u and a.observed == u.observed:
+            note = Text("")
+        elif a and u and a.expected != u.expected:
+            note, expected_differences = Text("expected", style="yellow"), expected_differences + 1
+        else:
+            note = Text("unexpected" if a and u else "one side only", style="bold red" if a and u else "dim")
+        table.add_row(str(key[0] or "-"), Text.assemble(key[1], "\n", (key[2], "dim")), *cells, note)
+    console.print(table)
+    if expected_differences:
+        from ctxlab.scenario import load
+
+        console.print(Text(f"Why they differ: {load(entry).why}", style="yellow"))
+    console.print()
+
+
 def summary_line(report: Report, seconds: float) -> Text:
     """pytest style: `3 passed, 1 drifted in 0.41s`."""
     s = report.summary
@@ -104,31 +161,44 @@ def summary_line(report: Report, seconds: float) -> Text:
 
 
 def task_tree(result: ScenarioReport, request: int | None) -> Tree:
-    """Which task created which, what each saw; threads hang under the task
-    whose context they copied."""
+    """Which task created which, and what each saw; a thread hangs under
+    the task whose context it ran a copy of."""
     observations = [o for o in result.observations if o.request == request]
-    root = Tree(Text(f"request {request}", style="bold"))
+    root = Tree(Text(f"request {request}" if request else "outside any request", style="bold"))
     nodes: dict[str, Tree] = {}
-    context_owner = {o.context: o.task for o in observations if o.task}
-
-    def node_for(o: Observation) -> Tree:
-        key = o.task or f"{o.thread}/{o.context}"
-        if key not in nodes:
-            if o.task:
-                parent = nodes.get(o.parent_task, root)
-                label = f"task {o.task}" + (f" (created by {o.parent_task})" if o.parent_task else "")
-                label += f", context {o.context}"
-            else:
-                parent = nodes.get(context_owner.get(o.parent_context), root)
-                copied = f", a copy of {o.parent_context}" if o.parent_context else ", the thread's own"
-                label = f"thread {o.thread}, context {o.context}{copied}"
-            nodes[key] = parent.add(Text(label, style="cyan"))
-        return nodes[key]
-
+    first_seen = {}
     for o in observations:
+        if o.task:
+            first_seen.setdefault(o.task, o)
+    for o in list(first_seen.values()):
+        if o.parent_task:  # an unobserved creator still belongs in the tree
+            first_seen.setdefault(o.parent_task, None)
+    # Tasks in creation order, so that a parent's node exists before its child's.
+    for task in sorted(first_seen, key=lambda label: int(label[1:])):
+        o = first_seen[task]
+        label = f"task {task}"
+        if o:
+            label += f" (created by {o.parent_task})" if o.parent_task else ""
+            label += f", context {o.context}" + (f" (copied from {o.parent_context})" if o.parent_context else "")
+        parent = nodes.get(o.parent_task, root) if o else root
+        nodes[task] = parent.add(Text(label, style="cyan"))
+    context_owner = {o.context: o.task for o in observations if o.task}
+    for o in observations:
+        if o.task:
+            node = nodes[o.task]
+        else:
+            key = f"{o.thread}/{o.context}"
+            if key not in nodes:
+                copied = f", a copy of {o.parent_context}" if o.parent_context else ", the thread's own"
+                parent = nodes.get(context_owner.get(o.parent_context), root)
+                nodes[key] = parent.add(Text(f"thread {o.thread}, context {o.context}{copied}", style="cyan"))
+            node = nodes[key]
         mark = "[green]✓[/]" if o.match else "[bold red]✗[/]"
-        node_for(o).add(f"{mark} {escape(o.probe)}: {escape(o.var)} = {escape(show(o.observed))}")
+        node.add(f"{mark} {escape(o.probe)}: {escape(o.var)} = {escape(show(o.observed))}")
     return root
+
+
+TREES_SHOWN = 3
 
 
 def explain(scenario, result: ScenarioReport, source: str, console: Console) -> None:
@@ -139,9 +209,12 @@ def explain(scenario, result: ScenarioReport, source: str, console: Console) -> 
     if result.onion:
         console.print(onion(result.onion))
     if result.error:
-        console.print(Text(result.error, style="bold magenta"))
-    first = min((o.request for o in result.observations if o.request), default=None)
-    console.print(task_tree(result, first))
+        console.print(Text(result.error, style=STATUS_STYLE[result.status]))
+    requests = list(dict.fromkeys(o.request for o in result.observations))
+    for request in requests[:TREES_SHOWN]:
+        console.print(task_tree(result, request))
+    if len(requests) > TREES_SHOWN:
+        console.print(Text(f"(+{len(requests) - TREES_SHOWN} more requests; `ctxlab run {scenario.name}` shows all)", style="dim"))
     console.print(Panel(scenario.why or "-", title="why", title_align="left"))
     console.print(Panel(scenario.fix or "-", title="the fix", title_align="left"))
     console.print(Group(Text(f"source: {scenario.source}", style="dim"), Syntax(source, "python")))

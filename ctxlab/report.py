@@ -50,6 +50,7 @@ class ScenarioReport:
     error: str | None = None
     onion: list[str] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
+    server: str = "asgi"
 
     @property
     def drifted(self) -> list[Observation]:
@@ -86,7 +87,7 @@ def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> S
     context_label = _labels(marks, lambda m: m.order, "C")
     task_label[None] = context_label[None] = None
 
-    report = ScenarioReport(scenario.name, "pass", run.duration_ms, run.error, run.onion)
+    report = ScenarioReport(scenario.name, "pass", run.duration_ms, run.error, run.onion, server=server)
     seen = set()
     try:
         for record in run.records:
@@ -124,8 +125,8 @@ def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> S
     return report
 
 
-def skipped(name: str, reason: str) -> ScenarioReport:
-    return ScenarioReport(name, "skipped", error=reason)
+def skipped(name: str, reason: str, server: str) -> ScenarioReport:
+    return ScenarioReport(name, "skipped", error=reason, server=server)
 
 
 def environment() -> dict[str, Any]:
@@ -171,6 +172,9 @@ class Report:
             "environment": environment(),
             "server": self.server,
             "spec_version": self.spec_version,
-            "scenarios": [s.to_json() for s in self.scenarios],
+            # With --server both each scenario appears once per server, tagged.
+            "scenarios": [
+                {**s.to_json(), "server": s.server} if self.server == "both" else s.to_json() for s in self.scenarios
+            ],
             "summary": self.summary,
         }
