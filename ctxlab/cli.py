@@ -250,6 +250,37 @@ def explain(
     return 0
 
 
+@app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help="A scenario name.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")] = 8000,
+    scenarios: ScenariosOption = None,
+) -> int:
+    """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
+    probe rows as requests arrive; Ctrl-C stops it."""
+    entry = select([name], False, [], scenarios)[0]
+    if "uvicorn" not in entry.servers:
+        raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
+    from ctxlab import render, runner
+    from ctxlab.scenario import load
+    from ctxlab.servers import ServerFailed
+
+    scenario = load(entry)
+    console, labels = _console(), render.LiveLabels()
+
+    def ready(url: str) -> None:
+        first = scenario.requests[0]
+        console.print(f"serving {name} on {url} (Ctrl-C to stop); try: curl -X {first.method} {url}{first.path}")
+
+    try:
+        runner.serve(scenario, port, ready, lambda record: console.print(labels.line(record)))
+    except ServerFailed as exc:
+        raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc}") from None
+    except KeyboardInterrupt:
+        console.print("stopped")
+    return 0
+
+
 def _is_click_error(exc: Exception) -> bool:
     # Typer may bring its own copy of click, so match the interface.
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")

@@ -218,3 +218,22 @@ def explain(scenario, result: ScenarioReport, source: str, console: Console) -> 
     console.print(Panel(scenario.why or "-", title="why", title_align="left"))
     console.print(Panel(scenario.fix or "-", title="the fix", title_align="left"))
     console.print(Group(Text(f"source: {scenario.source}", style="dim"), Syntax(source, "python")))
+
+
+class LiveLabels:
+    """Labels tasks and contexts as records arrive (for `ctxlab serve`)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[object, str] = {}
+        self.contexts: dict[object, str] = {}
+
+    def _label(self, table: dict, item, prefix: str) -> str:
+        return table.setdefault(item, f"{prefix}{len(table) + 1}")
+
+    def line(self, record) -> Text:
+        where = f"{self._label(self.tasks, record.task, 'T')} " if record.task else ""
+        where += f"{self._label(self.contexts, record.context, 'C')} {record.thread}"
+        return Text.assemble(
+            (f"request {record.request}  ", "bold"), (record.probe, "cyan"), f"  {record.var} = ",
+            show(record.value), (f"   {where}", "dim"),
+        )  # fmt: skip

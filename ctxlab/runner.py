@@ -6,8 +6,9 @@ import asyncio
 import contextvars
 import signal
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import httpx
 
@@ -38,64 +39,71 @@ def onion(app) -> list[str]:
     return names
 
 
-def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None, concurrency: int | None = None) -> Run:
-    result = Run()
-    recorder = Recorder()
+@contextmanager
+def scenario_loop(recorder: Recorder) -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop whose tasks the recorder tracks; closed after."""
     loop = asyncio.new_event_loop()
     loop.set_task_factory(recorder.task_factory)
     previous = activate(recorder)
-    started = time.perf_counter()
-    interrupted = False
     try:
-        concurrency = result.concurrency = concurrency or scenario.concurrency
-        app = scenario.build(concurrency) if concurrency else scenario.build()
-        result.onion = onion(app)
-        driving = loop.create_task(
-            asyncio.wait_for(_drive(scenario, app, server, spec_version, concurrency, recorder), scenario.timeout)
-        )
-        interrupted = _cancel_on_ctrl_c(loop, driving)
-        loop.run_until_complete(driving)
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
-        raise KeyboardInterrupt from None  # after every finally: servers are down
-    except asyncio.TimeoutError:
-        result.error = f"timed out after {scenario.timeout:g}s"
-    except Exception as exc:  # noqa: BLE001 - a crashing scenario is a result
-        result.error = f"{type(exc).__name__}: {exc}"
+        yield loop
     finally:
-        result.duration_ms = (time.perf_counter() - started) * 1000
         activate(previous)
         loop.remove_signal_handler(signal.SIGINT)
         _close(loop)
+
+
+def run_until_done_or_ctrl_c(loop: asyncio.AbstractEventLoop, coro) -> None:
+    """Run `coro` as a task; Ctrl-C cancels it, so its cleanup (stopping a
+    server, closing sockets) runs before KeyboardInterrupt is raised."""
+    task = loop.create_task(coro)
+    try:
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
+        pass
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:  # only Ctrl-C cancels it: timeouts raise TimeoutError
+        raise KeyboardInterrupt from None
+
+
+def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None, concurrency: int | None = None) -> Run:
+    result = Run()
+    recorder = Recorder()
+    started = time.perf_counter()
+    with scenario_loop(recorder) as loop:
+        try:
+            concurrency = result.concurrency = concurrency or scenario.concurrency
+            app = scenario.build(concurrency) if concurrency else scenario.build()
+            result.onion = onion(app)
+            driving = _drive(scenario, app, server, spec_version, concurrency, recorder)
+            run_until_done_or_ctrl_c(loop, asyncio.wait_for(driving, scenario.timeout))
+        except asyncio.TimeoutError:
+            result.error = f"timed out after {scenario.timeout:g}s"
+        except Exception as exc:  # noqa: BLE001 - a crashing scenario is a result
+            result.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            result.duration_ms = (time.perf_counter() - started) * 1000
     result.records, result.tasks = recorder.records, recorder.tasks
     return result
 
 
-class _Interrupt:
-    """Truthy once Ctrl-C was pressed during the run."""
+def serve(scenario: Scenario, port: int, on_ready, on_record) -> None:
+    """Serve the scenario's app on 127.0.0.1:`port` until Ctrl-C, calling
+    `on_record` for every probe record as it happens."""
+    recorder = Recorder(on_record=on_record)
 
-    def __init__(self) -> None:
-        self.pressed = False
+    async def serving() -> None:
+        recorder.set_root(asyncio.current_task())
+        app = servers.attribute_requests(scenario.build())
+        async with servers.uvicorn_server(
+            app, lifespan=scenario.lifespan, options=scenario.server_options, timeout=1, port=port
+        ) as base_url:
+            on_ready(base_url)
+            await asyncio.Event().wait()  # until Ctrl-C
 
-    def __bool__(self) -> bool:
-        return self.pressed
-
-
-def _cancel_on_ctrl_c(loop, task) -> _Interrupt:
-    """Turn Ctrl-C into cancelling `task`, so its cleanup (stopping a
-    server, closing sockets) runs before ctxlab reports and exits."""
-    interrupt = _Interrupt()
-
-    def cancel() -> None:
-        interrupt.pressed = True
-        task.cancel()
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, cancel)
-    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
-        pass
-    return interrupt
+    with scenario_loop(recorder) as loop:
+        run_until_done_or_ctrl_c(loop, serving())
 
 
 async def _drive(scenario: Scenario, app, server: str, spec_version, concurrency, recorder: Recorder) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -25,12 +26,14 @@ def attribute_requests(app, spec_version: str | None = None, state: dict | None 
     `state` is the lifespan state, copied into each request as servers do.
     """
     header = REQUEST_HEADER.encode()
+    arrivals = itertools.count(1)  # for requests that do not say (curl)
 
     async def outermost(scope, receive, send):
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        number = int(dict(scope["headers"]).get(header, b"0"))
+        given = dict(scope["headers"]).get(header)
+        number = int(given) if given else next(arrivals)
         if spec_version is not None:
             scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": spec_version}}
         if state is not None:
@@ -114,7 +117,9 @@ class ServerFailed(Exception):
 
 
 @asynccontextmanager
-async def uvicorn_server(app, *, lifespan: bool, options: dict[str, Any], timeout: float) -> AsyncIterator[str]:
+async def uvicorn_server(
+    app, *, lifespan: bool, options: dict[str, Any], timeout: float, port: int = 0
+) -> AsyncIterator[str]:
     """A real uvicorn on 127.0.0.1 (ephemeral port); yields its base URL.
 
     We drive `Server.startup()` ourselves instead of `serve()`: serve's
@@ -125,7 +130,7 @@ async def uvicorn_server(app, *, lifespan: bool, options: dict[str, Any], timeou
     import uvicorn
 
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http="h11", lifespan="on" if lifespan else "off",
+        app, host="127.0.0.1", port=port, http="h11", lifespan="on" if lifespan else "off",
         log_config=None, access_log=False, **options,
     )  # fmt: skip
     config.load()
@@ -136,29 +141,39 @@ async def uvicorn_server(app, *, lifespan: bool, options: dict[str, Any], timeou
     logger.addHandler(errors)
     propagate, logger.propagate = logger.propagate, False  # its tracebacks are ours to report
     try:
-        await server.startup()
+        try:
+            await server.startup()
+        except SystemExit:  # uvicorn exits the process when it cannot bind
+            server.started = False
         if not server.started:
             raise ServerFailed(f"uvicorn did not start: {errors.text() or 'no reason given'}")
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
             yield f"http://127.0.0.1:{port}"
-        finally:
-            await _stop(server, timeout)
+        except BaseException:
+            await _stop(server, grace=0)  # failing or interrupted: no waiting
+            raise
+        await _stop(server, grace=timeout)
     finally:
         logger.removeHandler(errors)
         logger.propagate = propagate
 
 
-async def _stop(server, timeout: float) -> None:
-    """What Server.shutdown does, minus its fixed sleeps."""
+async def _stop(server, grace: float) -> None:
+    """What Server.shutdown does, minus its fixed sleeps.  Request tasks
+    still running (a background task after the response) get `grace`
+    seconds, then are cancelled."""
     for listener in server.servers:
         listener.close()
     for connection in list(server.server_state.connections):
         connection.shutdown()
-    if server.server_state.tasks:
-        _, stuck = await asyncio.wait(list(server.server_state.tasks), timeout=timeout)
+    running = [task for task in server.server_state.tasks if not task.done()]
+    if running:
+        _, stuck = await asyncio.wait(running, timeout=grace) if grace else ((), running)
         for task in stuck:
             task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=1)
     if server.config.lifespan != "off":
         await server.lifespan.shutdown()
 

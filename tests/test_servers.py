@@ -1,0 +1,136 @@
+"""Real uvicorn on loopback, --server both, --spec-version, and cleanup."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ctxlab, ctxlab_json, run_named
+
+from ctxlab.cli import run_entry
+from ctxlab.scenario import Env, catalog
+
+BROKEN = str(Path(__file__).parent / "fixtures" / "broken_scenarios")
+
+
+def values(result):
+    return [(o.request, o.probe, o.var, o.observed) for o in result.observations]
+
+
+def test_uvicorn_sees_what_in_process_sees_for_middleware_order():
+    assert values(run_named("bad-then-shiny", "uvicorn")) == values(run_named("bad-then-shiny"))
+
+
+def test_lifespan_runs_on_the_real_server():
+    result = run_named("lifespan-var", "uvicorn")
+    assert result.status == "pass"
+    assert ("startup", "db", "pool") in [(o.probe, o.var, o.observed) for o in result.observations]
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_a_failing_run_leaves_no_server_or_socket_behind():
+    entries = catalog(Path(BROKEN))
+    run_named("bad-only", "uvicorn")  # warm up imports and lazy files
+    before = open_fds()
+    for name in ("crashes", "hangs", "fine"):
+        run_entry(entries[name], "uvicorn", None)
+    assert open_fds() == before
+
+
+def test_server_both_json_tags_each_run():
+    code, document, _ = ctxlab_json("run", "keepalive-large-body-leak", "--server", "both")
+    assert code == 0 and document["server"] == "both"
+    runs = {s["server"]: s for s in document["scenarios"]}
+    assert set(runs) == {"asgi", "uvicorn"}
+    second = lambda run: [o["observed"] for o in run["observations"] if o["request"] == 2]  # noqa: E731
+    assert second(runs["asgi"]) == [None]
+    expected_leak = "alice" if not Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45") else None
+    assert second(runs["uvicorn"]) == [expected_leak]
+
+
+def test_server_both_table_marks_expected_differences():
+    code, out, _ = ctxlab("run", "keepalive-large-body-leak", "bad-only", "--server", "both")
+    assert code == 0
+    if Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45"):
+        pytest.skip("this uvicorn does not leak: no difference to show")
+    assert "expected" in out and "Why they differ" in out and "unexpected" not in out
+
+
+@pytest.mark.parametrize("spec_version, body_set_reaches_middleware", [("2.3", False), ("2.4", True)])
+def test_spec_version_changes_where_a_streaming_body_runs(spec_version, body_set_reaches_middleware):
+    result = run_named("streaming-body", "asgi", spec_version)
+    assert result.status == "pass"
+    (after,) = [o for o in result.observations if o.probe == "middleware.after"]
+    streams_inline = body_set_reaches_middleware and Env("asgi", None, None).has("starlette", ">=0.42")
+    assert after.observed == ("set while streaming" if streams_inline else "set in endpoint")
+
+
+def test_spec_version_with_a_real_server_is_refused():
+    code, _, err = ctxlab("run", "bad-only", "--server", "uvicorn", "--spec-version", "2.4")
+    assert code == 2 and "--spec-version applies to --server asgi only" in err
+
+
+def test_ctrl_c_reports_what_finished_and_exits_130():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--server", "uvicorn"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "fine" not in seen and time.monotonic() < deadline:
+        seen += process.stdout.readline()
+    time.sleep(0.5)  # let "sleeps" start its server and request
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert "1 passed" in out and "(interrupted)" in out
+
+
+def test_ctrl_c_with_json_still_prints_the_partial_report():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    document = json.loads(out)
+    assert [s["name"] for s in document["scenarios"]] == ["fine"]
+
+
+def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ctxlab", "serve", "shiny-then-bad", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+    try:
+        first = process.stdout.readline()
+        url = first.split(" on ")[1].split(" ")[0]
+        assert httpx.get(url + "/").json() == {"random_int": 42}
+        rows = [process.stdout.readline() for _ in range(3)]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert [row.split()[2] for row in rows] == ["endpoint", "bad.after", "shiny.after"]
+    assert rows[1].split("=")[1].split()[0] == "null" and '{"random_int": 42}' in rows[2]
+    assert "stopped" in out
+
+
+def test_serve_refuses_a_scenario_that_only_runs_in_process():
+    code, _, err = ctxlab("serve", "asgi-transport-leak")
+    assert code == 2 and "runs only in process" in err
