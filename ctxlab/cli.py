@@ -281,6 +281,128 @@ def serve(
     return 0
 
 
+def _baseline(path: Optional[Path]):
+    if path is None:
+        return None
+    from ctxlab.report import ReportFileError, load_report
+
+    try:
+        return load_report(path)
+    except ReportFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@app.command()
+def check(
+    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", help="Also fail when observations differ from this snapshot.")
+    ] = None,
+    scenarios: ScenariosOption = None,
+) -> int:
+    """CI mode: every scenario, a line each, details only for failures."""
+    before = _baseline(baseline)
+    _writable(junit)
+    from ctxlab import render, report
+
+    console = _console()
+    started = time.perf_counter()
+    results = execute(list(_entries(scenarios).values()), server, None, None,
+                      lambda entry, outcomes: render.check_line(entry, outcomes, console))  # fmt: skip
+    if junit is not None:
+        write_atomically(junit, report.junit(results))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in report.github_annotations(results):
+            print(line)
+    code = results.exit_code
+    if before is not None:
+        found = report.diff(before, results.to_json())
+        render.changes(found, before.get("environment", {}), report.environment(), console)
+        if found and code in (0, 5):
+            code = 1
+    console.print(render.summary_line(results, time.perf_counter() - started))
+    return code
+
+
+@app.command()
+def snapshot(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the snapshot (JSON).")],
+    server: Annotated[Server, typer.Option(help="Record in process, on uvicorn, or both.")] = Server.both,
+    scenarios: ScenariosOption = None,
+) -> int:
+    """Save every scenario's observations in this environment, for `diff`."""
+    _writable(output)
+    results = execute(list(_entries(scenarios).values()), server, None)
+    if results.interrupted:
+        return 130  # a partial snapshot would diff as removals: write none
+    write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
+    s = results.summary
+    _console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
+                                f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip
+    return 3 if s["errors"] else 0
+
+
+@app.command()
+def diff(
+    snapshot_file: Annotated[Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
+    scenarios: ScenariosOption = None,
+) -> int:
+    """Run the snapshot's scenarios now and show what changed against it."""
+    before = _baseline(snapshot_file)
+    from ctxlab import render, report
+
+    entries = _entries(scenarios)
+    names = list(dict.fromkeys(s["name"] for s in before["scenarios"]))
+    servers = {s.get("server", before.get("server", "asgi")) for s in before["scenarios"]}
+    server = Server.both if len(servers) > 1 else Server(servers.pop() if servers else "asgi")
+    results = execute([entries[n] for n in names if n in entries], server, before.get("spec_version"))
+    if results.interrupted:
+        return 130
+    found = report.diff(before, results.to_json())
+    after_env = report.environment()
+    if as_json:
+        changes = [vars(c) for c in found]
+        typer.echo(json.dumps({"schema_version": 1, "before": before.get("environment", {}),
+                               "after": after_env, "changes": changes}, indent=2))  # fmt: skip
+    else:
+        render.changes(found, before.get("environment", {}), after_env, _console())
+    return 1 if found else 0
+
+
+@app.command()
+def matrix(
+    with_: Annotated[
+        List[str],
+        typer.Option("--with", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
+    ],
+    server: Annotated[Server, typer.Option(help="How requests reach the app, in every column.")] = Server.both,
+    as_json: Annotated[bool, typer.Option("--json", help="The grid as JSON on stdout.")] = False,
+    scenarios: ScenariosOption = None,
+) -> int:
+    """The same scenarios across framework versions: a scenario x environment grid."""
+    from ctxlab import matrix as matrices
+    from ctxlab import render
+
+    extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
+    try:
+        columns = [matrices.parse_column(text) for text in with_]
+        if len(columns) < 2:
+            raise matrices.MatrixError("give at least two --with columns to compare")
+        for column in columns:
+            matrices.environment(column, progress=lambda line: _console(stderr=True).print(line))
+            column.report = matrices.run_column(column, server.value, extra)
+    except matrices.MatrixError as exc:
+        raise UsageError(str(exc)) from None
+    result = matrices.grid(columns)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        render.matrix(result, _console())
+    return 0
+
+
 def _is_click_error(exc: Exception) -> bool:
     # Typer may bring its own copy of click, so match the interface.
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")

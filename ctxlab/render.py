@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -13,14 +12,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ctxlab.report import Observation, Report, ScenarioReport
+from ctxlab.report import Observation, Report, ScenarioReport, show
 
 STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow"}
-
-
-def show(value: Any) -> str:
-    """A report value as a person reads it: `null` for None, JSON otherwise."""
-    return value if isinstance(value, str) and value.startswith("<") else json.dumps(value)
 
 
 def catalog(entries, console: Console) -> None:
@@ -237,3 +231,65 @@ class LiveLabels:
             (f"request {record.request}  ", "bold"), (record.probe, "cyan"), f"  {record.var} = ",
             show(record.value), (f"   {where}", "dim"),
         )  # fmt: skip
+
+
+def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
+    """`ctxlab check`: a line per scenario; full tables only for failures."""
+    for result in results:
+        status = Text(f"{result.status.upper():<8}", style=STATUS_STYLE[result.status])
+        console.print(Text.assemble(status, result.name, (f"  {result.server}  {result.duration_ms:.0f} ms", "dim")))
+    for result in results:
+        if result.status in ("drift", "error"):
+            failed = ScenarioReport(**{**vars(result), "observations": result.drifted})
+            scenario_report(failed, entry.summary, console)
+
+
+def changes(found, before: dict, after: dict, console: Console) -> None:
+    """`ctxlab diff`: what changed, and the package versions either side."""
+    if found:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        for column in ("scenario", "server", "req", "probe / var", "before", "after"):
+            table.add_column(column, overflow="fold")
+        for c in found:
+            table.add_row(
+                c.scenario, c.server, str(c.request or "-"), Text.assemble(c.probe, "\n", (c.var, "dim")),
+                Text(show(c.before), style="red"), Text(show(c.after), style="green"),
+            )  # fmt: skip
+        console.print(table)
+    old, new = before.get("packages", {}), after.get("packages", {})
+    versions = [f"{p} {old.get(p, '-')} → {new.get(p, '-')}" if old.get(p) != new.get(p) else f"{p} {new.get(p)}"
+                for p in dict.fromkeys([*old, *new])]  # fmt: skip
+    console.print(Text("packages: " + ", ".join(versions), style="dim"))
+    python = f"python {before.get('python', '-')} → {after.get('python')}" if before.get("python") != after.get("python") else ""
+    if python:
+        console.print(Text(python, style="dim"))
+    scenarios = len({(c.scenario, c.server) for c in found})
+    verdict = f"{len(found)} change(s) in {scenarios} scenario(s)" if found else "no changes"
+    console.print(Text(verdict, style="bold red" if found else "green"))
+
+
+def matrix(result: dict, console: Console) -> None:
+    """The scenario x environment grid; cells whose observations changed
+    from the column before are highlighted, then each change is listed."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("scenario", overflow="fold")
+    for column in result["columns"]:
+        table.add_column(column["label"], overflow="fold")
+    for row in result["scenarios"]:
+        cells = [
+            Text(cell["status"] + (" *" if cell["changed"] else ""),
+                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[cell["status"]])
+            for cell in row["cells"]
+        ]  # fmt: skip
+        table.add_row(f"{row['name']} ({row['server']})", *cells)
+    console.print(table)
+    if not result["changes"]:
+        console.print(Text("no observation differs between columns", style="green"))
+        return
+    console.print(Text("* observations changed from the column before; first appearing in:", style="bold"))
+    for c in result["changes"]:
+        where = f"request {c['request']} " if c["request"] else ""
+        console.print(
+            f"  {c['column']}: {c['scenario']} ({c['server']}) {where}{c['probe']} {c['var']}: "
+            f"{show(c['before'])} → {show(c['after'])}"
+        )

@@ -67,6 +67,19 @@ class ScenarioReport:
         }
 
 
+def show(value: Any) -> str:
+    """A report value as a person reads it: `null` for None, JSON otherwise;
+    markers such as <unset> as they are."""
+    import json
+
+    return value if isinstance(value, str) and value.startswith("<") else json.dumps(value)
+
+
+def drift_line(o: Observation) -> str:
+    request = f"request {o.request}: " if o.request else ""
+    return f"{request}{o.probe} {o.var}: expected {show(o.expected)}, observed {show(o.observed)}"
+
+
 def _labels(items, order, prefix: str) -> dict[Any, str]:
     return {item: f"{prefix}{n}" for n, item in enumerate(sorted(items, key=order), 1)}
 
@@ -178,3 +191,135 @@ class Report:
             ],
             "summary": self.summary,
         }
+
+
+# -- saved reports: snapshot and diff ---------------------------------------------
+class ReportFileError(Exception):
+    """A report file that cannot be used (exit 2)."""
+
+
+def load_report(path) -> dict[str, Any]:
+    """A saved report, checked enough that diffing it cannot crash."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text.strip():
+        raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(document, dict) or "schema_version" not in document:
+        raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
+    if document["schema_version"] != SCHEMA_VERSION:
+        raise ReportFileError(
+            f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
+        )
+    scenarios = document.get("scenarios")
+    valid = isinstance(scenarios, list) and all(
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and isinstance(s.get("observations"), list)
+        and all(isinstance(o, dict) and {"probe", "var", "observed"} <= o.keys() for o in s["observations"])
+        for s in scenarios
+    )
+    if not valid:
+        raise ReportFileError(f"{path} is a malformed ctxlab report: 'scenarios' is not a list of scenario results")
+    return document
+
+
+@dataclass
+class Change:
+    scenario: str
+    server: str
+    request: int | None
+    probe: str
+    var: str
+    before: Any
+    after: Any
+
+
+def _values(entry: dict[str, Any]) -> dict[tuple, Any]:
+    """Observed values keyed by (request, probe, var, nth time seen)."""
+    counts: dict[tuple, int] = {}
+    values = {}
+    for o in entry["observations"]:
+        base = (o.get("request"), o["probe"], o["var"])
+        counts[base] = counts.get(base, -1) + 1
+        values[(*base, counts[base])] = o["observed"]
+    return values
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """What changed from one report to another, scenario by scenario.
+
+    Scenarios in `after` that `before` never ran are not changes.
+    """
+
+    def keyed(document):
+        server = document.get("server", "asgi")
+        return {(s["name"], s.get("server", server)): s for s in document["scenarios"]}
+
+    now = keyed(after)
+    changes = []
+    for (name, server), old in keyed(before).items():
+        new = now.get((name, server))
+        if new is None:
+            changes.append(Change(name, server, None, "-", "status", old.get("status"), "<not run>"))
+            continue
+        if old.get("status") != new.get("status"):
+            changes.append(Change(name, server, None, "-", "status", old.get("status"), new.get("status")))
+        old_values, new_values = _values(old), _values(new)
+        for key in [*old_values, *(k for k in new_values if k not in old_values)]:
+            was, now_is = old_values.get(key, "<absent>"), new_values.get(key, "<absent>")
+            if was != now_is:
+                changes.append(Change(name, server, key[0], key[1], key[2], was, now_is))
+    return changes
+
+
+# -- CI formats ------------------------------------------------------------------------
+def junit(report: Report) -> str:
+    """JUnit XML: a testcase per scenario (and server); drift is a failure
+    listing the differing rows, a crash is an error."""
+    import xml.etree.ElementTree as ET
+
+    suites = ET.Element("testsuites")
+    s = report.summary
+    suite = ET.SubElement(
+        suites, "testsuite", name="ctxlab", tests=str(s["total"]), failures=str(s["drifted"]),
+        errors=str(s["errors"]), skipped=str(s["skipped"]),
+        time=f"{sum(r.duration_ms for r in report.scenarios) / 1000:.3f}",
+    )  # fmt: skip
+    for result in report.scenarios:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"ctxlab.{result.server}", name=result.name,
+            time=f"{result.duration_ms / 1000:.3f}",
+        )  # fmt: skip
+        if result.status == "drift":
+            failure = ET.SubElement(case, "failure", message=f"{len(result.drifted)} observation(s) drifted")
+            failure.text = "\n".join(drift_line(o) for o in result.drifted)
+        elif result.status == "error":
+            ET.SubElement(case, "error", message=result.error or "error")
+        elif result.status == "skipped":
+            ET.SubElement(case, "skipped", message=result.error or "skipped")
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def github_annotations(report: Report) -> list[str]:
+    """`::error` workflow commands for drift and errors (GitHub Actions)."""
+
+    def escape(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    lines = []
+    for result in report.scenarios:
+        title = escape(f"ctxlab {result.status}: {result.name} ({result.server})")
+        if result.status == "drift":
+            lines += [f"::error title={title}::{escape(drift_line(o))}" for o in result.drifted]
+        elif result.status == "error":
+            lines.append(f"::error title={title}::{escape(result.error or '')}")
+    return lines
