@@ -304,6 +304,8 @@ def check(
     """CI mode: every scenario, a line each, details only for failures."""
     before = _baseline(baseline)
     _writable(junit)
+    from rich.text import Text
+
     from ctxlab import render, report
 
     console = _console()
@@ -317,7 +319,12 @@ def check(
             print(line)
     code = results.exit_code
     if before is not None:
-        found = report.diff(before, results.to_json())
+        default = before.get("server", "asgi")
+        kept = [s for s in before["scenarios"] if s.get("server", default) in server.runs_on]
+        if len(kept) < len(before["scenarios"]):
+            console.print(Text(f"baseline: {len(before['scenarios']) - len(kept)} runs on other servers not "
+                               f"compared (see --server)", style="dim"))  # fmt: skip
+        found = report.diff({**before, "scenarios": kept}, results.to_json())
         render.changes(found, before.get("environment", {}), report.environment(), console)
         if found and code in (0, 5):
             code = 1

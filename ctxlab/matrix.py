@@ -51,7 +51,8 @@ def parse_column(text: str) -> Column:
         try:
             Requirement(requirement)
         except InvalidRequirement as exc:
-            raise MatrixError(f"bad requirement {requirement!r} in --with: {exc}") from None
+            reason = str(exc).splitlines()[0]  # packaging adds a caret diagram below
+            raise MatrixError(f"bad requirement {requirement!r} in --with: {reason}") from None
     return Column(" ".join(requirements), requirements)
 
 

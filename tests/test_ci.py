@@ -1,0 +1,158 @@
+"""check, snapshot, diff, JUnit, annotations and matrix, for real."""
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import ctxlab, ctxlab_json
+
+from ctxlab import matrix
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROPAGATING = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    path = tmp_path_factory.mktemp("snap") / "snap.json"
+    code, _, err = ctxlab("snapshot", "-o", str(path))
+    assert code == 0, err
+    return path
+
+
+def test_snapshot_covers_both_servers(snapshot):
+    document = json.loads(snapshot.read_text())
+    assert document["server"] == "both"
+    assert {s["server"] for s in document["scenarios"]} == {"asgi", "uvicorn"}
+
+
+def test_diff_in_the_same_environment_finds_nothing(snapshot):
+    code, out, _ = ctxlab("diff", str(snapshot))
+    assert code == 0 and "no changes" in out
+
+
+def test_diff_names_what_a_changed_framework_changed(snapshot):
+    code, document, _ = ctxlab_json("diff", str(snapshot), env=PROPAGATING)
+    assert code == 1
+    changed = {(c["scenario"], c["probe"], c["var"], json.dumps(c["after"])) for c in document["changes"]}
+    assert ("bad-only", "bad.after", "context", '{"random_int": 42}') in changed
+    assert set(document["before"]["packages"]) == set(document["after"]["packages"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("{not json", "is not JSON (line 1"),
+        ('{"hello": 1}', "is not a ctxlab report (no schema_version)"),
+        ('{"schema_version": 2, "scenarios": []}', "has schema_version 2; this ctxlab reads 1"),
+        ('{"schema_version": 1, "scenarios": [{"name": "x"}]}', "malformed ctxlab report"),
+        ("[1, 2]", "is not a ctxlab report"),
+    ],
+)
+def test_diff_refuses_bad_files_with_one_line(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    code, out, err = ctxlab("diff", str(path))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_diff_of_a_missing_file(tmp_path):
+    code, _, err = ctxlab("diff", str(tmp_path / "nope.json"))
+    assert code == 2 and "cannot read" in err and "No such file" in err
+
+
+def test_check_passes_and_writes_junit(tmp_path):
+    target = tmp_path / "junit.xml"
+    code, out, _ = ctxlab("check", "--junit", str(target))
+    assert code == 0 and "PASS" in out
+    suite = ET.parse(target).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert int(suite.get("tests")) == len(cases) >= 30
+    assert int(suite.get("skipped")) == len([c for c in cases if c.find("skipped") is not None])
+    assert suite.get("failures") == suite.get("errors") == "0"
+
+
+def test_check_reports_drift_as_junit_failures_and_github_annotations(tmp_path):
+    target = tmp_path / "junit.xml"
+    env = {**PROPAGATING, "GITHUB_ACTIONS": "true"}
+    code, out, _ = ctxlab("check", "--junit", str(target), env=env)
+    assert code == 1
+    suite = ET.parse(target).getroot().find("testsuite")
+    failed = {c.get("name"): c.find("failure") for c in suite.findall("testcase") if c.find("failure") is not None}
+    assert int(suite.get("failures")) == len(failed) and "bad-only" in failed
+    assert 'bad.after context: expected null, observed {"random_int": 42}' in failed["bad-only"].text
+    annotations = [line for line in out.splitlines() if line.startswith("::error ")]
+    assert '::error title=ctxlab drift: bad-only (asgi)::request 1: bad.after context: expected null, observed {"random_int": 42}' in annotations
+
+
+def test_check_with_a_baseline_fails_on_changes(snapshot):
+    code, out, _ = ctxlab("check", "--baseline", str(snapshot))
+    assert code == 0 and "no changes" in out
+    code, out, _ = ctxlab("check", "--baseline", str(snapshot), "--server", "both", env=PROPAGATING)
+    assert code == 1 and "change(s)" in out
+
+
+def test_check_refuses_a_bad_baseline(tmp_path):
+    (tmp_path / "b.json").write_text("garbage")
+    code, _, err = ctxlab("check", "--baseline", str(tmp_path / "b.json"))
+    assert code == 2 and "is not JSON" in err
+
+
+@pytest.mark.parametrize("text", ["", "starlette==1==2", "not a requirement!"])
+def test_matrix_refuses_bad_columns(text):
+    code, _, err = ctxlab("matrix", "--with", text, "--with", "starlette")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_matrix_needs_two_columns():
+    code, _, err = ctxlab("matrix", "--with", "starlette")
+    assert code == 2 and "at least two" in err
+
+
+def test_matrix_reports_an_unknown_version_clearly():
+    code, _, err = ctxlab("matrix", "--with", "uvicorn==0.0.424242", "--with", "uvicorn", env={"CTXLAB_CACHE": "/tmp/ctxlab-test-cache"})
+    assert code == 2 and "cannot build the environment for uvicorn==0.0.424242" in err.replace("\n", " ")
+
+
+UVICORN_044 = "uvicorn==0.44.0"
+
+
+@pytest.fixture(scope="module")
+def uvicorn_044_env():
+    """A real environment with uvicorn 0.44, the last release with fresh contexts."""
+    return matrix.environment(matrix.parse_column(UVICORN_044), progress=lambda line: None)
+
+
+def test_snapshot_from_uvicorn_044_diffed_on_this_uvicorn(uvicorn_044_env, tmp_path):
+    path = tmp_path / "old.json"
+    done = subprocess.run(
+        [str(uvicorn_044_env / "bin" / "python"), "-m", "ctxlab", "snapshot", "-o", str(path), "--server", "uvicorn"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(matrix._shim())},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(path.read_text())["environment"]["packages"]["uvicorn"] == "0.44.0"
+    code, document, _ = ctxlab_json("diff", str(path))
+    from ctxlab.scenario import Env
+
+    if Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45"):
+        assert code == 0  # no leak on either side
+    else:
+        assert code == 1
+        assert "keepalive-large-body-leak" in {c["scenario"] for c in document["changes"]}
+        assert document["before"]["packages"]["uvicorn"] == "0.44.0"
+
+
+def test_matrix_grid_over_two_uvicorn_versions(uvicorn_044_env):
+    code, result, err = ctxlab_json("matrix", "--with", UVICORN_044, "--with", "uvicorn==0.45.0", "--server", "uvicorn")
+    assert code == 0, err
+    assert [c["label"] for c in result["columns"]] == [UVICORN_044, "uvicorn==0.45.0"]
+    cells = {row["name"]: row["cells"] for row in result["scenarios"]}
+    assert cells["keepalive-large-body-leak"][1]["changed"] and not cells["bad-only"][1]["changed"]
+    first = {(c["scenario"], c["column"]) for c in result["changes"]}
+    assert ("keepalive-large-body-leak", "uvicorn==0.45.0") in first
+    assert ("pipelined-leak", "uvicorn==0.45.0") in first
