@@ -13,6 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ctxlab.report import Observation, Report, ScenarioReport, show
+from ctxlab.scenario import describe
 
 STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow"}
 
@@ -195,6 +196,21 @@ def task_tree(result: ScenarioReport, request: int | None) -> Tree:
 TREES_SHOWN = 3
 
 
+def expectations(scenario) -> Table:
+    """What the scenario expects, including how it depends on versions or
+    the server, and what a naive reading would expect."""
+    table = Table("probe / var", "expected", "naive", title="expectations", title_justify="left",
+                  box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)  # fmt: skip
+    for probe, variables in scenario.expect.items():
+        for var, value in variables.items():
+            naive = scenario.naive.get(probe, {}).get(var, value)
+            table.add_row(Text.assemble(probe, "\n", (var, "dim")), describe(value),
+                          Text(describe(naive), style="yellow") if naive is not value else "")  # fmt: skip
+    return table
+
+
+
+
 def explain(scenario, result: ScenarioReport, source: str, console: Console) -> None:
     from rich.panel import Panel
     from rich.syntax import Syntax
@@ -209,6 +225,7 @@ def explain(scenario, result: ScenarioReport, source: str, console: Console) -> 
         console.print(task_tree(result, request))
     if len(requests) > TREES_SHOWN:
         console.print(Text(f"(+{len(requests) - TREES_SHOWN} more requests; `ctxlab run {scenario.name}` shows all)", style="dim"))
+    console.print(expectations(scenario))
     console.print(Panel(scenario.why or "-", title="why", title_align="left"))
     console.print(Panel(scenario.fix or "-", title="the fix", title_align="left"))
     console.print(Group(Text(f"source: {scenario.source}", style="dim"), Syntax(source, "python")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -84,6 +85,16 @@ class Varies:
         return self.describe
 
 
+def describe(value: Any) -> str:
+    """An expected value as reports show it (JSON, or how it varies)."""
+    if isinstance(value, Varies):
+        return value.describe
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def resolve(value: Any, env: Env) -> Any:
     return value.resolve(env) if isinstance(value, Varies) else value
 
@@ -101,19 +112,20 @@ def by_version(package: str, cases: Mapping[str, Any]) -> Varies:
                 return value
         raise ScenarioError(f"no expectation for {package} {installed} (cases: {', '.join(cases)})")
 
-    return Varies(f"{package} " + "; ".join(f"{s}: {v!r}" for s, v in cases.items()), choose)
+    return Varies("; ".join(f"{package}{spec}: {describe(v)}" for spec, v in cases.items()), choose)
 
 
 def by_server(**cases: Any) -> Varies:
     """`by_server(asgi=a, uvicorn=b)`."""
-    return Varies("server " + "; ".join(f"{s}: {v!r}" for s, v in cases.items()), lambda env: cases[env.server])
+    return Varies("; ".join(f"on {s}: {describe(v)}" for s, v in cases.items()), lambda env: cases[env.server])
 
 
 def per_request(*values: Any) -> Varies:
     """The expected value for request 1, 2, ...; the last one repeats."""
+    last = len(values)
     return Varies(
-        "per request " + ", ".join(repr(v) for v in values),
-        lambda env: values[min(env.request or 1, len(values)) - 1],
+        "; ".join(f"request {n}{'+' if n == last else ''}: ({describe(v)})" for n, v in enumerate(values, 1)),
+        lambda env: values[min(env.request or 1, last) - 1],
     )
 
 

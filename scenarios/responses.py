@@ -58,7 +58,7 @@ def streams_in_request_task(env):
         "body.start": {"stage": "set in endpoint"},
         "middleware.after": {
             "stage": Varies(
-                "starlette>=0.42 with spec_version>=2.4: 'set while streaming'; else 'set in endpoint'",
+                'starlette>=0.42 with spec_version>=2.4: "set while streaming"; else "set in endpoint"',
                 lambda env: "set while streaming" if streams_in_request_task(env) else "set in endpoint",
             )
         },
