@@ -10,7 +10,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -29,6 +28,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: Rich-formatted help imports rich.markdown and markdown-it,
+    # which would double the time `ctxlab --help` takes.
+    rich_markup_mode=None,
 )
 
 
@@ -120,6 +122,8 @@ def _writable(path: Optional[Path]) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write all of `text` or leave `path` as it was."""
+    import tempfile
+
     handle = tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", delete=False)
     try:
         with handle:

@@ -12,38 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-import json
-import re
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from ctxlab.values import UNSET, jsonable, raised
+
 __all__ = ["UNSET", "attempt", "note", "probe", "raised"]
-
-UNSET = "<unset>"  # how an unset variable (LookupError) is reported
-NOT_REACHED = "<not reached>"  # an expected probe that never ran
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def raised(exc_type: str, message: str) -> dict[str, str]:
-    """The report form of an exception seen at a probe."""
-    return {"raised": exc_type, "message": message}
-
-
-def jsonable(value: Any) -> Any:
-    """A value as the report shows it: JSON when it can be, else its repr.
-
-    Memory addresses are dropped so that two runs can be compared.
-    """
-    if isinstance(value, BaseException):
-        return raised(type(value).__name__, _ADDRESS.sub("", str(value)))
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError):
-        return _ADDRESS.sub("", repr(value))
-
 
 class _Mark:
     """Stored in a context to recognise that context object later.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ctxlab import __version__
-from ctxlab.probe import NOT_REACHED, jsonable
+from ctxlab.values import NOT_REACHED, jsonable
 from ctxlab.scenario import Env, Scenario, ScenarioError, package_version
 
 SCHEMA_VERSION = 1
@@ -143,6 +142,8 @@ def skipped(name: str, reason: str, server: str) -> ScenarioReport:
 
 
 def environment() -> dict[str, Any]:
+    import platform
+
     return {"python": platform.python_version(), "packages": {p: package_version(p) for p in PACKAGES}}
 
 

@@ -9,13 +9,10 @@ listing never pays for (or depends on) importing a web framework.
 from __future__ import annotations
 
 import ast
-import difflib
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -65,6 +62,8 @@ class Env:
 
 @cache
 def package_version(package: str) -> str:
+    from importlib import metadata  # 30 ms of imports: not for `ctxlab list`
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -263,6 +262,8 @@ def _collect(directory: Path, found: dict[str, Entry]) -> None:
 
 
 def suggest(name: str, known) -> str:
+    import difflib
+
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else "; see 'ctxlab list'"
 
@@ -273,6 +274,8 @@ _loaded: dict[Path, list[Scenario]] = {}
 
 def load(entry: Entry) -> Scenario:
     """Import the entry's module (once) and return its Scenario."""
+    import importlib.util
+
     path = entry.path
     if path not in _loaded:
         module_name = f"ctxlab_scenario_{path.stem}"

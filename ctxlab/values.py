@@ -1,0 +1,34 @@
+"""How observed values are reported: plain data, comparable across runs.
+
+Kept apart from the recorder so that reading and comparing reports never
+imports asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+UNSET = "<unset>"  # how an unset variable (LookupError) is reported
+NOT_REACHED = "<not reached>"  # an expected probe that never ran
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def raised(exc_type: str, message: str) -> dict[str, str]:
+    """The report form of an exception seen at a probe."""
+    return {"raised": exc_type, "message": message}
+
+
+def jsonable(value: Any) -> Any:
+    """A value as the report shows it: JSON when it can be, else its repr.
+
+    Memory addresses are dropped so that two runs can be compared.
+    """
+    if isinstance(value, BaseException):
+        return raised(type(value).__name__, _ADDRESS.sub("", str(value)))
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return _ADDRESS.sub("", repr(value))
