@@ -227,7 +227,10 @@ def run(
     show = None if as_json else (lambda entry, outcomes: render.outcomes(entry, outcomes, console))
     results = execute(entries, server, spec_version, concurrency, show)
     document = json.dumps(results.to_json(), indent=2)
-    if output is not None:
+    if output is not None and results.interrupted:
+        # A file missing scenarios would read as a complete report later.
+        _console(stderr=True).print(f"interrupted: {output} not written")
+    elif output is not None:
         write_atomically(output, document + "\n")
     if as_json:
         typer.echo(document)

@@ -119,7 +119,7 @@ def test_concurrent_requests_never_mix(asgi_app):
             await asyncio.sleep(0)
             probe("step", request_id)
 
-    requests = 200
+    requests = 500
     result = run_app(
         lambda: asgi_app(handler),
         {"step": {"request_id": "any"}},

@@ -96,9 +96,10 @@ def test_ctrl_c_reports_what_finished_and_exits_130():
     assert "1 passed" in out and "(interrupted)" in out
 
 
-def test_ctrl_c_with_json_still_prints_the_partial_report():
+def test_ctrl_c_with_json_still_prints_the_partial_report(tmp_path):
+    target = tmp_path / "report.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--json"],
+        [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--json", "-o", str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(3)
@@ -107,6 +108,7 @@ def test_ctrl_c_with_json_still_prints_the_partial_report():
     assert process.returncode == 130, err
     document = json.loads(out)
     assert [s["name"] for s in document["scenarios"]] == ["fine"]
+    assert list(tmp_path.iterdir()) == []  # no partial report file
 
 
 def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
