@@ -417,6 +417,38 @@ def matrix(
     return 0
 
 
+@app.command("probe")
+def probe_app(
+    target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
+    factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
+    app_dir: Annotated[Path, typer.Option("--app-dir", help="Where to import MODULE from.")] = Path("."),
+    path: Annotated[
+        Optional[str], typer.Option("--path", help="Probe through this route of yours instead of a probe route.")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
+    lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
+) -> int:
+    """Diagnose your own Starlette/FastAPI app: which middleware layers see
+    values set in the endpoint, which cut them, and why. Your app is not changed."""
+    if path is not None and not path.startswith("/"):
+        raise UsageError(f"--path must start with '/', got {path!r}")
+    from ctxlab import render
+    from ctxlab.diagnose import DiagnoseError, diagnose
+
+    try:
+        result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
+    except DiagnoseError as exc:
+        raise UsageError(str(exc)) from None
+    if path is not None and result.status >= 400:
+        print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        render.diagnosis(result, _console())
+    return 0 if not result.culprits else 1
+
+
 def _is_click_error(exc: Exception) -> bool:
     # Typer may bring its own copy of click, so match the interface.
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")

@@ -310,3 +310,25 @@ def matrix(result: dict, console: Console) -> None:
             f"  {c['column']}: {c['scenario']} ({c['server']}) {where}{c['probe']} {c['var']}: "
             f"{show(c['before'])} → {show(c['after'])}"
         )
+
+
+def diagnosis(result, console: Console) -> None:
+    """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
+    console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
+    console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
+    yes, no = Text("yes", style="green"), Text("no", style="bold red")
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint"):
+        table.add_column(column, overflow="fold")
+    for layer in result.layers:
+        culprit = layer.name in result.culprits
+        table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind,
+                      yes if layer.sees_endpoint_values else no, yes if layer.reaches_endpoint else no)  # fmt: skip
+    console.print(table)
+    if result.culprits:
+        console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))
+    else:
+        console.print(Text("ok: values travel through every layer", style="green"))
+    console.print(Text(result.fix))
+    for finding in result.findings:
+        console.print(Text.assemble((f"{finding.file}:{finding.line} ", "bold"), (f"[{finding.kind}] ", "yellow"), finding.message))
