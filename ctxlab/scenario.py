@@ -240,25 +240,46 @@ def read_entries(path: Path) -> list[Entry]:
 
 
 def catalog(*extra: Path) -> dict[str, Entry]:
-    """Bundled scenarios, then those in `extra` directories; names are unique."""
-    found: dict[str, Entry] = {}
-    for directory in (bundled_dir(), *extra):
+    """Bundled scenarios, those of installed plugins (the `ctxlab.scenarios`
+    entry-point group), then those in `extra` directories; names are unique."""
+    for directory in extra:
         if not directory.is_dir():
             raise ScenarioError(f"scenario directory {directory} does not exist")
-        _collect(directory, found)
-    return found
-
-
-def _collect(directory: Path, found: dict[str, Entry]) -> None:
-    for path in sorted(directory.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
+    found: dict[str, Entry] = {}
+    for path in [*_modules_in(bundled_dir()), *plugin_modules(), *(p for d in extra for p in _modules_in(d))]:
         for entry in read_entries(path):
             if entry.name in found:
                 raise ScenarioError(
                     f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
                 )
             found[entry.name] = entry
+    return found
+
+
+def _modules_in(directory: Path) -> list[Path]:
+    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_")]
+
+
+ENTRY_POINT_GROUP = "ctxlab.scenarios"
+
+
+def plugin_modules() -> list[Path]:
+    """Files of the modules (or packages) that plugins name, found without
+    importing them."""
+    import importlib.util
+    from importlib.metadata import entry_points
+
+    paths = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = importlib.util.find_spec(point.value)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            raise ScenarioError(f"entry point {point.name} = {point.value!r} ({ENTRY_POINT_GROUP}) names no module")
+        origin = Path(spec.origin)
+        paths += _modules_in(origin.parent) if spec.submodule_search_locations else [origin]
+    return paths
 
 
 def suggest(name: str, known) -> str:
