@@ -18,7 +18,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from ctxlab import __version__
-from ctxlab.scenario import ScenarioError, catalog, suggest
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected."""
@@ -81,6 +80,8 @@ ScenariosOption = Annotated[
 
 
 def _entries(directories=None):
+    from ctxlab.scenario import ScenarioError, catalog
+
     try:
         return catalog(*(directories or []))
     except ScenarioError as exc:
@@ -103,6 +104,8 @@ def select(names: list[str], all_: bool, tags: list[str], directories=None):
         raise UsageError("name a scenario, or use --all or --tag (see 'ctxlab list')")
     for name in names:
         if name not in entries:
+            from ctxlab.scenario import suggest
+
             raise UsageError(f"unknown scenario {name!r}{suggest(name, entries)}")
     _check_tags(tags, entries.values())
     chosen = [entries[name] for name in dict.fromkeys(names)] if names else list(entries.values())
