@@ -26,8 +26,8 @@ request_id: ContextVar = ContextVar("request_id")
     concurrency=50,
     expect={
         "tally": {
-            # Every request writes before any reads again, so all but the
-            # last writer read someone else's ID.
+            # Every request writes before any reads, so all but the last
+            # writer read someone else's ID.
             "threading.local foreign": Varies("concurrency - 1", lambda env: env.concurrency - 1),
             "ContextVar foreign": 0,
         }
@@ -40,13 +40,19 @@ request_id: ContextVar = ContextVar("request_id")
 )
 def threading_local_interleave(concurrency):
     local = threading.local()
-    tally = {"threading.local foreign": 0, "ContextVar foreign": 0, "done": 0}
+    tally = {"threading.local foreign": 0, "ContextVar foreign": 0, "arrived": 0, "done": 0}
+    everyone_in = asyncio.Event()
 
     async def endpoint(request):
         mine = request.headers["x-ctxlab-request"]
         local.request_id = mine
         request_id.set(mine)
-        await asyncio.sleep(0)  # any await lets the other requests run
+        # Any await lets other requests run; waiting until all of them are
+        # in flight (as under load) makes the outcome the same on any server.
+        tally["arrived"] += 1
+        if tally["arrived"] == concurrency:
+            everyone_in.set()
+        await everyone_in.wait()
         tally["threading.local foreign"] += local.request_id != mine
         tally["ContextVar foreign"] += request_id.get() != mine
         tally["done"] += 1
