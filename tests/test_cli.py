@@ -184,7 +184,7 @@ def test_concurrency_option_changes_the_interleave():
     code, document, _ = ctxlab_json("run", "threading-local-interleave", "--concurrency", "7")
     assert code == 0
     (tally,) = [o for o in document["scenarios"][0]["observations"] if o["var"] == "threading.local foreign"]
-    assert tally["observed"] == 6 and tally["request"] == 7
+    assert tally["observed"] == 6  # all but the last writer of 7
     code, _, err = ctxlab("run", "threading-local-interleave", "--concurrency", "0")
     assert code == 2 and "Invalid value for '--concurrency'" in err
 
