@@ -46,9 +46,8 @@ _request_number: contextvars.ContextVar[int] = contextvars.ContextVar("ctxlab.re
 
 @dataclass
 class TaskInfo:
-    order: int
+    order: int  # creation order: labels T1, T2, ... follow it
     parent: asyncio.Task | None
-    name: str
 
 
 @dataclass
@@ -94,7 +93,7 @@ class Recorder:
             mark.owner = task
         if parent is self._root:
             parent = None
-        self.tasks[task] = TaskInfo(next(self._order), parent, task.get_name())
+        self.tasks[task] = TaskInfo(next(self._order), parent)
         return task
 
     def set_root(self, task: asyncio.Task | None) -> None:
