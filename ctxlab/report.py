@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,8 +70,6 @@ class ScenarioReport:
 def show(value: Any) -> str:
     """A report value as a person reads it: `null` for None, JSON otherwise;
     markers such as <unset> as they are."""
-    import json
-
     return value if isinstance(value, str) and value.startswith("<") else json.dumps(value)
 
 
@@ -201,8 +200,6 @@ class ReportFileError(Exception):
 
 def load_report(path) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
-    import json
-
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
