@@ -268,8 +268,11 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
         if new is None:
             changes.append(Change(name, server, None, "-", "status", old.get("status"), "<not run>"))
             continue
-        if old.get("status") != new.get("status"):
-            changes.append(Change(name, server, None, "-", "status", old.get("status"), new.get("status")))
+        statuses = old.get("status"), new.get("status")
+        if statuses[0] != statuses[1]:
+            changes.append(Change(name, server, None, "-", "status", *statuses))
+            if "skipped" in statuses:  # one side did not run: its values say nothing more
+                continue
         old_values, new_values = _values(old), _values(new)
         for key in [*old_values, *(k for k in new_values if k not in old_values)]:
             was, now_is = old_values.get(key, "<absent>"), new_values.get(key, "<absent>")

@@ -156,3 +156,12 @@ def test_matrix_grid_over_two_uvicorn_versions(uvicorn_044_env):
     first = {(c["scenario"], c["column"]) for c in result["changes"]}
     assert ("keepalive-large-body-leak", "uvicorn==0.45.0") in first
     assert ("pipelined-leak", "uvicorn==0.45.0") in first
+
+
+def test_diff_reports_a_skipped_scenario_by_its_status_alone():
+    from ctxlab.report import diff
+
+    ran = {"name": "s", "status": "pass", "observations": [{"request": 1, "probe": "p", "var": "v", "observed": 1}]}
+    skipped = {"name": "s", "status": "skipped", "observations": []}
+    changes = diff({"scenarios": [skipped]}, {"scenarios": [ran]})
+    assert [(c.probe, c.var, c.before, c.after) for c in changes] == [("-", "status", "skipped", "pass")]
