@@ -88,11 +88,14 @@ def _entries(directories=None):
         raise UsageError(str(exc)) from None
 
 
-def _check_tags(tags: list[str], entries) -> None:
-    known = sorted({tag for entry in entries for tag in entry.tags})
+def _tagged(entries, tags: list[str], catalog=None) -> list:
+    """The entries with any of `tags` (all of them when no tag is given);
+    a tag no scenario in `catalog` (default: `entries`) has is a usage error."""
+    known = sorted({tag for entry in (catalog or entries) for tag in entry.tags})
     for tag in tags:
         if tag not in known:
             raise UsageError(f"unknown tag {tag!r}; known tags: {', '.join(known)}")
+    return [entry for entry in entries if not tags or set(tags) & set(entry.tags)]
 
 
 def select(names: list[str], all_: bool, tags: list[str], directories=None):
@@ -107,9 +110,8 @@ def select(names: list[str], all_: bool, tags: list[str], directories=None):
             from ctxlab.scenario import suggest
 
             raise UsageError(f"unknown scenario {name!r}{suggest(name, entries)}")
-    _check_tags(tags, entries.values())
     chosen = [entries[name] for name in dict.fromkeys(names)] if names else list(entries.values())
-    return [entry for entry in chosen if not tags or set(tags) & set(entry.tags)]
+    return _tagged(chosen, tags, catalog=list(entries.values()))
 
 
 def _writable(path: Optional[Path]) -> None:
@@ -180,10 +182,7 @@ def list_(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The catalog: name, tags, one-line summary."""
-    entries = list(_entries(scenarios).values())
-    if tag:
-        _check_tags(tag, entries)
-        entries = [e for e in entries if set(tag) & set(e.tags)]
+    entries = _tagged(list(_entries(scenarios).values()), tag or [])
     if as_json:
         rows = [{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)} for e in entries]
         typer.echo(json.dumps(rows, indent=2))
@@ -229,7 +228,8 @@ def run(
     started = time.perf_counter()
     show = None if as_json else (lambda entry, outcomes: render.outcomes(entry, outcomes, console))
     results = execute(entries, server, spec_version, concurrency, show)
-    document = json.dumps(results.to_json(), indent=2)
+    # Only the JSON forms need the document (and its package-version look-ups).
+    document = json.dumps(results.to_json(), indent=2) if as_json or output is not None else ""
     if output is not None and results.interrupted:
         # A file missing scenarios would read as a complete report later.
         _console(stderr=True).print(f"interrupted: {output} not written")
@@ -329,8 +329,7 @@ def check(
             print(line)
     code = results.exit_code
     if before is not None:
-        default = before.get("server", "asgi")
-        kept = [s for s in before["scenarios"] if s.get("server", default) in server.runs_on]
+        kept = [s for (_, ran_on), s in report.runs(before).items() if ran_on in server.runs_on]
         if len(kept) < len(before["scenarios"]):
             console.print(Text(f"baseline: {len(before['scenarios']) - len(kept)} runs on other servers not "
                                f"compared (see --server)", style="dim"))  # fmt: skip
@@ -372,7 +371,7 @@ def diff(
 
     entries = _entries(scenarios)
     names = list(dict.fromkeys(s["name"] for s in before["scenarios"]))
-    servers = {s.get("server", before.get("server", "asgi")) for s in before["scenarios"]}
+    servers = {ran_on for _, ran_on in report.runs(before)}
     server = Server.both if len(servers) > 1 else Server(servers.pop() if servers else "asgi")
     results = execute([entries[n] for n in names if n in entries], server, before.get("spec_version"))
     if results.interrupted:

@@ -114,13 +114,11 @@ def run_column(column: Column, server: str, extra: list[str]) -> dict[str, Any]:
 def grid(columns: list[Column]) -> dict[str, Any]:
     """Scenario x column: status per cell, `changed` where the observations
     differ from the previous column, and each change with where it appears."""
-    from ctxlab.report import diff
+    from ctxlab.report import diff, runs
 
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for column in columns:
-        server = column.report.get("server", "asgi")
-        for scenario in column.report["scenarios"]:
-            key = (scenario["name"], scenario.get("server", server))
+        for key, scenario in runs(column.report).items():
             rows.setdefault(key, []).append({"status": scenario["status"], "changed": False})
     changes = []
     for previous, column in zip(columns, columns[1:]):

@@ -251,19 +251,21 @@ def _values(entry: dict[str, Any]) -> dict[tuple, Any]:
     return values
 
 
+def runs(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A report's scenario results keyed by (name, server): with --server
+    both each result names its server, otherwise the report does."""
+    default = document.get("server", "asgi")
+    return {(s["name"], s.get("server", default)): s for s in document["scenarios"]}
+
+
 def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     """What changed from one report to another, scenario by scenario.
 
     Scenarios in `after` that `before` never ran are not changes.
     """
-
-    def keyed(document):
-        server = document.get("server", "asgi")
-        return {(s["name"], s.get("server", server)): s for s in document["scenarios"]}
-
-    now = keyed(after)
+    now = runs(after)
     changes = []
-    for (name, server), old in keyed(before).items():
+    for (name, server), old in runs(before).items():
         new = now.get((name, server))
         if new is None:
             changes.append(Change(name, server, None, "-", "status", old.get("status"), "<not run>"))
