@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ctxlab.report import Observation, Report, ScenarioReport, show
+from ctxlab.report import Observation, Report, ScenarioReport, by_occurrence, show
 from ctxlab.scenario import describe
 
 STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow"}
@@ -23,6 +23,14 @@ def catalog(entries, console: Console) -> None:
     for entry in entries:
         table.add_row(Text(entry.name, style="cyan", no_wrap=True), ", ".join(entry.tags), entry.summary)
     console.print(table)
+
+
+def _table(*columns: str, **options) -> Table:
+    """The light table every view uses; long cells fold rather than vanish."""
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, **options)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def onion(layers: list[str]) -> Text:
@@ -42,11 +50,8 @@ def _observed_cell(o: Observation) -> Text:
 
 def observation_table(observations: Iterable[Observation]) -> Table:
     """One row per observation; narrow enough for a 60-column CI log."""
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("probe / var")
-    table.add_column("observed", overflow="fold")
-    table.add_column("expected", overflow="fold")
+    table = _table("#", "probe / var", "observed", "expected")
+    table.columns[0].justify = "right"
     table.add_column("where", no_wrap=True)
     for o in observations:
         expected = Text(show(o.expected))
@@ -94,17 +99,6 @@ def outcomes(entry, results: list[ScenarioReport], console: Console) -> None:
         side_by_side(entry, *results, console=console)
 
 
-def _keyed(result: ScenarioReport) -> dict[tuple, Observation]:
-    """Observations keyed by (request, probe, var, nth time seen)."""
-    counts: dict[tuple, int] = defaultdict(int)
-    keyed = {}
-    for o in result.observations:
-        base = (o.request, o.probe, o.var)
-        keyed[(*base, counts[base])] = o
-        counts[base] += 1
-    return keyed
-
-
 def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: Console) -> None:
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
@@ -115,10 +109,8 @@ def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: 
     for result in (asgi, uvicorn):
         if result.error:
             console.print(Text(f"{result.server}: {result.error}", style=STATUS_STYLE[result.status]))
-    left, right = _keyed(asgi), _keyed(uvicorn)
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("req", "probe / var", "asgi", "uvicorn", "difference"):
-        table.add_column(column, overflow="fold")
+    left, right = (by_occurrence(r.observations, lambda o: (o.request, o.probe, o.var)) for r in (asgi, uvicorn))
+    table = _table("req", "probe / var", "asgi", "uvicorn", "difference")
     expected_differences = 0
     in_probe_order = [*left, *(key for key in right if key not in left)]
     for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
@@ -199,16 +191,13 @@ TREES_SHOWN = 3
 def expectations(scenario) -> Table:
     """What the scenario expects, including how it depends on versions or
     the server, and what a naive reading would expect."""
-    table = Table("probe / var", "expected", "naive", title="expectations", title_justify="left",
-                  box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)  # fmt: skip
+    table = _table("probe / var", "expected", "naive", title="expectations", title_justify="left")
     for probe, variables in scenario.expect.items():
         for var, value in variables.items():
             naive = scenario.naive.get(probe, {}).get(var, value)
             table.add_row(Text.assemble(probe, "\n", (var, "dim")), describe(value),
                           Text(describe(naive), style="yellow") if naive is not value else "")  # fmt: skip
     return table
-
-
 
 
 def explain(scenario, result: ScenarioReport, source: str, console: Console) -> None:
@@ -264,9 +253,7 @@ def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
 def changes(found, before: dict, after: dict, console: Console) -> None:
     """`ctxlab diff`: what changed, and the package versions either side."""
     if found:
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        for column in ("scenario", "server", "req", "probe / var", "before", "after"):
-            table.add_column(column, overflow="fold")
+        table = _table("scenario", "server", "req", "probe / var", "before", "after")
         for c in found:
             table.add_row(
                 c.scenario, c.server, str(c.request or "-"), Text.assemble(c.probe, "\n", (c.var, "dim")),
@@ -288,10 +275,7 @@ def changes(found, before: dict, after: dict, console: Console) -> None:
 def matrix(result: dict, console: Console) -> None:
     """The scenario x environment grid; cells whose observations changed
     from the column before are highlighted, then each change is listed."""
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    table.add_column("scenario", overflow="fold")
-    for column in result["columns"]:
-        table.add_column(column["label"], overflow="fold")
+    table = _table("scenario", *(column["label"] for column in result["columns"]))
     for row in result["scenarios"]:
         cells = [
             Text(cell["status"] + (" *" if cell["changed"] else ""),
@@ -317,9 +301,7 @@ def diagnosis(result, console: Console) -> None:
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
     console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
     yes, no = Text("yes", style="green"), Text("no", style="bold red")
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint"):
-        table.add_column(column, overflow="fold")
+    table = _table("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint")
     for layer in result.layers:
         culprit = layer.name in result.culprits
         table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind,

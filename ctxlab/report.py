@@ -240,15 +240,22 @@ class Change:
     after: Any
 
 
-def _values(entry: dict[str, Any]) -> dict[tuple, Any]:
-    """Observed values keyed by (request, probe, var, nth time seen)."""
+def by_occurrence(items, key) -> dict[tuple, Any]:
+    """Items keyed by `key(item)` plus the number of earlier items with that
+    key: (request, probe, var, n) tells repeated probe runs apart."""
     counts: dict[tuple, int] = {}
-    values = {}
-    for o in entry["observations"]:
-        base = (o.get("request"), o["probe"], o["var"])
+    keyed = {}
+    for item in items:
+        base = key(item)
         counts[base] = counts.get(base, -1) + 1
-        values[(*base, counts[base])] = o["observed"]
-    return values
+        keyed[(*base, counts[base])] = item
+    return keyed
+
+
+def _values(entry: dict[str, Any]) -> dict[tuple, Any]:
+    """A saved scenario's observed values, keyed by occurrence."""
+    keyed = by_occurrence(entry["observations"], lambda o: (o.get("request"), o["probe"], o["var"]))
+    return {key: o["observed"] for key, o in keyed.items()}
 
 
 def runs(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
