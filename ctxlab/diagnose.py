@@ -20,12 +20,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextvars
-import difflib
 import importlib
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ctxlab.scenario import suggest
 
 PROBE_PATH = "/__ctxlab_probe__"
 
@@ -122,7 +123,8 @@ def load_app(target: str, factory: bool, app_dir: Path) -> tuple[Any, Path]:
         raise DiagnoseError(f"expected MODULE:ATTR such as 'myapp.main:app', got {target!r}")
     if not app_dir.is_dir():
         raise DiagnoseError(f"--app-dir {app_dir} is not a directory")
-    sys.path.insert(0, str(app_dir.resolve()))
+    if str(app_dir.resolve()) not in sys.path:
+        sys.path.insert(0, str(app_dir.resolve()))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -131,8 +133,7 @@ def load_app(target: str, factory: bool, app_dir: Path) -> tuple[Any, Path]:
         raise DiagnoseError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attribute):
         public = [name for name in vars(module) if not name.startswith("_")]
-        close = difflib.get_close_matches(attribute, public, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = suggest(attribute, public, otherwise="")
         raise DiagnoseError(f"module {module_name!r} has no attribute {attribute!r}{hint}")
     app = getattr(module, attribute)
     if factory:

@@ -13,6 +13,7 @@ from typing import Iterator
 import httpx
 
 from ctxlab import servers
+from ctxlab.diagnose import describe_layer
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
 
@@ -31,12 +32,8 @@ class Run:
 
 def onion(app) -> list[str]:
     """The app's middleware, outermost first (Starlette keeps that order)."""
-    names = []
-    for middleware in getattr(app, "user_middleware", ()):
-        options = getattr(middleware, "kwargs", None) or getattr(middleware, "options", {})
-        dispatch = options.get("dispatch")
-        names.append(f"http:{dispatch.__name__}" if dispatch else middleware.cls.__name__)
-    return names
+    layers = map(describe_layer, getattr(app, "user_middleware", ()))
+    return [f"http:{layer.name}" if layer.kind == "http_decorator" else layer.name for layer in layers]
 
 
 @contextmanager

@@ -282,11 +282,12 @@ def plugin_modules() -> list[Path]:
     return paths
 
 
-def suggest(name: str, known) -> str:
+def suggest(name: str, known, otherwise: str = "; see 'ctxlab list'") -> str:
+    """`; did you mean 'x'?` for the closest known name, else `otherwise`."""
     import difflib
 
     close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else "; see 'ctxlab list'"
+    return f"; did you mean {close[0]!r}?" if close else otherwise
 
 
 # -- loading ---------------------------------------------------------------------
