@@ -285,6 +285,74 @@ def exception_handler():
     return seen
 
 
+# -- FastAPI yield-dependency teardown ---------------------------------------------------------------
+def yield_teardown(consumer):
+    """A yield dependency sets `tenant` and resets it in teardown; `consumer`
+    builds the endpoint and whatever runs after it."""
+    tenant, seen = ContextVar("tenant"), Seen()
+
+    async def tenant_scope(request: FastAPIRequest):
+        request.state.tenant = "acme"
+        token = tenant.set("acme")
+        try:
+            yield
+        finally:
+            tenant.reset(token)
+
+    app = FastAPI()
+    consumer(app, Depends(tenant_scope), tenant, seen)
+    serve(app)
+    return seen
+
+
+def background_reads(app, dependency, tenant, seen):
+    async def job():
+        seen.var("background", tenant)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        seen.var("endpoint", tenant)
+        tasks.add_task(job)
+
+
+def background_gets_argument(app, dependency, tenant, seen):
+    async def job(value):
+        token = tenant.set(value)
+        seen.var("background", tenant)
+        tenant.reset(token)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        tasks.add_task(job, tenant.get())
+
+
+def handler_reads(read_state):
+    def consumer(app, dependency, tenant, seen):
+        class Refused(Exception):
+            pass
+
+        @app.get("/", dependencies=[dependency])
+        async def endpoint():
+            if not read_state:
+                seen.var("endpoint", tenant)
+            raise Refused()
+
+        @app.exception_handler(Refused)
+        async def on_refused(request, exc):
+            seen.var("handler", tenant)
+            if read_state:
+                seen.value("handler", "request.state.tenant", request.state.tenant)
+            return JSONResponse({}, status_code=418)
+
+    return consumer
+
+
+repro("yield-teardown-vs-background")(lambda: yield_teardown(background_reads))
+repro("yield-teardown-vs-background-argument")(lambda: yield_teardown(background_gets_argument))
+repro("yield-teardown-before-handler")(lambda: yield_teardown(handler_reads(read_state=False)))
+repro("yield-teardown-before-handler-request-state")(lambda: yield_teardown(handler_reads(read_state=True)))
+
+
 # -- threads ----------------------------------------------------------------------------------------
 def offloading(offload):
     trace_id, seen = ContextVar("trace_id", default=None), Seen()
