@@ -610,6 +610,60 @@ def streaming_body():
     return seen
 
 
+def chunked_body(make_body):
+    """Chunk 1 sets a var, chunk 2 reads it, the finally resets it."""
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    def steps():
+        token = stage.set("set in chunk 1")
+        try:
+            seen.var("chunk.1", stage)
+            yield b"1"
+            seen.var("chunk.2", stage)
+            yield b"2"
+        finally:
+            seen.call("body.finally", "reset", lambda: stage.reset(token))
+
+    async def endpoint(request):
+        stage.set("set in endpoint")
+        return StreamingResponse(make_body(steps))
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+async def as_async(steps):
+    for chunk in steps():
+        yield chunk
+
+
+repro("sync-streaming-generator")(lambda: chunked_body(lambda steps: steps()))
+repro("sync-streaming-generator-async-body")(lambda: chunked_body(as_async))
+
+
+def reset_when_streamed(set_in_body):
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    async def endpoint(request):
+        token = None if set_in_body else stage.set("set in endpoint")
+
+        async def body():
+            mine = stage.set("set in body") if set_in_body else token
+            try:
+                yield b"x"
+            finally:
+                seen.call("body.finally", "reset", lambda: stage.reset(mine))
+
+        return StreamingResponse(body())
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+repro("streaming-reset-in-finally")(lambda: reset_when_streamed(False))
+repro("streaming-reset-in-finally-set-in-body")(lambda: reset_when_streamed(True))
+
+
 @repro("background-task")
 def background_task():
     stage, seen = ContextVar("stage", default=None), Seen()
