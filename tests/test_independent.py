@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 
 import httpx
@@ -514,6 +514,86 @@ def threading_local_interleave():
     seen.value("tally", "threading.local foreign", foreign["local"])
     seen.value("tally", "ContextVar foreign", foreign["var"])
     return seen
+
+
+# -- async generators ------------------------------------------------------------------------------------
+def generator_sets(reset_before_yield):
+    page = ContextVar("page", default=None)
+
+    async def pages():
+        for number in (1, 2):
+            token = page.set(number)
+            if reset_before_yield:
+                page.reset(token)
+            yield number
+
+    async def handler(seen):
+        page.set("request's page")
+        async for _ in pages():
+            pass
+        seen.var("endpoint.after", page)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-set-leaks")(lambda: generator_sets(False))
+repro("asyncgen-set-reset-before-yield")(lambda: generator_sets(True))
+
+
+def generator_left_early(close):
+    span = ContextVar("span", default=None)
+
+    async def handler(seen):
+        exited = asyncio.Event()
+
+        async def rows():
+            token = span.set("query")
+            try:
+                yield 1
+                yield 2
+            finally:
+                seen.var("span.exit", span)
+                seen.call("span.exit", "reset", lambda: span.reset(token))
+                exited.set()
+
+        if close:
+            async with aclosing(rows()) as iterator:
+                async for _ in iterator:
+                    break
+        else:
+            async for _ in rows():
+                break
+        await exited.wait()
+        seen.var("endpoint.after", span)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-finalized-elsewhere")(lambda: generator_left_early(close=False))
+repro("asyncgen-finalized-elsewhere-aclosing")(lambda: generator_left_early(close=True))
+
+
+def test_opentelemetry_logs_failed_detach_for_a_span_left_in_an_async_generator(caplog):
+    """What asyncgen-finalized-elsewhere stands for, with the real OpenTelemetry API."""
+    trace = pytest.importorskip("opentelemetry.trace")
+    tracer = trace.get_tracer("independent")
+
+    async def rows():
+        with tracer.start_as_current_span("query"):
+            yield 1
+            yield 2
+
+    async def endpoint(request):
+        async for _ in rows():
+            break
+        for _ in range(5):  # the finalizer's aclose() task runs within a few loop turns
+            await asyncio.sleep(0)
+        return PlainTextResponse("x")
+
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        serve(starlette_app(endpoint))
+    failures = [r for r in caplog.records if r.getMessage() == "Failed to detach context"]
+    assert len(failures) == 1 and failures[0].exc_info[0] is ValueError
 
 
 # -- tracing --------------------------------------------------------------------------------------------
