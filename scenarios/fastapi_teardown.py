@@ -6,8 +6,9 @@ around the response three times, and whatever runs after the teardown sees
 the variable reset:
 
 - 0.74 (fastapi/fastapi#4575) moved the exit stack inside
-  ExceptionMiddleware, so the teardown runs *before* exception handlers.
-  That holds on every version ctxlab supports (0.95.2 and later).
+  ExceptionMiddleware, so the teardown runs *before* exception handlers
+  (a bare script: 0.73.0's handler still sees the value, 0.74.0's does
+  not).  That holds on every version ctxlab supports (0.95.2 and later).
 - 0.106 (fastapi/fastapi#10831) closes the exit stack as the endpoint
   returns, before the response is sent: background tasks see the value
   reset.
