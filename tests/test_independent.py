@@ -9,12 +9,16 @@ or runner cannot hide in both places at once.
 import asyncio
 import contextvars
 import logging
+import queue
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from logging.handlers import QueueHandler, QueueListener
 
+import anyio
 import httpx
 import pytest
 from conftest import run_named
@@ -678,6 +682,92 @@ UVICORN_REPROS = {
 repro("keepalive-large-body-leak")(lambda: login_twice(True, default=None))
 repro("pipelined-leak")(lambda: login_twice(True, default=None))
 
+
+
+# -- awaiting helpers (catalog 2) ------------------------------------------------------------
+@repro("wait-for-set")
+def wait_for_set():
+    tenant, seen = ContextVar("tenant", default=None), Seen()
+
+    async def select(name):
+        tenant.set(name)
+
+    async def task_group(coro):
+        if sys.version_info >= (3, 11):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(coro)
+        else:
+            async with anyio.create_task_group() as group:
+                group.start_soon(lambda: coro)
+
+    async def endpoint(request):
+        await asyncio.gather(select("set in gather"))
+        seen.var("after.gather", tenant)
+        await asyncio.shield(select("set in shield"))
+        seen.var("after.shield", tenant)
+        await task_group(select("set in task group"))
+        seen.var("after.task_group", tenant)
+        await asyncio.wait_for(select("set in wait_for"), 5)
+        seen.var("after.wait_for", tenant)
+        await asyncio.wait_for(select("set in wait_for(timeout=None)"), None)
+        seen.var("after.wait_for_no_timeout", tenant)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+@repro("wait-for-set-timeout-scope")
+def wait_for_set_timeout_scope():
+    tenant, seen = ContextVar("tenant", default=None), Seen()
+
+    async def endpoint(request):
+        with anyio.fail_after(5):
+            tenant.set("set under fail_after")
+            await asyncio.sleep(0)
+        seen.var("after.fail_after", tenant)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+# -- logging through a queue (catalog 2) ----------------------------------------------------
+def queued_logging(filter_on_queue_handler):
+    request_id, seen, records, lines = ContextVar("request_id", default="-"), Seen(), queue.Queue(), []
+
+    class Stamp(logging.Filter):
+        def filter(self, record):
+            record.request_id = request_id.get()
+            return True
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(f"[{record.request_id}] {record.getMessage()}")
+
+    keep, to_queue = Keep(), QueueHandler(records)
+    (to_queue if filter_on_queue_handler else keep).addFilter(Stamp())
+    logger = logging.Logger("independent-queue")
+    logger.addHandler(to_queue)
+    listener = QueueListener(records, keep)
+
+    async def endpoint(request):
+        request_id.set(request.headers["x-request-id"])
+        logger.info("handling")
+        await asyncio.to_thread(records.join)
+        seen.value("endpoint", "log", lines[-1])
+        return PlainTextResponse("x")
+
+    listener.start()
+    try:
+        serve(starlette_app(endpoint), ("/", {"x-request-id": "req-1"}), ("/", {"x-request-id": "req-2"}))
+    finally:
+        listener.stop()
+    return seen
+
+
+repro("queue-listener-filter")(lambda: queued_logging(False))
+repro("queue-handler-filter")(lambda: queued_logging(True))
 
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
