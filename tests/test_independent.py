@@ -769,6 +769,57 @@ def queued_logging(filter_on_queue_handler):
 repro("queue-listener-filter")(lambda: queued_logging(False))
 repro("queue-handler-filter")(lambda: queued_logging(True))
 
+
+# -- SQLAlchemy's async_scoped_session (catalog 2) -----------------------------------------
+def scoped_orders(request_scoped):
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker, create_async_engine
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from sqlalchemy.pool import StaticPool
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Order(Base):
+        __tablename__ = "orders"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    seen, key, keys, metadata = Seen(), ContextVar("key"), iter(range(1, 100)), Base.metadata
+    engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
+    scope = key.get if request_scoped else asyncio.current_task
+    Session = async_scoped_session(async_sessionmaker(engine), scopefunc=scope)
+
+    class Commit(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            key.set(next(keys))
+            mine = Session()
+            response = await call_next(request)
+            await Session.commit()
+            seen.value("middleware.after", "endpoint used my session", request.state.session is mine)
+            count = await Session.scalar(sqlalchemy.select(sqlalchemy.func.count(Order.id)))
+            seen.value("middleware.after", "orders committed", count)
+            await Session.remove()
+            seen.value("middleware.after", "sessions kept", len(Session.registry.registry))
+            return response
+
+    async def endpoint(request):
+        request.state.session = Session()
+        Session.add(Order())
+        return PlainTextResponse("x")
+
+    async def create():
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+
+    asyncio.run(create())
+    serve(starlette_app(endpoint, Commit), ("/", {}), ("/", {}))
+    asyncio.run(engine.dispose())
+    return seen
+
+
+repro("scoped-session-current-task")(lambda: scoped_orders(False))
+repro("scoped-session-request-scope")(lambda: scoped_orders(True))
+
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
     from ctxlab.scenario import catalog
