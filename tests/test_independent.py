@@ -9,14 +9,19 @@ or runner cannot hide in both places at once.
 import asyncio
 import contextvars
 import logging
+import os
 import queue
 import re
+import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from logging.handlers import QueueHandler, QueueListener
+from pathlib import Path
 
 import anyio
 import httpx
@@ -819,6 +824,50 @@ def scoped_orders(request_scoped):
 
 repro("scoped-session-current-task")(lambda: scoped_orders(False))
 repro("scoped-session-request-scope")(lambda: scoped_orders(True))
+
+
+# -- pytest-asyncio fixtures (catalog 2) ----------------------------------------------------
+@repro("pytest-async-fixture")
+def pytest_async_fixture():
+    """A real pytest with the installed pytest-asyncio, from an endpoint."""
+    pytest.importorskip("pytest_asyncio")
+    seen = Seen()
+    module = textwrap.dedent(
+        """
+        import contextvars, os, pytest, pytest_asyncio
+
+        user = contextvars.ContextVar("user", default="anonymous")
+
+        @pytest_asyncio.fixture
+        async def logged_in():
+            user.set("alice")
+            print("SEEN fixture", user.get())
+            yield
+
+        @pytest.mark.asyncio
+        async def test_user(logged_in):
+            print("SEEN test", user.get())
+        """
+    )
+
+    def run():
+        with tempfile.TemporaryDirectory() as directory:
+            Path(directory, "test_it.py").write_text(module)
+            Path(directory, "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+            env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+            command = [sys.executable, "-m", "pytest", "-s", "-q", "-p", "pytest_asyncio.plugin", "-p", "no:cacheprovider"]
+            return subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True).stdout
+
+    async def endpoint(request):
+        for line in (await asyncio.to_thread(run)).splitlines():
+            if line.startswith("SEEN "):
+                _, where, value = line.split()
+                seen.value(where, "user", value)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
 
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
