@@ -869,6 +869,76 @@ def pytest_async_fixture():
     serve(starlette_app(endpoint))
     return seen
 
+
+# -- Context objects by hand (catalog 2) ----------------------------------------------------
+def run_job_in(run):
+    tenant, seen = ContextVar("tenant", default=None), Seen()
+
+    async def job():
+        seen.var("job", tenant)
+        tenant.set("set by the job")
+
+    async def endpoint(request):
+        tenant.set("request")
+        ctx = contextvars.copy_context()
+        ctx.run(tenant.set, "the job's own")
+        await run(ctx, job)
+        seen.var("after", tenant)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+repro("context-run-coroutine")(lambda: run_job_in(lambda ctx, job: ctx.run(job)))
+repro("context-run-task")(lambda: run_job_in(lambda ctx, job: ctx.run(asyncio.create_task, job())))
+
+
+@repro("context-entered-twice")
+def context_entered_twice():
+    tenant, seen, shared = ContextVar("tenant", default=None), Seen(), contextvars.Context()
+    shared.run(tenant.set, "captured at startup")
+    inside = threading.Barrier(2)
+
+    def first():
+        seen.var("job.first", tenant)
+        inside.wait()  # the second job tries while this one is still inside
+        inside.wait()
+
+    def second():
+        inside.wait()
+        seen.call("job.second", "run", lambda: shared.run(tenant.get))
+        inside.wait()
+
+    async def endpoint(request):
+        await asyncio.gather(asyncio.to_thread(shared.run, first), asyncio.to_thread(second))
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+# -- asgiref (catalog 2) ----------------------------------------------------------------------
+@repro("sync-to-async-context")
+def sync_to_async_context():
+    sync_to_async = pytest.importorskip("asgiref.sync").sync_to_async
+    user, seen = ContextVar("user", default="anonymous"), Seen()
+
+    async def endpoint(request):
+        await run_in_threadpool(user.set, "alice")
+        seen.var("after.run_in_threadpool", user)
+        token = await sync_to_async(user.set)("alice")
+        seen.var("after.sync_to_async", user)
+        try:
+            seen.value("process_response.reset", "reset", await sync_to_async(user.reset)(token))
+        except ValueError as exc:
+            message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
+            seen.value("process_response.reset", "reset", {"raised": "ValueError", "message": message})
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
     from ctxlab.scenario import catalog
