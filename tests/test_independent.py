@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -934,6 +935,32 @@ def sync_to_async_context():
         except ValueError as exc:
             message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
             seen.value("process_response.reset", "reset", {"raised": "ValueError", "message": message})
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint))
+    return seen
+
+
+# -- Starlette's TestClient (catalog 2) -----------------------------------------------------
+@repro("testclient-context")
+def client_in_portal():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Starlette 1.x prefers httpx2; beside the point
+        from starlette.testclient import TestClient
+
+    settings, user, seen = ContextVar("settings", default=None), ContextVar("user", default="anonymous"), Seen()
+
+    async def inner(request):
+        user.set("app")
+        return JSONResponse({"settings": settings.get()})
+
+    def test():
+        settings.set("configured by the test")
+        seen.value("app", "settings", TestClient(starlette_app(inner)).get("/").json()["settings"])
+        seen.var("test.after", user)
+
+    async def endpoint(request):
+        await asyncio.to_thread(test)
         return PlainTextResponse("x")
 
     serve(starlette_app(endpoint))
