@@ -25,6 +25,7 @@ from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
 import httpx
 import pytest
 from conftest import run_named
@@ -965,6 +966,34 @@ def client_in_portal():
 
     serve(starlette_app(endpoint))
     return seen
+
+
+# -- anyio.from_thread (catalog 2) ----------------------------------------------------------
+def from_thread(set_from_return):
+    user, seen = ContextVar("user", default="anonymous"), Seen()
+
+    async def authenticate():
+        seen.var("helper", user)
+        user.set("alice")
+        return "alice"
+
+    app = FastAPI()
+
+    @app.get("/")
+    def profile():
+        user.set("unverified")
+        resolved = anyio.from_thread.run(authenticate)
+        if set_from_return:
+            user.set(resolved)
+        seen.var("endpoint.after", user)
+        return {}
+
+    serve(app)
+    return seen
+
+
+repro("from-thread-run")(lambda: from_thread(False))
+repro("from-thread-run-return")(lambda: from_thread(True))
 
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
