@@ -995,6 +995,36 @@ def from_thread(set_from_return):
 repro("from-thread-run")(lambda: from_thread(False))
 repro("from-thread-run-return")(lambda: from_thread(True))
 
+
+# -- a worker started by the first request (catalog 2) --------------------------------------
+def lazy_worker(clean):
+    trace, seen, state = ContextVar("trace_id", default=None), Seen(), {}
+
+    async def work(jobs):
+        while True:
+            sent, done = await jobs.get()
+            if clean:
+                trace.set(sent)  # this worker's own context: nobody else reads it
+            done.set_result(trace.get())
+
+    async def endpoint(request):
+        trace.set(request.headers["t"])
+        if "jobs" not in state:
+            state["jobs"] = asyncio.Queue()
+            start = lambda: asyncio.create_task(work(state["jobs"]))  # noqa: E731
+            state["worker"] = contextvars.Context().run(start) if clean else start()
+        done = asyncio.get_running_loop().create_future()
+        await state["jobs"].put((trace.get(), done))
+        seen.value("worker", "trace_id", await done)
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), *[("/", {"t": f"trace-{n}"}) for n in (1, 2, 3)])
+    return seen
+
+
+repro("lazy-worker-first-request")(lambda: lazy_worker(False))
+repro("lazy-worker-clean-context")(lambda: lazy_worker(True))
+
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
     from ctxlab.scenario import catalog
