@@ -95,7 +95,7 @@ TWO_REQUESTS = [ClientRequest(), ClientRequest()]
     tags=["sqlalchemy", "middleware", "tasks", "lost", "leak"],
     requests=TWO_REQUESTS,
     lifespan=True,
-    requires={"sqlalchemy": ">=2", "aiosqlite": ">=0.17"},
+    requires={"sqlalchemy": ">=2", "aiosqlite": ">=0.17", "greenlet": ">=1"},
     expect={
         "middleware.after": {
             "endpoint used my session": False,
@@ -130,7 +130,7 @@ def request_scoped_app():
     tags=["sqlalchemy", "middleware", "fix"],
     requests=TWO_REQUESTS,
     lifespan=True,
-    requires={"sqlalchemy": ">=2", "aiosqlite": ">=0.17"},
+    requires={"sqlalchemy": ">=2", "aiosqlite": ">=0.17", "greenlet": ">=1"},
     expect={
         "middleware.after": {
             "endpoint used my session": True,
