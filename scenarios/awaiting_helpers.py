@@ -31,32 +31,33 @@ from ctxlab.scenario import Varies, scenario
 tenant: ContextVar = ContextVar("tenant", default=None)
 
 
-async def select_tenant(name):
+async def select_tenant(helper, name):
     """What a helper coroutine does: look something up, set it for the request."""
     tenant.set(name)
+    probe(f"in.{helper}", tenant)  # shows which task ran it
 
 
-async def in_task_group(coro):
+async def in_task_group(func, *args):
     if sys.version_info >= (3, 11):
         async with asyncio.TaskGroup() as group:
-            group.create_task(coro)
+            group.create_task(func(*args))
     else:  # asyncio has no task group before 3.11; anyio's behaves the same
         async with anyio.create_task_group() as group:
-            group.start_soon(lambda: coro)
+            group.start_soon(func, *args)
 
 
 async def await_through_helpers(request):
     # Each helper gets its own value; a probe seeing an earlier one shows
     # that the helper's set was lost.
-    await asyncio.gather(select_tenant("set in gather"))
+    await asyncio.gather(select_tenant("gather", "set in gather"))
     probe("after.gather", tenant)
-    await asyncio.shield(select_tenant("set in shield"))
+    await asyncio.shield(select_tenant("shield", "set in shield"))
     probe("after.shield", tenant)
-    await in_task_group(select_tenant("set in task group"))
+    await in_task_group(select_tenant, "task_group", "set in task group")
     probe("after.task_group", tenant)
-    await asyncio.wait_for(select_tenant("set in wait_for"), timeout=5)
+    await asyncio.wait_for(select_tenant("wait_for", "set in wait_for"), timeout=5)
     probe("after.wait_for", tenant)
-    await asyncio.wait_for(select_tenant("set in wait_for(timeout=None)"), timeout=None)
+    await asyncio.wait_for(select_tenant("wait_for_no_timeout", "set in wait_for(timeout=None)"), timeout=None)
     probe("after.wait_for_no_timeout", tenant)
     return PlainTextResponse("ok")
 
@@ -69,6 +70,11 @@ WAIT_FOR_KEEPS_IT = sys.version_info >= (3, 12)
     summary="A set inside asyncio.wait_for is lost on 3.10/3.11, kept from 3.12; gather, shield, task groups lose it",
     tags=["asyncio", "tasks", "lost", "python-version"],
     expect={
+        "in.gather": {"tenant": "set in gather"},
+        "in.shield": {"tenant": "set in shield"},
+        "in.task_group": {"tenant": "set in task group"},
+        "in.wait_for": {"tenant": "set in wait_for"},
+        "in.wait_for_no_timeout": {"tenant": "set in wait_for(timeout=None)"},
         "after.gather": {"tenant": None},
         "after.shield": {"tenant": None},
         "after.task_group": {"tenant": None},
@@ -101,7 +107,7 @@ def wait_for_set():
 
 async def await_under_timeout_scope(request):
     with anyio.fail_after(5):
-        await select_tenant("set under fail_after")
+        await select_tenant("fail_after", "set under fail_after")
     probe("after.fail_after", tenant)
     return PlainTextResponse("ok")
 
@@ -110,7 +116,7 @@ async def await_under_timeout_scope(request):
     "wait-for-set-timeout-scope",
     summary="The fix: a timeout scope around a plain await keeps the set on every Python",
     tags=["asyncio", "fix"],
-    expect={"after.fail_after": {"tenant": "set under fail_after"}},
+    expect={"in.fail_after": {"tenant": "set under fail_after"}, "after.fail_after": {"tenant": "set under fail_after"}},
     why="A cancel scope (anyio.fail_after, or asyncio.timeout from 3.11) arms a timer "
     "around the current task instead of starting a new one, so the coroutine runs "
     "in the caller's context.",

@@ -696,28 +696,31 @@ repro("pipelined-leak")(lambda: login_twice(True, default=None))
 def wait_for_set():
     tenant, seen = ContextVar("tenant", default=None), Seen()
 
-    async def select(name):
-        tenant.set(name)
+    async def select(helper, value):
+        tenant.set(value)
+        seen.var(f"in.{helper}", tenant)
 
-    async def task_group(coro):
+    async def task_group(*args):
         if sys.version_info >= (3, 11):
             async with asyncio.TaskGroup() as group:
-                group.create_task(coro)
+                group.create_task(select(*args))
         else:
             async with anyio.create_task_group() as group:
-                group.start_soon(lambda: coro)
+                group.start_soon(select, *args)
+
+    helpers = {
+        "gather": lambda *args: asyncio.gather(select(*args)),
+        "shield": lambda *args: asyncio.shield(select(*args)),
+        "task_group": task_group,
+        "wait_for": lambda *args: asyncio.wait_for(select(*args), 5),
+        "wait_for_no_timeout": lambda *args: asyncio.wait_for(select(*args), None),
+    }
+    values = {"task_group": "set in task group", "wait_for_no_timeout": "set in wait_for(timeout=None)"}
 
     async def endpoint(request):
-        await asyncio.gather(select("set in gather"))
-        seen.var("after.gather", tenant)
-        await asyncio.shield(select("set in shield"))
-        seen.var("after.shield", tenant)
-        await task_group(select("set in task group"))
-        seen.var("after.task_group", tenant)
-        await asyncio.wait_for(select("set in wait_for"), 5)
-        seen.var("after.wait_for", tenant)
-        await asyncio.wait_for(select("set in wait_for(timeout=None)"), None)
-        seen.var("after.wait_for_no_timeout", tenant)
+        for helper, run in helpers.items():
+            await run(helper, values.get(helper, f"set in {helper}"))
+            seen.var(f"after.{helper}", tenant)
         return PlainTextResponse("x")
 
     serve(starlette_app(endpoint))
@@ -731,6 +734,7 @@ def wait_for_set_timeout_scope():
     async def endpoint(request):
         with anyio.fail_after(5):
             tenant.set("set under fail_after")
+            seen.var("in.fail_after", tenant)
             await asyncio.sleep(0)
         seen.var("after.fail_after", tenant)
         return PlainTextResponse("x")
