@@ -8,8 +8,8 @@ thread (and once) at a time, so one Context object shared by jobs that
 overlap raises `RuntimeError`.
 
 Sources: python/cpython#88997 (bpo-44834, "contextvars.Context.run w/
-coroutines gives inconsistent behavior", raised by FastAPI's maintainers
-and closed as not a bug); python/cpython#84500 (bpo-40320) and PR #31837,
+coroutines gives inconsistent behavior", opened by adriangb of Starlette
+and FastAPI, answered "this isn't a Python bug"); python/cpython#84500 (bpo-40320) and PR #31837,
 which added `create_task(..., context=)` in 3.11 as the way to run a
 coroutine in a given context; python/cpython#99633 / PR #99634 (what
 "entered" means); erdewit/nest_asyncio#71 (the RuntimeError as users meet it).

@@ -14,8 +14,9 @@ anyio 4.16: the same on all of them (anyio 3.x: `run_sync_from_thread` ->
 `call_soon_threadsafe`; 4.x: the same path through `_spawn_task_from_thread`).
 
 Sources: atlanhq/application-sdk#1615 (a ContextVar set at start-up was
-seen by the app in tests, through an in-process client, and was None under
-uvicorn in production); skypilot-org/skypilot#10830 (a ContextVar set in one
+None in route handlers under uvicorn, which starts each request in a fresh
+context: the half of this pitfall that shows in production);
+skypilot-org/skypilot#10830 (a ContextVar set in one
 test leaking into later ones); agronholm/anyio#363 and PR #390 (how
 from-thread calls propagate contexts).
 """
