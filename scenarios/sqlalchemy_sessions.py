@@ -103,7 +103,13 @@ TWO_REQUESTS = [ClientRequest(), ClientRequest()]
             "sessions kept": per_request(1, 2),
         }
     },
-    naive={"middleware.after": {"endpoint used my session": True, "orders committed": per_request(1, 2), "sessions kept": 0}},
+    naive={
+        "middleware.after": {
+            "endpoint used my session": True,
+            "orders committed": per_request(1, 2),
+            "sessions kept": 0,
+        }
+    },
     why="current_task() is the scope key. BaseHTTPMiddleware runs the endpoint in a "
     "child task (call_next), so the endpoint's Session() is a second session: its "
     "order is never committed (the middleware commits its own, empty one), and "

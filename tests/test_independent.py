@@ -862,7 +862,8 @@ def pytest_async_fixture():
             Path(directory, "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
             env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-            command = [sys.executable, "-m", "pytest", "-s", "-q", "-p", "pytest_asyncio.plugin", "-p", "no:cacheprovider"]
+            plugins = ["-p", "pytest_asyncio.plugin", "-p", "no:cacheprovider"]
+            command = [sys.executable, "-m", "pytest", "-s", "-q", *plugins]
             return subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True).stdout
 
     async def endpoint(request):
