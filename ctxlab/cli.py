@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -225,8 +226,8 @@ def check(
 
     out = console()
     started = time.perf_counter()
-    results = engine.execute(engine.entries(scenarios).values(), _configs(server),
-                             lambda entry, outcomes: render.check_line(entry, outcomes, out))  # fmt: skip
+    show = partial(render.check_line, console=out)
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server), show)
     if junit is not None:
         write_atomically(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -234,11 +235,9 @@ def check(
             print(line)
     code = results.exit_code
     if before is not None:
-        kept = [s for (_, ran_on), s in report.runs(before).items() if ran_on in results.servers]
-        if len(kept) < len(before["scenarios"]):
-            out.print(Text(f"baseline: {len(before['scenarios']) - len(kept)} runs on other servers not "
-                           f"compared (see --server)", style="dim"))  # fmt: skip
-        found = report.diff({**before, "scenarios": kept}, results.to_json())
+        found, not_compared = engine.baseline_changes(before, results)
+        if not_compared:
+            out.print(Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim"))
         render.changes(found, before.get("environment", {}), report.environment(), out)
         if found and code in (0, 5):
             code = 1
@@ -274,11 +273,7 @@ def diff(
     from ctxlab import report
 
     before = report.load_report(snapshot_file)
-    entries = engine.entries(scenarios)
-    names = list(dict.fromkeys(s["name"] for s in before["scenarios"]))
-    servers = list(dict.fromkeys(ran_on for _, ran_on in report.runs(before))) or ["asgi"]
-    configs = [RunConfig(name, spec_version=before.get("spec_version")) for name in servers]
-    results = engine.execute([entries[n] for n in names if n in entries], configs)
+    results = engine.rerun(before, scenarios)
     if results.interrupted:
         return 130
     found = report.diff(before, results.to_json())

@@ -9,14 +9,14 @@ scenario runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ctxlab.config import RunConfig
 from ctxlab.errors import UsageError
 from ctxlab.scenario import Entry, catalog, suggest
 
 if TYPE_CHECKING:
-    from ctxlab.report import Report, ScenarioReport
+    from ctxlab.report import Change, Report, ScenarioReport
 
 
 def entries(directories: Iterable[Path] | None = None) -> dict[str, Entry]:
@@ -94,3 +94,26 @@ def execute(
     except KeyboardInterrupt:
         results.interrupted = True
     return results
+
+
+def rerun(before: dict[str, Any], directories: Iterable[Path] | None = None) -> Report:
+    """Run a saved report's scenarios again, on the servers and with the
+    spec_version it names; a scenario no longer in the catalog is left out
+    (comparing then shows it as not run)."""
+    from ctxlab.report import runs
+
+    found = entries(directories)
+    names = dict.fromkeys(s["name"] for s in before["scenarios"])
+    servers = list(dict.fromkeys(server for _, server in runs(before))) or ["asgi"]
+    configs = [RunConfig(server, spec_version=before.get("spec_version")) for server in servers]
+    return execute([found[name] for name in names if name in found], configs)
+
+
+def baseline_changes(before: dict[str, Any], results: Report) -> tuple[list[Change], int]:
+    """What changed from the saved report `before` to `results`, over the
+    servers `results` ran on, and how many runs of `before` were on other
+    servers (so not compared)."""
+    from ctxlab.report import diff, runs
+
+    kept = [s for (_, server), s in runs(before).items() if server in results.servers]
+    return diff({**before, "scenarios": kept}, results.to_json()), len(before["scenarios"]) - len(kept)
