@@ -116,7 +116,10 @@ async def await_under_timeout_scope(request):
     "wait-for-set-timeout-scope",
     summary="The fix: a timeout scope around a plain await keeps the set on every Python",
     tags=["asyncio", "fix"],
-    expect={"in.fail_after": {"tenant": "set under fail_after"}, "after.fail_after": {"tenant": "set under fail_after"}},
+    expect={
+        "in.fail_after": {"tenant": "set under fail_after"},
+        "after.fail_after": {"tenant": "set under fail_after"},
+    },
     why="A cancel scope (anyio.fail_after, or asyncio.timeout from 3.11) arms a timer "
     "around the current task instead of starting a new one, so the coroutine runs "
     "in the caller's context.",

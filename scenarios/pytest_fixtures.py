@@ -38,7 +38,7 @@ from starlette.routing import Route
 from ctxlab.probe import note
 from ctxlab.scenario import Varies, scenario
 
-TEST_MODULE = '''
+TEST_MODULE = """
 import contextvars, os, pathlib
 import pytest, pytest_asyncio
 
@@ -56,7 +56,7 @@ async def logged_in():
 @pytest.mark.asyncio
 async def test_sees_the_user(logged_in):
     (seen / "test").write_text(user.get())
-'''
+"""
 
 INI = """[pytest]
 asyncio_default_fixture_loop_scope = function

@@ -690,7 +690,6 @@ repro("keepalive-large-body-leak")(lambda: login_twice(True, default=None))
 repro("pipelined-leak")(lambda: login_twice(True, default=None))
 
 
-
 # -- awaiting helpers (catalog 2) ------------------------------------------------------------
 @repro("wait-for-set")
 def wait_for_set():
@@ -1029,6 +1028,7 @@ def lazy_worker(clean):
 
 repro("lazy-worker-first-request")(lambda: lazy_worker(False))
 repro("lazy-worker-clean-context")(lambda: lazy_worker(True))
+
 
 # -- the comparison -------------------------------------------------------------------------------------
 def test_every_scenario_has_an_independent_repro():
