@@ -9,25 +9,27 @@ listing never pays for (or depends on) importing a web framework.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+from ctxlab.config import RunConfig
+from ctxlab.errors import ScenarioError
 
 __all__ = ["ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario"]
 
 Servers = ("asgi", "uvicorn")
 
 
-class ScenarioError(Exception):
-    """A scenario cannot be found, loaded or is badly declared (exit 2)."""
-
-
 # -- requests -------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientRequest:
+    """One request a scenario sends, and the status it must be answered with."""
+
     method: str = "GET"
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -38,14 +40,20 @@ class ClientRequest:
 # -- expectations -------------------------------------------------------------
 @dataclass(frozen=True)
 class Env:
-    """What an expectation may depend on."""
+    """What an expectation may depend on: the run's settings and the request."""
 
     server: str
     spec_version: str | None
     request: int | None
     concurrency: int | None = None
 
+    @classmethod
+    def of(cls, config: RunConfig, request: int | None = None) -> Env:
+        """The Env of `request` (None: outside any request) in a run with `config`."""
+        return cls(config.server, config.spec_version, request, config.concurrency)
+
     def version(self, package: str) -> str:
+        """The installed version of `package` ("0" when it is not installed)."""
         return package_version(package)
 
     def has(self, package: str, spec: str) -> bool:
@@ -62,6 +70,7 @@ class Env:
 
 @cache
 def package_version(package: str) -> str:
+    """The installed version of `package`, "0" when it is not installed."""
     from importlib import metadata  # 30 ms of imports: not for `ctxlab list`
 
     try:
@@ -95,6 +104,7 @@ def describe(value: Any) -> str:
 
 
 def resolve(value: Any, env: Env) -> Any:
+    """An expected value for `env`: a Varies chooses, anything else is itself."""
     return value.resolve(env) if isinstance(value, Varies) else value
 
 
@@ -134,6 +144,9 @@ Expectations = Mapping[str, Mapping[str, Any]]  # probe -> var -> value
 
 @dataclass
 class Scenario:
+    """A scenario as `@scenario` declares it: the app factory, the requests to
+    send it, what each probe should see, and how to run it."""
+
     name: str
     summary: str
     build: Callable[[], Any]
@@ -160,16 +173,25 @@ class Scenario:
     source: Path | None = None
     timeout: float = 10.0
 
+    def settle(self, config: RunConfig) -> RunConfig:
+        """The config this scenario runs with: `concurrency` applies only to
+        scenarios built for it, which otherwise send their own number."""
+        concurrency = (config.concurrency or self.concurrency) if self.concurrency else None
+        return dataclasses.replace(config, concurrency=concurrency)
+
     def unmet_requirement(self, env: Env) -> str | None:
+        """Why this scenario cannot run here (a package version), or None."""
         for package, spec in self.requires.items():
             if not env.has(package, spec):
                 return f"needs {package}{spec}, found {env.version(package)}"
         return None
 
     def expected(self, probe: str, var: str, env: Env) -> Any:
+        """What `probe` should see in `var` under `env`."""
         return resolve(self.expect[probe][var], env)
 
     def naive_value(self, probe: str, var: str, env: Env) -> Any:
+        """What a naive reading expects there (the expectation, unless stated)."""
         if var in self.naive.get(probe, {}):
             return resolve(self.naive[probe][var], env)
         return self.expected(probe, var, env)
@@ -178,10 +200,12 @@ class Scenario:
 _declared: list[Scenario] = []
 
 
-def scenario(name: str, *, summary: str, expect: Expectations, tags=(), **options: Any):
+def scenario(
+    name: str, *, summary: str, expect: Expectations, tags: Iterable[str] = (), **options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare the decorated app factory as a scenario."""
 
-    def register(build: Callable[[], Any]) -> Callable[[], Any]:
+    def register(build: Callable[..., Any]) -> Callable[..., Any]:
         _declared.append(
             Scenario(name=name, summary=summary, build=build, expect=expect, tags=tuple(tags), **options)
         )
@@ -203,6 +227,7 @@ class Entry:
 
 
 def bundled_dir() -> Path:
+    """Where the bundled scenarios are, installed or in a checkout."""
     package = Path(__file__).resolve().parent
     installed = package / "scenarios"  # in a wheel the scenarios ride inside
     return installed if installed.is_dir() else package.parent / "scenarios"
@@ -282,7 +307,7 @@ def plugin_modules() -> list[Path]:
     return paths
 
 
-def suggest(name: str, known, otherwise: str = "; see 'ctxlab list'") -> str:
+def suggest(name: str, known: Iterable[str], otherwise: str = "; see 'ctxlab list'") -> str:
     """`; did you mean 'x'?` for the closest known name, else `otherwise`."""
     import difflib
 
