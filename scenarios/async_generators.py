@@ -135,7 +135,9 @@ async def first_row_then_break():
     expect={
         "span.exit": {
             "span": "query",
-            "reset": raised("ValueError", "<Token var=<ContextVar name='span' default=None>> was created in a different Context"),
+            "reset": raised(
+                "ValueError", "<Token var=<ContextVar name='span' default=None>> was created in a different Context"
+            ),
         },
         "endpoint.after": {"span": "query"},
     },

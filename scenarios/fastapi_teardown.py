@@ -154,8 +154,7 @@ async def tenant_scope_and_state(request: Request):
     tags=["fastapi", "dependency", "errors", "fix"],
     requests=[ClientRequest(status=418)],
     expect={"handler": {"tenant": UNSET, "request.state.tenant": "acme"}},
-    why="request.state lives on the request scope, which the handler receives; no "
-    "teardown resets it.",
+    why="request.state lives on the request scope, which the handler receives; no teardown resets it.",
     fix="Nothing to fix: this is the pattern to copy.",
 )
 def yield_teardown_before_handler_request_state():

@@ -86,7 +86,7 @@ def streams_in_request_task(env):
         "body.start": {"stage": "set in endpoint"},
         "middleware.after": {
             "stage": Varies(
-                'starlette>=0.42 with spec_version>=2.4 (--spec-version 2.4, uvicorn 0.28.0 to 0.32.0): '
+                "starlette>=0.42 with spec_version>=2.4 (--spec-version 2.4, uvicorn 0.28.0 to 0.32.0): "
                 '"set while streaming"; else "set in endpoint"',
                 lambda env: "set while streaming" if streams_in_request_task(env) else "set in endpoint",
             )
@@ -142,7 +142,6 @@ async def background_endpoint(request):
 )
 def background_task():
     return wrapped(background_endpoint)
-
 
 
 STAGE_TOKEN_ELSEWHERE = raised(
