@@ -300,15 +300,17 @@ def diagnosis(result, console: Console) -> None:
     """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
     console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
-    yes, no = Text("yes", style="green"), Text("no", style="bold red")
-    table = _table("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint")
+    answers = {True: Text("yes", style="green"), False: Text("no", style="bold red"), None: Text("?", style="dim")}
+    table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
     for layer in result.layers:
         culprit = layer.name in result.culprits
-        table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind,
-                      yes if layer.sees_endpoint_values else no, yes if layer.reaches_endpoint else no)  # fmt: skip
+        table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind, layer.mount or "",
+                      answers[layer.sees_endpoint_values], answers[layer.reaches_endpoint], layer.note or "")  # fmt: skip
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))
+    elif not result.reached_endpoint:
+        console.print(Text("not observed: the probe request did not reach an endpoint", style="yellow"))
     else:
         console.print(Text("ok: values travel through every layer", style="green"))
     console.print(Text(result.fix))
