@@ -335,6 +335,8 @@ def _judge(probes: _Probes, records: list[tuple[Request, _Record, targets.Reply]
     for request, record, reply in records:
         entered = [key for key in probes.order if key in record.trail]
         what = f"{request.method} {request.path}"
+        if isinstance(reply.error, TimeoutError):
+            diagnosis.notes.append(f"the app was {reply.error} (a background task?)")
         if record.leaf is not None and not record.raised:
             for key in entered:
                 if key not in observed and key in record.up:
@@ -447,7 +449,7 @@ def _on_path(mount: str | None, path: str) -> bool:
 
 async def _send(probes: _Probes, served: Any, requests: list[Request], server: str, lifespan: bool):
     records = []
-    async with targets.serving(served, server=server, lifespan=lifespan) as client:
+    async with targets.serving(served, server=server, lifespan=lifespan, timeout=5.0) as client:
         for request in requests:
             probes.record = _Record()
             reply = await client.send(request)

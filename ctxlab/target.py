@@ -212,14 +212,14 @@ def app_output_to_stderr() -> Iterator[None]:
 class Client:
     """Sends requests to an app being served (see `serving`)."""
 
-    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None) -> None:
-        self._app, self._state, self._base_url = app, state, base_url
+    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None, grace: float) -> None:
+        self._app, self._state, self._base_url, self._grace = app, state, base_url, grace
 
     async def send(self, request: Request) -> Reply:
         """Send one request and wait until the app has finished with it
         (background tasks included, in process)."""
         if self._base_url is None:
-            return await _in_process(self._app, request, self._state)
+            return await _in_process(self._app, request, self._state, self._grace)
         return await _over_http(self._base_url, request)
 
 
@@ -229,24 +229,25 @@ async def serving(app: Any, *, server: str = "asgi", lifespan: bool = False, tim
     (`server="asgi"`) or on a real uvicorn on 127.0.0.1 (`"uvicorn"`).
     With `lifespan`, startup runs first and shutdown last, and each request
     gets a shallow copy of the lifespan state in `scope["state"]`, as uvicorn
-    gives it."""
+    gives it.  An app still busy `timeout` seconds after its response (a
+    background task) is cancelled."""
     from ctxlab import servers
 
     if server == "uvicorn":
         try:
             async with servers.uvicorn_server(app, lifespan=lifespan, options={}, timeout=timeout) as base_url:
-                yield Client(app, None, base_url)
+                yield Client(app, None, base_url, timeout)
         except servers.ServerFailed as exc:
             raise TargetError(str(exc)) from None
         return
     if server != "asgi":
         raise TargetError(f"unknown server {server!r}; expected 'asgi' or 'uvicorn'")
     if not lifespan:
-        yield Client(app, None, None)
+        yield Client(app, None, None, timeout)
         return
     try:
         async with servers.lifespan(app) as state:
-            yield Client(app, state, None)
+            yield Client(app, state, None, timeout)
     except servers.LifespanFailed as exc:
         raise TargetError(str(exc)) from None
 
@@ -259,7 +260,7 @@ async def send_all(
         return [await client.send(request) for request in requests]
 
 
-async def _in_process(app: Any, request: Request, state: dict[str, Any] | None) -> Reply:
+async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, grace: float) -> Reply:
     """One request straight into `app.__call__`, in a new task started in an
     empty context, with the scope, receive and send a server gives."""
     path, _, query = request.path.partition("?")
@@ -314,7 +315,15 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None) 
             done.set()
 
     loop = asyncio.get_running_loop()
-    await contextvars.Context().run(loop.create_task, call())
+    task = contextvars.Context().run(loop.create_task, call())
+    await done.wait()
+    # Background tasks run inside the app's call, after the response; one
+    # that never ends must not keep ctxlab waiting.
+    await asyncio.wait({task}, timeout=grace)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+        reply.error, reply.after_response = TimeoutError(f"still running {grace:g} s after its response; cancelled"), True
     reply.body = body.getvalue()
     return reply
 

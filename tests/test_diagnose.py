@@ -2,6 +2,7 @@
 match what the apps' own middleware really saw."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -119,3 +120,85 @@ def test_static_findings_point_at_file_and_line(tmp_path):
 def test_a_path_no_route_takes_is_one_line_and_exit_2():
     code, _, err = ctxlab("probe", "mixes:starlette_bare", "--app-dir", str(APPS), "--path", "/missing")
     assert code == 2 and "GET /missing answered 404: no route of the app took it" in err and "Traceback" not in err
+
+
+REAL_APPS = Path(__file__).parent / "fixtures" / "real_apps"
+
+
+class TestRequestsTheAppAccepts:
+    """A layer that answers the probe itself is named, with what to pass."""
+
+    def test_a_rejecting_layer_is_named_with_its_status_and_the_option(self):
+        code, out, err = ctxlab("probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items", "--lifespan", "--json")
+        document = json.loads(out)
+        assert code == 2 and "Traceback" not in err
+        assert "ApiKeyMiddleware answered GET /items with 401; pass the credentials it expects with --header" in err
+        assert all(layer["sees_endpoint_values"] is None and "note" in layer for layer in document["layers"])
+        assert document["verdict"]["culprits"] == []
+
+    def test_without_lifespan_the_failure_is_the_apps_and_nobody_is_blamed(self):
+        code, out, err = ctxlab(
+            "probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items",
+            "--header", "X-API-Key: secret", "--json",
+        )  # fmt: skip
+        document = json.loads(out)
+        assert code == 2 and "GET /items raised AttributeError" in err
+        assert document["verdict"]["culprits"] == []
+        assert {layer["sees_endpoint_values"] for layer in document["layers"]} == {None}
+
+
+def test_without_path_each_mount_is_probed_through_its_own_leaf():
+    """Layers of every mount are listed with their mount, and observed by a
+    probe request through that mount (truth: truth.py on the real routes)."""
+    code, document, _ = ctxlab_json("probe", "mounted_subapps:app", "--app-dir", str(REAL_APPS))
+    rows = [[l["name"], l.get("mount"), l["sees_endpoint_values"], l["reaches_endpoint"]] for l in document["layers"]]
+    truth = {}
+    for module in ("mounted_subapps", "mounted_admin"):
+        done = subprocess.run([sys.executable, str(REAL_APPS / "truth.py"), str(REAL_APPS), module, "asgi"], capture_output=True, text=True)
+        truth.update({(r[0], r[2]): [r[0], r[2], r[3], r[4]] for r in json.loads(done.stdout)["layers"] if r[2]})
+    assert [row[:2] for row in rows] == [["CorrelationIdMiddleware", None]] + [key for key in [list(k) for k in truth]]
+    assert rows[1:] == list(truth.values())
+    assert code == 1 and document["verdict"]["culprits"] == ["AuditMiddleware", "IsolatingMiddleware"]
+
+
+class TestWhatTheAppDoesCannotSpoilTheOutput:
+    """Prints, sys.exit, threads and endless background tasks of the app."""
+
+    def write(self, tmp_path, body):
+        (tmp_path / "noisy.py").write_text(
+            "from starlette.applications import Starlette\n"
+            "from starlette.responses import PlainTextResponse\n"
+            "from starlette.routing import Route\n" + body
+        )
+
+    def test_prints_and_logs_go_to_stderr(self, tmp_path):
+        self.write(tmp_path,
+            "import logging, sys\n"
+            "print('hello at import')\n"
+            "logging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+            "async def home(request):\n"
+            "    print('hello from the endpoint'); logging.info('logged')\n"
+            "    return PlainTextResponse('ok')\n"
+            "app = Starlette(routes=[Route('/', home)])\n")  # fmt: skip
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path), "--path", "/", "--json")
+        assert code == 0 and json.loads(out)["verdict"]["ok"] is True
+        assert "hello at import" in err and "hello from the endpoint" in err and "logged" in err
+
+    def test_sys_exit_at_import_is_one_line(self, tmp_path):
+        self.write(tmp_path, "import sys\nsys.exit(3)\n")
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path))
+        assert code == 2 and out == "" and err.strip() == "ctxlab: error: importing 'noisy' called sys.exit(3)"
+
+    def test_a_thread_or_an_endless_background_task_does_not_keep_ctxlab(self, tmp_path):
+        self.write(tmp_path,
+            "import asyncio, threading, time\n"
+            "from starlette.background import BackgroundTask\n"
+            "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+            "async def forever():\n"
+            "    await asyncio.sleep(3600)\n"
+            "async def home(request):\n"
+            "    return PlainTextResponse('ok', background=BackgroundTask(forever))\n"
+            "app = Starlette(routes=[Route('/', home)])\n")  # fmt: skip
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path), "--path", "/", "--json")
+        assert json.loads(out)["verdict"]["ok"] is True
+        assert code == 0 and "still running 5 s after its response" in err and "Traceback" not in err
