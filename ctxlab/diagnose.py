@@ -249,9 +249,10 @@ def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> No
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
 
-    if getattr(type(app).__call__, "__name__", "") == "_sentry_patched_asgi_app":
+    if any(getattr(vars(cls).get("__call__"), "__name__", "") == "_sentry_patched_asgi_app" for cls in type(app).__mro__):
         # Sentry's Starlette integration wraps every Starlette.__call__ in a
-        # SentryAsgiMiddleware built per request: a layer with no object.
+        # SentryAsgiMiddleware built per request: a layer with no object
+        # (FastAPI.__call__ reaches it through super()).
         probes.outside(holder, Layer("SentryAsgiMiddleware", "asgi", mount, origin="sentry_sdk.integrations.asgi.SentryAsgiMiddleware"))
     original = app.user_middleware
     entries = []

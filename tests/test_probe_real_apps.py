@@ -4,7 +4,7 @@ app itself recorded (truth.py, no ctxlab inside), in process and on a real
 uvicorn.  Each app runs in its own processes: Sentry's and OpenTelemetry's
 instrumentation patch Starlette globally."""
 
-import importlib
+import ast
 import json
 import subprocess
 import sys
@@ -26,22 +26,20 @@ MODULES = [
     "shop_app",
     "starlette_def_routes",
     "teardown_raises",
+    "sentry_asgi_wrapper",
 ]
 TWINS = {"ContextMiddleware": "RawContextMiddleware", "SlowAPIMiddleware": "SlowAPIASGIMiddleware"}
 
 
 def fixture(name):
-    """The fixture module's declarations, read in a subprocess-free way: the
-    module is only parsed for its constants, never imported here."""
-    namespace = {}
-    source = (APPS / f"{name}.py").read_text()
-    tree = compile(source, name, "exec", flags=0x400, dont_inherit=True)  # ast.PyCF_ONLY_AST
-    import ast
-
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
-            namespace[node.targets[0].id] = ast.literal_eval(node.value)
-    return namespace
+    """The fixture's declarations (PATH, LAYERS, FINDINGS, ...), read from
+    its source: importing it here would instrument this process."""
+    tree = ast.parse((APPS / f"{name}.py").read_text())
+    return {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
+    }
 
 
 def truth(name, server):
