@@ -466,7 +466,7 @@ def probe_app(
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
         render.diagnosis(result, _console())
-    code = 1 if result.culprits else 0 if result.reached_endpoint else 2
+    code = 1 if result.culprits else 0 if result.complete else 2
     _exit_despite_the_app(code)
     return code
 

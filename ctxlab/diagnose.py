@@ -93,14 +93,18 @@ class Diagnosis:
     culprits: list[str] = field(default_factory=list)
     status: int | None = None
     notes: list[str] = field(default_factory=list)  # one line each, for stderr
-    reached_endpoint: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every layer was observed."""
+        return all(layer.sees_endpoint_values is not None for layer in self.layers)
 
     @property
     def fix(self) -> str:
         culprits = [layer for layer in self.layers if layer.name in self.culprits]
         if not culprits:
-            if not self.reached_endpoint:
-                return "Nothing observed: the probe request did not reach an endpoint."
+            if not self.complete:
+                return "Nothing to blame among the layers observed; the others were not observed (see their notes)."
             return "Nothing to fix: every layer sees the endpoint's values and reaches the endpoint."
         text = []
         twins = [f"{layer.name} -> {PURE_ASGI_TWINS[layer.origin]}" for layer in culprits if layer.origin in PURE_ASGI_TWINS]
@@ -296,7 +300,7 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
     for route in routes:
         if isinstance(route, Mount):
             full = prefix + route.path
-            holder, current, base = route, route.app, route._base_app
+            holder, current, base = route, route.app, getattr(route, "_base_app", route.app)
             while current is not base and hasattr(current, "app"):
                 probes.allowed_hosts += list(getattr(current, "allowed_hosts", []) or [])
                 probes.outside(holder, _described(targets.describe_object(current), full, type(current)))
@@ -330,7 +334,8 @@ def splice(target: targets.Target, path: str | None) -> tuple[_Probes, Any]:
 
 # -- reading what the probes saw ----------------------------------------------------------------
 def _judge(probes: _Probes, records: list[tuple[Request, _Record, targets.Reply]], diagnosis: Diagnosis) -> None:
-    layers = [probes.layers[key] for key in probes.order]
+    """Each layer's values from the first request that passed it and
+    reached an endpoint; a note for each layer that none observed."""
     observed: set[int] = set()
     culprits: set[int] = set()
     for request, record, reply in records:
@@ -338,36 +343,40 @@ def _judge(probes: _Probes, records: list[tuple[Request, _Record, targets.Reply]
         what = f"{request.method} {request.path}"
         if isinstance(reply.error, TimeoutError):
             diagnosis.notes.append(f"the app was {reply.error} (a background task?)")
-        if record.leaf is not None and not record.raised:
-            for key in entered:
-                if key not in observed and key in record.up:
-                    observed.add(key)
-                    probes.layers[key].sees_endpoint_values = record.up[key]
-                    probes.layers[key].reaches_endpoint = record.leaf[key]
-            culprits |= _cuts(probes, [k for k in entered if k in record.up], record)
-            continue
-        if record.raised:
-            exc, after = next(iter(record.raised.values()))
-            note = f"{what} raised {type(exc).__name__}{' after the response was sent' if after else ''}; not observed"
-            diagnosis.notes.append(f"{what} raised {type(exc).__name__}: {exc}{' (after the response was sent)' if after else ''}")
+        if record.leaf is None:
+            note = _not_reached(probes, record, reply, what, diagnosis)
         else:
-            answered = record.trail[-1] if record.trail else None
-            if answered == "router" or answered is None:
-                note = f"{what} matched no route (status {reply.status}); not observed"
-                diagnosis.notes.append(f"{what} answered {reply.status}: no route of the app took it; pass --path with one of your routes")
-            else:
-                name = probes.layers[answered].name
-                note = f"{name} answered {what} with {reply.status} before the endpoint; not observed"
-                diagnosis.notes.append(f"{name} answered {what} with {reply.status}; {_what_to_pass(reply.status)}")
+            for key in (key for key in entered if key in record.up and key not in observed):
+                observed.add(key)
+                probes.layers[key].sees_endpoint_values = record.up[key]
+                probes.layers[key].reaches_endpoint = record.leaf[key]
+            culprits |= _cuts(probes, [key for key in entered if key in record.up], record)
+            note = None
+            if record.raised:
+                exc, after = next(iter(record.raised.values()))
+                after_text = " after the response was sent" if after else ""
+                note = f"{what} raised {type(exc).__name__}{after_text}; not observed"
+                diagnosis.notes.append(f"{what} raised {type(exc).__name__}{after_text}: {exc}")
         for key in entered:
             if key not in observed and probes.layers[key].note is None:
                 probes.layers[key].note = note
-        diagnosis.reached_endpoint = False
-    for layer in layers:
+    diagnosis.layers = [probes.layers[key] for key in probes.order]
+    for layer in diagnosis.layers:
         if layer.sees_endpoint_values is None and layer.note is None:
-            layer.note = "not on the path of the probe request"
-    diagnosis.layers = layers
+            layer.note = "the probe request did not pass through it"
     diagnosis.culprits = [probes.layers[key].name for key in probes.order if key in culprits]
+
+
+def _not_reached(probes: _Probes, record: _Record, reply: targets.Reply, what: str, diagnosis: Diagnosis) -> str:
+    """Who answered a request that reached no endpoint: the note for the
+    layers it passed; one line for the user."""
+    answered = record.trail[-1] if record.trail else "router"
+    if answered == "router":
+        diagnosis.notes.append(f"{what} answered {reply.status}: no route of the app took it; pass --path with one of your routes")
+        return f"{what} matched no route (status {reply.status}); not observed"
+    name = probes.layers[answered].name
+    diagnosis.notes.append(f"{name} answered {what} with {reply.status}; {_what_to_pass(reply.status)}")
+    return f"{name} answered {what} with {reply.status} before the endpoint; not observed"
 
 
 def _cuts(probes: _Probes, chain: list[int], record: _Record) -> set[int]:
@@ -486,7 +495,7 @@ def _routes(app: Any) -> list[Any]:
     found = []
     for route in getattr(app, "routes", []):
         if isinstance(route, Mount):
-            found += _routes(route._base_app if hasattr(route, "_base_app") else route.app)
+            found += _routes(getattr(route, "_base_app", route.app))
         elif hasattr(route, "endpoint"):
             found.append(route)
     return found

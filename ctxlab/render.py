@@ -309,8 +309,8 @@ def diagnosis(result, console: Console) -> None:
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))
-    elif not result.reached_endpoint:
-        console.print(Text("not observed: the probe request did not reach an endpoint", style="yellow"))
+    elif not result.complete:
+        console.print(Text("not observed: some layers could not be observed (see the notes)", style="yellow"))
     else:
         console.print(Text("ok: values travel through every layer", style="green"))
     console.print(Text(result.fix))

@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 from ctxlab.scenario import suggest
 
 __all__ = [
+    "Client",
     "Layer",
     "Reply",
     "Request",
@@ -41,6 +42,7 @@ __all__ = [
     "app_output_to_stderr",
     "describe_layer",
     "describe_object",
+    "is_starlette",
     "load",
     "send_all",
     "serving",

@@ -27,6 +27,7 @@ MODULES = [
     "starlette_def_routes",
     "teardown_raises",
     "sentry_asgi_wrapper",
+    "error_catching",
 ]
 TWINS = {"ContextMiddleware": "RawContextMiddleware", "SlowAPIMiddleware": "SlowAPIASGIMiddleware"}
 
