@@ -93,11 +93,12 @@ class Diagnosis:
     culprits: list[str] = field(default_factory=list)
     status: int | None = None
     notes: list[str] = field(default_factory=list)  # one line each, for stderr
+    reached_endpoints: bool = True  # every probe request reached an endpoint
 
     @property
     def complete(self) -> bool:
-        """Every layer was observed."""
-        return all(layer.sees_endpoint_values is not None for layer in self.layers)
+        """Every probe request reached an endpoint and every layer was observed."""
+        return self.reached_endpoints and all(layer.sees_endpoint_values is not None for layer in self.layers)
 
     @property
     def fix(self) -> str:
@@ -343,20 +344,24 @@ def _judge(probes: _Probes, records: list[tuple[Request, _Record, targets.Reply]
         what = f"{request.method} {request.path}"
         if isinstance(reply.error, TimeoutError):
             diagnosis.notes.append(f"the app was {reply.error} (a background task?)")
-        if record.leaf is None:
+        note = None
+        if record.raised:
+            # The innermost probe saw the exception first, where it was raised.
+            exc, after = next(iter(record.raised.values()))
+            after_text = " after the response was sent" if after else ""
+            if record.leaf is None:  # raised by the innermost layer it entered, before any route
+                after_text = f" in {probes.layers[entered[-1]].name}, before the endpoint"
+            note = f"{what} raised {type(exc).__name__}{after_text}; not observed"
+            diagnosis.notes.append(f"{what} raised {type(exc).__name__}{after_text}: {exc}")
+            diagnosis.reached_endpoints &= record.leaf is not None
+        elif record.leaf is None:
             note = _not_reached(probes, record, reply, what, diagnosis)
-        else:
+        if record.leaf is not None:
             for key in (key for key in entered if key in record.up and key not in observed):
                 observed.add(key)
                 probes.layers[key].sees_endpoint_values = record.up[key]
                 probes.layers[key].reaches_endpoint = record.leaf[key]
             culprits |= _cuts(probes, [key for key in entered if key in record.up], record)
-            note = None
-            if record.raised:
-                exc, after = next(iter(record.raised.values()))
-                after_text = " after the response was sent" if after else ""
-                note = f"{what} raised {type(exc).__name__}{after_text}; not observed"
-                diagnosis.notes.append(f"{what} raised {type(exc).__name__}{after_text}: {exc}")
         for key in entered:
             if key not in observed and probes.layers[key].note is None:
                 probes.layers[key].note = note
@@ -370,6 +375,7 @@ def _judge(probes: _Probes, records: list[tuple[Request, _Record, targets.Reply]
 def _not_reached(probes: _Probes, record: _Record, reply: targets.Reply, what: str, diagnosis: Diagnosis) -> str:
     """Who answered a request that reached no endpoint: the note for the
     layers it passed; one line for the user."""
+    diagnosis.reached_endpoints = False
     answered = record.trail[-1] if record.trail else "router"
     if answered == "router":
         diagnosis.notes.append(f"{what} answered {reply.status}: no route of the app took it; pass --path with one of your routes")

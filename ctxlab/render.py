@@ -296,10 +296,21 @@ def matrix(result: dict, console: Console) -> None:
         )
 
 
+def _meets(layer_mount: str | None, path_mount: str | None) -> bool:
+    """A request through `path_mount` meets the layers of the app and of
+    every mount it is nested in."""
+    return layer_mount is None or (path_mount is not None and f"{path_mount}/".startswith(f"{layer_mount}/"))
+
+
 def diagnosis(result, console: Console) -> None:
     """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
-    console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
+    # One onion per path: the app's own layers, then each mount's inside them.
+    mounts = list(dict.fromkeys(layer.mount for layer in result.layers if layer.mount is not None))
+    for mount in [None, *mounts]:
+        outer = [layer for layer in result.layers if _meets(layer.mount, mount)]
+        line = onion([f"{layer.name} [{layer.kind}]" for layer in outer])
+        console.print(line if mount is None else Text.assemble((f"{mount} ", "cyan"), line))
     answers = {True: Text("yes", style="green"), False: Text("no", style="bold red"), None: Text("?", style="dim")}
     table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
     for layer in result.layers:

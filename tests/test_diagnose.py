@@ -142,7 +142,7 @@ class TestRequestsTheAppAccepts:
             "--header", "X-API-Key: secret", "--json",
         )  # fmt: skip
         document = json.loads(out)
-        assert code == 2 and "GET /items raised AttributeError" in err
+        assert code == 2 and "GET /items raised AttributeError in DatabaseSessionMiddleware, before the endpoint" in err
         assert document["verdict"]["culprits"] == []
         assert {layer["sees_endpoint_values"] for layer in document["layers"]} == {None}
 
