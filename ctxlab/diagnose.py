@@ -251,7 +251,6 @@ def _described(layer: targets.Layer, mount: str | None, cls: Any) -> Layer:
 
 def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> None:
     """Probes around `app`'s whole stack, `holder.app` being `app`."""
-    from starlette.applications import Starlette
     from starlette.middleware import Middleware
 
     if any(getattr(vars(cls).get("__call__"), "__name__", "") == "_sentry_patched_asgi_app" for cls in type(app).__mro__):
@@ -287,8 +286,7 @@ def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> No
         parent, current = current, current.app
     probes.order += probe_keys
     probes.setattr(app, "middleware_stack", stack)
-    if isinstance(app, Starlette) or hasattr(app, "router"):
-        _splice_routes(probes, app.router.routes, mount or "")
+    _splice_routes(probes, getattr(app, "router", app).routes, mount or "")
 
 
 def _framework_own(layer: Any) -> bool:
@@ -307,10 +305,13 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
                 probes.outside(holder, _described(targets.describe_object(current), full, type(current)))
                 holder = current
                 current = current.app
-            probes.mounts.append(full)
+            # Only an app or router of Starlette's can hold a probe route;
+            # other mounted apps (StaticFiles, a WSGI app) are not probed.
             if targets.is_starlette(base):
+                probes.mounts.append(full)
                 _splice_app(probes, holder, base, full)
             elif hasattr(base, "routes"):
+                probes.mounts.append(full)
                 probes.setattr(holder, "app", _Leaf(getattr(holder, "app"), probes))
                 _splice_routes(probes, base.routes, full)
         elif probes.path is not None and hasattr(route, "endpoint") and hasattr(route, "app"):
@@ -322,10 +323,10 @@ def splice(target: targets.Target, path: str | None) -> tuple[_Probes, Any]:
     probes = _Probes(path)
     box = SimpleNamespace(app=target.asgi)
     holder = box
-    for wrapper in target.wrappers:
-        probes.outside(holder, _described(targets.describe_object(wrapper), None, type(wrapper)))
-        holder = wrapper
     try:
+        for wrapper in target.wrappers:
+            probes.outside(holder, _described(targets.describe_object(wrapper), None, type(wrapper)))
+            holder = wrapper
         _splice_app(probes, holder, target.app, None)
     except BaseException:
         probes.restore()
