@@ -208,11 +208,11 @@ def test_a_mounted_static_directory_is_not_probed(tmp_path):
     """StaticFiles has no route for the probe: only Starlette apps and
     routers get a probe request of their own."""
     (tmp_path / "static").mkdir()
-    (tmp_path / "site.py").write_text(
+    (tmp_path / "pages.py").write_text(
         "from fastapi import FastAPI\n"
         "from starlette.staticfiles import StaticFiles\n"
         "app = FastAPI()\n"
         f"app.mount('/static', StaticFiles(directory={str(tmp_path / 'static')!r}))\n"
     )
-    code, document, err = ctxlab_json("probe", "site:app", "--app-dir", str(tmp_path))
+    code, document, err = ctxlab_json("probe", "pages:app", "--app-dir", str(tmp_path))
     assert code == 0 and document["verdict"]["ok"] is True and err == ""
