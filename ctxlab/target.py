@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, AsyncIterator, Iterator, Sequence
 
+from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed
 from ctxlab.scenario import suggest
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 
-class TargetError(Exception):
+class TargetError(DiagnoseError):
     """The user's app cannot be loaded or served (exit 2)."""
 
 
@@ -239,7 +240,7 @@ async def serving(app: Any, *, server: str = "asgi", lifespan: bool = False, tim
         try:
             async with servers.uvicorn_server(app, lifespan=lifespan, options={}, timeout=timeout) as base_url:
                 yield Client(app, None, base_url, timeout)
-        except servers.ServerFailed as exc:
+        except ServerFailed as exc:
             raise TargetError(str(exc)) from None
         return
     if server != "asgi":
@@ -250,7 +251,7 @@ async def serving(app: Any, *, server: str = "asgi", lifespan: bool = False, tim
     try:
         async with servers.lifespan(app) as state:
             yield Client(app, state, None, timeout)
-    except servers.LifespanFailed as exc:
+    except LifespanFailed as exc:
         raise TargetError(str(exc)) from None
 
 
