@@ -108,7 +108,9 @@ class Diagnosis:
                 return "Nothing to blame among the layers observed; the others were not observed (see their notes)."
             return "Nothing to fix: every layer sees the endpoint's values and reaches the endpoint."
         text = []
-        twins = [f"{layer.name} -> {PURE_ASGI_TWINS[layer.origin]}" for layer in culprits if layer.origin in PURE_ASGI_TWINS]
+        twins = [
+            f"{layer.name} -> {PURE_ASGI_TWINS[layer.origin]}" for layer in culprits if layer.origin in PURE_ASGI_TWINS
+        ]
         if twins:
             text.append(f"Use the library's pure ASGI middleware instead: {'; '.join(twins)}.")
         cut = [layer.name for layer in culprits if layer.kind != "asgi" and layer.origin not in PURE_ASGI_TWINS]
@@ -178,7 +180,7 @@ class _Probes:
         """Put a probe for `layer` in `holder.app` (which holds the layer)."""
         key = self.key(layer)
         self.order.append(key)
-        self.setattr(holder, "app", _ProbeLayer(getattr(holder, "app"), probes=self, key=key))
+        self.setattr(holder, "app", _ProbeLayer(holder.app, probes=self, key=key))
 
     def see_leaf(self) -> None:
         self.record.leaf = {key: var.get(None) is not None for key, var in self.down.items()}
@@ -246,18 +248,25 @@ class _RouteLeaf:
 
 
 def _described(layer: targets.Layer, mount: str | None, cls: Any) -> Layer:
-    return Layer(layer.name, layer.kind, mount, origin=f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}")
+    return Layer(
+        layer.name, layer.kind, mount, origin=f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}"
+    )
 
 
 def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> None:
     """Probes around `app`'s whole stack, `holder.app` being `app`."""
     from starlette.middleware import Middleware
 
-    if any(getattr(vars(cls).get("__call__"), "__name__", "") == "_sentry_patched_asgi_app" for cls in type(app).__mro__):
+    if any(
+        getattr(vars(cls).get("__call__"), "__name__", "") == "_sentry_patched_asgi_app" for cls in type(app).__mro__
+    ):
         # Sentry's Starlette integration wraps every Starlette.__call__ in a
         # SentryAsgiMiddleware built per request: a layer with no object
         # (FastAPI.__call__ reaches it through super()).
-        probes.outside(holder, Layer("SentryAsgiMiddleware", "asgi", mount, origin="sentry_sdk.integrations.asgi.SentryAsgiMiddleware"))
+        probes.outside(
+            holder,
+            Layer("SentryAsgiMiddleware", "asgi", mount, origin="sentry_sdk.integrations.asgi.SentryAsgiMiddleware"),
+        )
     original = app.user_middleware
     entries = []
     for middleware in original:
@@ -312,7 +321,7 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
                 _splice_app(probes, holder, base, full)
             elif hasattr(base, "routes"):
                 probes.mounts.append(full)
-                probes.setattr(holder, "app", _Leaf(getattr(holder, "app"), probes))
+                probes.setattr(holder, "app", _Leaf(holder.app, probes))
                 _splice_routes(probes, base.routes, full)
         elif probes.path is not None and hasattr(route, "endpoint") and hasattr(route, "app"):
             probes.setattr(route, "app", _RouteLeaf(route.app, probes))
@@ -379,7 +388,9 @@ def _not_reached(probes: _Probes, record: _Record, reply: targets.Reply, what: s
     diagnosis.reached_endpoints = False
     answered = record.trail[-1] if record.trail else "router"
     if answered == "router":
-        diagnosis.notes.append(f"{what} answered {reply.status}: no route of the app took it; pass --path with one of your routes")
+        diagnosis.notes.append(
+            f"{what} answered {reply.status}: no route of the app took it; pass --path with one of your routes"
+        )
         return f"{what} matched no route (status {reply.status}); not observed"
     name = probes.layers[answered].name
     diagnosis.notes.append(f"{name} answered {what} with {reply.status}; {_what_to_pass(reply.status)}")
@@ -527,7 +538,9 @@ def _sync_functions(route: Any) -> list[tuple[Callable, str]]:
 
 def _resolve(node: ast.expr, namespace: dict[str, Any]) -> Any:
     if isinstance(node, ast.Name):
-        return namespace.get(node.id, getattr(__builtins__, node.id, None) if not isinstance(__builtins__, dict) else None)
+        return namespace.get(
+            node.id, getattr(__builtins__, node.id, None) if not isinstance(__builtins__, dict) else None
+        )
     if isinstance(node, ast.Attribute):
         owner = _resolve(node.value, namespace)
         return getattr(owner, node.attr, None) if owner is not None else None

@@ -129,7 +129,9 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
         raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attribute):
         public = [name for name in vars(module) if not name.startswith("_")]
-        raise TargetError(f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}")
+        raise TargetError(
+            f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}"
+        )
     asgi = getattr(module, attribute)
     if factory:
         if not callable(asgi):
@@ -227,7 +229,9 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0) -> AsyncIterator[Client]:
+async def serving(
+    app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0
+) -> AsyncIterator[Client]:
     """Serve `app` for the duration of the block: in process
     (`server="asgi"`) or on a real uvicorn on 127.0.0.1 (`"uvicorn"`).
     With `lifespan`, startup runs first and shutdown last, and each request
@@ -326,7 +330,10 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
     if not task.done():
         task.cancel()
         await asyncio.wait({task})
-        reply.error, reply.after_response = TimeoutError(f"still running {grace:g} s after its response; cancelled"), True
+        reply.error, reply.after_response = (
+            TimeoutError(f"still running {grace:g} s after its response; cancelled"),
+            True,
+        )
     reply.body = body.getvalue()
     return reply
 

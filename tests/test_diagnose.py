@@ -57,7 +57,12 @@ def test_cli_json_matches_the_contract():
     code, document, _ = ctxlab_json("probe", "mixes:starlette_base_pure", "--app-dir", str(APPS))
     assert code == 1
     assert list(document) == ["schema_version", "app", "layers", "verdict", "findings"]
-    assert document["layers"][0] == {"name": "Bad", "kind": "base_http", "sees_endpoint_values": False, "reaches_endpoint": True}
+    assert document["layers"][0] == {
+        "name": "Bad",
+        "kind": "base_http",
+        "sees_endpoint_values": False,
+        "reaches_endpoint": True,
+    }
     assert document["verdict"]["culprits"] == ["Bad"] and "pure ASGI" in document["verdict"]["fix"]
 
 
@@ -129,7 +134,9 @@ class TestRequestsTheAppAccepts:
     """A layer that answers the probe itself is named, with what to pass."""
 
     def test_a_rejecting_layer_is_named_with_its_status_and_the_option(self):
-        code, out, err = ctxlab("probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items", "--lifespan", "--json")
+        code, out, err = ctxlab(
+            "probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items", "--lifespan", "--json"
+        )
         document = json.loads(out)
         assert code == 2 and "Traceback" not in err
         assert "ApiKeyMiddleware answered GET /items with 401; pass the credentials it expects with --header" in err
@@ -151,10 +158,17 @@ def test_without_path_each_mount_is_probed_through_its_own_leaf():
     """Layers of every mount are listed with their mount, and observed by a
     probe request through that mount (truth: truth.py on the real routes)."""
     code, document, _ = ctxlab_json("probe", "mounted_subapps:app", "--app-dir", str(REAL_APPS))
-    rows = [[l["name"], l.get("mount"), l["sees_endpoint_values"], l["reaches_endpoint"]] for l in document["layers"]]
+    rows = [
+        [layer["name"], layer.get("mount"), layer["sees_endpoint_values"], layer["reaches_endpoint"]]
+        for layer in document["layers"]
+    ]
     truth = {}
     for module in ("mounted_subapps", "mounted_admin"):
-        done = subprocess.run([sys.executable, str(REAL_APPS / "truth.py"), str(REAL_APPS), module, "asgi"], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(REAL_APPS / "truth.py"), str(REAL_APPS), module, "asgi"],
+            capture_output=True,
+            text=True,
+        )
         truth.update({(r[0], r[2]): [r[0], r[2], r[3], r[4]] for r in json.loads(done.stdout)["layers"] if r[2]})
     assert [row[:2] for row in rows] == [["CorrelationIdMiddleware", None]] + [key for key in [list(k) for k in truth]]
     assert rows[1:] == list(truth.values())

@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import contextvars
-from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
@@ -15,7 +14,11 @@ from ctxlab.target import Request, TargetError
 
 
 def test_the_public_names_are_the_documented_ones():
-    public = {name for name, value in vars(target).items() if not name.startswith("_") and getattr(value, "__module__", None) == target.__name__}
+    public = {
+        name
+        for name, value in vars(target).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == target.__name__
+    }
     assert set(target.__all__) == public
 
 
