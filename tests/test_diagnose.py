@@ -230,3 +230,12 @@ def test_a_mounted_static_directory_is_not_probed(tmp_path):
     )
     code, document, err = ctxlab_json("probe", "pages:app", "--app-dir", str(tmp_path))
     assert code == 0 and document["verdict"]["ok"] is True and err == ""
+
+
+def test_a_teardown_that_raises_after_the_response_is_reported_as_such():
+    code, document, err = ctxlab_json("probe", "teardown_raises:app", "--app-dir", str(REAL_APPS), "--path", "/report")
+    assert code == 2 and document["verdict"]["culprits"] == []
+    assert "GET /report raised ValueError after the response was sent" in err
+    assert {layer["note"] for layer in document["layers"]} == {
+        "GET /report raised ValueError after the response was sent; not observed"
+    }
