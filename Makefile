@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench pythons clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# Tests and `ctxlab check` on Python 3.14 (flag off and on) and 3.15 in a
+# Debian chroot (needs root; not part of CI).  FORKY=DIR to place it elsewhere.
+pythons:
+	tools/pythons.sh
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache
