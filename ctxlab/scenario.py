@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario"]
+__all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version", "per_request", "scenario"]
 
 Servers = ("asgi", "uvicorn")
 
@@ -117,6 +117,15 @@ def by_version(package: str, cases: Mapping[str, Any]) -> Varies:
 def by_server(**cases: Any) -> Varies:
     """`by_server(asgi=a, uvicorn=b)`."""
     return Varies("; ".join(f"on {s}: {describe(v)}" for s, v in cases.items()), lambda env: cases[env.server])
+
+
+def by_flag(flag: str, *, on: Any, off: Any) -> Varies:
+    """`by_flag("thread_inherit_context", on=a, off=b)`: follows `sys.flags.<flag>`
+    of the running Python (off where this Python has no such flag)."""
+    return Varies(
+        f"with sys.flags.{flag}: {describe(on)}; without: {describe(off)}",
+        lambda env: on if getattr(sys.flags, flag, 0) else off,
+    )
 
 
 def per_request(*values: Any) -> Varies:

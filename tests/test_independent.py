@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -629,13 +630,19 @@ repro("asgi-transport-task-per-request")(lambda: login_twice(True))
 
 
 # -- a real uvicorn, driven the standard way (Server.serve) ---------------------------
+def loop_name():
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 def uvicorn_leak(requests, pipelined=False, **options):
+    """(headers, body) requests on one keep-alive connection, or pipelined."""
     import uvicorn
 
     user, seen = ContextVar("user", default=None), Seen()
 
     async def endpoint(request):
         seen.var("endpoint.before", user)
+        seen.value("endpoint.before", "loop", loop_name())
         await request.body()
         if "x-user" in request.headers:
             user.set(request.headers["x-user"])
@@ -668,15 +675,35 @@ def uvicorn_leak(requests, pipelined=False, **options):
     return seen
 
 
-LARGE = [({"x-user": "alice"}, b"x" * 1024 * 1024), ({}, b"")]
+KIB = 1024
+# A fresh connection: 300 KiB (reading still paused at the end), two GETs
+# around a 100 KiB body (read to the end before the response).
+CONNECTION = [({"x-user": "alice"}, b"x" * 300 * KIB), ({}, b""), ({"x-user": "bob"}, b"x" * 100 * KIB), ({}, b"")]
+PIPELINE = ["x-user: alice\r\n", "", ""]
 UVICORN_REPROS = {
-    "keepalive-large-body-leak": lambda: uvicorn_leak(LARGE),
-    "pipelined-leak": lambda: uvicorn_leak(["x-user: alice\r\n", ""], pipelined=True),
-    "reset-contextvars": lambda: uvicorn_leak(LARGE, reset_contextvars=True),
+    "keepalive-large-body-leak": lambda: uvicorn_leak(CONNECTION),
+    "pipelined-leak": lambda: uvicorn_leak(PIPELINE, pipelined=True),
+    "reset-contextvars": lambda: uvicorn_leak(CONNECTION[:2], reset_contextvars=True),
 }
-# In process there is no connection to leak through: one fresh task each.
-repro("keepalive-large-body-leak")(lambda: login_twice(True, default=None))
-repro("pipelined-leak")(lambda: login_twice(True, default=None))
+
+
+def in_process_connection(count):
+    """In process there is no connection to leak through: one fresh task each."""
+    user, seen = ContextVar("user", default=None), Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint.before", user)
+        seen.value("endpoint.before", "loop", loop_name())
+        if "x-user" in request.headers:
+            user.set(request.headers["x-user"])
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"x-user": "alice"}), *[("/", {})] * (count - 1))
+    return seen
+
+
+repro("keepalive-large-body-leak")(lambda: in_process_connection(len(CONNECTION)))
+repro("pipelined-leak")(lambda: in_process_connection(len(PIPELINE)))
 
 
 # -- the comparison -------------------------------------------------------------------------------------
@@ -706,3 +733,68 @@ def test_independent_uvicorn_repro_agrees_with_ctxlab_on_uvicorn(name):
     if name == "reset-contextvars" and run_named(name, "uvicorn").status == "skipped":
         pytest.skip("needs uvicorn >= 0.45")
     agree(run_named(name, "uvicorn"), UVICORN_REPROS[name])
+
+
+# -- servers and Python 3.14 (branch servers) ---------------------------------------------------------
+def uvicorn_serving(app, requests):
+    """Serve `app` on a real uvicorn and send GET requests with `requests` headers
+    one after another; before serve(), set REGION as configuration would be."""
+    import uvicorn
+
+    async def main():
+        REGION.set("eu-west")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http="h11", lifespan="off", log_config=None)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for headers in requests:
+                await client.get("/", headers=headers)
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())
+
+
+REGION: ContextVar = ContextVar("region", default=None)
+
+
+def outer_context_hidden():
+    seen = Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint", REGION)
+        return PlainTextResponse("x")
+
+    uvicorn_serving(starlette_app(endpoint), [{}, {}])
+    return seen
+
+
+UVICORN_REPROS["outer-context-hidden"] = outer_context_hidden
+
+
+def test_independent_outer_context_repro_agrees_with_ctxlab_on_uvicorn():
+    agree(run_named("outer-context-hidden", "uvicorn"), outer_context_hidden)
+
+
+@repro("thread-inherit-context")
+def thread_inherit_context():
+    user, seen, pool = ContextVar("user", default=None), Seen(), ThreadPoolExecutor(1)
+
+    def pool_job():
+        seen.var("pool.job", user)
+        seen.value("pool.job", "thread_inherit_context", bool(getattr(sys.flags, "thread_inherit_context", 0)))
+
+    async def endpoint(request):
+        user.set(request.headers["x-user"])
+        await asyncio.get_running_loop().run_in_executor(pool, pool_job)
+        thread = threading.Thread(target=seen.var, args=("thread.job", user))
+        thread.start()
+        thread.join()
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"x-user": "alice"}), ("/", {"x-user": "bob"}))
+    pool.shutdown()
+    return seen

@@ -50,17 +50,17 @@ def test_server_both_json_tags_each_run():
     assert code == 0 and document["server"] == "both"
     runs = {s["server"]: s for s in document["scenarios"]}
     assert set(runs) == {"asgi", "uvicorn"}
-    second = lambda run: [o["observed"] for o in run["observations"] if o["request"] == 2]  # noqa: E731
+    second = lambda run: [o["observed"] for o in run["observations"] if o["request"] == 2 and o["var"] == "user"]  # noqa: E731
     assert second(runs["asgi"]) == [None]
-    expected_leak = "alice" if not Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45") else None
-    assert second(runs["uvicorn"]) == [expected_leak]
+    leaks = sys.version_info < (3, 15) and not Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45")
+    assert second(runs["uvicorn"]) == ["alice" if leaks else None]
 
 
 def test_server_both_table_marks_expected_differences():
     code, out, _ = ctxlab("run", "keepalive-large-body-leak", "bad-only", "--server", "both")
     assert code == 0
-    if Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45"):
-        pytest.skip("this uvicorn does not leak: no difference to show")
+    if Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45") or sys.version_info >= (3, 15):
+        pytest.skip("no leak on this uvicorn or Python: no difference to show")
     assert "expected" in out and "Why they differ" in out and "unexpected" not in out
 
 
