@@ -119,6 +119,23 @@ def test_matrix_reports_an_unknown_version_clearly():
     assert code == 2 and "cannot build the environment for uvicorn==0.0.424242" in err.replace("\n", " ")
 
 
+def test_matrix_says_when_a_python_is_not_available():
+    code, _, err = ctxlab("matrix", "--with", "python==3.99 starlette", "--with", "starlette")
+    assert code == 2 and "no Python==3.99 here" in err and len(err.strip().splitlines()) == 1
+
+
+def test_matrix_column_may_choose_the_python_and_how_to_serve():
+    column = matrix.parse_column("python==3.12 starlette==0.41.3 server=hypercorn loop=uvloop http=httptools")
+    assert column.python == "==3.12" and column.requirements == ["starlette==0.41.3"]
+    assert column.options == {"server": "hypercorn", "loop": "uvloop", "http": "httptools"}
+    assert column.packages() == ["starlette==0.41.3", "hypercorn", "uvloop", "httptools"]
+
+
+def test_matrix_refuses_an_unknown_serving_choice():
+    code, _, err = ctxlab("matrix", "--with", "loop=trio", "--with", "starlette")
+    assert code == 2 and "loop is one of asyncio, uvloop" in err
+
+
 UVICORN_044 = "uvicorn==0.44.0"
 
 
