@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -634,10 +635,66 @@ def loop_name():
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
-def uvicorn_leak(requests, pipelined=False, **options):
-    """(headers, body) requests on one keep-alive connection, or pipelined."""
-    import uvicorn
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
+
+@asynccontextmanager
+async def real_server(app, server="uvicorn", http="h11", **options):
+    """`app` served on 127.0.0.1 the way each server's docs show; yields the port."""
+    if server == "uvicorn":
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, lifespan="off", log_config=None, **options)
+        runner = uvicorn.Server(config)
+        serving = asyncio.create_task(runner.serve())
+        while not runner.started:
+            await asyncio.sleep(0.01)
+        yield runner.servers[0].sockets[0].getsockname()[1]
+        runner.should_exit = True
+        await serving
+        return
+    port, stop = free_port(), asyncio.Event()
+    if server == "hypercorn":
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        serving = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    else:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        embedded = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGINL, log_enabled=False)
+        serving = asyncio.create_task(embedded.serve())
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.01)
+    yield port
+    if server == "hypercorn":
+        stop.set()
+    else:
+        embedded.stop()
+    await serving
+
+
+def new_loop(loop):
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def connection_leak(requests, pipelined=False, server="uvicorn", loop="asyncio", **options):
+    """(headers, body) requests on one keep-alive connection, or pipelined."""
     user, seen = ContextVar("user", default=None), Seen()
 
     async def endpoint(request):
@@ -651,27 +708,24 @@ def uvicorn_leak(requests, pipelined=False, **options):
     app = Starlette(routes=[Route("/", endpoint, methods=["GET", "POST"])])
 
     async def main():
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http="h11", lifespan="off", log_config=None, **options)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        if pipelined:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"".join(f"GET / HTTP/1.1\r\nhost: x\r\n{h}\r\n".encode() for h in requests))
-            data = b""
-            while data.count(b"HTTP/1.1 200") < len(requests):
-                data += await reader.read(65536)
-            writer.close()
-        else:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                for headers, body in requests:
-                    await client.post("/", headers=headers, content=body)
-        server.should_exit = True
-        await serving
+        async with real_server(app, server, **options) as port:
+            if pipelined:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"".join(f"GET / HTTP/1.1\r\nhost: x\r\n{h}\r\n".encode() for h in requests))
+                data = b""
+                while data.count(b"HTTP/1.1 200") < len(requests):
+                    data += await reader.read(65536)
+                writer.close()
+            else:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                    for headers, body in requests:
+                        await client.post("/", headers=headers, content=body)
 
-    asyncio.run(main())
+    running = new_loop(loop)  # asyncio.Runner(loop_factory=...) needs 3.11
+    try:
+        running.run_until_complete(main())
+    finally:
+        running.close()
     return seen
 
 
@@ -681,9 +735,9 @@ KIB = 1024
 CONNECTION = [({"x-user": "alice"}, b"x" * 300 * KIB), ({}, b""), ({"x-user": "bob"}, b"x" * 100 * KIB), ({}, b"")]
 PIPELINE = ["x-user: alice\r\n", "", ""]
 UVICORN_REPROS = {
-    "keepalive-large-body-leak": lambda: uvicorn_leak(CONNECTION),
-    "pipelined-leak": lambda: uvicorn_leak(PIPELINE, pipelined=True),
-    "reset-contextvars": lambda: uvicorn_leak(CONNECTION[:2], reset_contextvars=True),
+    "keepalive-large-body-leak": lambda **serving: connection_leak(CONNECTION, **serving),
+    "pipelined-leak": lambda **serving: connection_leak(PIPELINE, pipelined=True, **serving),
+    "reset-contextvars": lambda **serving: connection_leak(CONNECTION[:2], reset_contextvars=True, **serving),
 }
 
 
