@@ -19,7 +19,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from ctxlab import __version__, engine
-from ctxlab.config import RunConfig
+from ctxlab.config import HTTP_PARSERS, LOOPS, RunConfig, settled
 from ctxlab.errors import CtxlabError, UsageError
 from ctxlab.output import OutputFormat, console
 
@@ -42,6 +42,8 @@ class Server(str, Enum):
 
     asgi = "asgi"
     uvicorn = "uvicorn"
+    hypercorn = "hypercorn"
+    granian = "granian"
     both = "both"
 
     @property
@@ -50,9 +52,31 @@ class Server(str, Enum):
         return ["asgi", "uvicorn"] if self is Server.both else [self.value]
 
 
-def _configs(server: Server, spec_version: Optional[str] = None, concurrency: Optional[int] = None) -> list[RunConfig]:
-    """One run configuration per server asked for."""
-    return [RunConfig(name, spec_version=spec_version, concurrency=concurrency) for name in server.runs_on]
+Loop = Enum("Loop", {name: name for name in LOOPS}, type=str)
+Http = Enum("Http", {name: name for name in HTTP_PARSERS}, type=str)
+LoopOption = Annotated[
+    Optional[Loop], typer.Option(help="The real server's event loop [default: what the server picks: uvloop when installed, except hypercorn].")
+]
+HttpOption = Annotated[
+    Optional[Http], typer.Option(help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
+]
+
+
+def _configs(
+    server: Server,
+    loop: Optional[Loop] = None,
+    http: Optional[Http] = None,
+    spec_version: Optional[str] = None,
+    concurrency: Optional[int] = None,
+) -> list[RunConfig]:
+    """One run configuration per server asked for, with the loop and parser
+    each will really use."""
+    if http is not None and "uvicorn" not in server.runs_on:
+        raise UsageError("--http applies to --server uvicorn (or both); hypercorn and granian parse HTTP themselves")
+    chosen = {"loop": loop.value if loop else None, "http": http.value if http else None}
+    return [
+        settled(RunConfig(name, spec_version=spec_version, concurrency=concurrency, **chosen)) for name in server.runs_on
+    ]
 
 
 def _version_callback(value: bool) -> None:
@@ -128,6 +152,8 @@ def run(
     tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
     server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     spec_version: Annotated[
         Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
@@ -149,7 +175,7 @@ def run(
         return 5
     emitter = OutputFormat.chosen(as_json).emitter()
     started = time.perf_counter()
-    results = engine.execute(entries, _configs(server, spec_version, concurrency), emitter.progress)
+    results = engine.execute(entries, _configs(server, loop, http, spec_version, concurrency), emitter.progress)
     if output is not None and results.interrupted:
         # A file missing scenarios would read as a complete report later.
         console(stderr=True).print(f"interrupted: {output} not written")
@@ -211,6 +237,8 @@ def serve(
 @app.command()
 def check(
     server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
     baseline: Annotated[
         Optional[Path], typer.Option("--baseline", help="Also fail when observations differ from this snapshot.")
@@ -227,7 +255,7 @@ def check(
     out = console()
     started = time.perf_counter()
     show = partial(render.check_line, console=out)
-    results = engine.execute(engine.entries(scenarios).values(), _configs(server), show)
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
         write_atomically(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -249,11 +277,13 @@ def check(
 def snapshot(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the snapshot (JSON).")],
     server: Annotated[Server, typer.Option(help="Record in process, on uvicorn, or both.")] = Server.both,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
     _writable(output)
-    results = engine.execute(engine.entries(scenarios).values(), _configs(server))
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
     write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")

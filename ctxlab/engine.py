@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from ctxlab.config import RunConfig
+from ctxlab.config import RunConfig, missing
 from ctxlab.errors import UsageError
 from ctxlab.scenario import Entry, catalog, suggest
 
@@ -62,6 +62,9 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
 
     if config.server not in entry.servers:
         return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", config)
+    unavailable = missing(config)
+    if unavailable:
+        return report.skipped(entry.name, unavailable, config)
     try:
         scenario = load(entry)
     except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error

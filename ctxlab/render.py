@@ -79,7 +79,8 @@ def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
 
 def scenario_report(result: ScenarioReport, summary: str, console: Console) -> None:
     status = Text(result.status.value.upper(), style=STATUS_STYLE[result.status])
-    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"  {result.duration_ms:.0f} ms"))
+    where = f"  on {result.label}" if result.server != "asgi" else ""
+    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"{where}  {result.duration_ms:.0f} ms"))
     console.print(Text(summary, style="dim"))
     if result.onion:
         console.print(onion(result.onion))
@@ -106,15 +107,15 @@ def outcomes(entry, results: list[ScenarioReport], console: Console) -> None:
 def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: Console) -> None:
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
-        head.append(f"  {result.server} ")
+        head.append(f"  {result.label} ")
         head.append(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(head)
     console.print(Text(entry.summary, style="dim"))
     for result in (asgi, uvicorn):
         if result.error:
-            console.print(Text(f"{result.server}: {result.error}", style=STATUS_STYLE[result.status]))
+            console.print(Text(f"{result.label}: {result.error}", style=STATUS_STYLE[result.status]))
     left, right = (by_occurrence(r.observations, lambda o: (o.request, o.probe, o.var)) for r in (asgi, uvicorn))
-    table = _table("req", "probe / var", "asgi", "uvicorn", "difference")
+    table = _table("req", "probe / var", asgi.label, uvicorn.label, "difference")
     expected_differences = 0
     in_probe_order = [*left, *(key for key in right if key not in left)]
     for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
@@ -244,7 +245,7 @@ def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
     """`ctxlab check`: a line per scenario; full tables only for failures."""
     for result in results:
         status = Text(f"{result.status.value.upper():<8}", style=STATUS_STYLE[result.status])
-        console.print(Text.assemble(status, result.name, (f"  {result.server}  {result.duration_ms:.0f} ms", "dim")))
+        console.print(Text.assemble(status, result.name, (f"  {result.label}  {result.duration_ms:.0f} ms", "dim")))
     for result in results:
         if result.status in (Status.DRIFT, Status.ERROR):
             failed = ScenarioReport(**{**vars(result), "observations": result.drifted})

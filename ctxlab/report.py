@@ -8,7 +8,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ctxlab import __version__
-from ctxlab.config import RunConfig
+from ctxlab.config import RunConfig, run_label
 from ctxlab.errors import ReportFileError, ScenarioError
 from ctxlab.labels import Where, label
 from ctxlab.scenario import Env, Scenario, package_version
@@ -79,6 +79,11 @@ class ScenarioReport:
     @property
     def server(self) -> str:
         return self.config.server
+
+    @property
+    def label(self) -> str:
+        """The server as tables show it, with the loop and parser it ran on."""
+        return run_label(self.config)
 
     @property
     def drifted(self) -> list[Observation]:

@@ -12,10 +12,11 @@ import itertools
 import logging
 import socket
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import httpx
 
+from ctxlab.config import RunConfig
 from ctxlab.errors import LifespanFailed, ServerFailed, UnexpectedResponse
 from ctxlab.probe import end_request, start_request
 
@@ -223,37 +224,7 @@ async def _read_response(parser, reader) -> int:
             raise ServerFailed("the server closed the connection mid-pipeline")
 
 
-# -- the other real servers, and the loop and parser choices ---------------------------------
-SERVER_PACKAGES = {"uvicorn": "uvicorn", "hypercorn": "hypercorn", "granian": "granian"}
-LOOPS = ("asyncio", "uvloop")
-HTTP_PARSERS = ("h11", "httptools")
-
-
-def installed(package: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(package) is not None
-
-
-def default_loop() -> str:
-    """What uvicorn's `--loop auto` picks: uvloop when it is installed."""
-    return "uvloop" if installed("uvloop") else "asyncio"
-
-
-def default_http() -> str:
-    """What uvicorn's `--http auto` picks: httptools when it is installed."""
-    return "httptools" if installed("httptools") else "h11"
-
-
-def missing(server: str, loop: str | None, http: str | None) -> str | None:
-    """Why a run on `server` with `loop` and `http` cannot happen here, or None."""
-    needed = [SERVER_PACKAGES.get(server), loop if loop == "uvloop" else None, http if http == "httptools" else None]
-    absent = [package for package in needed if package and not installed(package)]
-    if absent:
-        return f"needs {' and '.join(absent)} (pip install 'ctxlab[servers]')"
-    return None
-
-
+# -- the other real servers, and the event loop ---------------------------------
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
     """A new loop of the kind named: asyncio's own or uvloop's."""
     if name == "uvloop":
@@ -346,3 +317,16 @@ async def granian_server(app, *, lifespan: bool, timeout: float) -> AsyncIterato
         holder.close()
         server.stop()
         await serving
+
+
+def real_server(app, config: RunConfig, *, lifespan: bool, options: Mapping[str, Any], timeout: float):
+    """The real server `config` names, serving `app` on the running loop
+    (an async context manager yielding its base URL).  `options` are
+    uvicorn.Config arguments; the other servers take none."""
+    if config.server == "uvicorn":
+        return uvicorn_server(app, lifespan=lifespan, options=dict(options), timeout=timeout, http=config.http or "h11")
+    if config.server == "hypercorn":
+        return hypercorn_server(app, lifespan=lifespan, timeout=timeout)
+    if config.server == "granian":
+        return granian_server(app, lifespan=lifespan, timeout=timeout)
+    raise ValueError(f"no real server called {config.server!r}")
