@@ -790,47 +790,45 @@ def test_independent_uvicorn_repro_agrees_with_ctxlab_on_uvicorn(name):
 
 
 # -- servers and Python 3.14 (branch servers) ---------------------------------------------------------
-def uvicorn_serving(app, requests):
-    """Serve `app` on a real uvicorn and send GET requests with `requests` headers
-    one after another; before serve(), set REGION as configuration would be."""
-    import uvicorn
-
-    async def main():
-        REGION.set("eu-west")
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http="h11", lifespan="off", log_config=None)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for headers in requests:
-                await client.get("/", headers=headers)
-        server.should_exit = True
-        await serving
-
-    asyncio.run(main())
-
-
 REGION: ContextVar = ContextVar("region", default=None)
 
 
-def outer_context_hidden():
+def outer_context_hidden(server="uvicorn", loop="asyncio", **options):
+    """A value set before serve(): do requests see it?"""
     seen = Seen()
 
     async def endpoint(request):
         seen.var("endpoint", REGION)
         return PlainTextResponse("x")
 
-    uvicorn_serving(starlette_app(endpoint), [{}, {}])
+    async def main():
+        REGION.set("eu-west")
+        async with real_server(starlette_app(endpoint), server, **options) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for _ in range(2):
+                    await client.get("/")
+
+    running = new_loop(loop)
+    try:
+        running.run_until_complete(main())
+    finally:
+        running.close()
     return seen
 
 
 UVICORN_REPROS["outer-context-hidden"] = outer_context_hidden
 
+# Every real server, loop and parser ctxlab can run on.
+SERVINGS = [
+    {"server": "uvicorn", "loop": loop, "http": http} for loop in ("asyncio", "uvloop") for http in ("h11", "httptools")
+] + [{"server": server, "loop": loop} for server in ("hypercorn", "granian") for loop in ("asyncio", "uvloop")]
 
-def test_independent_outer_context_repro_agrees_with_ctxlab_on_uvicorn():
-    agree(run_named("outer-context-hidden", "uvicorn"), outer_context_hidden)
+
+@pytest.mark.parametrize("serving", SERVINGS, ids=lambda serving: "-".join(serving.values()))
+@pytest.mark.parametrize("name", ["keepalive-large-body-leak", "pipelined-leak", "outer-context-hidden"])
+def test_server_scenarios_agree_with_a_from_scratch_server(name, serving):
+    """What each server, loop and parser does to a connection, as ctxlab reports it."""
+    agree(run_named(name, **serving), lambda: UVICORN_REPROS[name](**serving))
 
 
 @repro("thread-inherit-context")
