@@ -68,7 +68,9 @@ for python in $pythons; do
     [ $python = python3.14 ] && flags="$flags PYTHON_THREAD_INHERIT_CONTEXT=1"
     for flag in $flags; do
         step "$python $flag: tests" "$flag $venv/bin/python -m pytest -q -p no:cacheprovider"
-        step "$python $flag: ctxlab check --server both" "$flag $venv/bin/ctxlab check --server both"
+        for serving in "--server both" "--server both --loop asyncio --http h11" "--server hypercorn" "--server granian"; do
+            step "$python $flag: ctxlab check $serving" "$flag $venv/bin/ctxlab check $serving"
+        done
     done
 done
 [ -z "$failed" ] || { printf "failed:$failed\n"; exit 1; }
