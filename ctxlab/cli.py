@@ -193,12 +193,13 @@ def explain(
 ) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
     if server is Server.both:
-        raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
+        raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
     entry = engine.select([name], False, [], scenarios)[0]
     from ctxlab import render
     from ctxlab.scenario import load
 
-    result = engine.run_entry(entry, RunConfig(server.value))
+    (config,) = _configs(server)
+    result = engine.run_entry(entry, config)
     render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from ctxlab.config import RunConfig, missing
+from ctxlab.config import RunConfig, missing, settled
 from ctxlab.errors import UsageError
 from ctxlab.scenario import Entry, catalog, suggest
 
@@ -108,7 +108,9 @@ def rerun(before: dict[str, Any], directories: Iterable[Path] | None = None) -> 
     found = entries(directories)
     names = dict.fromkeys(s["name"] for s in before["scenarios"])
     servers = list(dict.fromkeys(server for _, server in runs(before))) or ["asgi"]
-    configs = [RunConfig(server, spec_version=before.get("spec_version")) for server in servers]
+    # A report does not record the loop and parser: each server's default,
+    # as when `snapshot` ran without --loop and --http.
+    configs = [settled(RunConfig(server, spec_version=before.get("spec_version"))) for server in servers]
     return execute([found[name] for name in names if name in found], configs)
 
 
