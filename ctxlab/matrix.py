@@ -141,7 +141,8 @@ def _run(command: list[str], what: str) -> None:
 def environment(column: Column, progress=print) -> Path:
     """The column's virtualenv, built once and reused."""
     python = python_for(column)
-    key = json.dumps([python, sorted(column.packages()), DEPENDENCIES])
+    # This Python is keyed by its version, as before columns could choose one.
+    key = json.dumps([sys.version if python == sys.executable else python, sorted(column.packages()), DEPENDENCIES])
     path = cache_dir() / "envs" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (path / ".ready").exists():
         return path
