@@ -14,14 +14,15 @@ import time
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
-from ctxlab import __version__, engine
-from ctxlab.config import HTTP_PARSERS, LOOPS, RunConfig, settled
+from ctxlab import __version__
 from ctxlab.errors import CtxlabError, UsageError
-from ctxlab.output import OutputFormat, console
+
+if TYPE_CHECKING:
+    from ctxlab.config import RunConfig
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected."""
@@ -52,10 +53,13 @@ class Server(str, Enum):
         return ["asgi", "uvicorn"] if self is Server.both else [self.value]
 
 
-Loop = Enum("Loop", {name: name for name in LOOPS}, type=str)
-Http = Enum("Http", {name: name for name in HTTP_PARSERS}, type=str)
+# The choices of ctxlab.config.LOOPS and HTTP_PARSERS, spelled out so that
+# `--help` imports nothing more.
+Loop = Enum("Loop", {"asyncio": "asyncio", "uvloop": "uvloop"}, type=str)
+Http = Enum("Http", {"h11": "h11", "httptools": "httptools"}, type=str)
 LoopOption = Annotated[
-    Optional[Loop], typer.Option(help="The real server's event loop [default: what the server picks: uvloop when installed, except hypercorn].")
+    Optional[Loop],
+    typer.Option(help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn]."),
 ]
 HttpOption = Annotated[
     Optional[Http], typer.Option(help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
@@ -71,6 +75,8 @@ def _configs(
 ) -> list[RunConfig]:
     """One run configuration per server asked for, with the loop and parser
     each will really use."""
+    from ctxlab.config import RunConfig, settled
+
     if http is not None and "uvicorn" not in server.runs_on:
         raise UsageError("--http applies to --server uvicorn (or both); hypercorn and granian parse HTTP themselves")
     chosen = {"loop": loop.value if loop else None, "http": http.value if http else None}
@@ -137,6 +143,9 @@ def list_(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The catalog: name, tags, one-line summary."""
+    from ctxlab import engine
+    from ctxlab.output import OutputFormat
+
     entries = engine.tagged(list(engine.entries(scenarios).values()), tag or [])
     OutputFormat.chosen(as_json).emitter().catalog(entries)
     return 0
@@ -168,6 +177,9 @@ def run(
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
     if spec_version is not None and server is not Server.asgi:
         raise UsageError("--spec-version applies to --server asgi only; a real server advertises its own")
+    from ctxlab import engine
+    from ctxlab.output import OutputFormat, console
+
     entries = engine.select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:
@@ -194,10 +206,11 @@ def explain(
     """The story of one scenario: onion, task tree, why, the fix, the source."""
     if server is Server.both:
         raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
-    entry = engine.select([name], False, [], scenarios)[0]
-    from ctxlab import render
+    from ctxlab import engine, render
+    from ctxlab.output import console
     from ctxlab.scenario import load
 
+    entry = engine.select([name], False, [], scenarios)[0]
     (config,) = _configs(server)
     result = engine.run_entry(entry, config)
     render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
@@ -212,11 +225,14 @@ def serve(
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
     probe rows as requests arrive; Ctrl-C stops it."""
+    from ctxlab import engine
+
     entry = engine.select([name], False, [], scenarios)[0]
     if "uvicorn" not in entry.servers:
         raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
     from ctxlab import render, runner
     from ctxlab.errors import ServerFailed
+    from ctxlab.output import console
     from ctxlab.scenario import load
 
     scenario = load(entry)
@@ -247,7 +263,8 @@ def check(
     scenarios: ScenariosOption = None,
 ) -> int:
     """CI mode: every scenario, a line each, details only for failures."""
-    from ctxlab import render, report
+    from ctxlab import engine, render, report
+    from ctxlab.output import console
 
     before = report.load_report(baseline) if baseline is not None else None
     _writable(junit)
@@ -283,14 +300,19 @@ def snapshot(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
+    from ctxlab import engine
+    from ctxlab.output import console
+
     _writable(output)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
     write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
     s = results.summary
-    console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
-                               f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip
+    console(stderr=True).print(
+        f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
+        f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)"
+    )
     return 3 if s["errors"] else 0
 
 
@@ -301,7 +323,8 @@ def diff(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Run the snapshot's scenarios now and show what changed against it."""
-    from ctxlab import report
+    from ctxlab import engine, report
+    from ctxlab.output import OutputFormat
 
     before = report.load_report(snapshot_file)
     results = engine.rerun(before, scenarios)
@@ -324,6 +347,7 @@ def matrix(
 ) -> int:
     """The same scenarios across framework versions: a scenario x environment grid."""
     from ctxlab import matrix as matrices
+    from ctxlab.output import OutputFormat, console
 
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
     columns = [matrices.parse_column(text) for text in with_]
@@ -353,6 +377,7 @@ def probe_app(
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
     from ctxlab.diagnose import diagnose
+    from ctxlab.output import OutputFormat
 
     result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
     if path is not None and result.status >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import signal
+import threading
 import time
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -102,11 +103,13 @@ def serve(
     its labels (numbered as `run` numbers them)."""
 
     def labelled(record: Record) -> None:
-        labeller.number([record])
-        on_record(record, labeller.where(record))
+        with numbering:  # probes in pool threads report concurrently
+            labeller.number([record])
+            where = labeller.where(record)
+        on_record(record, where)
 
     recorder = Recorder(on_record=labelled)
-    labeller = Labeller(recorder.tasks)
+    labeller, numbering = Labeller(recorder.tasks), threading.Lock()
 
     async def serving() -> None:
         recorder.set_root(asyncio.current_task())
@@ -146,7 +149,8 @@ async def _drive(scenario: Scenario, app: Any, config: RunConfig, recorder: Reco
             if scenario.pipelined:
                 await servers.send_pipelined(base_url, requests, range(1, len(requests) + 1))
                 return
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url))
+            # The scenario's own timeout governs, not httpx's 5 s default.
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=scenario.timeout))
         else:
             state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
             client = await stack.enter_async_context(
