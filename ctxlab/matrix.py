@@ -190,22 +190,39 @@ def run_column(column: Column, server: str, extra: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def _aligned(columns: list[Column]) -> list[dict[str, Any]]:
+    """The columns' reports, each run tagged with its server; where columns
+    serve with different real servers (`server=`), each real server's run is
+    tagged `server`, so that the rows line up by scenario across columns."""
+    from ctxlab.report import runs
+
+    real = {server for column in columns for _, server in runs(column.report) if server != "asgi"}
+    rename = (lambda server: server) if len(real) <= 1 else (lambda server: server if server == "asgi" else "server")
+    return [
+        {**c.report, "scenarios": [{**s, "server": rename(server)} for (_, server), s in runs(c.report).items()]}
+        for c in columns
+    ]
+
+
 def grid(columns: list[Column]) -> dict[str, Any]:
-    """Scenario x column: status per cell, `changed` where the observations
-    differ from the previous column, and each change with where it appears."""
+    """Scenario x column: status per cell (null where the column did not run
+    it), `changed` where the observations differ from the previous column,
+    and each change with where it appears."""
     from ctxlab.report import diff, runs
 
+    reports = _aligned(columns)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for column in columns:
-        for key, scenario in runs(column.report).items():
-            rows.setdefault(key, []).append({"status": scenario["status"], "changed": False})
+    for index, report in enumerate(reports):
+        for key, scenario in runs(report).items():
+            cells = rows.setdefault(key, [{"status": None, "changed": False} for _ in columns])
+            cells[index]["status"] = scenario["status"]
     changes = []
-    for previous, column in zip(columns, columns[1:]):
-        for change in diff(previous.report, column.report):
+    for index in range(1, len(columns)):
+        previous, column = columns[index - 1], columns[index]
+        for change in diff(reports[index - 1], reports[index]):
             changes.append({"column": column.label, "previous": previous.label, **vars(change)})
-            cells = rows.get((change.scenario, change.server))
-            if cells is not None:
-                cells[columns.index(column)]["changed"] = True
+            if (change.scenario, change.server) in rows:
+                rows[change.scenario, change.server][index]["changed"] = True
     return {
         "schema_version": 1,
         "columns": [{"label": c.label, "environment": c.report.get("environment", {})} for c in columns],

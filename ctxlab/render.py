@@ -308,6 +308,8 @@ def matrix(result: dict[str, Any], console: Console) -> None:
                 cell["status"] + (" *" if cell["changed"] else ""),
                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])],
             )
+            if cell["status"]
+            else Text("-", style="dim")  # not run in that column (another server)
             for cell in row["cells"]
         ]
         table.add_row(f"{row['name']} ({row['server']})", *cells)

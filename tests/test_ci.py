@@ -130,6 +130,14 @@ def test_matrix_column_may_choose_the_python_and_how_to_serve():
     assert column.packages() == ["starlette==0.41.3", "hypercorn", "uvloop", "httptools"]
 
 
+def test_matrix_rows_line_up_when_columns_serve_differently():
+    on_both = {"server": "both", "scenarios": [{"name": "a", "server": s, "status": "pass", "observations": []} for s in ("asgi", "uvicorn")]}
+    on_hypercorn = {"server": "hypercorn", "scenarios": [{"name": "a", "status": "pass", "observations": []}]}
+    columns = [matrix.Column("both", [], report=on_both), matrix.Column("server=hypercorn", [], options={"server": "hypercorn"}, report=on_hypercorn)]
+    rows = {(row["name"], row["server"]): [cell["status"] for cell in row["cells"]] for row in matrix.grid(columns)["scenarios"]}
+    assert rows == {("a", "asgi"): ["pass", None], ("a", "server"): ["pass", "pass"]}
+
+
 def test_matrix_refuses_an_unknown_serving_choice():
     code, _, err = ctxlab("matrix", "--with", "loop=trio", "--with", "starlette")
     assert code == 2 and "loop is one of asyncio, uvloop" in err
