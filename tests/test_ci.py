@@ -176,10 +176,12 @@ def test_matrix_grid_over_two_uvicorn_versions(uvicorn_044_env):
     assert code == 0, err
     assert [c["label"] for c in result["columns"]] == [UVICORN_044, "uvicorn==0.45.0"]
     cells = {row["name"]: row["cells"] for row in result["scenarios"]}
-    assert cells["keepalive-large-body-leak"][1]["changed"] and not cells["bad-only"][1]["changed"]
+    # The pipelined leak comes back in 0.45 on every Python; the body leak
+    # too, except on 3.15, whose asyncio no longer leaks it.
+    assert cells["pipelined-leak"][1]["changed"] and not cells["bad-only"][1]["changed"]
     first = {(c["scenario"], c["column"]) for c in result["changes"]}
-    assert ("keepalive-large-body-leak", "uvicorn==0.45.0") in first
     assert ("pipelined-leak", "uvicorn==0.45.0") in first
+    assert (("keepalive-large-body-leak", "uvicorn==0.45.0") in first) == (sys.version_info < (3, 15))
 
 
 def test_diff_reports_a_skipped_scenario_by_its_status_alone():
