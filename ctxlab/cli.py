@@ -116,27 +116,23 @@ def select(names: list[str], all_: bool, tags: list[str], directories=None):
 
 def _writable(path: Optional[Path]) -> None:
     """Refuse an output path before the run, not after it."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
+    from ctxlab.output import OutputError, check_writable
+
+    if path is not None:
+        try:
+            check_writable(path)
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write all of `text` or leave `path` as it was."""
-    import tempfile
+def write_output(path: Path, text: str) -> None:
+    """Write a file the user named (see ctxlab.output)."""
+    from ctxlab.output import OutputError, write
 
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", delete=False)
     try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+        write(path, text)
+    except OutputError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Optional[int] = None):
@@ -234,7 +230,7 @@ def run(
         # A file missing scenarios would read as a complete report later.
         _console(stderr=True).print(f"interrupted: {output} not written")
     elif output is not None:
-        write_atomically(output, document + "\n")
+        write_output(output, document + "\n")
     if as_json:
         typer.echo(document)
     else:
@@ -323,7 +319,7 @@ def check(
     results = execute(list(_entries(scenarios).values()), server, None, None,
                       lambda entry, outcomes: render.check_line(entry, outcomes, console))  # fmt: skip
     if junit is not None:
-        write_atomically(junit, report.junit(results))
+        write_output(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in report.github_annotations(results):
             print(line)
@@ -352,7 +348,7 @@ def snapshot(
     results = execute(list(_entries(scenarios).values()), server, None)
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
-    write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
+    write_output(output, json.dumps(results.to_json(), indent=2) + "\n")
     s = results.summary
     _console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
                                 f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip

@@ -91,7 +91,6 @@ def one_line(err: str) -> str:
 
 
 # -- output files ----------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="output files are replaced atomically with mode 0600, whatever they are (issue 13)")
 class TestOutputFiles:
     """-o, --junit and snapshot files: regular files atomically and with the
     umask's permissions, everything else written through."""
@@ -166,7 +165,6 @@ class TestOutputFiles:
         assert stat.S_ISCHR(full.lstat().st_mode) and os.listdir(tmp_path) == ["full"]
 
     @pytest.mark.skipif(not ROOT, reason="only root could clobber /dev/null")
-    @pytest.mark.skip(reason="until output files are written through: today this replaces the machine's /dev/null")
     def test_dev_null_and_dev_full_as_root(self):
         """The real /dev/null stays a device; the real /dev/full is an error."""
         code, _, err = cli("run", "bad-only", "-o", "/dev/null")
@@ -177,7 +175,6 @@ class TestOutputFiles:
         assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
         assert not [name for name in os.listdir("/dev") if name.startswith((".null.", ".full."))]
 
-    @pytest.mark.skip(reason="until output files are written through: today this replaces the machine's /dev/stdout")
     def test_dev_stdout_is_written_through(self):
         """-o /dev/stdout prints the report on stdout and leaves /dev/stdout alone."""
         before = os.readlink("/dev/stdout")
