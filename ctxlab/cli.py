@@ -37,6 +37,12 @@ class UsageError(Exception):
     """Bad input: one line on stderr, exit 2."""
 
 
+class ScenarioCrashed(UsageError):
+    """A scenario's own code failed before it could run: one line, exit 3."""
+
+    exit_code = 3
+
+
 class Server(str, Enum):
     asgi = "asgi"
     uvicorn = "uvicorn"
@@ -48,9 +54,9 @@ class Server(str, Enum):
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from ctxlab.terminal import console
 
-    return Console(stderr=stderr, highlight=False)
+    return console(stderr)
 
 
 def _version_callback(value: bool) -> None:
@@ -144,7 +150,7 @@ def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Opti
         return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", server)
     try:
         scenario = load(entry)
-    except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken module is that scenario's error
         return report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}", server=server)
     unmet = scenario.unmet_requirement(Env(server, spec_version, None))
     if unmet:
@@ -152,6 +158,24 @@ def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Opti
     # --concurrency only applies to scenarios built for it
     ran = runner.run(scenario, server, spec_version, concurrency if scenario.concurrency else None)
     return report.compare(scenario, ran, server, spec_version)
+
+
+def run_entry_guarded(entry, server: str, spec_version: Optional[str], concurrency: Optional[int] = None):
+    """`run_entry` in a child process killed at the scenario's timeout (see
+    ctxlab.isolate): a hang of any kind becomes that scenario's error."""
+    from ctxlab import isolate, report
+    from ctxlab.scenario import load
+
+    try:
+        timeout = load(entry).timeout
+    except (Exception, SystemExit):
+        return run_entry(entry, server, spec_version, concurrency)  # reports why it cannot load
+    started = time.perf_counter()
+    try:
+        return isolate.call(lambda: run_entry(entry, server, spec_version, concurrency), timeout + isolate.GRACE)
+    except (isolate.TimedOut, isolate.Died) as exc:
+        why = f"timed out after {timeout:g}s (killed)" if isinstance(exc, isolate.TimedOut) else f"crashed: {exc}"
+        return report.ScenarioReport(entry.name, "error", (time.perf_counter() - started) * 1000, why, server=server)
 
 
 def execute(entries, server: "Server", spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
@@ -162,7 +186,7 @@ def execute(entries, server: "Server", spec_version: Optional[str], concurrency:
     results = Report([], server=server.value, spec_version=spec_version)
     try:
         for entry in entries:
-            outcomes = [run_entry(entry, name, spec_version, concurrency) for name in server.runs_on]
+            outcomes = [run_entry_guarded(entry, name, spec_version, concurrency) for name in server.runs_on]
             results.scenarios.extend(outcomes)
             if progress:
                 progress(entry, outcomes)
@@ -249,11 +273,20 @@ def explain(
         raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
     entry = select([name], False, [], scenarios)[0]
     from ctxlab import render
+
+    result = run_entry_guarded(entry, server.value, None)
+    render.explain(_loaded(entry), result, entry.path.read_text(encoding="utf-8"), _console())
+    return 0
+
+
+def _loaded(entry):
+    """The entry's Scenario; a module that fails to import is a crash (exit 3)."""
     from ctxlab.scenario import load
 
-    result = run_entry(entry, server.value, None)
-    render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), _console())
-    return 0
+    try:
+        return load(entry)
+    except (Exception, SystemExit) as exc:
+        raise ScenarioCrashed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
 
 
 @app.command()
@@ -267,11 +300,10 @@ def serve(
     entry = select([name], False, [], scenarios)[0]
     if "uvicorn" not in entry.servers:
         raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
-    from ctxlab import render, runner
-    from ctxlab.scenario import load
+    from ctxlab import isolate, render, runner
     from ctxlab.servers import ServerFailed
 
-    scenario = load(entry)
+    scenario = _loaded(entry)
     console, labels = _console(), render.LiveLabels()
 
     def ready(url: str) -> None:
@@ -279,7 +311,9 @@ def serve(
         console.print(f"serving {name} on {url} (Ctrl-C to stop); try: curl -X {first.method} {url}{first.path}")
 
     try:
-        runner.serve(scenario, port, ready, lambda record: console.print(labels.line(record)))
+        # In a child process, so that an app blocking its event loop cannot
+        # make Ctrl-C wait (see ctxlab.isolate).
+        isolate.call(lambda: runner.serve(scenario, port, ready, lambda record: console.print(labels.line(record))))
     except ServerFailed as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc}") from None
     except KeyboardInterrupt:
@@ -426,18 +460,32 @@ def probe_app(
     method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+    ] = 30.0,
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
-    from ctxlab import render
+    from ctxlab import isolate, render
     from ctxlab.diagnose import DiagnoseError, diagnose
 
     try:
-        result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
+        # In a child process whose stdout is our stderr: the app may print,
+        # hang, or leave threads behind (see ctxlab.isolate).
+        result = isolate.call(
+            lambda: diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan),
+            timeout,
+            quiet_stdout=True,
+        )
     except DiagnoseError as exc:
         raise UsageError(str(exc)) from None
+    except isolate.TimedOut:
+        raise UsageError(f"{target} did not return within {timeout:g}s (an import, factory or request that never returns?); "
+                         "see --timeout") from None  # fmt: skip
+    except isolate.Died as exc:
+        raise UsageError(f"probing {target} ended the process: {exc}") from None
     if path is not None and result.status >= 400:
         print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
     if as_json:
@@ -452,14 +500,41 @@ def _is_click_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the same cleanup runs and
+    the partial report is printed; the exit code is then 143."""
+
+
+_terminated = False
+
+
+def _terminate(signum, frame) -> None:
+    global _terminated
+    _terminated = True
+    raise Terminated
+
+
 def main() -> None:
+    import signal
+
+    from ctxlab.terminal import fit_streams
+
+    signal.signal(signal.SIGTERM, _terminate)
+    fit_streams()
     try:
         code = app(standalone_mode=False)
     except UsageError as exc:
         print(f"ctxlab: error: {exc}", file=sys.stderr)
-        code = 2
+        code = getattr(exc, "exit_code", 2)
+    except Terminated:
+        code = 143
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`ctxlab run --all | head -1`): stop quietly,
+        # with the status of a process that SIGPIPE ended, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except Exception as exc:
         if not _is_click_error(exc):
             raise
@@ -468,4 +543,22 @@ def main() -> None:
         else:
             print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
             code = exc.exit_code
-    sys.exit(code or 0)
+    if _terminated:  # also where Ctrl-C is the normal way to stop (serve)
+        code = 143
+    _exit(code or 0)
+
+
+def _exit(code: int) -> None:
+    """Exit, even if the user's app left a non-daemon thread running
+    (`probe` imports it into this process): waiting for it would hang."""
+    import threading
+
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if lingering:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)

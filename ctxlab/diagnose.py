@@ -129,7 +129,7 @@ def load_app(target: str, factory: bool, app_dir: Path) -> tuple[Any, Path]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise DiagnoseError(f"cannot import {module_name!r}: {exc} (searched {app_dir.resolve()} and sys.path)") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module failed while importing
         raise DiagnoseError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attribute):
         public = [name for name in vars(module) if not name.startswith("_")]

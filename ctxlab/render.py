@@ -7,7 +7,6 @@ from typing import Any, Iterable
 
 from rich import box
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -180,8 +179,8 @@ def task_tree(result: ScenarioReport, request: int | None) -> Tree:
                 parent = nodes.get(context_owner.get(o.parent_context), root)
                 nodes[key] = parent.add(Text(f"thread {o.thread}, context {o.context}{copied}", style="cyan"))
             node = nodes[key]
-        mark = "[green]✓[/]" if o.match else "[bold red]✗[/]"
-        node.add(f"{mark} {escape(o.probe)}: {escape(o.var)} = {escape(show(o.observed))}")
+        mark = Text("✓", "green") if o.match else Text("✗", "bold red")
+        node.add(Text.assemble(mark, f" {o.probe}: {o.var} = {show(o.observed)}"))
     return root
 
 
