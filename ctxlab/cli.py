@@ -321,15 +321,24 @@ def serve(
     return 0
 
 
-def _baseline(path: Optional[Path]):
+def _baseline(path: Optional[Path], entries):
+    """The saved report at `path`, whose scenarios must all be in `entries`."""
     if path is None:
         return None
     from ctxlab.report import ReportFileError, load_report
 
     try:
-        return load_report(path)
+        before = load_report(path, [s.value for s in Server if s is not Server.both])
     except ReportFileError as exc:
         raise UsageError(str(exc)) from None
+    for name in dict.fromkeys(s["name"] for s in before["scenarios"]):
+        if name not in entries:
+            from ctxlab.scenario import suggest
+
+            hint = suggest(name, entries, otherwise="")
+            raise UsageError(f"{path} names scenario {name!r}, which is not in the catalog{hint}; "
+                             "if it came from a directory of your own, pass --scenarios DIR")  # fmt: skip
+    return before
 
 
 @app.command()
@@ -342,7 +351,8 @@ def check(
     scenarios: ScenariosOption = None,
 ) -> int:
     """CI mode: every scenario, a line each, details only for failures."""
-    before = _baseline(baseline)
+    entries = _entries(scenarios)
+    before = _baseline(baseline, entries)
     _writable(junit)
     from rich.text import Text
 
@@ -350,7 +360,7 @@ def check(
 
     console = _console()
     started = time.perf_counter()
-    results = execute(list(_entries(scenarios).values()), server, None, None,
+    results = execute(list(entries.values()), server, None, None,
                       lambda entry, outcomes: render.check_line(entry, outcomes, console))  # fmt: skip
     if junit is not None:
         write_output(junit, report.junit(results))
@@ -396,14 +406,14 @@ def diff(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Run the snapshot's scenarios now and show what changed against it."""
-    before = _baseline(snapshot_file)
+    entries = _entries(scenarios)
+    before = _baseline(snapshot_file, entries)
     from ctxlab import render, report
 
-    entries = _entries(scenarios)
     names = list(dict.fromkeys(s["name"] for s in before["scenarios"]))
     servers = {ran_on for _, ran_on in report.runs(before)}
     server = Server.both if len(servers) > 1 else Server(servers.pop() if servers else "asgi")
-    results = execute([entries[n] for n in names if n in entries], server, before.get("spec_version"))
+    results = execute([entries[n] for n in names], server, before.get("spec_version"))
     if results.interrupted:
         return 130
     found = report.diff(before, results.to_json())

@@ -198,9 +198,13 @@ class ReportFileError(Exception):
     """A report file that cannot be used (exit 2)."""
 
 
-def load_report(path) -> dict[str, Any]:
+def load_report(path, servers=("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
+    from ctxlab.validate import MAX_BYTES, problem
+
     try:
+        if path.is_file() and path.stat().st_size > MAX_BYTES:
+            raise ReportFileError(f"{path} is too large for a ctxlab report ({path.stat().st_size // 2**20} MiB)")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -216,16 +220,9 @@ def load_report(path) -> dict[str, Any]:
         raise ReportFileError(
             f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
         )
-    scenarios = document.get("scenarios")
-    valid = isinstance(scenarios, list) and all(
-        isinstance(s, dict)
-        and isinstance(s.get("name"), str)
-        and isinstance(s.get("observations"), list)
-        and all(isinstance(o, dict) and {"probe", "var", "observed"} <= o.keys() for o in s["observations"])
-        for s in scenarios
-    )
-    if not valid:
-        raise ReportFileError(f"{path} is a malformed ctxlab report: 'scenarios' is not a list of scenario results")
+    wrong = problem(document, servers)
+    if wrong:
+        raise ReportFileError(f"{path} is a malformed ctxlab report: {wrong}")
     return document
 
 
