@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from ctxlab import __version__
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
-3 a scenario crashed or timed out; 5 nothing selected."""
+3 a scenario crashed or timed out; 5 nothing selected; 130 interrupted (Ctrl-C);
+141 stdout closed early (a pipe); 143 terminated (SIGTERM)."""
 
 app = typer.Typer(
     help=f"Reproduce and observe the ways a ContextVar is lost or leaks in ASGI apps.\n\n{EXIT_CODES}",
@@ -35,6 +37,26 @@ app = typer.Typer(
 
 class UsageError(Exception):
     """Bad input: one line on stderr, exit 2."""
+
+
+class PlainArgument(TyperArgument):
+    """An argument shown as the user types it: `FILE`, not `{FILE}` or `FILE <path>`."""
+
+    def _usage_display_name(self) -> str:
+        return self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+class PlainCommand(TyperCommand):
+    """A command whose help names its arguments plainly (see PlainArgument)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.__class__ = PlainArgument
 
 
 class ScenarioCrashed(UsageError):
@@ -81,7 +103,7 @@ def _root(
 
 
 ScenariosOption = Annotated[
-    Optional[List[Path]], typer.Option("--scenarios", help="Also load scenarios from this directory.")
+    Optional[List[Path]], typer.Option("--scenarios", metavar="DIR", help="Also load scenarios from this directory.")
 ]
 
 
@@ -195,9 +217,9 @@ def execute(entries, server: "Server", spec_version: Optional[str], concurrency:
     return results
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_(
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Only scenarios with this tag.")] = None,
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Only scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -216,19 +238,19 @@ def list_(
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def run(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(metavar="NAME...", help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every scenario.")] = False,
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Scenarios with this tag.")] = None,
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
-    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|both", help="How requests reach the app.")] = Server.asgi,
     spec_version: Annotated[
-        Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
+        Optional[str], typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the JSON report here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")] = None,
     concurrency: Annotated[
-        Optional[int], typer.Option(min=1, max=10000, help="Concurrent requests, for scenarios that send them.")
+        Optional[int], typer.Option(min=1, max=10000, metavar="N", help="Concurrent requests, for scenarios that send them.")
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -262,10 +284,10 @@ def run(
     return results.exit_code
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def explain(
-    name: Annotated[str, typer.Argument(help="A scenario name.")],
-    server: Annotated[Server, typer.Option(help="Where to run it for the task tree (not both).")] = Server.asgi,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="Where to run it for the task tree (not both).")] = Server.asgi,
     scenarios: ScenariosOption = None,
 ) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
@@ -289,10 +311,10 @@ def _loaded(entry):
         raise ScenarioCrashed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def serve(
-    name: Annotated[str, typer.Argument(help="A scenario name.")],
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")] = 8000,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port on 127.0.0.1 (0: any free one).")] = 8000,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
@@ -341,12 +363,12 @@ def _baseline(path: Optional[Path], entries):
     return before
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def check(
-    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|both", help="How requests reach the app.")] = Server.asgi,
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML here.")] = None,
     baseline: Annotated[
-        Optional[Path], typer.Option("--baseline", help="Also fail when observations differ from this snapshot.")
+        Optional[Path], typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot.")
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -381,10 +403,10 @@ def check(
     return code
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def snapshot(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the snapshot (JSON).")],
-    server: Annotated[Server, typer.Option(help="Record in process, on uvicorn, or both.")] = Server.both,
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Where to write the snapshot (JSON).")],
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|both", help="Record in process, on uvicorn, or both.")] = Server.both,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
@@ -399,7 +421,7 @@ def snapshot(
     return 3 if s["errors"] else 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def diff(
     snapshot_file: Annotated[Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot'.")],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
@@ -427,13 +449,13 @@ def diff(
     return 1 if found else 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def matrix(
     with_: Annotated[
         List[str],
-        typer.Option("--with", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
+        typer.Option("--with", metavar="REQUIREMENTS", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
     ],
-    server: Annotated[Server, typer.Option(help="How requests reach the app, in every column.")] = Server.both,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|both", help="How requests reach the app, in every column.")] = Server.both,
     as_json: Annotated[bool, typer.Option("--json", help="The grid as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -459,15 +481,15 @@ def matrix(
     return 0
 
 
-@app.command("probe")
+@app.command("probe", cls=PlainCommand)
 def probe_app(
     target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
     factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
-    app_dir: Annotated[Path, typer.Option("--app-dir", help="Where to import MODULE from.")] = Path("."),
+    app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
     path: Annotated[
-        Optional[str], typer.Option("--path", help="Probe through this route of yours instead of a probe route.")
+        Optional[str], typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route.")
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
+    method: Annotated[str, typer.Option("--method", metavar="METHOD", help="HTTP method for --path.")] = "GET",
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
     timeout: Annotated[

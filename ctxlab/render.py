@@ -18,9 +18,20 @@ STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "
 
 
 def catalog(entries, console: Console) -> None:
-    table = Table("name", "tags", "summary", box=None, pad_edge=False, header_style="bold")
+    """Name, tags and summary of each entry; a name is never cut, since
+    users type it: too narrow a terminal gets one entry per paragraph."""
+    longest = max((len(entry.name) for entry in entries), default=0)
+    if console.width < longest + 30:
+        for entry in entries:
+            console.print(Text(entry.name, style="cyan"), no_wrap=True, crop=False, overflow="ignore")
+            console.print(Text(f"  {', '.join(entry.tags)}: {entry.summary}", style="dim"))
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("tags")
+    table.add_column("summary")
     for entry in entries:
-        table.add_row(Text(entry.name, style="cyan", no_wrap=True), ", ".join(entry.tags), entry.summary)
+        table.add_row(Text(entry.name, style="cyan"), ", ".join(entry.tags), entry.summary)
     console.print(table)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import cache
 from typing import TextIO
 
 SPELLED = str.maketrans({"→": "->", "←": "<-", "✓": "ok", "✗": "x", "…": "...", "—": "-"})
@@ -54,10 +55,22 @@ class AsciiStream:
         return getattr(self.stream, name)
 
 
-def console(stderr: bool = False):
-    """A Rich console on stdout (or stderr) that prints text literally."""
+@cache
+def _console_class():
     from rich.console import Console
 
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # Rich exits 1 here, which reads as drift; main() ends quietly.
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeAwareConsole
+
+
+def console(stderr: bool = False):
+    """A Rich console on stdout (or stderr) that prints text literally."""
+    Console = _console_class()
     stream = sys.stderr if stderr else sys.stdout
     if not can_show(stream, "→✓✗"):
         stream = AsciiStream(stream)

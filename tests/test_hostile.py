@@ -361,7 +361,6 @@ class TestMalformedFiles:
 
 
 # -- text ------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="markup, ASCII, widths, metavars and broken imports not handled yet (issue 13)")
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
@@ -435,7 +434,6 @@ class TestText:
 
 
 # -- pipes -----------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BrokenPipeError is a traceback today (issue 13)")
 def test_a_closed_pipe_ends_quietly():
     """`ctxlab run --all | head -1` stops without a traceback and without claiming drift."""
     running = Cli("run", "--all")
