@@ -466,19 +466,18 @@ def matrix(
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
     try:
         columns = [matrices.parse_column(text) for text in with_]
-        if len(columns) < 2:
-            raise matrices.MatrixError("give at least two --with columns to compare")
-        for column in columns:
-            matrices.environment(column, progress=lambda line: _console(stderr=True).print(line))
-            column.report = matrices.run_column(column, server.value, extra)
     except matrices.MatrixError as exc:
         raise UsageError(str(exc)) from None
+    if len(columns) < 2:
+        raise UsageError("give at least two --with columns to compare")
+    for column in columns:
+        matrices.run_column(column, server.value, extra, progress=lambda line: _console(stderr=True).print(line))
     result = matrices.grid(columns)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         render.matrix(result, _console())
-    return 0
+    return matrices.exit_code(result)
 
 
 @app.command("probe", cls=PlainCommand)

@@ -14,7 +14,7 @@ from rich.tree import Tree
 from ctxlab.report import Observation, Report, ScenarioReport, by_occurrence, show
 from ctxlab.scenario import describe
 
-STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow"}
+STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow", "missing": "dim"}
 
 
 def catalog(entries, console: Console) -> None:
@@ -294,6 +294,9 @@ def matrix(result: dict, console: Console) -> None:
         ]  # fmt: skip
         table.add_row(f"{row['name']} ({row['server']})", *cells)
     console.print(table)
+    for column in result["columns"]:
+        if column["error"]:
+            console.print(Text(f"{column['label']}: {column['error']}", style=STATUS_STYLE["error"]))
     if not result["changes"]:
         console.print(Text("no observation differs between columns", style="green"))
         return

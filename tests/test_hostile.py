@@ -452,7 +452,6 @@ def test_a_closed_pipe_ends_quietly():
 CACHED = ["--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0"]  # built by test_ci
 
 
-@pytest.mark.xfail(strict=True, reason="matrix neither gates CI nor isolates checkouts yet (issue 13)")
 class TestMatrix:
     """matrix gates CI: drift or an error anywhere fails it."""
 
@@ -472,7 +471,8 @@ class TestMatrix:
         assert code == 1 and "Traceback" not in err
         grid = json.loads(out)
         broken, good = grid["columns"]
-        assert "0.0.424242" in broken["error"]
+        assert broken["error"].startswith("cannot build the environment for uvicorn==0.0.424242: ")
+        assert "0.0.424242" in broken["error"].split(": ", 1)[1]  # the installer's own reason
         assert good.get("error") is None and grid["scenarios"]
 
     def test_each_checkout_has_its_own_shim(self, tmp_path):
@@ -482,11 +482,16 @@ class TestMatrix:
         for source in (Path(__file__).parent.parent / "ctxlab").glob("*.py"):
             (other / "ctxlab" / source.name).write_text(source.read_text())
         show = "from ctxlab import matrix; print(matrix._shim().joinpath('ctxlab').resolve())"
-        env = environ(CTXLAB_CACHE=str(tmp_path / "cache"))
-        mine = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, env=env).stdout
-        theirs = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True,
-                                env={**env, "PYTHONPATH": str(other)}).stdout  # fmt: skip
-        mine_again = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, env=env).stdout
+        # The interpreter outside the venv, where ctxlab is installed in editable mode.
+        python = os.path.realpath(sys.executable)
+
+        def shim_of(checkout):
+            env = environ(CTXLAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(checkout))
+            return subprocess.run([python, "-c", show], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+
+        here = Path(__file__).parent.parent
+        mine, theirs, mine_again = shim_of(here), shim_of(other), shim_of(here)
+        assert Path(mine.strip()) == (here / "ctxlab").resolve()
         assert Path(theirs.strip()) == (other / "ctxlab").resolve()
         assert mine_again == mine and mine != theirs
 
