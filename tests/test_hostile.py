@@ -476,24 +476,26 @@ class TestMatrix:
         assert good.get("error") is None and grid["scenarios"]
 
     def test_each_checkout_has_its_own_shim(self, tmp_path):
-        """Two checkouts running matrix at once never run each other's ctxlab."""
+        """Two checkouts running matrix at once never run each other's ctxlab:
+        setting up one leaves the other's link to its own code."""
         other = tmp_path / "checkout"
         (other / "ctxlab").mkdir(parents=True)
         for source in (Path(__file__).parent.parent / "ctxlab").glob("*.py"):
             (other / "ctxlab" / source.name).write_text(source.read_text())
-        show = "from ctxlab import matrix; print(matrix._shim().joinpath('ctxlab').resolve())"
         # The interpreter outside the venv, where ctxlab is installed in editable mode.
         python = os.path.realpath(sys.executable)
 
-        def shim_of(checkout):
+        def shim_of(checkout) -> Path:
             env = environ(CTXLAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(checkout))
-            return subprocess.run([python, "-c", show], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+            show = "from ctxlab import matrix; print(matrix._shim())"
+            done = subprocess.run([python, "-c", show], capture_output=True, text=True, env=env, cwd=tmp_path)
+            return Path(done.stdout.strip())
 
         here = Path(__file__).parent.parent
-        mine, theirs, mine_again = shim_of(here), shim_of(other), shim_of(here)
-        assert Path(mine.strip()) == (here / "ctxlab").resolve()
-        assert Path(theirs.strip()) == (other / "ctxlab").resolve()
-        assert mine_again == mine and mine != theirs
+        mine = shim_of(here)
+        theirs = shim_of(other)
+        assert (mine / "ctxlab").resolve() == (here / "ctxlab").resolve()
+        assert (theirs / "ctxlab").resolve() == (other / "ctxlab").resolve()
 
 
 # -- probe targets -------------------------------------------------------------------------------
