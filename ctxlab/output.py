@@ -1,99 +1,117 @@
-"""Writing the files a user names (`-o`, `--junit`, snapshots) as Unix tools do.
+"""How a command shows its result: tables for people, or JSON for programs.
 
-A regular file (or a path not there yet) is replaced atomically: the text
-goes to a temporary file beside it, which is renamed over it, so a reader
-never sees half a report.  The new file gets the mode the user's umask
-gives (or keeps the mode of the file it replaces); a read-only file is
-refused, even for root, who could otherwise write anything.
-
-Anything else is written through, never replaced: a device (`/dev/null`,
-`/dev/full`), a FIFO, `/dev/stdout`.  Renaming over those would turn
-`/dev/null` into a regular file for the whole machine (issue 13).  A
-symlink is followed: its target is what gets written.
+Each command asks its emitter to show one kind of result; the format the
+user chose (`--json` or not) decides which emitter that is, once.  Results
+go to stdout, whatever the format; notes and errors go to stderr.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
-from pathlib import Path
+import json
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ctxlab.diagnose import Diagnosis
+    from ctxlab.report import Change, Report, ScenarioReport
+    from ctxlab.scenario import Entry
 
 
-class OutputError(Exception):
-    """An output file that cannot be written (exit 2)."""
+def console(stderr: bool = False) -> Console:
+    """A Rich console for stdout (results) or stderr (notes), printing text
+    literally and in ASCII where the stream needs it (see ctxlab.terminal)."""
+    from ctxlab import terminal
+
+    return terminal.console(stderr)
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+class OutputFormat(str, Enum):
+    """The output formats; `emitter()` builds the one that writes it."""
+
+    TABLE = "table"
+    JSON = "json"
+
+    @classmethod
+    def chosen(cls, as_json: bool) -> OutputFormat:
+        return cls.JSON if as_json else cls.TABLE
+
+    def emitter(self) -> Emitter:
+        return JsonEmitter() if self is OutputFormat.JSON else TableEmitter()
 
 
-def _mode(path: Path) -> int | None:
-    """The mode of what `path` names (following links), None if nothing."""
-    try:
-        return path.stat().st_mode
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+class Emitter:
+    """What every format can show.  Progress is for people only: by default
+    showing a finished scenario does nothing."""
+
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        raise NotImplementedError
+
+    def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
+        """One scenario has run, on each server asked for."""
+
+    def report(self, results: Report, seconds: float) -> None:
+        """Every scenario has run (or Ctrl-C stopped the run)."""
+        raise NotImplementedError
+
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        """What changed against a snapshot, and both sides' environments."""
+        raise NotImplementedError
+
+    def matrix(self, grid: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        raise NotImplementedError
 
 
-def check_writable(path: Path) -> None:
-    """Refuse a path that cannot be written, before any work is done.
+class JsonEmitter(Emitter):
+    """One JSON document on stdout, in the schemas the README documents."""
 
-    Devices and FIFOs are not opened here: opening a FIFO waits for a reader."""
-    mode = _mode(path)
-    if mode is not None and stat.S_ISDIR(mode):
-        raise OutputError(f"cannot write {path}: it is a directory")
-    if _written_through(path, mode):
-        return
-    if mode is not None and not mode & 0o222:
-        raise OutputError(f"cannot write {path}: it is read-only")
-    parent = path.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: {path.parent} is not a writable directory")
+    def _dump(self, document: Any) -> None:
+        print(json.dumps(document, indent=2))
 
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        self._dump([{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)}
+                    for e in entries])  # fmt: skip
 
-def _written_through(path: Path, mode: int | None) -> bool:
-    # /dev/stdout redirected to a file is a regular file too, but replacing
-    # it would unlink the file the shell opened for us.
-    special = str(path.absolute()).startswith(("/dev/", "/proc/"))
-    return mode is not None and (special or not stat.S_ISREG(mode))
+    def report(self, results: Report, seconds: float) -> None:
+        self._dump(results.to_json())
 
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        self._dump({"schema_version": 1, "before": before, "after": after, "changes": [vars(c) for c in found]})
 
-def write(path: Path, text: str) -> None:
-    """Write all of `text` to `path`, or raise OutputError and leave the
-    file as it was."""
-    check_writable(path)
-    mode = _mode(path)
-    try:
-        if _written_through(path, mode):
-            with open(path, "w", encoding="utf-8") as stream:
-                stream.write(text)  # close() flushes: ENOSPC surfaces here
-        else:
-            _replace(path.resolve(), text, mode)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+    def matrix(self, grid: dict[str, Any]) -> None:
+        self._dump(grid)
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        self._dump(result.to_json())
 
 
-def _umask() -> int:
-    # The umask can only be read by setting it; ctxlab runs no threads here.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+class TableEmitter(Emitter):
+    """Rich tables on stdout (colour only on a terminal)."""
 
+    def __init__(self) -> None:
+        from ctxlab import render
 
-def _replace(path: Path, text: str, mode: int | None) -> None:
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # NamedTemporaryFile creates 0600: give the file the mode a plain
-        # open() would have (or the mode of the file it replaces).
-        os.chmod(handle.name, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+        self.render = render
+        self.console = console()
+
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        self.render.catalog(entries, self.console)
+
+    def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
+        self.render.outcomes(entry, outcomes, self.console)
+
+    def report(self, results: Report, seconds: float) -> None:
+        self.console.print(self.render.summary_line(results, seconds))
+
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        self.render.changes(found, before, after, self.console)
+
+    def matrix(self, grid: dict[str, Any]) -> None:
+        self.render.matrix(grid, self.console)
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        self.render.diagnosis(result, self.console)
