@@ -363,18 +363,15 @@ def _is_click_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be, so the same cleanup runs and
-    the partial report is printed; the exit code is then 143."""
-
-
 _terminated = False
 
 
 def _terminate(signum, frame) -> None:
+    """SIGTERM: raise where Ctrl-C would, so that the same cleanup runs and
+    the partial report is printed; main() then exits 143, not 130."""
     global _terminated
     _terminated = True
-    raise Terminated
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -10,7 +10,9 @@
     └── RunFailed              exit 3: running a scenario went wrong
         ├── ServerFailed       a server did not start, or broke a connection
         ├── LifespanFailed     the app's lifespan startup or shutdown failed
-        └── UnexpectedResponse the app answered another status than expected
+        ├── UnexpectedResponse the app answered another status than expected
+        ├── TimedOut           a child process (ctxlab.isolate) missed its deadline
+        └── Died               a child process ended without answering
 
 `main()` catches CtxlabError once and prints `ctxlab: error: <message>`, so
 each message is one line saying what is wrong and, where it can, what

@@ -25,6 +25,8 @@ import os
 import signal
 from typing import Callable, TypeVar
 
+from ctxlab.errors import RunFailed
+
 T = TypeVar("T")
 
 # Time a child gets beyond its scenario's own timeout, to cancel its tasks
@@ -32,11 +34,11 @@ T = TypeVar("T")
 GRACE = 2.0
 
 
-class TimedOut(Exception):
+class TimedOut(RunFailed):
     """The child did not answer before its deadline and was killed."""
 
 
-class Died(Exception):
+class Died(RunFailed):
     """The child ended without answering (killed, or os._exit in the app)."""
 
 
