@@ -86,8 +86,8 @@ def run_guarded(entry: Entry, config: RunConfig) -> ScenarioReport:
 
     try:
         timeout = load(entry).timeout
-    except (Exception, SystemExit):
-        return run_entry(entry, config)  # reports why it cannot load
+    except (Exception, SystemExit):  # noqa: BLE001 - run_entry reports why it cannot load
+        return run_entry(entry, config)
     started = time.perf_counter()
     try:
         return isolate.call(lambda: run_entry(entry, config), timeout + isolate.GRACE)
@@ -104,7 +104,7 @@ def load_or_crash(entry: Entry) -> Scenario:
 
     try:
         return load(entry)
-    except (Exception, SystemExit) as exc:
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the scenario's own module
         raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
 
 

@@ -32,7 +32,7 @@ def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:
         return f"server is {_shown(document['server'])}, expected one of {', '.join((*servers, 'both'))}"
     spec = document.get("spec_version")
     if spec is not None and not (isinstance(spec, str) and SPEC_VERSION.match(spec)):
-        return f"spec_version is {_shown(spec)}, expected null or MAJOR.MINOR such as \"2.3\""
+        return f'spec_version is {_shown(spec)}, expected null or MAJOR.MINOR such as "2.3"'
     environment = document.get("environment", {})
     if not isinstance(environment, dict):
         return f"environment is {_shown(environment)}, expected an object"

@@ -194,6 +194,7 @@ class TestOutputFiles:
 
 # -- hangs -------------------------------------------------------------------------------
 
+
 class TestHangs:
     """A scenario that hangs in any way becomes `error` after its timeout;
     the others still run, the report is printed and the process exits."""
@@ -241,7 +242,6 @@ def start_and_wait(tmp_path, *args):
         assert time.monotonic() < deadline, "the app never got a request"
         time.sleep(0.05)
     return running
-
 
 
 class TestSignals:
@@ -322,6 +322,7 @@ MALFORMED = {
 }
 
 REFUSED_BEFORE = {"scenarios is an object", "name is a list"}
+
 
 class TestMalformedFiles:
     """A snapshot or baseline that cannot be used: one line, exit 2, never 1."""
@@ -506,6 +507,7 @@ class TestMatrix:
 
 
 # -- probe targets -------------------------------------------------------------------------------
+
 
 class TestProbeTargets:
     """A user's module that misbehaves: one line, exit 2."""
