@@ -347,6 +347,12 @@ def probe_app(
         Optional[str], typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route.")
     ] = None,
     method: Annotated[str, typer.Option("--method", metavar="METHOD", help="HTTP method for --path.")] = "GET",
+    header: Annotated[
+        Optional[list[str]], typer.Option("--header", metavar="K:V", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
+    ] = None,
+    host: Annotated[Optional[str], typer.Option("--host", metavar="HOST", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="BODY", help="Request body.")] = None,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
     timeout: Annotated[
@@ -357,28 +363,41 @@ def probe_app(
     values set in the endpoint, which cut them, and why. Your app is not changed."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
+    if server is Server.both:
+        raise UsageError("probe runs on one server: --server asgi or --server uvicorn")
+    headers = []
+    for given in header or []:
+        name, colon, value = given.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
+        headers.append((name.strip(), value.strip()))
     from ctxlab import isolate
     from ctxlab.diagnose import diagnose
     from ctxlab.errors import DiagnoseError
     from ctxlab.output import OutputFormat
 
     try:
-        # In a child process whose stdout is our stderr: the app may print,
-        # hang, or leave threads behind (see ctxlab.isolate).
+        # In a child process: the app may hang, or leave threads behind
+        # (see ctxlab.isolate); what it prints goes to stderr.
         result = isolate.call(
-            lambda: diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan),
+            lambda: diagnose(
+                target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
+                host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
+            ),
             timeout,
             quiet_stdout=True,
-        )
+        )  # fmt: skip
     except isolate.TimedOut:
         raise DiagnoseError(f"{target} did not return within {timeout:g}s (an import, factory or request that "
                             "never returns?); see --timeout") from None  # fmt: skip
     except isolate.Died as exc:
         raise DiagnoseError(f"probing {target} ended the process: {exc}") from None
-    if path is not None and result.status >= 400:
-        print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
+    for note in result.notes:
+        print(f"ctxlab: note: {note}", file=sys.stderr)
     OutputFormat.chosen(as_json).emitter().diagnosis(result)
-    return 0 if not result.culprits else 1
+    # A thread the app left behind died with the child (and main() would
+    # not wait for one either).
+    return 1 if result.culprits else 0 if result.complete else 2
 
 
 def _is_click_error(exc: Exception) -> bool:
