@@ -515,7 +515,7 @@ class TestProbeTargets:
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
-        assert code == 2 and "SystemExit" in one_line(err)
+        assert code == 2 and "sys.exit(3)" in one_line(err)
 
     def test_a_module_that_prints_keeps_stdout_json(self):
         """The app's prints go to stderr: stdout holds one JSON document."""
