@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from ctxlab import __version__
 from ctxlab.errors import CtxlabError, UsageError
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from ctxlab.config import RunConfig
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
-3 a scenario crashed or timed out; 5 nothing selected."""
+3 a scenario crashed or timed out; 5 nothing selected; 130 interrupted (Ctrl-C);
+141 stdout closed early (a pipe); 143 terminated (SIGTERM)."""
 
 app = typer.Typer(
     help=f"Reproduce and observe the ways a ContextVar is lost or leaks in ASGI apps.\n\n{EXIT_CODES}",
@@ -36,6 +38,26 @@ app = typer.Typer(
     # which would double the time `ctxlab --help` takes.
     rich_markup_mode=None,
 )
+
+
+class PlainArgument(TyperArgument):
+    """An argument shown as the user types it: `FILE`, not `{FILE}` or `FILE <path>`."""
+
+    def _usage_display_name(self) -> str:
+        return self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+class PlainCommand(TyperCommand):
+    """A command whose help names its arguments plainly (see PlainArgument)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.__class__ = PlainArgument
 
 
 class Server(str, Enum):
@@ -59,10 +81,10 @@ Loop = Enum("Loop", {"asyncio": "asyncio", "uvloop": "uvloop"}, type=str)
 Http = Enum("Http", {"h11": "h11", "httptools": "httptools"}, type=str)
 LoopOption = Annotated[
     Optional[Loop],
-    typer.Option(help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn]."),
+    typer.Option(metavar="asyncio|uvloop", help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn]."),
 ]
 HttpOption = Annotated[
-    Optional[Http], typer.Option(help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
+    Optional[Http], typer.Option(metavar="h11|httptools", help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
 ]
 
 
@@ -107,38 +129,21 @@ def _root(
 
 
 ScenariosOption = Annotated[
-    Optional[List[Path]], typer.Option("--scenarios", help="Also load scenarios from this directory.")
+    Optional[List[Path]], typer.Option("--scenarios", metavar="DIR", help="Also load scenarios from this directory.")
 ]
 
 
 def _writable(path: Optional[Path]) -> None:
-    """Refuse an output path before the run, not after it."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
+    """Refuse an output path before the run, not after it (see ctxlab.files)."""
+    from ctxlab.files import check_writable
+
+    if path is not None:
+        check_writable(path)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write all of `text` or leave `path` as it was."""
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent or ".", prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-
-
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_(
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Only scenarios with this tag.")] = None,
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Only scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -154,21 +159,21 @@ def list_(
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def run(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(metavar="NAME...", help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every scenario.")] = False,
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Scenarios with this tag.")] = None,
+    tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
-    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
     spec_version: Annotated[
-        Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
+        Optional[str], typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the JSON report here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")] = None,
     concurrency: Annotated[
-        Optional[int], typer.Option(min=1, max=10000, help="Concurrent requests, for scenarios that send them.")
+        Optional[int], typer.Option(min=1, max=10000, metavar="N", help="Concurrent requests, for scenarios that send them.")
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -192,15 +197,17 @@ def run(
         # A file missing scenarios would read as a complete report later.
         console(stderr=True).print(f"interrupted: {output} not written")
     elif output is not None:
-        write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
+        from ctxlab import files
+
+        files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
     emitter.report(results, time.perf_counter() - started)
     return results.exit_code
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def explain(
-    name: Annotated[str, typer.Argument(help="A scenario name.")],
-    server: Annotated[Server, typer.Option(help="Where to run it for the task tree (not both).")] = Server.asgi,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian", help="Where to run it for the task tree (not both).")] = Server.asgi,
     scenarios: ScenariosOption = None,
 ) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
@@ -208,19 +215,18 @@ def explain(
         raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
     from ctxlab import engine, render
     from ctxlab.output import console
-    from ctxlab.scenario import load
 
     entry = engine.select([name], False, [], scenarios)[0]
     (config,) = _configs(server)
-    result = engine.run_entry(entry, config)
-    render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
+    result = engine.run_guarded(entry, config)
+    render.explain(engine.load_or_crash(entry), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def serve(
-    name: Annotated[str, typer.Argument(help="A scenario name.")],
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free one).")] = 8000,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port on 127.0.0.1 (0: any free one).")] = 8000,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
@@ -230,12 +236,11 @@ def serve(
     entry = engine.select([name], False, [], scenarios)[0]
     if "uvicorn" not in entry.servers:
         raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
-    from ctxlab import render, runner
+    from ctxlab import isolate, render, runner
     from ctxlab.errors import ServerFailed
     from ctxlab.output import console
-    from ctxlab.scenario import load
 
-    scenario = load(entry)
+    scenario = engine.load_or_crash(entry)
     out = console()
 
     def ready(url: str) -> None:
@@ -243,7 +248,9 @@ def serve(
         out.print(f"serving {name} on {url} (Ctrl-C to stop); try: curl -X {first.method} {url}{first.path}")
 
     try:
-        runner.serve(scenario, port, ready, lambda record, where: out.print(render.live_line(record, where)))
+        # In a child process, so that an app blocking its event loop cannot
+        # make Ctrl-C wait (see ctxlab.isolate).
+        isolate.call(lambda: runner.serve(scenario, port, ready, lambda record, where: out.print(render.live_line(record, where))))
     except ServerFailed as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc}") from None
     except KeyboardInterrupt:
@@ -251,14 +258,14 @@ def serve(
     return 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def check(
-    server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML here.")] = None,
     baseline: Annotated[
-        Optional[Path], typer.Option("--baseline", help="Also fail when observations differ from this snapshot.")
+        Optional[Path], typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot.")
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -266,7 +273,7 @@ def check(
     from ctxlab import engine, render, report
     from ctxlab.output import console
 
-    before = report.load_report(baseline) if baseline is not None else None
+    before = engine.load_baseline(baseline, scenarios) if baseline is not None else None
     _writable(junit)
     from rich.text import Text
 
@@ -275,7 +282,9 @@ def check(
     show = partial(render.check_line, console=out)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
-        write_atomically(junit, report.junit(results))
+        from ctxlab import files
+
+        files.write(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in report.github_annotations(results):
             print(line)
@@ -291,10 +300,10 @@ def check(
     return code
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def snapshot(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the snapshot (JSON).")],
-    server: Annotated[Server, typer.Option(help="Record in process, on uvicorn, or both.")] = Server.both,
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Where to write the snapshot (JSON).")],
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="Record in process, on a real server, or both (asgi and uvicorn).")] = Server.both,
     loop: LoopOption = None,
     http: HttpOption = None,
     scenarios: ScenariosOption = None,
@@ -307,7 +316,9 @@ def snapshot(
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
-    write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
+    from ctxlab import files
+
+    files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
     s = results.summary
     console(stderr=True).print(
         f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
@@ -316,7 +327,7 @@ def snapshot(
     return 3 if s["errors"] else 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def diff(
     snapshot_file: Annotated[Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot'.")],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
@@ -326,7 +337,7 @@ def diff(
     from ctxlab import engine, report
     from ctxlab.output import OutputFormat
 
-    before = report.load_report(snapshot_file)
+    before = engine.load_baseline(snapshot_file, scenarios)
     results = engine.rerun(before, scenarios)
     if results.interrupted:
         return 130
@@ -335,13 +346,13 @@ def diff(
     return 1 if found else 0
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def matrix(
     with_: Annotated[
         List[str],
-        typer.Option("--with", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
+        typer.Option("--with", metavar="REQUIREMENTS", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
     ],
-    server: Annotated[Server, typer.Option(help="How requests reach the app, in every column.")] = Server.both,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app, in every column.")] = Server.both,
     as_json: Annotated[bool, typer.Option("--json", help="The grid as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -354,29 +365,34 @@ def matrix(
     if len(columns) < 2:
         raise UsageError("give at least two --with columns to compare")
     for column in columns:
-        matrices.environment(column, progress=lambda line: console(stderr=True).print(line))
-        column.report = matrices.run_column(column, server.value, extra)
-    OutputFormat.chosen(as_json).emitter().matrix(matrices.grid(columns))
-    return 0
+        matrices.python_for(column)  # a Python this machine lacks is a usage error, before any build
+    for column in columns:
+        matrices.run_column(column, server.value, extra, progress=lambda line: console(stderr=True).print(line))
+    grid = matrices.grid(columns)
+    OutputFormat.chosen(as_json).emitter().matrix(grid)
+    return matrices.exit_code(grid)
 
 
-@app.command("probe")
+@app.command("probe", cls=PlainCommand)
 def probe_app(
     target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
     factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
-    app_dir: Annotated[Path, typer.Option("--app-dir", help="Where to import MODULE from.")] = Path("."),
+    app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
     path: Annotated[
-        Optional[str], typer.Option("--path", help="Probe through this route of yours instead of a probe route.")
+        Optional[str], typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route.")
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
+    method: Annotated[str, typer.Option("--method", metavar="METHOD", help="HTTP method for --path.")] = "GET",
     header: Annotated[
-        Optional[list[str]], typer.Option("--header", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
+        Optional[list[str]], typer.Option("--header", metavar="K:V", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
     ] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Request body.")] = None,
-    server: Annotated[Server, typer.Option(help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
+    host: Annotated[Optional[str], typer.Option("--host", metavar="HOST", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="BODY", help="Request body.")] = None,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+    ] = 30.0,
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
@@ -390,29 +406,33 @@ def probe_app(
         if not colon or not name.strip():
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
         headers.append((name.strip(), value.strip()))
+    from ctxlab import isolate
     from ctxlab.diagnose import diagnose
+    from ctxlab.errors import DiagnoseError
     from ctxlab.output import OutputFormat
 
-    result = diagnose(
-        target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
-        host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
-    )  # fmt: skip
+    try:
+        # In a child process: the app may hang, or leave threads behind
+        # (see ctxlab.isolate); what it prints goes to stderr.
+        result = isolate.call(
+            lambda: diagnose(
+                target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
+                host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
+            ),
+            timeout,
+            quiet_stdout=True,
+        )  # fmt: skip
+    except isolate.TimedOut:
+        raise DiagnoseError(f"{target} did not return within {timeout:g}s (an import, factory or request that "
+                            "never returns?); see --timeout") from None  # fmt: skip
+    except isolate.Died as exc:
+        raise DiagnoseError(f"probing {target} ended the process: {exc}") from None
     for note in result.notes:
         print(f"ctxlab: note: {note}", file=sys.stderr)
     OutputFormat.chosen(as_json).emitter().diagnosis(result)
-    code = 1 if result.culprits else 0 if result.complete else 2
-    _exit_despite_the_app(code)
-    return code
-
-
-def _exit_despite_the_app(code: int) -> None:
-    """A thread the user's app started (not a daemon) would keep the
-    interpreter waiting at exit: leave at once, output flushed."""
-    import threading
-
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(code)
+    # A thread the app left behind died with the child (and main() would
+    # not wait for one either).
+    return 1 if result.culprits else 0 if result.complete else 2
 
 
 def _is_click_error(exc: Exception) -> bool:
@@ -420,8 +440,25 @@ def _is_click_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
+_terminated = False
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM: raise where Ctrl-C would, so that the same cleanup runs and
+    the partial report is printed; main() then exits 143, not 130."""
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """The `ctxlab` command: every error ends here as one line on stderr."""
+    import signal
+
+    from ctxlab.terminal import fit_streams
+
+    signal.signal(signal.SIGTERM, _terminate)
+    fit_streams()
     try:
         code = app(standalone_mode=False)
     except CtxlabError as exc:
@@ -429,9 +466,32 @@ def main() -> None:
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`ctxlab run --all | head -1`): stop quietly,
+        # with the status of a process that SIGPIPE ended, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except Exception as exc:
         if not _is_click_error(exc):
             raise
         print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
         code = exc.exit_code
-    sys.exit(code or 0)
+    if _terminated:  # also where Ctrl-C is the normal way to stop (serve)
+        code = 143
+    _exit(code or 0)
+
+
+def _exit(code: int) -> None:
+    """Exit, even if a user's app left a non-daemon thread running in this
+    process: waiting for it would hang."""
+    import threading
+
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if lingering:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)

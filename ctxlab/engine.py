@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ctxlab.config import RunConfig, missing, settled
-from ctxlab.errors import UsageError
-from ctxlab.scenario import Entry, catalog, suggest
+from ctxlab.errors import ReportFileError, UsageError
+from ctxlab.scenario import Entry, Servers, catalog, suggest
 
 if TYPE_CHECKING:
     from ctxlab.report import Change, Report, ScenarioReport
+    from ctxlab.scenario import Scenario
 
 
 def entries(directories: Iterable[Path] | None = None) -> dict[str, Entry]:
@@ -67,7 +68,7 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
         return report.skipped(entry.name, unavailable, config)
     try:
         scenario = load(entry)
-    except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken module is that scenario's error
         error = f"cannot load: {type(exc).__name__}: {exc}"
         return report.ScenarioReport(entry.name, report.Status.ERROR, error=error, config=config)
     unmet = scenario.unmet_requirement(Env.of(config))
@@ -75,6 +76,39 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
         return report.skipped(entry.name, unmet, config)
     config = scenario.settle(config)
     return report.compare(scenario, runner.run(scenario, config), config)
+
+
+def run_guarded(entry: Entry, config: RunConfig) -> ScenarioReport:
+    """`run_entry` in a child process that is killed at the scenario's
+    timeout (see ctxlab.isolate): a hang of any kind, even one that blocks
+    the event loop, becomes that scenario's error."""
+    import time
+
+    from ctxlab import isolate, report
+    from ctxlab.scenario import load
+
+    try:
+        timeout = load(entry).timeout
+    except (Exception, SystemExit):  # noqa: BLE001 - run_entry reports why it cannot load
+        return run_entry(entry, config)
+    started = time.perf_counter()
+    try:
+        return isolate.call(lambda: run_entry(entry, config), timeout + isolate.GRACE)
+    except (isolate.TimedOut, isolate.Died) as exc:
+        why = f"timed out after {timeout:g}s (killed)" if isinstance(exc, isolate.TimedOut) else f"crashed: {exc}"
+        return report.ScenarioReport(entry.name, report.Status.ERROR, (time.perf_counter() - started) * 1000, why,
+                                     config=config)  # fmt: skip
+
+
+def load_or_crash(entry: Entry) -> Scenario:
+    """The entry's Scenario; a module that fails to import is a crash (exit 3)."""
+    from ctxlab.errors import RunFailed
+    from ctxlab.scenario import load
+
+    try:
+        return load(entry)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the scenario's own module
+        raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
 
 
 def execute(
@@ -90,13 +124,28 @@ def execute(
     results = Report([], servers=tuple(c.server for c in configs), spec_version=configs[0].spec_version)
     try:
         for entry in entries:
-            outcomes = [run_entry(entry, config) for config in configs]
+            outcomes = [run_guarded(entry, config) for config in configs]
             results.scenarios.extend(outcomes)
             if progress:
                 progress(entry, outcomes)
     except KeyboardInterrupt:
         results.interrupted = True
     return results
+
+
+def load_baseline(path: Path, directories: Iterable[Path] | None = None) -> dict[str, Any]:
+    """A saved report (snapshot, baseline) whose scenarios are all in the
+    catalog: one the user's --scenarios provided must be given again."""
+    from ctxlab.report import load_report
+
+    before = load_report(path, Servers)
+    found = entries(directories)
+    for name in dict.fromkeys(s["name"] for s in before["scenarios"]):
+        if name not in found:
+            raise ReportFileError(f"{path} names scenario {name!r}, which is not in the catalog"
+                                  f"{suggest(name, found, otherwise='')}; if it came from a directory of your own, "
+                                  "pass --scenarios DIR")  # fmt: skip
+    return before
 
 
 def rerun(before: dict[str, Any], directories: Iterable[Path] | None = None) -> Report:

@@ -6,10 +6,13 @@
     ├── ReportFileError        a saved report that cannot be read or used
     ├── DiagnoseError          a user's app that cannot be probed
     ├── MatrixError            a matrix column that cannot be built or run
+    ├── OutputFileError        a file the user named cannot be written
     └── RunFailed              exit 3: running a scenario went wrong
         ├── ServerFailed       a server did not start, or broke a connection
         ├── LifespanFailed     the app's lifespan startup or shutdown failed
-        └── UnexpectedResponse the app answered another status than expected
+        ├── UnexpectedResponse the app answered another status than expected
+        ├── TimedOut           a child process (ctxlab.isolate) missed its deadline
+        └── Died               a child process ended without answering
 
 `main()` catches CtxlabError once and prints `ctxlab: error: <message>`, so
 each message is one line saying what is wrong and, where it can, what
@@ -45,6 +48,10 @@ class DiagnoseError(CtxlabError):
 
 class MatrixError(CtxlabError):
     """A `ctxlab matrix` column that cannot be built or run."""
+
+
+class OutputFileError(CtxlabError):
+    """A file the user asked for (`-o`, `--junit`) cannot be written."""
 
 
 class RunFailed(CtxlabError):

@@ -6,7 +6,14 @@ optionally the Python to use (`python==3.12`) and how to serve
 holds ctxlab's dependencies at whatever versions those requirements allow; ctxlab itself is not installed there but put on
 PYTHONPATH through a directory holding only a link to this package, so the
 column's framework versions are the only ones it can import.
-Environments are cached by content and reused.
+Environments hold no ctxlab code, so they are cached by content and shared;
+the link to ctxlab is per checkout, so two checkouts running matrix at once
+never run each other's code.  A column with an unpinned requirement is
+upgraded each time it is reused, so it follows new releases.
+
+A column that cannot be built or run is an error cell with the reason; the
+other columns still run (`ctxlab matrix` gates CI: any error or drift is
+exit 1).
 """
 
 from __future__ import annotations
@@ -47,6 +54,17 @@ class Column:
     python: str | None = None  # a version specifier such as "==3.12"; None: this Python
     options: dict[str, str] = field(default_factory=dict)  # server, loop, http
     report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why the column has no report
+
+    @property
+    def pinned(self) -> bool:
+        """Every requirement names one exact version."""
+        from packaging.requirements import Requirement
+
+        return all(
+            len(spec := Requirement(text).specifier) == 1 and next(iter(spec)).operator in ("==", "===")
+            for text in self.requirements
+        )
 
     def packages(self) -> list[str]:
         """What the column's environment needs besides ctxlab's dependencies."""
@@ -133,9 +151,19 @@ def python_for(column: Column) -> str:
 def _run(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
-        raise MatrixError(f"cannot build the environment for {what}: {reason.strip()}")
+        raise MatrixError(f"cannot build the environment for {what}: {explanation(done.stderr or done.stdout)}")
+
+
+def explanation(output: str) -> str:
+    """An installer's whole reason on one line: uv's resolver explains over
+    several lines below "No solution found", pip's over several ERROR lines."""
+    lines = []
+    for line in output.splitlines():
+        text = line.strip(" ×╰─▶│\t").strip()
+        if text and not text.lower().startswith(("warning", "[notice]", "hint")):
+            lines.append(text)
+    reason = " ".join(lines) or "no reason given"
+    return reason if len(reason) <= 600 else reason[:597] + "..."
 
 
 def environment(column: Column, progress=print) -> Path:
@@ -145,30 +173,43 @@ def environment(column: Column, progress=print) -> Path:
     key = json.dumps([sys.version if python == sys.executable else python, sorted(column.packages()), DEPENDENCIES])
     path = cache_dir() / "envs" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (path / ".ready").exists():
+        if not column.pinned:
+            progress(f"checking {column.label} for newer releases ...")
+            _run([*_installer(path), "--upgrade", *DEPENDENCIES, *column.packages()], column.label)
         return path
-    shutil.rmtree(path, ignore_errors=True)
+    # Built beside its final place and renamed into it, so that a matrix
+    # running at the same time never sees (or deletes) a half-built one.
+    building = path.with_name(f"{path.name}.{os.getpid()}")
     progress(f"building an environment for {column.label} ...")
-    uv = shutil.which("uv")
     try:
-        if uv:
-            _run([uv, "venv", "--quiet", "--python", python, str(path)], column.label)
-            installer = [uv, "pip", "install", "--quiet", "--python", str(path / "bin" / "python")]
+        if shutil.which("uv"):
+            _run([shutil.which("uv"), "venv", "--quiet", "--python", python, str(building)], column.label)
         else:
-            _run([python, "-m", "venv", str(path)], column.label)
-            installer = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        _run([*installer, *DEPENDENCIES, *column.packages()], column.label)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-    (path / ".ready").write_text(column.label)
+            _run([python, "-m", "venv", str(building)], column.label)
+        _run([*_installer(building), *DEPENDENCIES, *column.packages()], column.label)
+        (building / ".ready").write_text(column.label)
+        os.rename(building, path)
+    except OSError as exc:
+        if not (path / ".ready").exists():  # else another matrix just built it
+            raise MatrixError(f"cannot build the environment for {column.label}: {exc}") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return path
 
 
+def _installer(env: Path) -> list[str]:
+    uv = shutil.which("uv")
+    if uv:
+        return [uv, "pip", "install", "--quiet", "--python", str(env / "bin" / "python")]
+    return [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+
+
 def _shim() -> Path:
-    """A directory whose only entry is a link to this ctxlab package."""
-    shim = cache_dir() / "shim"
-    link = shim / "ctxlab"
+    """A directory whose only entry is a link to this ctxlab package, one
+    per checkout."""
     target = Path(ctxlab.__file__).resolve().parent
+    shim = cache_dir() / "shim" / hashlib.sha256(str(target).encode()).hexdigest()[:16]
+    link = shim / "ctxlab"
     if not (link.is_symlink() and link.resolve() == target):
         shim.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
@@ -177,17 +218,25 @@ def _shim() -> Path:
     return shim
 
 
-def run_column(column: Column, server: str, extra: list[str]) -> dict[str, Any]:
-    """Run every scenario in the column's environment (the column's own
-    `server=` beats `server`): its JSON report."""
-    env = environment(column)
+def run_column(column: Column, server: str, extra: list[str], progress=print) -> None:
+    """Build the column's environment and run every scenario there (the
+    column's own `server=` beats `server`): the column's report, or its error."""
+    try:
+        env = environment(column, progress)
+    except MatrixError as exc:
+        column.error = str(exc)
+        return
     options = {"server": server, **column.options}
     serving = [arg for option, value in options.items() for arg in (f"--{option}", value)]
     command = [str(env / "bin" / "python"), "-m", "ctxlab", "run", "--all", "--json", *serving, *extra]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(_shim())})
-    if done.returncode not in (0, 1, 3):
-        raise MatrixError(f"ctxlab failed under {column.label}: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout)
+    try:
+        column.report = json.loads(done.stdout) if done.returncode in (0, 1, 3) else {}
+    except json.JSONDecodeError:
+        column.report = {}
+    if not isinstance(column.report, dict) or not isinstance(column.report.get("scenarios"), list):
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        column.report, column.error = {}, f"ctxlab printed no report under {column.label}: {last[0]}"
 
 
 def _aligned(columns: list[Column]) -> list[dict[str, Any]]:
@@ -196,11 +245,12 @@ def _aligned(columns: list[Column]) -> list[dict[str, Any]]:
     tagged `server`, so that the rows line up by scenario across columns."""
     from ctxlab.report import runs
 
-    real = {server for column in columns for _, server in runs(column.report) if server != "asgi"}
+    ran = [runs(column.report) if column.report else {} for column in columns]  # {}: the column failed
+    real = {server for column_runs in ran for _, server in column_runs if server != "asgi"}
     rename = (lambda server: server) if len(real) <= 1 else (lambda server: server if server == "asgi" else "server")
     return [
-        {**c.report, "scenarios": [{**s, "server": rename(server)} for (_, server), s in runs(c.report).items()]}
-        for c in columns
+        {**c.report, "scenarios": [{**s, "server": rename(server)} for (_, server), s in column_runs.items()]}
+        for c, column_runs in zip(columns, ran)
     ]
 
 
@@ -211,21 +261,37 @@ def grid(columns: list[Column]) -> dict[str, Any]:
     from ctxlab.report import diff, runs
 
     reports = _aligned(columns)
+    # A column that did not run is an error in every row; a scenario a
+    # column did not run (another server, another ctxlab version) is null.
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for index, report in enumerate(reports):
         for key, scenario in runs(report).items():
             cells = rows.setdefault(key, [{"status": None, "changed": False} for _ in columns])
             cells[index]["status"] = scenario["status"]
+    for index, column in enumerate(columns):
+        if column.error:
+            for cells in rows.values():
+                cells[index]["status"] = "error"
     changes = []
     for index in range(1, len(columns)):
         previous, column = columns[index - 1], columns[index]
+        if previous.error or column.error:
+            continue
         for change in diff(reports[index - 1], reports[index]):
             changes.append({"column": column.label, "previous": previous.label, **vars(change)})
             if (change.scenario, change.server) in rows:
                 rows[change.scenario, change.server][index]["changed"] = True
     return {
         "schema_version": 1,
-        "columns": [{"label": c.label, "environment": c.report.get("environment", {})} for c in columns],
+        "columns": [{"label": c.label, "environment": c.report.get("environment", {}), "error": c.error} for c in columns],
         "scenarios": [{"name": name, "server": server, "cells": cells} for (name, server), cells in rows.items()],
         "changes": changes,
     }
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    """1 when any column failed or any cell drifted or errored, else 0."""
+    failed = any(c["error"] for c in result["columns"]) or any(
+        cell["status"] in ("drift", "error") for row in result["scenarios"] for cell in row["cells"]
+    )
+    return 1 if failed else 0

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 
 def console(stderr: bool = False) -> Console:
-    """A Rich console for stdout (results) or stderr (notes)."""
-    from rich.console import Console
+    """A Rich console for stdout (results) or stderr (notes), printing text
+    literally and in ASCII where the stream needs it (see ctxlab.terminal)."""
+    from ctxlab import terminal
 
-    return Console(stderr=stderr, highlight=False)
+    return terminal.console(stderr)
 
 
 class OutputFormat(str, Enum):

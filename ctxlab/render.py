@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from rich import box
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -24,10 +23,20 @@ STATUS_STYLE = {Status.PASS: "green", Status.DRIFT: "bold red", Status.ERROR: "b
 
 
 def catalog(entries: Iterable[Entry], console: Console) -> None:
-    """`ctxlab list`: name, tags and summary of each scenario."""
-    table = Table("name", "tags", "summary", box=None, pad_edge=False, header_style="bold")
+    """`ctxlab list`: name, tags and summary of each entry; a name is never cut, since
+    users type it: too narrow a terminal gets one entry per paragraph."""
+    longest = max((len(entry.name) for entry in entries), default=0)
+    if console.width < longest + 30:
+        for entry in entries:
+            console.print(Text(entry.name, style="cyan"), no_wrap=True, crop=False, overflow="ignore")
+            console.print(Text(f"  {', '.join(entry.tags)}: {entry.summary}", style="dim"))
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("tags")
+    table.add_column("summary")
     for entry in entries:
-        table.add_row(Text(entry.name, style="cyan", no_wrap=True), ", ".join(entry.tags), entry.summary)
+        table.add_row(Text(entry.name, style="cyan"), ", ".join(entry.tags), entry.summary)
     console.print(table)
 
 
@@ -197,8 +206,8 @@ def task_tree(result: ScenarioReport, request: int | None) -> Tree:
                 parent = nodes.get(context_owner.get(o.parent_context), root)
                 nodes[key] = parent.add(Text(f"thread {o.thread}, context {o.context}{copied}", style="cyan"))
             node = nodes[key]
-        mark = "[green]✓[/]" if o.match else "[bold red]✗[/]"
-        node.add(f"{mark} {escape(o.probe)}: {escape(o.var)} = {escape(show(o.observed))}")
+        mark = Text("✓", "green") if o.match else Text("✗", "bold red")
+        node.add(Text.assemble(mark, f" {o.probe}: {o.var} = {show(o.observed)}"))
     return root
 
 
@@ -314,6 +323,9 @@ def matrix(result: dict[str, Any], console: Console) -> None:
         ]
         table.add_row(f"{row['name']} ({row['server']})", *cells)
     console.print(table)
+    for column in result["columns"]:
+        if column["error"]:
+            console.print(Text(f"{column['label']}: {column['error']}", style=STATUS_STYLE["error"]))
     if not result["changes"]:
         console.print(Text("no observation differs between columns", style="green"))
         return

@@ -232,9 +232,13 @@ class Report:
 
 
 # -- saved reports: snapshot and diff ---------------------------------------------
-def load_report(path: Path) -> dict[str, Any]:
+def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
+    from ctxlab.validate import MAX_BYTES, problem
+
     try:
+        if path.is_file() and path.stat().st_size > MAX_BYTES:
+            raise ReportFileError(f"{path} is too large for a ctxlab report ({path.stat().st_size // 2**20} MiB)")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -250,16 +254,9 @@ def load_report(path: Path) -> dict[str, Any]:
         raise ReportFileError(
             f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
         )
-    scenarios = document.get("scenarios")
-    valid = isinstance(scenarios, list) and all(
-        isinstance(s, dict)
-        and isinstance(s.get("name"), str)
-        and isinstance(s.get("observations"), list)
-        and all(isinstance(o, dict) and {"probe", "var", "observed"} <= o.keys() for o in s["observations"])
-        for s in scenarios
-    )
-    if not valid:
-        raise ReportFileError(f"{path} is a malformed ctxlab report: 'scenarios' is not a list of scenario results")
+    wrong = problem(document, servers)
+    if wrong:
+        raise ReportFileError(f"{path} is a malformed ctxlab report: {wrong}")
     return document
 
 

@@ -68,6 +68,9 @@ async def lifespan(app) -> AsyncIterator[dict[str, Any]]:
     scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
     loop = asyncio.get_running_loop()
     main = contextvars.Context().run(loop.create_task, app(scope, inbox.get, outbox.put))
+    # A failed startup is reported from its lifespan.startup.failed message;
+    # the same exception left in the task would be logged a second time.
+    main.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def step(message: str) -> None:
         await inbox.put({"type": f"lifespan.{message}"})
@@ -78,7 +81,9 @@ async def lifespan(app) -> AsyncIterator[dict[str, Any]]:
             main.result()  # raises what the app raised
             raise LifespanFailed(f"the app returned during lifespan {message}")
         if answer.result()["type"] != f"lifespan.{message}.complete":
-            raise LifespanFailed(f"lifespan {message} failed: {answer.result().get('message', '')}")
+            # Starlette sends the whole traceback; its last line says what failed.
+            lines = [line for line in answer.result().get("message", "").splitlines() if line.strip()]
+            raise LifespanFailed(f"lifespan {message} failed: {lines[-1].strip() if lines else 'no reason given'}")
 
     await step("startup")
     try:

@@ -1,0 +1,97 @@
+"""Writing the files a user names (`-o`, `--junit`, snapshots) as Unix tools do.
+
+A regular file (or a path not there yet) is replaced atomically: the text
+goes to a temporary file beside it, which is renamed over it, so a reader
+never sees half a report.  The new file gets the mode the user's umask
+gives (or keeps the mode of the file it replaces); a read-only file is
+refused, even for root, who could otherwise write anything.
+
+Anything else is written through, never replaced: a device (`/dev/null`,
+`/dev/full`), a FIFO, `/dev/stdout`.  Renaming over those would turn
+`/dev/null` into a regular file for the whole machine (issue 13).  A
+symlink is followed: its target is what gets written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from ctxlab.errors import OutputFileError as OutputError
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _mode(path: Path) -> int | None:
+    """The mode of what `path` names (following links), None if nothing."""
+    try:
+        return path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a path that cannot be written, before any work is done.
+
+    Devices and FIFOs are not opened here: opening a FIFO waits for a reader."""
+    mode = _mode(path)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    if _written_through(path, mode):
+        return
+    if mode is not None and not mode & 0o222:
+        raise OutputError(f"cannot write {path}: it is read-only")
+    parent = path.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: {path.parent} is not a writable directory")
+
+
+def _written_through(path: Path, mode: int | None) -> bool:
+    # /dev/stdout redirected to a file is a regular file too, but replacing
+    # it would unlink the file the shell opened for us.
+    special = str(path.absolute()).startswith(("/dev/", "/proc/"))
+    return mode is not None and (special or not stat.S_ISREG(mode))
+
+
+def write(path: Path, text: str) -> None:
+    """Write all of `text` to `path`, or raise OutputError and leave the
+    file as it was."""
+    check_writable(path)
+    mode = _mode(path)
+    try:
+        if _written_through(path, mode):
+            with open(path, "w", encoding="utf-8") as stream:
+                stream.write(text)  # close() flushes: ENOSPC surfaces here
+        else:
+            _replace(path.resolve(), text, mode)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; ctxlab runs no threads here.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _replace(path: Path, text: str, mode: int | None) -> None:
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # NamedTemporaryFile creates 0600: give the file the mode a plain
+        # open() would have (or the mode of the file it replaces).
+        os.chmod(handle.name, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise

@@ -1,0 +1,77 @@
+"""What ctxlab prints, fitted to where it goes.
+
+Text is printed literally: scenario names, summaries, paths and
+requirements such as `uvicorn[standard]` may contain brackets that Rich
+would otherwise read as markup (`[/b]` even crashes it), so consoles are
+made with markup off and styles are given as `Text` styles.
+
+A stream that cannot show `→ ✓ ✗` (`PYTHONIOENCODING=ascii`, or
+`TERM=dumb`) gets ASCII: the stream is switched to ASCII with replacement,
+Rich then draws ASCII boxes and trees, and `AsciiStream` spells the few
+symbols ctxlab uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import cache
+from typing import TextIO
+
+SPELLED = str.maketrans({"→": "->", "←": "<-", "✓": "ok", "✗": "x", "…": "...", "—": "-"})
+
+
+def fit_streams() -> None:
+    """Make stdout and stderr safe to print anything to, once, at start-up."""
+    dumb = os.environ.get("TERM") == "dumb"
+    for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "reconfigure"):
+            continue
+        if dumb:
+            stream.reconfigure(encoding="ascii", errors="replace")
+        elif not can_show(stream, "→✓✗"):
+            stream.reconfigure(errors="replace")
+
+
+def can_show(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(stream.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+class AsciiStream:
+    """A text stream that spells ctxlab's symbols in ASCII on the way out."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.encoding = "ascii"  # Rich reads this to choose ASCII boxes
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.translate(SPELLED))
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@cache
+def _console_class():
+    from rich.console import Console
+
+    class PipeAwareConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # Rich exits 1 here, which reads as drift; main() ends quietly.
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeAwareConsole
+
+
+def console(stderr: bool = False):
+    """A Rich console on stdout (or stderr) that prints text literally."""
+    Console = _console_class()
+    stream = sys.stderr if stderr else sys.stdout
+    if not can_show(stream, "→✓✗"):
+        stream = AsciiStream(stream)
+    return Console(file=stream, highlight=False, markup=False)

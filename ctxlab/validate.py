@@ -1,0 +1,68 @@
+"""Checking a saved report (snapshot, baseline) field by field, so that a
+file with a wrong type anywhere is one clear line (exit 2) and never a
+crash or a drift (exit 1) half-way through `diff` or `check`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+STATUSES = ("pass", "drift", "error", "skipped")
+SPEC_VERSION = re.compile(r"^\d+\.\d+$")
+# Read no file bigger than this: a snapshot of every scenario on every
+# server is well under a megabyte, and json.loads of 200 MB takes gigabytes.
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:
+    """What is wrong with a report's fields, in a few words; None if nothing.
+
+    `servers` are the servers this ctxlab can run on."""
+    servers = tuple(servers)
+    if "server" in document and document["server"] not in (*servers, "both"):
+        return f"server is {_shown(document['server'])}, expected one of {', '.join((*servers, 'both'))}"
+    spec = document.get("spec_version")
+    if spec is not None and not (isinstance(spec, str) and SPEC_VERSION.match(spec)):
+        return f'spec_version is {_shown(spec)}, expected null or MAJOR.MINOR such as "2.3"'
+    environment = document.get("environment", {})
+    if not isinstance(environment, dict):
+        return f"environment is {_shown(environment)}, expected an object"
+    packages = environment.get("packages", {})
+    if not (isinstance(packages, dict) and all(isinstance(v, str) for v in packages.values())):
+        return f"environment.packages is {_shown(packages)}, expected an object of package versions"
+    scenarios = document.get("scenarios")
+    if not isinstance(scenarios, list):
+        return f"scenarios is {_shown(scenarios)}, expected a list of scenario results"
+    for i, scenario in enumerate(scenarios):
+        where = f"scenarios[{i}]"
+        if not isinstance(scenario, dict):
+            return f"{where} is {_shown(scenario)}, expected an object"
+        if not isinstance(scenario.get("name"), str):
+            return f"{where}.name is {_shown(scenario.get('name'))}, expected a scenario name"
+        if "status" in scenario and scenario["status"] not in STATUSES:
+            return f"{where}.status is {_shown(scenario['status'])}, expected one of {', '.join(STATUSES)}"
+        if "server" in scenario and scenario["server"] not in servers:
+            return f"{where}.server is {_shown(scenario['server'])}, expected one of {', '.join(servers)}"
+        observations = scenario.get("observations")
+        if not isinstance(observations, list):
+            return f"{where}.observations is {_shown(observations)}, expected a list"
+        for j, observation in enumerate(observations):
+            at = f"{where}.observations[{j}]"
+            if not isinstance(observation, dict) or "observed" not in observation:
+                return f"{at} is not an observation (an object with probe, var and observed)"
+            for key in ("probe", "var"):
+                if not isinstance(observation.get(key), str):
+                    return f"{at}.{key} is {_shown(observation.get(key))}, expected a string"
+            for key in ("request", "seq"):
+                if observation.get(key) is not None and not _is_int(observation[key]):
+                    return f"{at}.{key} is {_shown(observation[key])}, expected a number or null"
+    return None

@@ -1,0 +1,535 @@
+"""Hostile input, as a user meets it: every case runs the real CLI in a
+subprocess and expects one clear line on stderr, the documented exit code,
+no traceback, no clobbered or half-written file and no process left behind
+(issue 13)."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ctxlab
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HOSTILE = FIXTURES / "hostile_scenarios"
+APPS = FIXTURES / "hostile_apps"
+ROOT = os.geteuid() == 0
+BUNDLED_NAME_LENGTH = 40  # longer than any name a user must type
+
+
+def environ(**extra):
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **extra}
+    env.pop("FORCE_COLOR", None)
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def session_processes(sid: int) -> list[int]:
+    """Processes still alive in session `sid` (zombies are dead)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+class Cli:
+    """A running `ctxlab` in its own session, so that whatever it leaves
+    behind can be found, and killed, by session id."""
+
+    def __init__(self, *args, umask=None, stdout=subprocess.PIPE, **env):
+        def prepare():
+            if umask is not None:
+                os.umask(umask)
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env=environ(**env), start_new_session=True, preexec_fn=prepare,
+        )  # fmt: skip
+
+    def finish(self, timeout=60):
+        """(exit code, stdout, stderr); fails if it does not exit in time."""
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"ctxlab did not exit within {timeout}s")
+        left = session_processes(self.process.pid)
+        self.kill()
+        assert not left, f"processes left behind: {left}"
+        return self.process.returncode, out or "", err
+
+    def kill(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def cli(*args, timeout=60, **options):
+    return Cli(*args, **options).finish(timeout)
+
+
+def one_line(err: str) -> str:
+    """The single error line; fails on a traceback or on several lines."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- output files ----------------------------------------------------------------------
+class TestOutputFiles:
+    """-o, --junit and snapshot files: regular files atomically and with the
+    umask's permissions, everything else written through."""
+
+    def test_a_new_file_gets_the_permissions_the_umask_gives(self, tmp_path):
+        """With umask 022 a new report is 0644, as any tool would make it."""
+        target = tmp_path / "r.json"
+        code, _, err = cli("run", "bad-only", "-o", str(target), umask=0o022)
+        assert code == 0, err
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        assert os.listdir(tmp_path) == ["r.json"]
+
+    def test_junit_gets_the_umask_permissions_too(self, tmp_path):
+        """--junit follows the same rule as -o."""
+        target = tmp_path / "junit.xml"
+        code, _, err = cli("check", "--junit", str(target), "--scenarios", str(FIXTURES / "drifting_scenarios"),
+                           umask=0o027)  # fmt: skip
+        assert code == 1, err
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+    def test_a_read_only_file_is_refused_and_kept(self, tmp_path):
+        """A read-only target is refused before running (exit 2), even for root."""
+        target = tmp_path / "r.json"
+        target.write_text("keep me")
+        target.chmod(0o444)
+        code, out, err = cli("run", "bad-only", "-o", str(target))
+        assert code == 2 and out == ""
+        assert "read-only" in one_line(err)
+        assert target.read_text() == "keep me" and stat.S_IMODE(target.stat().st_mode) == 0o444
+
+    def test_a_symlink_is_written_through(self, tmp_path):
+        """-o through a symlink writes the file it points to and keeps the link."""
+        real, link = tmp_path / "real.json", tmp_path / "link.json"
+        real.write_text("old")
+        link.symlink_to(real)
+        code, _, err = cli("run", "bad-only", "-o", str(link))
+        assert code == 0, err
+        assert link.is_symlink() and json.loads(real.read_text())["scenarios"][0]["name"] == "bad-only"
+        assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
+
+    def test_a_fifo_is_written_through(self, tmp_path):
+        """-o into a FIFO feeds its reader and leaves the FIFO a FIFO."""
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        received = []
+        reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+        reader.start()
+        code, _, err = cli("run", "bad-only", "-o", str(fifo))
+        reader.join(10)
+        assert code == 0, err
+        assert stat.S_ISFIFO(fifo.lstat().st_mode)
+        assert json.loads(received[0])["scenarios"][0]["name"] == "bad-only"
+
+    @pytest.mark.skipif(not ROOT, reason="making a device node needs root")
+    def test_a_character_device_stays_a_device(self, tmp_path):
+        """-o to a null device writes into it, never replaces it with a file."""
+        null = tmp_path / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        code, _, err = cli("run", "bad-only", "-o", str(null))
+        assert code == 0, err
+        assert stat.S_ISCHR(null.lstat().st_mode)
+        assert os.listdir(tmp_path) == ["null"]
+
+    @pytest.mark.skipif(not ROOT, reason="making a device node needs root")
+    def test_a_full_device_is_an_error(self, tmp_path):
+        """ENOSPC (as /dev/full gives) is one line and exit 2, and the device stays."""
+        full = tmp_path / "full"
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        code, _, err = cli("run", "bad-only", "-o", str(full))
+        assert code == 2
+        assert "No space left on device" in one_line(err)
+        assert stat.S_ISCHR(full.lstat().st_mode) and os.listdir(tmp_path) == ["full"]
+
+    @pytest.mark.skipif(not ROOT, reason="only root could clobber /dev/null")
+    def test_dev_null_and_dev_full_as_root(self):
+        """The real /dev/null stays a device; the real /dev/full is an error."""
+        code, _, err = cli("run", "bad-only", "-o", "/dev/null")
+        assert code == 0, err
+        assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+        code, _, err = cli("run", "bad-only", "-o", "/dev/full")
+        assert code == 2 and "No space left on device" in one_line(err)
+        assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+        assert not [name for name in os.listdir("/dev") if name.startswith((".null.", ".full."))]
+
+    def test_dev_stdout_is_written_through(self):
+        """-o /dev/stdout prints the report on stdout and leaves /dev/stdout alone."""
+        before = os.readlink("/dev/stdout")
+        code, out, err = cli("run", "bad-only", "-o", "/dev/stdout")
+        assert code == 0, err
+        assert '"schema_version": 1' in out
+        assert os.path.islink("/dev/stdout") and os.readlink("/dev/stdout") == before
+
+    def test_snapshot_into_a_read_only_file_is_refused(self, tmp_path):
+        """snapshot -o refuses a read-only file before running anything."""
+        target = tmp_path / "snap.json"
+        target.write_text("keep me")
+        target.chmod(0o444)
+        code, _, err = cli("snapshot", "-o", str(target))
+        assert code == 2 and "read-only" in one_line(err) and target.read_text() == "keep me"
+
+
+# -- hangs -------------------------------------------------------------------------------
+
+
+class TestHangs:
+    """A scenario that hangs in any way becomes `error` after its timeout;
+    the others still run, the report is printed and the process exits."""
+
+    @pytest.mark.parametrize("name", ["def-sleeps-forever", "async-time-sleep", "factory-never-returns"])
+    def test_a_hang_is_an_error_and_the_rest_runs(self, name):
+        """The hung scenario is an error that says it timed out; `fine` passes."""
+        code, out, err = cli("run", name, "fine", "--json", "--scenarios", str(HOSTILE))
+        assert code == 3, err
+        status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
+        assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
+        assert status["fine"] == ("pass", None)
+
+    def test_a_non_daemon_thread_does_not_keep_ctxlab_alive(self):
+        """An app that leaves a thread running still lets ctxlab exit."""
+        code, out, err = cli("run", "starts-a-thread", "fine", "--json", "--scenarios", str(HOSTILE))
+        assert code == 0, err
+        assert [s["status"] for s in json.loads(out)["scenarios"]] == ["pass", "pass"]
+
+    def test_all_hangs_in_one_run_print_the_table_report(self):
+        """Every hanging scenario in one run: the table report and the summary line."""
+        code, out, err = cli("run", "--tag", "hang", "--scenarios", str(HOSTILE))
+        assert code == 3 and "Traceback" not in err
+        assert out.strip().splitlines()[-1].startswith("2 passed, 3 errors")
+
+    def test_explain_of_a_hang_is_an_error_line(self):
+        """explain of a hanging scenario shows the timeout, then exits."""
+        code, out, err = cli("explain", "async-time-sleep", "--scenarios", str(HOSTILE))
+        assert "Traceback" not in err and "timed out after 1s" in out
+
+    def test_probe_of_a_factory_that_never_returns(self):
+        """probe --factory of a factory that blocks: one line, exit 2."""
+        code, _, err = cli("probe", "factory_hangs:create_app", "--factory", "--app-dir", str(APPS), "--timeout", "1")
+        assert code == 2 and "did not return" in one_line(err)
+
+
+# -- signals -----------------------------------------------------------------------------
+def start_and_wait(tmp_path, *args):
+    """Start ctxlab and wait until the app under test handles requests."""
+    marker = tmp_path / "started"
+    running = Cli(*args, CTXLAB_TEST_MARKER=str(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert running.process.poll() is None, running.process.communicate()
+        assert time.monotonic() < deadline, "the app never got a request"
+        time.sleep(0.05)
+    return running
+
+
+class TestSignals:
+    """Ctrl-C and SIGTERM at any moment: the partial report, 130 or 143, and
+    nothing left behind."""
+
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+    def test_during_5000_concurrent_requests(self, tmp_path, signum, code):
+        """A signal during 5,000 concurrent requests ends the run with the
+        report of what finished."""
+        running = start_and_wait(tmp_path, "run", "fine", "many-slow-requests", "--scenarios", str(HOSTILE))
+        running.process.send_signal(signum)
+        got, out, err = running.finish(timeout=5)
+        assert got == code and "Traceback" not in err
+        assert "fine" in out and "PASS" in out
+        assert "interrupted" in out.strip().splitlines()[-1]
+
+    def test_ctrl_c_while_the_event_loop_is_blocked(self, tmp_path):
+        """Ctrl-C reaches ctxlab even while the app blocks the event loop."""
+        running = start_and_wait(tmp_path, "run", "blocks-the-loop-long", "--scenarios", str(HOSTILE))
+        running.process.send_signal(signal.SIGINT)
+        code, _, err = running.finish(timeout=5)
+        assert code == 130 and "Traceback" not in err
+
+    def test_interrupted_output_file_is_not_written(self, tmp_path):
+        """An interrupted run writes no -o file (it would look complete) and
+        says so, printing the path literally."""
+        target = tmp_path / "[bold]report.json"
+        running = start_and_wait(tmp_path, "run", "many-slow-requests", "--scenarios", str(HOSTILE), "-o", str(target))
+        running.process.send_signal(signal.SIGINT)
+        code, _, err = running.finish(timeout=5)
+        assert code == 130 and f"{target} not written" in one_line(err)
+        assert sorted(os.listdir(tmp_path)) == ["started"]
+
+    def test_sigterm_during_serve(self, tmp_path):
+        """serve stops on SIGTERM with 143."""
+        running = Cli("serve", "bad-only", "--port", "0")
+        deadline = time.monotonic() + 60
+        line = ""
+        while "serving" not in line and time.monotonic() < deadline:
+            line = running.process.stdout.readline()
+        running.process.send_signal(signal.SIGTERM)
+        code, _, err = running.finish(timeout=5)
+        assert code == 143 and "Traceback" not in err
+
+
+# -- malformed files -------------------------------------------------------------------------
+def report_with(**changes):
+    scenario = {"name": "bad-only", "status": "pass", "duration_ms": 1.0, "error": None, "onion": [],
+                "observations": [{"seq": 1, "request": 1, "probe": "bad.after", "var": "context", "observed": None}]}  # fmt: skip
+    document = {"schema_version": 1, "tool": {"name": "ctxlab", "version": "0.1.0"},
+                "environment": {"python": "3.11.7", "packages": {}}, "server": "asgi", "spec_version": None,
+                "scenarios": [scenario], "summary": {}}  # fmt: skip
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = document
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+    return document
+
+
+MALFORMED = {
+    "server is a number": report_with(server=5),
+    "unknown server": report_with(server="iis"),
+    "unknown scenario server": report_with(scenarios__0__server="iis"),
+    "spec_version is a list": report_with(spec_version=[2, 4]),
+    "spec_version is not MAJOR.MINOR": report_with(spec_version="two"),
+    "environment is a string": report_with(environment="linux"),
+    "packages is a list": report_with(environment__packages=["starlette"]),
+    "status is a number": report_with(scenarios__0__status=5),
+    "status is unknown": report_with(scenarios__0__status="fine"),
+    "request is a string": report_with(scenarios__0__observations__0__request="one"),
+    "probe is a number": report_with(scenarios__0__observations__0__probe=5),
+    "var is null": report_with(scenarios__0__observations__0__var=None),
+    "scenarios is an object": report_with(scenarios={}),
+    "name is a list": report_with(scenarios__0__name=["bad-only"]),
+}
+
+REFUSED_BEFORE = {"scenarios is an object", "name is a list"}
+
+
+class TestMalformedFiles:
+    """A snapshot or baseline that cannot be used: one line, exit 2, never 1."""
+
+    @pytest.mark.parametrize("case", list(MALFORMED))
+    def test_wrong_types_and_unknown_values(self, tmp_path, case):
+        """Each wrongly typed or unknown field is named in one line."""
+        path = tmp_path / "snap.json"
+        path.write_text(json.dumps(MALFORMED[case]))
+        code, out, err = cli("diff", str(path))
+        assert code == 2, (out, err)
+        assert str(path) in one_line(err)
+
+    @pytest.mark.parametrize("case", ["unknown scenario server", "request is a string"])
+    def test_a_malformed_baseline_is_refused_before_running(self, tmp_path, case):
+        """check --baseline reads the file the way diff does, before running anything."""
+        path = tmp_path / "snap.json"
+        path.write_text(json.dumps(MALFORMED[case]))
+        code, out, err = cli("check", "--baseline", str(path))
+        assert code == 2 and out == "" and str(path) in one_line(err)
+
+    def test_a_truncated_snapshot(self, tmp_path):
+        """Half a snapshot is not JSON: one line, exit 2."""
+        path = tmp_path / "snap.json"
+        text = json.dumps(report_with(), indent=2)
+        path.write_text(text[: len(text) // 2])
+        code, _, err = cli("diff", str(path))
+        assert code == 2 and "is not JSON" in one_line(err)
+
+    def test_a_huge_snapshot_is_refused_without_reading_it(self, tmp_path):
+        """A 200 MB file (sparse on disk) is refused by its size."""
+        path = tmp_path / "huge.json"
+        with path.open("wb") as handle:
+            handle.truncate(200 * 1024 * 1024)
+        code, _, err = cli("diff", str(path), timeout=30)
+        assert code == 2 and "too large" in one_line(err)
+
+    def test_a_scenario_only_scenarios_provides(self, tmp_path):
+        """A snapshot naming a scenario from --scenarios says to pass --scenarios."""
+        path = tmp_path / "snap.json"
+        path.write_text(json.dumps(report_with(scenarios__0__name="fine")))
+        code, _, err = cli("diff", str(path))
+        assert code == 2 and "--scenarios" in one_line(err) and "'fine'" in err
+
+
+# -- text ------------------------------------------------------------------------------------
+class TestText:
+    """What ctxlab prints is literal, readable on any terminal, and uncut."""
+
+    def test_markup_in_names_summaries_and_probes_is_literal(self):
+        """Rich markup in a scenario's name, summary and probe is printed as written."""
+        args = ("--scenarios", str(HOSTILE))
+        code, out, err = cli("list", "--tag", "markup", *args)
+        assert code == 0, err
+        assert "markup-[/b]-name" in out and "[bold]tags[/bold]" in out
+        code, out, err = cli("run", "markup-[/b]-name", *args)
+        assert code == 0, err
+        assert "markup-[/b]-name" in out and "seen.[/i]" in out
+        code, out, err = cli("explain", "markup-[/b]-name", *args)
+        assert code == 0 and "[bold]tags[/bold]" in out, err
+
+    def test_requirement_extras_are_printed_literally(self, tmp_path):
+        """`uvicorn[standard]` in --with keeps its extra in what is printed."""
+        code, out, err = cli("matrix", "--with", "uvicorn[standard]==0.0.424242", "--with", "uvicorn[standard]==0.0.424243",
+                             CTXLAB_CACHE=str(tmp_path), timeout=300)  # fmt: skip
+        assert "Traceback" not in err
+        assert "building an environment for uvicorn[standard]==0.0.424242" in err
+
+    @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"TERM": "dumb"}])
+    def test_a_terminal_that_cannot_show_arrows_gets_ascii(self, env):
+        """ASCII instead of → ✓ ✗ and box drawing, on the table and explain views."""
+        code, out, err = cli("run", "bad-then-shiny", **env)
+        assert code == 0, err
+        assert out.isascii() and "ShinyMiddleware -> BadMiddleware -> app" in out
+        code, out, err = cli("explain", "bad-then-shiny", **env)
+        assert code == 0 and out.isascii(), err
+
+    def test_list_never_cuts_a_name(self):
+        """At any terminal width every scenario name appears whole."""
+        _, rows, _ = ctxlab("list", "--json")
+        names = [row["name"] for row in json.loads(rows)]
+        for width in (20, 33, 50, 64, 80, 200):
+            code, out, _ = cli("list", COLUMNS=str(width))
+            assert code == 0
+            words = set(out.split())
+            cut = [name for name in names if name not in words]
+            assert not cut, f"COLUMNS={width}: {cut}"
+
+    @pytest.mark.parametrize(
+        "args, shown",
+        [
+            (["run", "--help"], ["--tag TAG", "--scenarios DIR", "-o, --output FILE", "NAME..."]),
+            (["diff", "--help"], ["FILE"]),
+            (["probe", "--help"], ["MODULE:ATTR"]),
+            (["check", "--help"], ["--junit FILE", "--baseline FILE"]),
+        ],
+    )
+    def test_help_shows_plain_metavars(self, args, shown):
+        """Help names arguments the way a user types them."""
+        code, out, _ = cli(*args)
+        assert code == 0
+        assert "<list[" not in out and "{FILE}" not in out and "<path>" not in out
+        for text in shown:
+            assert text in out
+
+    def test_help_lists_every_exit_code(self):
+        """The top-level help documents 130 and 143 with the others."""
+        code, out, _ = cli("--help")
+        assert code == 0 and "130 interrupted" in out and "143" in out
+
+    @pytest.mark.parametrize("command, code", [("explain", 3), ("serve", 3)])
+    def test_a_scenario_whose_module_fails_to_import(self, command, code):
+        """explain and serve of a broken module: one line, exit 3."""
+        got, _, err = cli(command, "import-fails", "--scenarios", str(HOSTILE))
+        assert got == code
+        assert "this module is broken on purpose" in one_line(err)
+
+
+# -- pipes -----------------------------------------------------------------------------------
+def test_a_closed_pipe_ends_quietly():
+    """`ctxlab run --all | head -1` stops without a traceback and without claiming drift."""
+    running = Cli("run", "--all")
+    first = running.process.stdout.readline()
+    running.process.stdout.close()
+    try:
+        code = running.process.wait(60)
+        err = running.process.stderr.read()
+    finally:
+        running.kill()
+    assert first.strip()
+    assert err == "" and code == 141
+
+
+# -- matrix ------------------------------------------------------------------------------------
+CACHED = ["--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0"]  # built by test_ci
+
+
+class TestMatrix:
+    """matrix gates CI: drift or an error anywhere fails it."""
+
+    def test_drift_in_any_column_exits_1(self):
+        """A scenario drifting in the columns makes matrix exit 1."""
+        code, out, err = cli("matrix", *CACHED, "--server", "asgi", "--scenarios", str(FIXTURES / "drifting_scenarios"),
+                             "--json", timeout=600)  # fmt: skip
+        assert code == 1, err
+        cells = {row["name"]: row["cells"] for row in json.loads(out)["scenarios"]}
+        assert [c["status"] for c in cells["always-drifts"]] == ["drift", "drift"]
+
+    def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
+        """A column that cannot be installed is an error with the installer's
+        reason; the other columns still run and matrix exits 1."""
+        code, out, err = cli("matrix", "--with", "uvicorn==0.0.424242", *CACHED[2:], "--server", "asgi", "--json",
+                             timeout=600)  # fmt: skip
+        assert code == 1 and "Traceback" not in err
+        grid = json.loads(out)
+        broken, good = grid["columns"]
+        assert broken["error"].startswith("cannot build the environment for uvicorn==0.0.424242: ")
+        assert "0.0.424242" in broken["error"].split(": ", 1)[1]  # the installer's own reason
+        assert good.get("error") is None and grid["scenarios"]
+
+    def test_each_checkout_has_its_own_shim(self, tmp_path):
+        """Two checkouts running matrix at once never run each other's ctxlab:
+        setting up one leaves the other's link to its own code."""
+        other = tmp_path / "checkout"
+        (other / "ctxlab").mkdir(parents=True)
+        for source in (Path(__file__).parent.parent / "ctxlab").glob("*.py"):
+            (other / "ctxlab" / source.name).write_text(source.read_text())
+        # The interpreter outside the venv, where ctxlab is installed in editable mode.
+        python = os.path.realpath(sys.executable)
+
+        def shim_of(checkout) -> Path:
+            env = environ(CTXLAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(checkout))
+            show = "from ctxlab import matrix; print(matrix._shim())"
+            done = subprocess.run([python, "-c", show], capture_output=True, text=True, env=env, cwd=tmp_path)
+            return Path(done.stdout.strip())
+
+        here = Path(__file__).parent.parent
+        mine = shim_of(here)
+        theirs = shim_of(other)
+        assert (mine / "ctxlab").resolve() == (here / "ctxlab").resolve()
+        assert (theirs / "ctxlab").resolve() == (other / "ctxlab").resolve()
+
+
+# -- probe targets -------------------------------------------------------------------------------
+
+
+class TestProbeTargets:
+    """A user's module that misbehaves: one line, exit 2."""
+
+    def test_a_module_that_exits_at_import(self):
+        """sys.exit at import is reported, not obeyed."""
+        code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
+        assert code == 2 and "sys.exit(3)" in one_line(err)
+
+    def test_a_module_that_prints_keeps_stdout_json(self):
+        """The app's prints go to stderr: stdout holds one JSON document."""
+        code, out, err = cli("probe", "prints:app", "--app-dir", str(APPS), "--json")
+        assert code == 0, err
+        assert json.loads(out)["app"] == "prints:app"
+        assert "hello from import" in err
+
+    def test_a_module_that_starts_a_thread(self):
+        """A non-daemon thread started at import does not keep ctxlab alive."""
+        code, out, err = cli("probe", "threads:app", "--app-dir", str(APPS))
+        assert code == 0 and "Traceback" not in err
+
+    def test_a_lifespan_that_fails(self):
+        """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
+        code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
+        assert code == 2 and "the database is down" in one_line(err)
