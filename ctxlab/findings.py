@@ -1,0 +1,227 @@
+"""What a trace found: values lost, values leaked, resets that raised; for
+each, the boundary that separated the set from the read, and the fix.
+
+A get during request R is `lost` when the latest set of that variable by
+request R (not reset since) holds another value: the reading context never
+received that set.  It is a `leak` when the value it returns was set only
+by another request.  A reset that raised is a `reset-error`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ctxlab.probe import _Mark
+from ctxlab.tracer import Event, Origin, Site
+from ctxlab.values import UNSET
+
+
+@dataclass
+class Finding:
+    kind: str  # lost | leak | reset-error
+    read: Event  # for reset-error: the reset
+    set: Event | None  # the set whose value was lost or leaked; the token's set
+    boundary: str
+    fix: str
+    scenario: str | None  # a bundled scenario showing the same pitfall
+
+    @property
+    def var(self) -> str:
+        return self.read.var.name
+
+    @property
+    def request(self) -> int | None:
+        return self.read.request
+
+
+def analyse(events: list[Event], origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str]) -> list[Finding]:
+    """Every finding in `events` (in the order they happened).
+
+    `label` names a task, thread or context mark (T3, C2); `where` names a
+    site as `file:line`.
+    """
+    boundaries = Boundaries(origins, label, where)
+    sets: dict[Any, list[Event]] = {}
+    reset: set[int] = set()  # seq of sets whose token was reset
+    findings: dict[tuple, Finding] = {}
+
+    def add(finding: Finding) -> None:
+        key = (finding.kind, finding.var, finding.request, finding.read.site.path, finding.read.site.line)
+        findings.setdefault(key, finding)
+
+    for event in events:
+        earlier = sets.setdefault(event.var, [])
+        if event.op == "set":
+            earlier.append(event)
+        elif event.op == "reset":
+            if event.raised:
+                add(boundaries.reset_error(event))
+            elif event.token_set is not None:
+                reset.add(event.token_set.seq)
+        elif event.request is not None:
+            finding = _judge(event, earlier, reset, boundaries)
+            if finding is not None:
+                add(finding)
+    return list(findings.values())
+
+
+def _judge(get: Event, earlier: list[Event], reset: set[int], boundaries: Boundaries) -> Finding | None:
+    ours = [s for s in earlier if s.request == get.request]
+    if get.value != UNSET and not any(s.value == get.value for s in ours):
+        producers = [s for s in earlier if s.value == get.value]
+        if producers and producers[-1].request is not None:
+            return boundaries.leak(get, producers[-1])
+    open_sets = [s for s in ours if s.seq not in reset]
+    if open_sets and open_sets[-1].value != get.value:
+        return boundaries.lost(get, open_sets[-1])
+    return None
+
+
+def _chain(mark: _Mark | None) -> list[_Mark]:
+    chain = []
+    while mark is not None:
+        chain.append(mark)
+        mark = mark.parent
+    return chain
+
+
+def _path_has(site: Site, *parts: str) -> bool:
+    return "/".join(parts) in site.path.replace(os.sep, "/")
+
+
+class Boundaries:
+    """Plain words for what separated a set from a read, with the fix."""
+
+    def __init__(self, origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str]) -> None:
+        self.origins, self.label, self.where = origins, label, where
+
+    # -- who is who ---------------------------------------------------------------
+    def who(self, event: Event) -> str:
+        return self.label(event.task) if event.task is not None else f"thread {event.thread}"
+
+    def _is_thread(self, mark: _Mark) -> bool:
+        return isinstance(mark.owner, threading.Thread)
+
+    def _created(self, task: Any) -> str:
+        """`started by BaseHTTPMiddleware's call_next in Audit.dispatch (app.py:30)`."""
+        origin = self.origins.get(task)
+        if origin is None:
+            return "created by code ctxlab did not see"
+        app = next((site for site in origin.stack if self._is_app(site)), None)
+        in_app = f" in {app.function} ({self.where(app)})" if app else ""
+        for site in origin.stack:
+            if _path_has(site, "starlette", "middleware", "base.py"):
+                return f"started by BaseHTTPMiddleware's call_next (starlette/middleware/base.py){in_app}"
+        if origin.request is None:
+            return f"created at startup{in_app}"
+        return f"created{in_app}" if app else "created by a library"
+
+    def _is_app(self, site: Site) -> bool:
+        return not self.where(site).startswith(("<", "/")) and "-packages/" not in site.path
+
+    def _copy_kind(self, event: Event) -> tuple[str, str | None]:
+        """A thread running in a copy: who made the copy, which scenario shows it."""
+        if event.thread.startswith("AnyIO worker"):
+            return "run_in_threadpool (FastAPI runs `def` dependencies and endpoints there)", "sync-dependency"
+        return "asyncio.to_thread or copy_context().run", "to-thread"
+
+    # -- the findings -----------------------------------------------------------------
+    def lost(self, get: Event, set_: Event) -> Finding:
+        reader, setter = _chain(get.mark), _chain(set_.mark)
+        who, setter_who = self.who(get), self.who(set_)
+        scenario = "task-changes-stay-in-task"
+        if get.mark in setter:  # the set ran in a copy made below the reader
+            copy = setter[setter.index(get.mark) - 1]
+            if self._is_thread(copy):
+                made_by, scenario = self._copy_kind(set_)
+                boundary = (f"{set_.site.function} ({self.where(set_.site)}) ran in a thread-pool copy of "
+                            f"{self.label(get.mark)} made by {made_by}; a set in a copy never comes back")  # fmt: skip
+                fix = ("Make the function that sets it `async def`, so it runs in the request's task, or return "
+                       "the value and set it in async code.")  # fmt: skip
+            else:
+                created = self._created(copy.owner)
+                boundary = (f"{self.label(copy.owner)} was {created}; a task's context is a copy, so its set "
+                            f"never reaches {who}")  # fmt: skip
+                if "call_next" in created:
+                    scenario = "dependency-audit"
+                    fix = ("Pass the value on request.state, set it before call_next (in this middleware or one "
+                           "outside it), or rewrite the middleware as pure ASGI middleware, which shares the "
+                           "endpoint's task.")  # fmt: skip
+                else:
+                    fix = "Return the value from the task (or await it and set it in the caller); a task's sets stay in the task."
+        elif set_.mark in reader:  # the reader's context was copied before the set
+            copy = reader[reader.index(set_.mark) - 1]
+            boundary = (f"{self.label(copy.owner) if not self._is_thread(copy) else 'the thread'} runs in a copy "
+                        f"of {self.label(set_.mark)} taken before {setter_who} set the value")  # fmt: skip
+            scenario = "task-snapshot-time"
+            fix = "Create the task (or take the copy) after the value is set, or pass the value to it explicitly."
+        elif self._is_thread(reader[-1]):
+            boundary = (f"the executor job ran in the worker thread's own context (no copy_context), so it sees "
+                        f"nothing {setter_who} set")  # fmt: skip
+            scenario = "executor-no-copy"
+            fix = ("Submit the job as `loop.run_in_executor(pool, contextvars.copy_context().run, job)`, or use "
+                   "asyncio.to_thread / run_in_threadpool, which copy the context.")  # fmt: skip
+        elif get.task is not None and self.origins.get(get.task, Origin(1, 0, [])).request is None:
+            boundary = (f"{who} was {self._created(get.task)}, before request {get.request} set the value; it runs "
+                        f"in a copy of the startup context, which never receives a request's sets")  # fmt: skip
+            scenario = "task-snapshot-time"
+            fix = ("Pass the value along with the work (put it on the queue with the item) and set it in the "
+                   "consumer for each item.")  # fmt: skip
+        else:
+            boundary = (f"{who} ({self.label(get.mark)}) and {setter_who} ({self.label(set_.mark)}) run in separate "
+                        f"contexts; neither receives the other's sets")  # fmt: skip
+            fix = "Set the value where both inherit it (before either task starts), or pass it explicitly."
+        return Finding("lost", get, set_, boundary, fix, scenario)
+
+    def leak(self, get: Event, set_: Event) -> Finding:
+        reader = _chain(get.mark)
+        who = self.who(get)
+        previous = f"request {set_.request}"
+        if self._is_thread(reader[-1]) and set_.mark in reader:
+            boundary = (f"the executor job ran in the worker thread's own context (no copy_context), which still "
+                        f"holds what {previous} set there")  # fmt: skip
+            return Finding("leak", get, set_, boundary,
+                           "Run each job in a copy (`loop.run_in_executor(pool, contextvars.copy_context().run, job)`), "
+                           "or reset the value in a `finally` in the job.", "executor-thread-leak")  # fmt: skip
+        if set_.mark in reader and get.mark is not set_.mark:
+            copy = reader[reader.index(set_.mark) - 1]
+            origin = self.origins.get(copy.owner)
+            if origin is not None and any(_path_has(s, "uvicorn", "protocols") for s in origin.stack):
+                boundary = (f"the previous request on this keep-alive connection: the server started "
+                            f"{self.label(copy.owner)} in a copy of {previous}'s context {self.label(set_.mark)}")  # fmt: skip
+                return Finding("leak", get, set_, boundary,
+                               "Reset the value in a `finally` at the end of each request (token = var.set(...); "
+                               "try: ... finally: var.reset(token)), or run uvicorn with --reset-contextvars "
+                               "where it has it.", "keepalive-large-body-leak")  # fmt: skip
+            boundary = f"{who} runs in a copy of {self.label(set_.mark)}, where {previous} set the value"
+        elif set_.mark is get.mark:
+            boundary = (f"{who} serves every request in one context ({self.label(get.mark)}), so what {previous} "
+                        f"set there is still there")  # fmt: skip
+        else:
+            boundary = f"{who} runs in a context that holds what {previous} set ({self.label(set_.mark)})"
+        return Finding("leak", get, set_, boundary,
+                       "Reset the value when the request's work ends (token = var.set(...); try: ... finally: "
+                       "var.reset(token)), or start each unit of work in a fresh copy of the request's context.",
+                       "task-snapshot-time" if set_.mark is get.mark else None)  # fmt: skip
+
+    def reset_error(self, reset: Event) -> Finding:
+        set_ = reset.token_set
+        if reset.raised and reset.raised.startswith("RuntimeError"):
+            return Finding("reset-error", reset, set_, "the token had already been used by an earlier reset",
+                           "Reset each token once, in the `finally` that matches its set.", "reset-twice")  # fmt: skip
+        if set_ is None:
+            boundary = f"the token was created in another context than {self.label(reset.mark)}"
+            return Finding("reset-error", reset, set_, boundary, "Reset a token in the context that made it.", "reset-wrong-context")
+        made, used = self.label(set_.mark), self.label(reset.mark)
+        if self._is_thread(set_.mark) and self._is_thread(reset.mark):
+            boundary = (f"{set_.site.function} set the value in {made} and reset it in {used}: two different "
+                        f"thread-pool copies (FastAPI runs a `def` yield dependency's setup and teardown "
+                        f"separately in run_in_threadpool)")  # fmt: skip
+            return Finding("reset-error", reset, set_, boundary,
+                           "Make the yield dependency `async def`, so setup and teardown run in the request's "
+                           "task; or do not reset: a copy is thrown away anyway.", "yield-dependency-reset")  # fmt: skip
+        boundary = f"the token was created in {made} ({self.who(set_)}) and reset in {used} ({self.who(reset)})"
+        return Finding("reset-error", reset, set_, boundary, "Reset a token in the context (task) that made it.", "reset-wrong-context")
