@@ -13,7 +13,7 @@ from typing import Iterator
 import httpx
 
 from ctxlab import servers
-from ctxlab.diagnose import describe_layer
+from ctxlab.target import describe_layer
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
 
