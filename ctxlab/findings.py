@@ -37,13 +37,16 @@ class Finding:
         return self.read.request
 
 
-def analyse(events: list[Event], origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str]) -> list[Finding]:
+def analyse(
+    events: list[Event], origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str],
+    is_app: Callable[[str], bool],
+) -> list[Finding]:
     """Every finding in `events` (in the order they happened).
 
     `label` names a task, thread or context mark (T3, C2); `where` names a
-    site as `file:line`.
+    site as `file:line`; `is_app` tells the app's own files.
     """
-    boundaries = Boundaries(origins, label, where)
+    boundaries = Boundaries(origins, label, where, is_app)
     sets: dict[Any, list[Event]] = {}
     reset: set[int] = set()  # seq of sets whose token was reset
     findings: dict[tuple, Finding] = {}
@@ -95,8 +98,9 @@ def _path_has(site: Site, *parts: str) -> bool:
 class Boundaries:
     """Plain words for what separated a set from a read, with the fix."""
 
-    def __init__(self, origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str]) -> None:
-        self.origins, self.label, self.where = origins, label, where
+    def __init__(self, origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str],
+                 is_app: Callable[[str], bool]) -> None:  # fmt: skip
+        self.origins, self.label, self.where, self.is_app = origins, label, where, is_app
 
     # -- who is who ---------------------------------------------------------------
     def who(self, event: Event) -> str:
@@ -110,7 +114,7 @@ class Boundaries:
         origin = self.origins.get(task)
         if origin is None:
             return "created by code ctxlab did not see"
-        app = next((site for site in origin.stack if self._is_app(site)), None)
+        app = next((site for site in origin.stack if self.is_app(site.path)), None)
         in_app = f" in {app.function} ({self.where(app)})" if app else ""
         for site in origin.stack:
             if _path_has(site, "starlette", "middleware", "base.py"):
@@ -118,9 +122,6 @@ class Boundaries:
         if origin.request is None:
             return f"created at startup{in_app}"
         return f"created{in_app}" if app else "created by a library"
-
-    def _is_app(self, site: Site) -> bool:
-        return not self.where(site).startswith(("<", "/")) and "-packages/" not in site.path
 
     def _copy_kind(self, event: Event) -> tuple[str, str | None]:
         """A thread running in a copy: who made the copy, which scenario shows it."""

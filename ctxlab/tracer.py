@@ -16,6 +16,7 @@ their own callbacks, so what the recorder reads is not recorded.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dis
 import itertools
@@ -36,6 +37,7 @@ _GET, _SET, _RESET = ContextVar.get, ContextVar.set, ContextVar.reset
 _BUILTIN = types.BuiltinMethodType
 _MISSING = object()
 _copy_context = contextvars.copy_context
+_LOOP_STEP = asyncio.events.Handle._run.__code__
 _CTXLAB = str(Path(__file__).resolve().parent) + os.sep
 _CTXLAB_SCENARIOS = _CTXLAB + "scenarios" + os.sep  # bundled scenarios in a wheel are app code
 
@@ -268,7 +270,7 @@ class Tracer:
     def origin(self) -> Origin:
         """Where a task is being created, and during which request."""
         frame, stack = sys._getframe(2), []
-        while frame is not None and len(stack) < 40:
+        while frame is not None and frame.f_code is not _LOOP_STEP and len(stack) < 40:
             stack.append(self._site_of(frame))
             frame = frame.f_back
         return Origin(self._request(self.recorder.where()[2]), len(self.events), stack)
@@ -303,7 +305,9 @@ class Tracer:
 
     def _app_site(self, frame) -> Site:
         current = frame
-        while current is not None:
+        # A task's frames hang off the event loop's, and beyond those lies
+        # whoever runs the loop: not the task's own code.
+        while current is not None and current.f_code is not _LOOP_STEP:
             if self.is_app(current.f_code.co_filename):
                 return self._site_of(current)
             current = current.f_back
