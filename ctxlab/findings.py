@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ctxlab.probe import _Mark
@@ -27,6 +27,7 @@ class Finding:
     boundary: str
     fix: str
     scenario: str | None  # a bundled scenario showing the same pitfall
+    requests: list[int | None] = field(default_factory=list)  # every request it happened in
 
     @property
     def var(self) -> str:
@@ -52,8 +53,12 @@ def analyse(
     findings: dict[tuple, Finding] = {}
 
     def add(finding: Finding) -> None:
-        key = (finding.kind, finding.var, finding.request, finding.read.site.path, finding.read.site.line)
-        findings.setdefault(key, finding)
+        # The same pitfall in every request is one finding, listing them.
+        set_site = (finding.set.site.path, finding.set.site.line) if finding.set else None
+        key = (finding.kind, finding.var, finding.read.site.path, finding.read.site.line, set_site)
+        first = findings.setdefault(key, finding)
+        if finding.request not in first.requests:
+            first.requests.append(finding.request)
 
     for event in events:
         earlier = sets.setdefault(event.var, [])
@@ -109,6 +114,10 @@ class Boundaries:
     def _is_thread(self, mark: _Mark) -> bool:
         return isinstance(mark.owner, threading.Thread)
 
+    def _own_thread_context(self, event: Event) -> bool:
+        """A thread running in its own context, not in a copy of a task's."""
+        return event.task is None and event.mark.parent is None and self._is_thread(event.mark)
+
     def _created(self, task: Any) -> str:
         """`started by BaseHTTPMiddleware's call_next in Audit.dispatch (app.py:30)`."""
         origin = self.origins.get(task)
@@ -159,7 +168,7 @@ class Boundaries:
                         f"of {self.label(set_.mark)} taken before {setter_who} set the value")  # fmt: skip
             scenario = "task-snapshot-time"
             fix = "Create the task (or take the copy) after the value is set, or pass the value to it explicitly."
-        elif self._is_thread(reader[-1]):
+        elif self._own_thread_context(get):
             boundary = (f"the executor job ran in the worker thread's own context (no copy_context), so it sees "
                         f"nothing {setter_who} set")  # fmt: skip
             scenario = "executor-no-copy"
@@ -181,7 +190,7 @@ class Boundaries:
         reader = _chain(get.mark)
         who = self.who(get)
         previous = f"request {set_.request}"
-        if self._is_thread(reader[-1]) and set_.mark in reader:
+        if self._own_thread_context(get) and set_.mark is get.mark:
             boundary = (f"the executor job ran in the worker thread's own context (no copy_context), which still "
                         f"holds what {previous} set there")  # fmt: skip
             return Finding("leak", get, set_, boundary,

@@ -132,7 +132,7 @@ class TraceResult:
                 "context": self.labels(event.mark), "thread": event.thread}  # fmt: skip
 
     def finding_json(self, finding: Finding) -> dict[str, Any]:
-        return {"kind": finding.kind, "var": finding.var, "request": finding.request,
+        return {"kind": finding.kind, "var": finding.var, "request": finding.request, "requests": finding.requests,
                 "read": self._where(finding.read), "set": self._where(finding.set),
                 "boundary": finding.boundary, "fix": finding.fix, "scenario": finding.scenario}  # fmt: skip
 

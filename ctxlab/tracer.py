@@ -126,6 +126,7 @@ class Tracer:
         self._wanted: dict[ContextVar, bool] = {}
         self._app_code: dict[str, bool] = {}
         self._reads_snapshot: dict[Any, bool] = {}
+        self._qualnames: dict[Any, str] = {}
         self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
         self._roots = _library_roots()
         self._tool: int | None = None
@@ -297,11 +298,17 @@ class Tracer:
                 return real[len(root) :].split(os.sep, 1)[0].removesuffix(".py")
         return real
 
-    @staticmethod
-    def _site_of(frame) -> Site:
+    def _site_of(self, frame) -> Site:
         code = frame.f_code
-        return Site(code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_qualname
-                    if hasattr(code, "co_qualname") else code.co_name)  # fmt: skip
+        return Site(code.co_filename, frame.f_lineno or code.co_firstlineno, self._qualname(code, frame))
+
+    def _qualname(self, code, frame) -> str:
+        """`Class.method`: code objects carry it from 3.11; on 3.10 it is
+        found once per code object, from the class of `self` or `cls`."""
+        name = self._qualnames.get(code)
+        if name is None:
+            name = self._qualnames[code] = getattr(code, "co_qualname", None) or _defining_class(code, frame)
+        return name
 
     def _app_site(self, frame) -> Site:
         current = frame
@@ -348,6 +355,16 @@ class Tracer:
         if known is None:
             known = self._reads_snapshot[code] = _iterates_copy(code)
         return known
+
+
+def _defining_class(code, frame) -> str:
+    if code.co_argcount and code.co_varnames[0] in ("self", "cls"):
+        first = frame.f_locals.get(code.co_varnames[0])
+        for cls in type(first).__mro__ if not isinstance(first, type) else first.__mro__:
+            function = vars(cls).get(code.co_name)
+            if getattr(getattr(function, "__func__", function), "__code__", None) is code:
+                return f"{cls.__qualname__}.{code.co_name}"
+    return code.co_name
 
 
 _ITERATE = {"GET_ITER"}
