@@ -1,0 +1,34 @@
+"""Tracing never changes what an app observes: every bundled scenario
+gives the same responses and the same probe observations with the tracer
+on as without it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctxlab import report, runner
+from ctxlab.scenario import catalog, load
+from ctxlab.tracer import TraceRecorder, Tracer
+
+ENTRIES = catalog()
+
+
+def observed(result: report.ScenarioReport) -> list[tuple]:
+    # Context labels are left out: the tracer marks contexts the probes
+    # never saw, which renumbers them without changing any value.
+    return [(o.request, o.probe, o.var, o.observed, o.task, o.parent_task, o.thread) for o in result.observations]
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_tracing_changes_nothing_the_app_observes(name):
+    entry = ENTRIES[name]
+    scenario = load(entry)
+    server = "asgi" if "asgi" in entry.servers else entry.servers[0]
+    untraced = report.compare(scenario, runner.run(scenario, server), server, None)
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        traced = report.compare(scenario, runner.run(scenario, server), server, None)
+    assert traced.error == untraced.error  # a request answering otherwise is an error
+    assert observed(traced) == observed(untraced)
+    assert traced.status == untraced.status
+    assert tracer.events, "the tracer saw no ContextVar operation at all"
