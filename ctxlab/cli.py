@@ -291,6 +291,14 @@ def serve(
     return 0
 
 
+def _is_saved_trace(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # the snapshot reader reports what is wrong with it
+    return isinstance(document, dict) and "events" in document and "options" in document
+
+
 def _baseline(path: Optional[Path]):
     if path is None:
         return None
@@ -361,11 +369,16 @@ def snapshot(
 
 @app.command()
 def diff(
-    snapshot_file: Annotated[Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot'.")],
+    snapshot_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot', or a trace saved with -o.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
-    """Run the snapshot's scenarios now and show what changed against it."""
+    """Run the snapshot's scenarios now (or trace a saved trace's app again)
+    and show what changed against it."""
+    if _is_saved_trace(snapshot_file):
+        return _diff_trace(snapshot_file, as_json)
     before = _baseline(snapshot_file)
     from ctxlab import render, report
 
@@ -449,6 +462,86 @@ def probe_app(
     else:
         render.diagnosis(result, _console())
     return 0 if not result.culprits else 1
+
+
+@app.command("trace")
+def trace_app(
+    target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
+    requests: Annotated[int, typer.Option("--requests", min=1, help="How many requests, one after another.")] = 2,
+    path: Annotated[str, typer.Option("--path", help="The path each request asks for.")] = "/",
+    method: Annotated[str, typer.Option("--method", help="The HTTP method.")] = "GET",
+    header: Annotated[Optional[List[str]], typer.Option("--header", help="A request header, K:V (repeatable).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="The request body.")] = None,
+    server: Annotated[Server, typer.Option(help="In process (asgi) or a real uvicorn.")] = Server.asgi,
+    lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the requests.")] = False,
+    var: Annotated[Optional[List[str]], typer.Option("--var", help="Only this variable (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also save the JSON here (for diff).")] = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", help="Also fail when the trace differs from this saved one.")
+    ] = None,
+    factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
+    app_dir: Annotated[Path, typer.Option("--app-dir", help="Where to import MODULE from.")] = Path("."),
+) -> int:
+    """Follow your own ContextVars through real requests: every get, set and
+    reset at file:line, and each value lost or leaked, with the fix.
+    Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error."""
+    if not path.startswith("/"):
+        raise UsageError(f"--path must start with '/', got {path!r}")
+    if server is Server.both:
+        raise UsageError("--server both is not available for trace; choose asgi or uvicorn")
+    headers = []
+    for item in header or []:
+        name, colon, value = item.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'x-user:1', got {item!r}")
+        headers.append((name.strip(), value.strip()))
+    _writable(output)
+    from ctxlab import render
+    from ctxlab import trace as tracing
+    from ctxlab.target import TargetError
+
+    try:
+        before = tracing.load_trace(baseline) if baseline is not None else None
+        result = tracing.trace(
+            target, requests=requests, path=path, method=method.upper(), headers=headers,
+            data=(data or "").encode(), server=server.value, lifespan=lifespan, variables=var or [],
+            factory=factory, app_dir=app_dir,
+        )  # fmt: skip
+    except (TargetError, tracing.TraceFileError) as exc:
+        raise UsageError(str(exc)) from None
+    document = result.to_json()
+    if output is not None:
+        write_atomically(output, json.dumps(document, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        render.trace_report(result, _console())
+    code = 1 if result.findings else 0
+    if before is not None:
+        found = tracing.changes(before, document)
+        render.trace_changes(found, _console(stderr=as_json))
+        code = 1 if found else code
+    return code
+
+
+def _diff_trace(path: Path, as_json: bool) -> int:
+    """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
+    from ctxlab import render
+    from ctxlab import trace as tracing
+    from ctxlab.target import TargetError
+
+    try:
+        before = tracing.load_trace(path)
+        after = tracing.again(before).to_json()
+    except (TargetError, tracing.TraceFileError) as exc:
+        raise UsageError(str(exc)) from None
+    found = tracing.changes(before, after)
+    if as_json:
+        typer.echo(json.dumps({"schema_version": 1, "app": before["app"], "changes": [vars(c) for c in found]}, indent=2))
+    else:
+        render.trace_changes(found, _console())
+    return 1 if found else 0
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -73,7 +73,8 @@ class Places:
 
     def __init__(self, app_dir: Path, tracer: Tracer) -> None:
         self.app_dir = str(app_dir.resolve()) + os.sep
-        self.roots = tracer._roots
+        self.roots = tracer.roots
+        self.is_app = tracer.is_app
 
     def file(self, path: str) -> str:
         real = os.path.realpath(path) if not path.startswith("<") else path
@@ -104,6 +105,19 @@ class TraceResult:
     findings: list[Finding]
     labels: Labels
     places: Places
+    options: dict[str, Any] = field(default_factory=dict)  # what `diff` needs to trace again
+    _shown: set | None = field(default=None, repr=False)
+
+    def shown(self, event: Event) -> bool:
+        """Worth showing a person: events of variables that the app's own
+        code gets or sets itself, that are set while the app's code is on
+        the stack, or that a finding names."""
+        if self._shown is None:
+            is_app = self.places.is_app
+            set_ = {e.var for e in self.events if e.op == "set"}
+            self._shown = {e.var for e in self.events if is_app(e.caller.path) or (e.var in set_ and is_app(e.site.path))}
+            self._shown |= {f.read.var for f in self.findings}
+        return event.var in self._shown
 
     @property
     def summary(self) -> dict[str, int]:
@@ -145,6 +159,7 @@ class TraceResult:
             "events": [self.event_json(e) for e in self.events],
             "findings": [self.finding_json(f) for f in self.findings],
             "summary": self.summary,
+            "options": self.options,
         }
 
 
@@ -170,8 +185,104 @@ def trace(
     with target.app_output_to_stderr():
         loaded = target.load(spec, factory=factory, app_dir=app_dir)
         request = target.Request(method=method, path=path, headers=tuple(headers), body=data)
-        return trace_app(loaded.asgi, [request] * requests, server=server, lifespan=lifespan,
-                         variables=variables, app_dir=app_dir, name=spec)  # fmt: skip
+        result = trace_app(loaded.asgi, [request] * requests, server=server, lifespan=lifespan,
+                           variables=variables, app_dir=app_dir, name=spec)  # fmt: skip
+    result.options = {"requests": requests, "path": path, "method": method, "headers": [list(h) for h in headers],
+                      "data": data.decode("utf-8", "replace"), "lifespan": lifespan, "vars": list(variables),
+                      "factory": factory, "app_dir": str(app_dir)}  # fmt: skip
+    return result
+
+
+def again(saved: dict[str, Any]) -> TraceResult:
+    """Trace the app of a saved trace again, with the same options."""
+    options = saved["options"]
+    return trace(
+        saved["app"], requests=options["requests"], path=options["path"], method=options["method"],
+        headers=[tuple(h) for h in options["headers"]], data=options["data"].encode(), server=saved["server"],
+        lifespan=options["lifespan"], variables=options["vars"], factory=options["factory"],
+        app_dir=Path(options["app_dir"]),
+    )  # fmt: skip
+
+
+class TraceFileError(Exception):
+    """A saved trace that cannot be read or compared (exit 2)."""
+
+
+def load_trace(path: Path) -> dict[str, Any]:
+    """A trace saved with `ctxlab trace --json -o FILE`, checked enough that
+    comparing it cannot crash."""
+    import json
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TraceFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    if not is_trace(document):
+        raise TraceFileError(f"{path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'")
+    if document["schema_version"] != SCHEMA_VERSION:
+        raise TraceFileError(f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}")
+    options = document["options"]
+    needed = {"requests", "path", "method", "headers", "data", "lifespan", "vars", "factory", "app_dir"}
+    if not isinstance(options, dict) or not needed <= options.keys() or not isinstance(document.get("findings"), list):
+        raise TraceFileError(f"{path} is a malformed trace: its options or findings are incomplete")
+    return document
+
+
+def is_trace(document: Any) -> bool:
+    """A saved trace (rather than a scenario report)."""
+    return isinstance(document, dict) and {"schema_version", "app", "events", "options"} <= document.keys()
+
+
+@dataclass
+class Change:
+    """One difference between a saved trace and a new one."""
+
+    what: str  # finding | event
+    key: str
+    before: Any
+    after: Any
+
+
+_GONE = "<absent>"
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """What changed between two traces of the same app: findings that
+    appeared or went, and values read or set that differ.  Events are
+    matched by request, operation, variable, file and function (lines move
+    with any edit), in order of occurrence."""
+    found = []
+
+    def finding_key(f: dict[str, Any]) -> str:
+        set_ = f.get("set") or {}
+        return f"{f['kind']} {f['var']} read at {f['read']['file']}:{f['read']['function']}" + (
+            f", set at {set_['file']}:{set_['function']}" if set_ else ""
+        )
+
+    old = {finding_key(f): f["boundary"] for f in before["findings"]}
+    new = {finding_key(f): f["boundary"] for f in after["findings"]}
+    for key in dict.fromkeys([*old, *new]):
+        if (key in old) != (key in new):
+            found.append(Change("finding", key, old.get(key, _GONE), new.get(key, _GONE)))
+    old_events, new_events = _by_occurrence(before["events"]), _by_occurrence(after["events"])
+    for key in dict.fromkeys([*old_events, *new_events]):
+        a, b = old_events.get(key, _GONE), new_events.get(key, _GONE)
+        if a != b:
+            request, op, var, file, function, n = key
+            found.append(Change("event", f"request {request}: {op} {var} in {function} ({file})" + (f" #{n + 1}" if n else ""), a, b))
+    return found
+
+
+def _by_occurrence(events: list[dict[str, Any]]) -> dict[tuple, Any]:
+    seen: dict[tuple, int] = {}
+    keyed = {}
+    for e in events:
+        base = (e["request"], e["op"], e["var"], e["file"], e["function"])
+        n = seen[base] = seen.get(base, -1) + 1
+        keyed[(*base, n)] = e["value"]
+    return keyed
 
 
 def trace_app(
@@ -207,5 +318,5 @@ def trace_app(
         runner.run_until_done_or_ctrl_c(loop, drive())
     labels = Labels.of(tracer.events, recorder)
     places = Places(app_dir, tracer)
-    findings = analyse(tracer.events, recorder.origins, labels, places, tracer.is_app)
+    findings = analyse(tracer.events, recorder.origins, labels, places, places.is_app)
     return TraceResult(name, server, sent, tracer.events, findings, labels, places)

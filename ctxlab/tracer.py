@@ -128,7 +128,7 @@ class Tracer:
         self._reads_snapshot: dict[Any, bool] = {}
         self._qualnames: dict[Any, str] = {}
         self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
-        self._roots = _library_roots()
+        self.roots = _library_roots()
         self._tool: int | None = None
 
     # -- switching on and off ------------------------------------------------------
@@ -284,7 +284,7 @@ class Tracer:
             known = self._app_code[path] = not (
                 path.startswith("<frozen")
                 or (real.startswith(_CTXLAB) and not real.startswith(_CTXLAB_SCENARIOS))
-                or any(real.startswith(root) for root in self._roots)
+                or any(real.startswith(root) for root in self.roots)
             )
         return known
 
@@ -293,7 +293,7 @@ class Tracer:
         if self.is_app(path):
             return "app"
         real = os.path.realpath(path)
-        for root in self._roots:
+        for root in self.roots:
             if real.startswith(root):
                 return real[len(root) :].split(os.sep, 1)[0].removesuffix(".py")
         return real
