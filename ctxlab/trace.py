@@ -261,8 +261,8 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
             f", set at {set_['file']}:{set_['function']}" if set_ else ""
         )
 
-    old = {finding_key(f): f["boundary"] for f in before["findings"]}
-    new = {finding_key(f): f["boundary"] for f in after["findings"]}
+    old = {finding_key(f): "found" for f in before["findings"]}
+    new = {finding_key(f): "found" for f in after["findings"]}
     for key in dict.fromkeys([*old, *new]):
         if (key in old) != (key in new):
             found.append(Change("finding", key, old.get(key, _GONE), new.get(key, _GONE)))
