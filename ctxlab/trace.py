@@ -316,7 +316,12 @@ def trace_app(
 
     with runner.scenario_loop(recorder) as loop, tracer:
         runner.run_until_done_or_ctrl_c(loop, drive())
-    labels = Labels.of(tracer.events, recorder)
+    return result_of(tracer, name, server, sent, app_dir)
+
+
+def result_of(tracer: Tracer, name: str, server: str, sent: list[SentRequest], app_dir: Path) -> TraceResult:
+    """Label and analyse what `tracer` recorded."""
+    labels = Labels.of(tracer.events, tracer.recorder)
     places = Places(app_dir, tracer)
-    findings = analyse(tracer.events, recorder.origins, labels, places, places.is_app)
+    findings = analyse(tracer.events, tracer.recorder.origins, labels, places, places.is_app)
     return TraceResult(name, server, sent, tracer.events, findings, labels, places)

@@ -118,11 +118,8 @@ class Tracer:
     """
 
     def __init__(self, recorder: TraceRecorder, variables: Iterable[str] = ()) -> None:
-        self.recorder = recorder
-        recorder.tracer = self
         self.variables = set(variables)
-        self.events: list[Event] = []
-        self._seq = itertools.count(1)
+        self.attach(recorder)
         self._wanted: dict[ContextVar, bool] = {}
         self._app_code: dict[str, bool] = {}
         self._reads_snapshot: dict[Any, bool] = {}
@@ -130,6 +127,14 @@ class Tracer:
         self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
         self.roots = _library_roots()
         self._tool: int | None = None
+
+    def attach(self, recorder: TraceRecorder) -> None:
+        """Record afresh, into `recorder`: a running tracer keeps its hooks
+        (and the call sites it already knows are not ContextVar methods)."""
+        self.recorder = recorder
+        recorder.tracer = self
+        self.events: list[Event] = []
+        self._seq = itertools.count(1)
 
     # -- switching on and off ------------------------------------------------------
     def start(self) -> None:
