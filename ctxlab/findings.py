@@ -9,6 +9,7 @@ by another request.  A reset that raised is a `reset-error`.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -48,44 +49,70 @@ def analyse(
     site as `file:line`; `is_app` tells the app's own files.
     """
     boundaries = Boundaries(origins, label, where, is_app)
-    sets: dict[Any, list[Event]] = {}
-    reset: set[int] = set()  # seq of sets whose token was reset
+    history: dict[Any, _History] = {}
     findings: dict[tuple, Finding] = {}
 
-    def add(finding: Finding) -> None:
-        # The same pitfall in every request is one finding, listing them.
-        set_site = (finding.set.site.path, finding.set.site.line) if finding.set else None
-        key = (finding.kind, finding.var, finding.read.site.path, finding.read.site.line, set_site)
-        first = findings.setdefault(key, finding)
-        if finding.request not in first.requests:
-            first.requests.append(finding.request)
+    def add(kind: str, read: Event, set_: Event | None) -> None:
+        # The same pitfall in every request is one finding, listing them;
+        # its words are found once.
+        set_site = (set_.site.path, set_.site.line) if set_ else None
+        key = (kind, read.var, read.site.path, read.site.line, set_site)
+        if key not in findings:
+            findings[key] = getattr(boundaries, kind.replace("-", "_"))(read, set_)
+        if read.request not in findings[key].requests:
+            findings[key].requests.append(read.request)
 
     for event in events:
-        earlier = sets.setdefault(event.var, [])
+        var = history.setdefault(event.var, _History())
         if event.op == "set":
-            earlier.append(event)
+            var.add(event)
         elif event.op == "reset":
             if event.raised:
-                add(boundaries.reset_error(event))
+                add("reset-error", event, event.token_set)
             elif event.token_set is not None:
-                reset.add(event.token_set.seq)
+                var.reset.add(event.token_set.seq)
         elif event.request is not None:
-            finding = _judge(event, earlier, reset, boundaries)
-            if finding is not None:
-                add(finding)
+            judged = var.judge(event)
+            if judged is not None:
+                add(*judged)
     return list(findings.values())
 
 
-def _judge(get: Event, earlier: list[Event], reset: set[int], boundaries: Boundaries) -> Finding | None:
-    ours = [s for s in earlier if s.request == get.request]
-    if get.value != UNSET and not any(s.value == get.value for s in ours):
-        producers = [s for s in earlier if s.value == get.value]
-        if producers and producers[-1].request is not None:
-            return boundaries.leak(get, producers[-1])
-    open_sets = [s for s in ours if s.seq not in reset]
-    if open_sets and open_sets[-1].value != get.value:
-        return boundaries.lost(get, open_sets[-1])
-    return None
+class _History:
+    """The sets of one variable so far, indexed for judging each get."""
+
+    def __init__(self) -> None:
+        self.by_request: dict[int | None, list[Event]] = {}
+        self.by_value: dict[Any, Event] = {}  # the latest set of each value
+        self.values_by_request: dict[int | None, set[Any]] = {}
+        self.reset: set[int] = set()  # seq of sets whose token was reset
+
+    def add(self, set_: Event) -> None:
+        key = _key(set_.value)
+        self.by_request.setdefault(set_.request, []).append(set_)
+        self.values_by_request.setdefault(set_.request, set()).add(key)
+        self.by_value[key] = set_
+
+    def judge(self, get: Event) -> tuple[str, Event, Event] | None:
+        """(kind, the get, the set it concerns) when the get is a finding."""
+        key = _key(get.value)
+        if get.value != UNSET and key not in self.values_by_request.get(get.request, ()):
+            producer = self.by_value.get(key)
+            if producer is not None and producer.request is not None:
+                return "leak", get, producer
+        ours = self.by_request.get(get.request, [])
+        open_set = next((s for s in reversed(ours) if s.seq not in self.reset), None)
+        if open_set is not None and open_set.value != get.value:
+            return "lost", get, open_set
+        return None
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _key(value: Any) -> Any:
+    """Equal report values, equal keys (a dict's keys in any order)."""
+    return (type(value), value) if type(value) in _PLAIN else json.dumps(value, sort_keys=True)
 
 
 def _chain(mark: _Mark | None) -> list[_Mark]:
@@ -174,7 +201,7 @@ class Boundaries:
             scenario = "executor-no-copy"
             fix = ("Submit the job as `loop.run_in_executor(pool, contextvars.copy_context().run, job)`, or use "
                    "asyncio.to_thread / run_in_threadpool, which copy the context.")  # fmt: skip
-        elif get.task is not None and self.origins.get(get.task, Origin(1, 0, [])).request is None:
+        elif get.task is not None and get.task in self.origins and self.origins[get.task].request is None:
             boundary = (f"{who} was {self._created(get.task)}, before request {get.request} set the value; it runs "
                         f"in a copy of the startup context, which never receives a request's sets")  # fmt: skip
             scenario = "task-snapshot-time"
@@ -217,8 +244,7 @@ class Boundaries:
                        "var.reset(token)), or start each unit of work in a fresh copy of the request's context.",
                        "task-snapshot-time" if set_.mark is get.mark else None)  # fmt: skip
 
-    def reset_error(self, reset: Event) -> Finding:
-        set_ = reset.token_set
+    def reset_error(self, reset: Event, set_: Event | None) -> Finding:
         if reset.raised and reset.raised.startswith("RuntimeError"):
             return Finding("reset-error", reset, set_, "the token had already been used by an earlier reset",
                            "Reset each token once, in the `finally` that matches its set.", "reset-twice")  # fmt: skip

@@ -75,13 +75,15 @@ class Places:
         self.app_dir = str(app_dir.resolve()) + os.sep
         self.roots = tracer.roots
         self.is_app = tracer.is_app
+        self._files: dict[str, str] = {}
 
     def file(self, path: str) -> str:
-        real = os.path.realpath(path) if not path.startswith("<") else path
-        for root in [self.app_dir, *self.roots]:
-            if real.startswith(root):
-                return real[len(root) :].replace(os.sep, "/")
-        return real
+        shown = self._files.get(path)
+        if shown is None:
+            real = os.path.realpath(path) if not path.startswith("<") else path
+            root = next((root for root in [self.app_dir, *self.roots] if real.startswith(root)), None)
+            shown = self._files[path] = real[len(root) :].replace(os.sep, "/") if root else real
+        return shown
 
     def __call__(self, site: Site) -> str:
         return f"{self.file(site.path)}:{site.line}"

@@ -87,8 +87,11 @@ class Origin:
     """How a task came to be: who created it, from where, and when."""
 
     request: int | None
-    seq: int  # events recorded before it was created
-    stack: list[Site]  # innermost first
+    frames: list[tuple[Any, int]]  # (code, line), innermost first
+
+    @property
+    def stack(self) -> list[Site]:
+        return [Site(code.co_filename, line, getattr(code, "co_qualname", code.co_name)) for code, line in self.frames]
 
 
 class TraceRecorder(Recorder):
@@ -124,6 +127,7 @@ class Tracer:
         self._app_code: dict[str, bool] = {}
         self._reads_snapshot: dict[Any, bool] = {}
         self._qualnames: dict[Any, str] = {}
+        self._owners: dict[str, str] = {}
         self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
         self.roots = _library_roots()
         self._tool: int | None = None
@@ -135,6 +139,7 @@ class Tracer:
         recorder.tracer = self
         self.events: list[Event] = []
         self._seq = itertools.count(1)
+        self._set_by: dict[int, dict[ContextVar, str]] = {}  # request -> variables it set -> by whom
 
     # -- switching on and off ------------------------------------------------------
     def start(self) -> None:
@@ -150,8 +155,9 @@ class Tracer:
             # Call sites disabled by an earlier trace must report again.
             monitoring.restart_events()
         else:
-            threading.setprofile(self._profile)
-            sys.setprofile(self._profile)
+            hook = self._profile_hook()
+            threading.setprofile(hook)
+            sys.setprofile(hook)
 
     def stop(self) -> None:
         if self._tool is not None:
@@ -186,24 +192,30 @@ class Tracer:
 
     def _on_return(self, code, offset, callable_, arg0):
         if self._pending:
-            self._after(raised=False)
+            self._after(False)
 
     def _on_raise(self, code, offset, callable_, arg0):
         if self._pending:
-            self._after(raised=True)
+            self._after(True)
 
-    def _profile(self, frame, event, arg):
-        if event == "c_call":
-            if type(arg) is _BUILTIN:
-                owner = arg.__self__
-                if type(owner) is ContextVar:
-                    self._before(arg.__name__, owner, frame)
-                elif arg is _copy_context:
-                    self._snapshot(frame)
-        elif self._pending and event == "c_return":
-            self._after(raised=False)
-        elif self._pending and event == "c_exception":
-            self._after(raised=True)
+    def _profile_hook(self):
+        """The sys.setprofile callback: it runs for every Python call and
+        return too, so it is a plain function with everything it needs in
+        its own locals, and answers those events after one comparison."""
+        before, after, snapshot, pending = self._before, self._after, self._snapshot, self._pending
+
+        def profile(frame, event, arg, builtin=_BUILTIN, contextvar=ContextVar, copy_context=_copy_context):
+            if event == "c_call":
+                if type(arg) is builtin:
+                    owner = arg.__self__
+                    if type(owner) is contextvar:
+                        before(arg.__name__, owner, frame)
+                    elif arg is copy_context:
+                        snapshot(frame)
+            elif pending and event != "call" and event != "return":
+                after(event == "c_exception")
+
+        return profile
 
     # -- recording -----------------------------------------------------------------
     def _wants(self, var: ContextVar) -> bool:
@@ -218,7 +230,7 @@ class Tracer:
         if op not in ("get", "set", "reset") or not self._wants(var):
             return
         value = var.get(_MISSING)
-        event = self._event(op, var, UNSET if value is _MISSING else jsonable(value), frame)
+        event = self._event(op, var, _shown(value), frame)
         if op == "get":
             self.events.append(event)
             return
@@ -232,9 +244,11 @@ class Tracer:
         if event is None or (raised and event.op == "set"):  # a set that raised changed nothing
             return
         value = event.var.get(_MISSING)
-        event.value = UNSET if value is _MISSING else jsonable(value)
+        event.value = _shown(value)
         if raised:
             event.raised = self._reset_error(event)
+        elif event.op == "set" and event.request is not None:
+            self._set_by.setdefault(event.request, {})[event.var] = self.owner(event.caller.path)
         self.events.append(event)
 
     def _snapshot(self, frame) -> None:
@@ -246,17 +260,14 @@ class Tracer:
         owner = self.owner(frame.f_code.co_filename)
         for var in self.should_hold(self._request(self.recorder.where()[2]), owner):
             value = var.get(_MISSING)
-            event = self._event("get", var, UNSET if value is _MISSING else jsonable(value), frame)
+            event = self._event("get", var, _shown(value), frame)
             event.snapshot = True
             self.events.append(event)
 
     def should_hold(self, request: int | None, owner: str) -> list[ContextVar]:
-        held: dict[ContextVar, None] = {}
-        for event in self.events:
-            if event.op == "set" and event.request == request and request is not None:
-                if owner == "app" or self.owner(event.caller.path) == owner:
-                    held[event.var] = None
-        return list(held)
+        """The variables request `request` set, by code of `owner` (any, for the app)."""
+        setters = self._set_by.get(request, {})
+        return [var for var, setter in setters.items() if owner == "app" or setter == owner]
 
     def _event(self, op: str, var: ContextVar, value: Any, frame) -> Event:
         task, mark, request = self.recorder.where()
@@ -275,11 +286,11 @@ class Tracer:
 
     def origin(self) -> Origin:
         """Where a task is being created, and during which request."""
-        frame, stack = sys._getframe(2), []
-        while frame is not None and frame.f_code is not _LOOP_STEP and len(stack) < 40:
-            stack.append(self._site_of(frame))
+        frame, frames = sys._getframe(2), []
+        while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 30:
+            frames.append((frame.f_code, frame.f_lineno))
             frame = frame.f_back
-        return Origin(self._request(self.recorder.where()[2]), len(self.events), stack)
+        return Origin(self._request(self.recorder.where()[2]), frames)
 
     # -- where: the app's own code -------------------------------------------------
     def is_app(self, path: str) -> bool:
@@ -295,9 +306,12 @@ class Tracer:
 
     def owner(self, path: str) -> str:
         """`app`, or the top-level package a library file belongs to."""
-        if self.is_app(path):
-            return "app"
-        real = os.path.realpath(path)
+        owner = self._owners.get(path)
+        if owner is None:
+            owner = self._owners[path] = "app" if self.is_app(path) else self._package(os.path.realpath(path))
+        return owner
+
+    def _package(self, real: str) -> str:
         for root in self.roots:
             if real.startswith(root):
                 return real[len(root) :].split(os.sep, 1)[0].removesuffix(".py")
@@ -360,6 +374,16 @@ class Tracer:
         if known is None:
             known = self._reads_snapshot[code] = _iterates_copy(code)
         return known
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _shown(value: Any) -> Any:
+    """The value as reports show it (plain values as they are: the common case)."""
+    if value is _MISSING:
+        return UNSET
+    return value if type(value) in _PLAIN else jsonable(value)
 
 
 def _defining_class(code, frame) -> str:
