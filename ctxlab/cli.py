@@ -1,4 +1,4 @@
-"""The command line: a thin layer over scenario, runner, report and render.
+"""The command line: parses options, calls ctxlab.engine, prints through ctxlab.output.
 
 Importing this module must stay cheap and framework-free: `ctxlab list` and
 `ctxlab --help` never import Starlette, FastAPI, httpx or uvicorn.
@@ -12,12 +12,16 @@ import re
 import sys
 import time
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from ctxlab import __version__
+from ctxlab import __version__, engine
+from ctxlab.config import RunConfig
+from ctxlab.errors import CtxlabError, UsageError
+from ctxlab.output import OutputFormat, console
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected."""
@@ -33,24 +37,22 @@ app = typer.Typer(
 )
 
 
-class UsageError(Exception):
-    """Bad input: one line on stderr, exit 2."""
-
-
 class Server(str, Enum):
+    """`--server`: one way for requests to reach the app, or both."""
+
     asgi = "asgi"
     uvicorn = "uvicorn"
     both = "both"
 
     @property
     def runs_on(self) -> list[str]:
+        """The servers to run on, in report order."""
         return ["asgi", "uvicorn"] if self is Server.both else [self.value]
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
+def _configs(server: Server, spec_version: Optional[str] = None, concurrency: Optional[int] = None) -> list[RunConfig]:
+    """One run configuration per server asked for."""
+    return [RunConfig(name, spec_version=spec_version, concurrency=concurrency) for name in server.runs_on]
 
 
 def _version_callback(value: bool) -> None:
@@ -79,41 +81,6 @@ ScenariosOption = Annotated[
 ]
 
 
-def _entries(directories=None):
-    from ctxlab.scenario import ScenarioError, catalog
-
-    try:
-        return catalog(*(directories or []))
-    except ScenarioError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _tagged(entries, tags: list[str], catalog=None) -> list:
-    """The entries with any of `tags` (all of them when no tag is given);
-    a tag no scenario in `catalog` (default: `entries`) has is a usage error."""
-    known = sorted({tag for entry in (catalog or entries) for tag in entry.tags})
-    for tag in tags:
-        if tag not in known:
-            raise UsageError(f"unknown tag {tag!r}; known tags: {', '.join(known)}")
-    return [entry for entry in entries if not tags or set(tags) & set(entry.tags)]
-
-
-def select(names: list[str], all_: bool, tags: list[str], directories=None):
-    """The catalog entries a command line asks for, in the order asked."""
-    entries = _entries(directories)
-    if names and all_:
-        raise UsageError("give scenario names or --all, not both")
-    if not (names or all_ or tags):
-        raise UsageError("name a scenario, or use --all or --tag (see 'ctxlab list')")
-    for name in names:
-        if name not in entries:
-            from ctxlab.scenario import suggest
-
-            raise UsageError(f"unknown scenario {name!r}{suggest(name, entries)}")
-    chosen = [entries[name] for name in dict.fromkeys(names)] if names else list(entries.values())
-    return _tagged(chosen, tags, catalog=list(entries.values()))
-
-
 def _writable(path: Optional[Path]) -> None:
     """Refuse an output path before the run, not after it."""
     if path is None:
@@ -139,42 +106,6 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def run_entry(entry, server: str, spec_version: Optional[str], concurrency: Optional[int] = None):
-    """Load, run and compare one catalog entry: a ScenarioReport."""
-    from ctxlab import report, runner
-    from ctxlab.scenario import Env, load
-
-    if server not in entry.servers:
-        return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", server)
-    try:
-        scenario = load(entry)
-    except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
-        return report.ScenarioReport(entry.name, "error", error=f"cannot load: {type(exc).__name__}: {exc}", server=server)
-    unmet = scenario.unmet_requirement(Env(server, spec_version, None))
-    if unmet:
-        return report.skipped(entry.name, unmet, server)
-    # --concurrency only applies to scenarios built for it
-    ran = runner.run(scenario, server, spec_version, concurrency if scenario.concurrency else None)
-    return report.compare(scenario, ran, server, spec_version)
-
-
-def execute(entries, server: "Server", spec_version: Optional[str], concurrency: Optional[int] = None, progress=None):
-    """Run the entries one by one, on each server asked for; Ctrl-C keeps
-    what has finished."""
-    from ctxlab.report import Report
-
-    results = Report([], server=server.value, spec_version=spec_version)
-    try:
-        for entry in entries:
-            outcomes = [run_entry(entry, name, spec_version, concurrency) for name in server.runs_on]
-            results.scenarios.extend(outcomes)
-            if progress:
-                progress(entry, outcomes)
-    except KeyboardInterrupt:
-        results.interrupted = True
-    return results
-
-
 @app.command("list")
 def list_(
     tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Only scenarios with this tag.")] = None,
@@ -182,14 +113,8 @@ def list_(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The catalog: name, tags, one-line summary."""
-    entries = _tagged(list(_entries(scenarios).values()), tag or [])
-    if as_json:
-        rows = [{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)} for e in entries]
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        from ctxlab import render
-
-        render.catalog(entries, _console())
+    entries = engine.tagged(list(engine.entries(scenarios).values()), tag or [])
+    OutputFormat.chosen(as_json).emitter().catalog(entries)
     return 0
 
 
@@ -217,28 +142,20 @@ def run(
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
     if spec_version is not None and server is not Server.asgi:
         raise UsageError("--spec-version applies to --server asgi only; a real server advertises its own")
-    entries = select(names or [], all_, tag or [], scenarios)
+    entries = engine.select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:
-        _console(stderr=True).print("nothing selected: no scenario has all of that")
+        console(stderr=True).print("nothing selected: no scenario has all of that")
         return 5
-    from ctxlab import render
-
-    console = _console()
+    emitter = OutputFormat.chosen(as_json).emitter()
     started = time.perf_counter()
-    show = None if as_json else (lambda entry, outcomes: render.outcomes(entry, outcomes, console))
-    results = execute(entries, server, spec_version, concurrency, show)
-    # Only the JSON forms need the document (and its package-version look-ups).
-    document = json.dumps(results.to_json(), indent=2) if as_json or output is not None else ""
+    results = engine.execute(entries, _configs(server, spec_version, concurrency), emitter.progress)
     if output is not None and results.interrupted:
         # A file missing scenarios would read as a complete report later.
-        _console(stderr=True).print(f"interrupted: {output} not written")
+        console(stderr=True).print(f"interrupted: {output} not written")
     elif output is not None:
-        write_atomically(output, document + "\n")
-    if as_json:
-        typer.echo(document)
-    else:
-        console.print(render.summary_line(results, time.perf_counter() - started))
+        write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
+    emitter.report(results, time.perf_counter() - started)
     return results.exit_code
 
 
@@ -251,12 +168,12 @@ def explain(
     """The story of one scenario: onion, task tree, why, the fix, the source."""
     if server is Server.both:
         raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
-    entry = select([name], False, [], scenarios)[0]
+    entry = engine.select([name], False, [], scenarios)[0]
     from ctxlab import render
     from ctxlab.scenario import load
 
-    result = run_entry(entry, server.value, None)
-    render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), _console())
+    result = engine.run_entry(entry, RunConfig(server.value))
+    render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
 
 
@@ -268,26 +185,26 @@ def serve(
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
     probe rows as requests arrive; Ctrl-C stops it."""
-    entry = select([name], False, [], scenarios)[0]
+    entry = engine.select([name], False, [], scenarios)[0]
     if "uvicorn" not in entry.servers:
         raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
     from ctxlab import render, runner
+    from ctxlab.errors import ServerFailed
     from ctxlab.scenario import load
-    from ctxlab.servers import ServerFailed
 
     scenario = load(entry)
-    console, labels = _console(), render.LiveLabels()
+    out = console()
 
     def ready(url: str) -> None:
         first = scenario.requests[0]
-        console.print(f"serving {name} on {url} (Ctrl-C to stop); try: curl -X {first.method} {url}{first.path}")
+        out.print(f"serving {name} on {url} (Ctrl-C to stop); try: curl -X {first.method} {url}{first.path}")
 
     try:
-        runner.serve(scenario, port, ready, lambda record: console.print(labels.line(record)))
+        runner.serve(scenario, port, ready, lambda record, where: out.print(render.live_line(record, where)))
     except ServerFailed as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc}") from None
     except KeyboardInterrupt:
-        console.print("stopped")
+        out.print("stopped")
     return 0
 
 
@@ -295,19 +212,8 @@ def _is_saved_trace(path: Path) -> bool:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False  # the snapshot reader reports what is wrong with it
+        return False  # the snapshot reader says what is wrong with it
     return isinstance(document, dict) and "events" in document and "options" in document
-
-
-def _baseline(path: Optional[Path]):
-    if path is None:
-        return None
-    from ctxlab.report import ReportFileError, load_report
-
-    try:
-        return load_report(path)
-    except ReportFileError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @app.command()
@@ -320,16 +226,16 @@ def check(
     scenarios: ScenariosOption = None,
 ) -> int:
     """CI mode: every scenario, a line each, details only for failures."""
-    before = _baseline(baseline)
+    from ctxlab import render, report
+
+    before = report.load_report(baseline) if baseline is not None else None
     _writable(junit)
     from rich.text import Text
 
-    from ctxlab import render, report
-
-    console = _console()
+    out = console()
     started = time.perf_counter()
-    results = execute(list(_entries(scenarios).values()), server, None, None,
-                      lambda entry, outcomes: render.check_line(entry, outcomes, console))  # fmt: skip
+    show = partial(render.check_line, console=out)
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server), show)
     if junit is not None:
         write_atomically(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -337,15 +243,13 @@ def check(
             print(line)
     code = results.exit_code
     if before is not None:
-        kept = [s for (_, ran_on), s in report.runs(before).items() if ran_on in server.runs_on]
-        if len(kept) < len(before["scenarios"]):
-            console.print(Text(f"baseline: {len(before['scenarios']) - len(kept)} runs on other servers not "
-                               f"compared (see --server)", style="dim"))  # fmt: skip
-        found = report.diff({**before, "scenarios": kept}, results.to_json())
-        render.changes(found, before.get("environment", {}), report.environment(), console)
+        found, not_compared = engine.baseline_changes(before, results)
+        if not_compared:
+            out.print(Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim"))
+        render.changes(found, before.get("environment", {}), report.environment(), out)
         if found and code in (0, 5):
             code = 1
-    console.print(render.summary_line(results, time.perf_counter() - started))
+    out.print(render.summary_line(results, time.perf_counter() - started))
     return code
 
 
@@ -357,13 +261,13 @@ def snapshot(
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
     _writable(output)
-    results = execute(list(_entries(scenarios).values()), server, None)
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
     write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
     s = results.summary
-    _console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
-                                f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip
+    console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
+                               f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip
     return 3 if s["errors"] else 0
 
 
@@ -379,24 +283,14 @@ def diff(
     and show what changed against it."""
     if _is_saved_trace(snapshot_file):
         return _diff_trace(snapshot_file, as_json)
-    before = _baseline(snapshot_file)
-    from ctxlab import render, report
+    from ctxlab import report
 
-    entries = _entries(scenarios)
-    names = list(dict.fromkeys(s["name"] for s in before["scenarios"]))
-    servers = {ran_on for _, ran_on in report.runs(before)}
-    server = Server.both if len(servers) > 1 else Server(servers.pop() if servers else "asgi")
-    results = execute([entries[n] for n in names if n in entries], server, before.get("spec_version"))
+    before = report.load_report(snapshot_file)
+    results = engine.rerun(before, scenarios)
     if results.interrupted:
         return 130
     found = report.diff(before, results.to_json())
-    after_env = report.environment()
-    if as_json:
-        changes = [vars(c) for c in found]
-        typer.echo(json.dumps({"schema_version": 1, "before": before.get("environment", {}),
-                               "after": after_env, "changes": changes}, indent=2))  # fmt: skip
-    else:
-        render.changes(found, before.get("environment", {}), after_env, _console())
+    OutputFormat.chosen(as_json).emitter().changes(found, before.get("environment", {}), report.environment())
     return 1 if found else 0
 
 
@@ -412,23 +306,15 @@ def matrix(
 ) -> int:
     """The same scenarios across framework versions: a scenario x environment grid."""
     from ctxlab import matrix as matrices
-    from ctxlab import render
 
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
-    try:
-        columns = [matrices.parse_column(text) for text in with_]
-        if len(columns) < 2:
-            raise matrices.MatrixError("give at least two --with columns to compare")
-        for column in columns:
-            matrices.environment(column, progress=lambda line: _console(stderr=True).print(line))
-            column.report = matrices.run_column(column, server.value, extra)
-    except matrices.MatrixError as exc:
-        raise UsageError(str(exc)) from None
-    result = matrices.grid(columns)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        render.matrix(result, _console())
+    columns = [matrices.parse_column(text) for text in with_]
+    if len(columns) < 2:
+        raise UsageError("give at least two --with columns to compare")
+    for column in columns:
+        matrices.environment(column, progress=lambda line: console(stderr=True).print(line))
+        column.report = matrices.run_column(column, server.value, extra)
+    OutputFormat.chosen(as_json).emitter().matrix(matrices.grid(columns))
     return 0
 
 
@@ -448,19 +334,12 @@ def probe_app(
     values set in the endpoint, which cut them, and why. Your app is not changed."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
-    from ctxlab import render
-    from ctxlab.diagnose import DiagnoseError, diagnose
+    from ctxlab.diagnose import diagnose
 
-    try:
-        result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
-    except DiagnoseError as exc:
-        raise UsageError(str(exc)) from None
+    result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
     if path is not None and result.status >= 400:
         print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
-    if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        render.diagnosis(result, _console())
+    OutputFormat.chosen(as_json).emitter().diagnosis(result)
     return 0 if not result.culprits else 1
 
 
@@ -497,50 +376,37 @@ def trace_app(
             raise UsageError(f"--header expects K:V such as 'x-user:1', got {item!r}")
         headers.append((name.strip(), value.strip()))
     _writable(output)
-    from ctxlab import render
     from ctxlab import trace as tracing
     from ctxlab.target import TargetError
 
+    before = tracing.load_trace(baseline) if baseline is not None else None
     try:
-        before = tracing.load_trace(baseline) if baseline is not None else None
         result = tracing.trace(
             target, requests=requests, path=path, method=method.upper(), headers=headers,
             data=(data or "").encode(), server=server.value, lifespan=lifespan, variables=var or [],
             factory=factory, app_dir=app_dir,
         )  # fmt: skip
-    except (TargetError, tracing.TraceFileError) as exc:
+    except TargetError as exc:
         raise UsageError(str(exc)) from None
-    document = result.to_json()
     if output is not None:
-        write_atomically(output, json.dumps(document, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(document, indent=2))
-    else:
-        render.trace_report(result, _console())
-    code = 1 if result.findings else 0
-    if before is not None:
-        found = tracing.changes(before, document)
-        render.trace_changes(found, _console(stderr=as_json))
-        code = 1 if found else code
-    return code
+        write_atomically(output, json.dumps(result.to_json(), indent=2) + "\n")
+    found = tracing.changes(before, result.to_json()) if before is not None else None
+    OutputFormat.chosen(as_json).emitter().trace(result, found)
+    return 1 if result.findings or found else 0
 
 
 def _diff_trace(path: Path, as_json: bool) -> int:
     """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
-    from ctxlab import render
     from ctxlab import trace as tracing
     from ctxlab.target import TargetError
 
+    before = tracing.load_trace(path)
     try:
-        before = tracing.load_trace(path)
         after = tracing.again(before).to_json()
-    except (TargetError, tracing.TraceFileError) as exc:
+    except TargetError as exc:
         raise UsageError(str(exc)) from None
     found = tracing.changes(before, after)
-    if as_json:
-        typer.echo(json.dumps({"schema_version": 1, "app": before["app"], "changes": [vars(c) for c in found]}, indent=2))
-    else:
-        render.trace_changes(found, _console())
+    OutputFormat.chosen(as_json).emitter().trace_changes(before["app"], found)
     return 1 if found else 0
 
 
@@ -550,19 +416,17 @@ def _is_click_error(exc: Exception) -> bool:
 
 
 def main() -> None:
+    """The `ctxlab` command: every error ends here as one line on stderr."""
     try:
         code = app(standalone_mode=False)
-    except UsageError as exc:
+    except CtxlabError as exc:
         print(f"ctxlab: error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
+        code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         code = 130
     except Exception as exc:
         if not _is_click_error(exc):
             raise
-        if type(exc).__name__ == "Abort":
-            code = 130
-        else:
-            print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
-            code = exc.exit_code
+        print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
+        code = exc.exit_code
     sys.exit(code or 0)

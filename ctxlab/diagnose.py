@@ -26,13 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxlab.errors import DiagnoseError
 from ctxlab.scenario import suggest
 
 PROBE_PATH = "/__ctxlab_probe__"
-
-
-class DiagnoseError(Exception):
-    """The target cannot be probed (exit 2)."""
 
 
 @dataclass

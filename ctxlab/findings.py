@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ctxlab.probe import _Mark
+from ctxlab.probe import ContextMark
 from ctxlab.tracer import Event, Origin, Site
 from ctxlab.values import UNSET
 
@@ -115,7 +115,7 @@ def _key(value: Any) -> Any:
     return (type(value), value) if type(value) in _PLAIN else json.dumps(value, sort_keys=True)
 
 
-def _chain(mark: _Mark | None) -> list[_Mark]:
+def _chain(mark: ContextMark | None) -> list[ContextMark]:
     chain = []
     while mark is not None:
         chain.append(mark)
@@ -138,7 +138,7 @@ class Boundaries:
     def who(self, event: Event) -> str:
         return self.label(event.task) if event.task is not None else f"thread {event.thread}"
 
-    def _is_thread(self, mark: _Mark) -> bool:
+    def _is_thread(self, mark: ContextMark) -> bool:
         return isinstance(mark.owner, threading.Thread)
 
     def _own_thread_context(self, event: Event) -> bool:

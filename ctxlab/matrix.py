@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import ctxlab
+from ctxlab.errors import MatrixError
 
 DEPENDENCIES = ["typer", "rich", "packaging", "starlette", "fastapi", "httpx", "uvicorn", "anyio"]
-
-
-class MatrixError(Exception):
-    """A column that cannot be built or run (exit 2)."""
 
 
 def cache_dir() -> Path:

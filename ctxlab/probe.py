@@ -21,7 +21,7 @@ from ctxlab.values import UNSET, jsonable, raised
 
 __all__ = ["UNSET", "attempt", "note", "probe", "raised"]
 
-class _Mark:
+class ContextMark:
     """Stored in a context to recognise that context object later.
 
     There is no API for "the current Context object", so each context we
@@ -29,36 +29,44 @@ class _Mark:
     mark also names its owner (the task or thread that runs in the marked
     context): a probe that finds a mark owned by someone else is running in
     a copy, and marks that copy anew, remembering where it was copied from.
+
+    `parent` is the mark of the context this one was copied from (None for
+    a fresh context); `order` counts marks in creation order. Only the
+    labeller (ctxlab.labels) reads them, to name contexts C1, C2, ...
     """
 
     __slots__ = ("owner", "parent", "order")
     _counter = itertools.count()
 
-    def __init__(self, owner: Any, parent: _Mark | None) -> None:
+    def __init__(self, owner: Any, parent: ContextMark | None) -> None:
         self.owner = owner
         self.parent = parent
         self.order = next(self._counter)
 
 
-_context_mark: contextvars.ContextVar[_Mark] = contextvars.ContextVar("ctxlab.context")
+_context_mark: contextvars.ContextVar[ContextMark] = contextvars.ContextVar("ctxlab.context")
 _request_number: contextvars.ContextVar[int] = contextvars.ContextVar("ctxlab.request")
 
 
 @dataclass
 class TaskInfo:
+    """What the task factory remembers of a task it created."""
+
     order: int  # creation order: labels T1, T2, ... follow it
     parent: asyncio.Task | None
 
 
 @dataclass
 class Record:
+    """One (probe, variable) reading, where and when it was made."""
+
     seq: int
     request: int | None
     probe: str
     var: str
     value: Any  # already jsonable
     task: asyncio.Task | None
-    context: _Mark
+    context: ContextMark
     thread: str
 
 
@@ -80,7 +88,7 @@ class Recorder:
         if context is None:
             context = contextvars.copy_context()
         parent = asyncio.current_task(loop)
-        mark = _Mark(owner=None, parent=context.get(_context_mark))
+        mark = ContextMark(owner=None, parent=context.get(_context_mark))
         try:
             context.run(_context_mark.set, mark)
         except RuntimeError:  # that context is running right now elsewhere
@@ -102,7 +110,13 @@ class Recorder:
         self.tasks.pop(task, None)
 
     # -- recording -------------------------------------------------------
-    def where(self) -> tuple[asyncio.Task | None, _Mark, int | None]:
+    def where(self) -> tuple[asyncio.Task | None, ContextMark, int | None]:
+        """The current task, context mark and request number, for `add`.
+
+        Marks the current context first when it is new to us, or a copy of
+        a context owned by another task or thread.  One probe call asks
+        once and records several variables with the answer.
+        """
         try:
             task = asyncio.current_task()
         except RuntimeError:  # a worker thread: no event loop here
@@ -110,7 +124,7 @@ class Recorder:
         owner = task if task is not None else threading.current_thread()
         mark = _context_mark.get(None)
         if mark is None or mark.owner is not owner:
-            mark = _Mark(owner=owner, parent=mark)
+            mark = ContextMark(owner=owner, parent=mark)
             _context_mark.set(mark)
         request = _request_number.get(None)
         if request is None and task is None and len(self.in_flight) == 1:
@@ -119,7 +133,11 @@ class Recorder:
             (request,) = self.in_flight
         return task, mark, request
 
-    def add(self, probe: str, var: str, value: Any, where) -> None:
+    def add(
+        self, probe: str, var: str, value: Any, where: tuple[asyncio.Task | None, ContextMark, int | None]
+    ) -> None:
+        """Record that probe `probe` saw `value` in `var`, at `where` (from
+        `where()`), and pass the record to `on_record` if one is set."""
         task, mark, request = where
         thread = threading.current_thread().name
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich import box
 from rich.console import Console, Group
@@ -12,10 +12,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ctxlab.report import Observation, Report, ScenarioReport, by_occurrence, show
+from ctxlab.report import Observation, Report, ScenarioReport, Status, by_occurrence, show
 from ctxlab.scenario import describe
 
-STATUS_STYLE = {"pass": "green", "drift": "bold red", "error": "bold magenta", "skipped": "yellow"}
+if TYPE_CHECKING:
+    from ctxlab.labels import Where
+    from ctxlab.probe import Record
+
+STATUS_STYLE = {Status.PASS: "green", Status.DRIFT: "bold red", Status.ERROR: "bold magenta", Status.SKIPPED: "yellow"}
 
 
 def catalog(entries, console: Console) -> None:
@@ -57,7 +61,7 @@ def observation_table(observations: Iterable[Observation]) -> Table:
         expected = Text(show(o.expected))
         if o.pitfall:
             expected.append(f"\nnaive: {show(o.naive)}", style="yellow")
-        task = o.task and (f"{o.task}←{o.parent_task}" if o.parent_task else o.task)
+        task = _task(o.task, o.parent_task)
         where = f"{task} {o.context}\n{o.thread}" if task else f"{o.context or '-'}\n{o.thread or '-'}"
         table.add_row(
             str(o.seq or "-"), Text.assemble(o.probe, "\n", (o.var, "dim")),
@@ -74,7 +78,7 @@ def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
 
 
 def scenario_report(result: ScenarioReport, summary: str, console: Console) -> None:
-    status = Text(result.status.upper(), style=STATUS_STYLE[result.status])
+    status = Text(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"  {result.duration_ms:.0f} ms"))
     console.print(Text(summary, style="dim"))
     if result.onion:
@@ -103,7 +107,7 @@ def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: 
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
         head.append(f"  {result.server} ")
-        head.append(result.status.upper(), style=STATUS_STYLE[result.status])
+        head.append(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(head)
     console.print(Text(entry.summary, style="dim"))
     for result in (asgi, uvicorn):
@@ -134,8 +138,9 @@ def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: 
 def summary_line(report: Report, seconds: float) -> Text:
     """pytest style: `3 passed, 1 drifted in 0.41s`."""
     s = report.summary
-    parts = [(s["passed"], "passed", "pass"), (s["drifted"], "drifted", "drift"),
-             (s["errors"], "error" if s["errors"] == 1 else "errors", "error"), (s["skipped"], "skipped", "skipped")]  # fmt: skip
+    parts = [(s["passed"], "passed", Status.PASS), (s["drifted"], "drifted", Status.DRIFT),
+             (s["errors"], "error" if s["errors"] == 1 else "errors", Status.ERROR),
+             (s["skipped"], "skipped", Status.SKIPPED)]  # fmt: skip
     text = Text()
     for count, word, status in parts:
         if count:
@@ -220,32 +225,28 @@ def explain(scenario, result: ScenarioReport, source: str, console: Console) -> 
     console.print(Group(Text(f"source: {scenario.source}", style="dim"), Syntax(source, "python")))
 
 
-class LiveLabels:
-    """Labels tasks and contexts as records arrive (for `ctxlab serve`)."""
+def _task(task: str | None, parent_task: str | None) -> str | None:
+    """`T2←T1`: a task and the task that created it."""
+    return task and (f"{task}←{parent_task}" if parent_task else task)
 
-    def __init__(self) -> None:
-        self.tasks: dict[object, str] = {}
-        self.contexts: dict[object, str] = {}
 
-    def _label(self, table: dict, item, prefix: str) -> str:
-        return table.setdefault(item, f"{prefix}{len(table) + 1}")
-
-    def line(self, record) -> Text:
-        where = f"{self._label(self.tasks, record.task, 'T')} " if record.task else ""
-        where += f"{self._label(self.contexts, record.context, 'C')} {record.thread}"
-        return Text.assemble(
-            (f"request {record.request}  ", "bold"), (record.probe, "cyan"), f"  {record.var} = ",
-            show(record.value), (f"   {where}", "dim"),
-        )  # fmt: skip
+def live_line(record: Record, where: Where) -> Text:
+    """`ctxlab serve`: one probe record as it happens."""
+    task = _task(where.task, where.parent_task)
+    place = f"{task + ' ' if task else ''}{where.context} {record.thread}"
+    return Text.assemble(
+        (f"request {record.request}  ", "bold"), (record.probe, "cyan"), f"  {record.var} = ",
+        show(record.value), (f"   {place}", "dim"),
+    )  # fmt: skip
 
 
 def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
     """`ctxlab check`: a line per scenario; full tables only for failures."""
     for result in results:
-        status = Text(f"{result.status.upper():<8}", style=STATUS_STYLE[result.status])
+        status = Text(f"{result.status.value.upper():<8}", style=STATUS_STYLE[result.status])
         console.print(Text.assemble(status, result.name, (f"  {result.server}  {result.duration_ms:.0f} ms", "dim")))
     for result in results:
-        if result.status in ("drift", "error"):
+        if result.status in (Status.DRIFT, Status.ERROR):
             failed = ScenarioReport(**{**vars(result), "observations": result.drifted})
             scenario_report(failed, entry.summary, console)
 
@@ -279,7 +280,7 @@ def matrix(result: dict, console: Console) -> None:
     for row in result["scenarios"]:
         cells = [
             Text(cell["status"] + (" *" if cell["changed"] else ""),
-                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[cell["status"]])
+                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])])
             for cell in row["cells"]
         ]  # fmt: skip
         table.add_row(f"{row['name']} ({row['server']})", *cells)
@@ -365,8 +366,8 @@ def trace_tree(result, request) -> Tree:
     def task_node(task) -> Tree:
         if task not in nodes:
             mark = first_mark.get(task)
-            parent = label.parents.get(task)
-            text = f"task {label.tasks[task]}" + (f" (created by {label.tasks[parent]})" if parent in label.tasks else "")
+            parent = label.tasks_info[task].parent if task in label.tasks_info else None
+            text = f"task {label.task(task)}" + (f" (created by {label.task(parent)})" if parent is not None else "")
             if mark is not None:
                 text += f", context {label(mark)}" + (f" (copied from {label(mark.parent)})" if mark.parent else "")
             holder = task_node(parent) if parent in first_mark else root

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ctxlab import __version__
+from ctxlab.config import RunConfig
+from ctxlab.errors import ReportFileError, ScenarioError
+from ctxlab.labels import Where, label
+from ctxlab.scenario import Env, Scenario, package_version
 from ctxlab.values import NOT_REACHED, jsonable
-from ctxlab.scenario import Env, Scenario, ScenarioError, package_version
+
+if TYPE_CHECKING:
+    from ctxlab.probe import Record
+    from ctxlab.runner import Run
 
 SCHEMA_VERSION = 1
 PACKAGES = ("starlette", "fastapi", "anyio", "httpx", "uvicorn")
-STATUSES = ("pass", "drift", "error", "skipped")
+
+
+class Status(str, Enum):
+    """How one scenario run went; the value is what the JSON report says."""
+
+    PASS = "pass"  # every observation matched its expectation
+    DRIFT = "drift"  # some observation did not
+    ERROR = "error"  # the scenario crashed, timed out or is badly declared
+    SKIPPED = "skipped"  # not run here (another server, a package version)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
 class Observation:
+    """One (probe, variable) reading set against its expectation."""
+
     seq: int | None
     request: int | None
     probe: str
@@ -34,6 +55,7 @@ class Observation:
 
     @property
     def pitfall(self) -> bool:
+        """Would a naive reading expect something else here?"""
         return self.naive != self.expected
 
     def to_json(self) -> dict[str, Any]:
@@ -44,22 +66,29 @@ class Observation:
 
 @dataclass
 class ScenarioReport:
+    """The outcome of one scenario on one run configuration."""
+
     name: str
-    status: str
+    status: Status
     duration_ms: float = 0.0
-    error: str | None = None
+    error: str | None = None  # what crashed, or why it was skipped
     onion: list[str] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
-    server: str = "asgi"
+    config: RunConfig = RunConfig()
+
+    @property
+    def server(self) -> str:
+        return self.config.server
 
     @property
     def drifted(self) -> list[Observation]:
+        """The observations that did not match their expectation."""
         return [o for o in self.observations if not o.match]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "status": self.status,
+            "status": self.status.value,
             "duration_ms": round(self.duration_ms, 1),
             "error": self.error,
             "onion": self.onion,
@@ -74,73 +103,65 @@ def show(value: Any) -> str:
 
 
 def drift_line(o: Observation) -> str:
+    """`request 1: bad.after context: expected null, observed {...}`."""
     request = f"request {o.request}: " if o.request else ""
     return f"{request}{o.probe} {o.var}: expected {show(o.expected)}, observed {show(o.observed)}"
 
 
-def _labels(items, order, prefix: str) -> dict[Any, str]:
-    return {item: f"{prefix}{n}" for n, item in enumerate(sorted(items, key=order), 1)}
-
-
-def compare(scenario: Scenario, run, server: str, spec_version: str | None) -> ScenarioReport:
-    """Label tasks and contexts, and set each observation against its expectation."""
-    tasks, marks = set(), set()
-    for record in run.records:
-        task, mark = record.task, record.context
-        while task is not None and task not in tasks:
-            tasks.add(task)
-            task = run.tasks[task].parent if task in run.tasks else None
-        while mark is not None and mark not in marks:
-            marks.add(mark)
-            mark = mark.parent
-    unknown = float("inf")  # a task the factory never saw sorts last
-    task_label = _labels(tasks, lambda t: run.tasks[t].order if t in run.tasks else unknown, "T")
-    context_label = _labels(marks, lambda m: m.order, "C")
-    task_label[None] = context_label[None] = None
-
-    report = ScenarioReport(scenario.name, "pass", run.duration_ms, run.error, run.onion, server=server)
-    seen = set()
+def compare(scenario: Scenario, run: Run, config: RunConfig) -> ScenarioReport:
+    """Set each observation of `run` against what `scenario` expects under
+    `config`; an expected probe that never ran is drift, unless the run
+    crashed (its error says why)."""
+    report = ScenarioReport(scenario.name, Status.PASS, run.duration_ms, run.error, run.onion, config=config)
     try:
-        for record in run.records:
-            env = Env(server, spec_version, record.request, run.concurrency)
-            if record.var not in scenario.expect.get(record.probe, {}):
-                raise ScenarioError(f"probe {record.probe!r} saw {record.var!r}, which the scenario does not expect")
-            seen.add((record.probe, record.var))
-            expected = jsonable(scenario.expected(record.probe, record.var, env))
-            info = run.tasks.get(record.task)
-            report.observations.append(
-                Observation(
-                    record.seq, record.request, record.probe, record.var, record.value, expected,
-                    jsonable(scenario.naive_value(record.probe, record.var, env)),
-                    record.value == expected, task_label[record.task],
-                    task_label[info.parent if info else None], context_label[record.context],
-                    record.thread, context_label[record.context.parent],
-                )
-            )  # fmt: skip
+        for record, where in zip(run.records, label(run.records, run.tasks)):
+            report.observations.append(_observation(scenario, record, where, config))
         if run.error is None:
-            env = Env(server, spec_version, None, run.concurrency)
-            for probe, variables in scenario.expect.items():
-                for var in variables:
-                    if (probe, var) not in seen:
-                        expected = jsonable(scenario.expected(probe, var, env))
-                        naive = jsonable(scenario.naive_value(probe, var, env))
-                        report.observations.append(
-                            Observation(None, None, probe, var, NOT_REACHED, expected, naive, False, *[None] * 4)
-                        )
+            report.observations.extend(_unreached(scenario, run.records, config))
     except ScenarioError as exc:
         report.error = f"scenario definition: {exc}"
-    if report.error:
-        report.status = "error"
-    elif report.drifted:
-        report.status = "drift"
+    report.status = _status(report)
     return report
 
 
-def skipped(name: str, reason: str, server: str) -> ScenarioReport:
-    return ScenarioReport(name, "skipped", error=reason, server=server)
+def _observation(scenario: Scenario, record: Record, where: Where, config: RunConfig) -> Observation:
+    """A record set against its expectation for its request."""
+    if record.var not in scenario.expect.get(record.probe, {}):
+        raise ScenarioError(f"probe {record.probe!r} saw {record.var!r}, which the scenario does not expect")
+    env = Env.of(config, record.request)
+    expected = jsonable(scenario.expected(record.probe, record.var, env))
+    naive = jsonable(scenario.naive_value(record.probe, record.var, env))
+    return Observation(
+        record.seq, record.request, record.probe, record.var, record.value, expected, naive,
+        record.value == expected, where.task, where.parent_task, where.context, record.thread, where.parent_context,
+    )  # fmt: skip
+
+
+def _unreached(scenario: Scenario, records: list[Record], config: RunConfig) -> Iterator[Observation]:
+    """A drifted observation for each expected (probe, var) no record has."""
+    seen = {(record.probe, record.var) for record in records}
+    env = Env.of(config)
+    for probe, variables in scenario.expect.items():
+        for var in variables:
+            if (probe, var) not in seen:
+                expected = jsonable(scenario.expected(probe, var, env))
+                naive = jsonable(scenario.naive_value(probe, var, env))
+                yield Observation(None, None, probe, var, NOT_REACHED, expected, naive, False, *[None] * 4)
+
+
+def _status(report: ScenarioReport) -> Status:
+    if report.error:
+        return Status.ERROR
+    return Status.DRIFT if report.drifted else Status.PASS
+
+
+def skipped(name: str, reason: str, config: RunConfig) -> ScenarioReport:
+    """The report of a scenario not run under `config`, and why."""
+    return ScenarioReport(name, Status.SKIPPED, error=reason, config=config)
 
 
 def environment() -> dict[str, Any]:
+    """The Python and framework versions a report was made with."""
     import platform
 
     return {"python": platform.python_version(), "packages": {p: package_version(p) for p in PACKAGES}}
@@ -148,56 +169,54 @@ def environment() -> dict[str, Any]:
 
 @dataclass
 class Report:
-    scenarios: list[ScenarioReport]
-    server: str = "asgi"
-    spec_version: str | None = None
-    interrupted: bool = False
+    """Every scenario report of one command, on each server it ran."""
 
-    def count(self, status: str) -> int:
+    scenarios: list[ScenarioReport]
+    servers: tuple[str, ...] = ("asgi",)
+    spec_version: str | None = None
+    interrupted: bool = False  # Ctrl-C: the scenarios that finished
+
+    def count(self, status: Status) -> int:
         return sum(s.status == status for s in self.scenarios)
 
     @property
     def summary(self) -> dict[str, int]:
         return {
             "total": len(self.scenarios),
-            "passed": self.count("pass"),
-            "drifted": self.count("drift"),
-            "errors": self.count("error"),
-            "skipped": self.count("skipped"),
+            "passed": self.count(Status.PASS),
+            "drifted": self.count(Status.DRIFT),
+            "errors": self.count(Status.ERROR),
+            "skipped": self.count(Status.SKIPPED),
         }
 
     @property
     def exit_code(self) -> int:
+        """The documented exit code: 130, 3, 1, 5 or 0, first that applies."""
         if self.interrupted:
             return 130
-        if self.count("error"):
+        if self.count(Status.ERROR):
             return 3
-        if self.count("drift"):
+        if self.count(Status.DRIFT):
             return 1
-        if not self.count("pass"):
+        if not self.count(Status.PASS):
             return 5
         return 0
 
     def to_json(self) -> dict[str, Any]:
+        several = len(self.servers) > 1
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "ctxlab", "version": __version__},
             "environment": environment(),
-            "server": self.server,
+            "server": "both" if several else self.servers[0],
             "spec_version": self.spec_version,
-            # With --server both each scenario appears once per server, tagged.
-            "scenarios": [
-                {**s.to_json(), "server": s.server} if self.server == "both" else s.to_json() for s in self.scenarios
-            ],
+            # On several servers each scenario appears once per server, tagged.
+            "scenarios": [{**s.to_json(), "server": s.server} if several else s.to_json() for s in self.scenarios],
             "summary": self.summary,
         }
 
 
 # -- saved reports: snapshot and diff ---------------------------------------------
-class ReportFileError(Exception):
-    """A report file that cannot be used (exit 2)."""
-
-
 def load_report(path) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
     try:
@@ -280,7 +299,7 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
         statuses = old.get("status"), new.get("status")
         if statuses[0] != statuses[1]:
             changes.append(Change(name, server, None, "-", "status", *statuses))
-            if "skipped" in statuses:  # one side did not run: its values say nothing more
+            if Status.SKIPPED in statuses:  # one side did not run: its values say nothing more
                 continue
         old_values, new_values = _values(old), _values(new)
         for key in [*old_values, *(k for k in new_values if k not in old_values)]:
@@ -308,12 +327,12 @@ def junit(report: Report) -> str:
             suite, "testcase", classname=f"ctxlab.{result.server}", name=result.name,
             time=f"{result.duration_ms / 1000:.3f}",
         )  # fmt: skip
-        if result.status == "drift":
+        if result.status is Status.DRIFT:
             failure = ET.SubElement(case, "failure", message=f"{len(result.drifted)} observation(s) drifted")
             failure.text = "\n".join(drift_line(o) for o in result.drifted)
-        elif result.status == "error":
+        elif result.status is Status.ERROR:
             ET.SubElement(case, "error", message=result.error or "error")
-        elif result.status == "skipped":
+        elif result.status is Status.SKIPPED:
             ET.SubElement(case, "skipped", message=result.error or "skipped")
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
@@ -328,8 +347,8 @@ def github_annotations(report: Report) -> list[str]:
     lines = []
     for result in report.scenarios:
         title = escape(f"ctxlab {result.status}: {result.name} ({result.server})")
-        if result.status == "drift":
+        if result.status is Status.DRIFT:
             lines += [f"::error title={title}::{escape(drift_line(o))}" for o in result.drifted]
-        elif result.status == "error":
+        elif result.status is Status.ERROR:
             lines.append(f"::error title={title}::{escape(result.error or '')}")
     return lines

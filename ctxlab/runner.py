@@ -8,11 +8,13 @@ import signal
 import time
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 import httpx
 
 from ctxlab import servers
+from ctxlab.config import RunConfig
+from ctxlab.labels import Labeller, Where
 from ctxlab.target import describe_layer
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
@@ -27,10 +29,9 @@ class Run:
     onion: list[str] = field(default_factory=list)
     duration_ms: float = 0.0
     error: str | None = None
-    concurrency: int | None = None
 
 
-def onion(app) -> list[str]:
+def onion(app: Any) -> list[str]:
     """The app's middleware, outermost first (Starlette keeps that order)."""
     layers = map(describe_layer, getattr(app, "user_middleware", ()))
     return [f"http:{layer.name}" if layer.kind == "http_decorator" else layer.name for layer in layers]
@@ -50,7 +51,7 @@ def scenario_loop(recorder: Recorder) -> Iterator[asyncio.AbstractEventLoop]:
         _close(loop)
 
 
-def run_until_done_or_ctrl_c(loop: asyncio.AbstractEventLoop, coro) -> None:
+def run_until_done_or_ctrl_c(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> None:
     """Run `coro` as a task; Ctrl-C cancels it, so its cleanup (stopping a
     server, closing sockets) runs before KeyboardInterrupt is raised."""
     task = loop.create_task(coro)
@@ -64,16 +65,23 @@ def run_until_done_or_ctrl_c(loop: asyncio.AbstractEventLoop, coro) -> None:
         raise KeyboardInterrupt from None
 
 
-def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = None, concurrency: int | None = None) -> Run:
+def run(scenario: Scenario, config: RunConfig = RunConfig()) -> Run:
+    """Build the scenario's app, send its requests under `config`, and
+    return every record its probes made, with the tasks they ran in.
+
+    `config` is what `scenario.settle` returned: its `concurrency` is the
+    number of copies of the requests to send at once, or None.  Runs on a
+    fresh event loop, so scenarios never share state.  A crash or a timeout
+    becomes `Run.error`; Ctrl-C raises KeyboardInterrupt after cleaning up.
+    """
     result = Run()
     recorder = Recorder()
     started = time.perf_counter()
     with scenario_loop(recorder) as loop:
         try:
-            concurrency = result.concurrency = concurrency or scenario.concurrency
-            app = scenario.build(concurrency) if concurrency else scenario.build()
+            app = scenario.build(config.concurrency) if config.concurrency else scenario.build()
             result.onion = onion(app)
-            driving = _drive(scenario, app, server, spec_version, concurrency, recorder)
+            driving = _drive(scenario, app, config, recorder)
             run_until_done_or_ctrl_c(loop, asyncio.wait_for(driving, scenario.timeout))
         except asyncio.TimeoutError:
             result.error = f"timed out after {scenario.timeout:g}s"
@@ -85,10 +93,19 @@ def run(scenario: Scenario, server: str = "asgi", spec_version: str | None = Non
     return result
 
 
-def serve(scenario: Scenario, port: int, on_ready, on_record) -> None:
-    """Serve the scenario's app on 127.0.0.1:`port` until Ctrl-C, calling
-    `on_record` for every probe record as it happens."""
-    recorder = Recorder(on_record=on_record)
+def serve(
+    scenario: Scenario, port: int, on_ready: Callable[[str], None], on_record: Callable[[Record, Where], None]
+) -> None:
+    """Serve the scenario's app on 127.0.0.1:`port` until Ctrl-C: `on_ready`
+    gets the base URL, `on_record` every probe record as it happens, with
+    its labels (numbered as `run` numbers them)."""
+
+    def labelled(record: Record) -> None:
+        labeller.number([record])
+        on_record(record, labeller.where(record))
+
+    recorder = Recorder(on_record=labelled)
+    labeller = Labeller(recorder.tasks)
 
     async def serving() -> None:
         recorder.set_root(asyncio.current_task())
@@ -103,7 +120,8 @@ def serve(scenario: Scenario, port: int, on_ready, on_record) -> None:
         run_until_done_or_ctrl_c(loop, serving())
 
 
-async def _drive(scenario: Scenario, app, server: str, spec_version, concurrency, recorder: Recorder) -> None:
+async def _drive(scenario: Scenario, app: Any, config: RunConfig, recorder: Recorder) -> None:
+    """Send the scenario's requests to `app` as `config.server` would."""
     recorder.set_root(asyncio.current_task())
     loop = asyncio.get_running_loop()
 
@@ -112,9 +130,9 @@ async def _drive(scenario: Scenario, app, server: str, spec_version, concurrency
         # whose context holds nothing from anyone else.
         return contextvars.Context().run(loop.create_task, coro)
 
-    requests = scenario.requests * concurrency if concurrency else scenario.requests
+    requests = scenario.requests * config.concurrency if config.concurrency else scenario.requests
     async with AsyncExitStack() as stack:
-        if server == "uvicorn":
+        if config.server == "uvicorn":
             base_url = await stack.enter_async_context(
                 servers.uvicorn_server(
                     servers.attribute_requests(app),
@@ -130,10 +148,10 @@ async def _drive(scenario: Scenario, app, server: str, spec_version, concurrency
         else:
             state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
             client = await stack.enter_async_context(
-                servers.asgi_client(servers.attribute_requests(app, spec_version, state))
+                servers.asgi_client(servers.attribute_requests(app, config.spec_version, state))
             )
         sendings = (servers.send(client, request, n) for n, request in enumerate(requests, 1))
-        if scenario.concurrent or concurrency:
+        if scenario.concurrent or config.concurrency:
             await asyncio.gather(*map(in_fresh_task, sendings))
             return
         for sending in sendings:

@@ -9,6 +9,7 @@ listing never pays for (or depends on) importing a web framework.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -16,13 +17,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ctxlab.config import RunConfig
+from ctxlab.errors import ScenarioError
+
 __all__ = ["ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario"]
 
 Servers = ("asgi", "uvicorn")
-
-
-class ScenarioError(Exception):
-    """A scenario cannot be found, loaded or is badly declared (exit 2)."""
 
 
 # -- requests -------------------------------------------------------------
@@ -38,12 +38,17 @@ class ClientRequest:
 # -- expectations -------------------------------------------------------------
 @dataclass(frozen=True)
 class Env:
-    """What an expectation may depend on."""
+    """What an expectation may depend on: the run's settings and the request."""
 
     server: str
     spec_version: str | None
     request: int | None
     concurrency: int | None = None
+
+    @classmethod
+    def of(cls, config: RunConfig, request: int | None = None) -> Env:
+        """The Env of `request` (None: outside any request) in a run with `config`."""
+        return cls(config.server, config.spec_version, request, config.concurrency)
 
     def version(self, package: str) -> str:
         return package_version(package)
@@ -160,7 +165,14 @@ class Scenario:
     source: Path | None = None
     timeout: float = 10.0
 
+    def settle(self, config: RunConfig) -> RunConfig:
+        """The config this scenario runs with: `concurrency` applies only to
+        scenarios built for it, which otherwise send their own number."""
+        concurrency = (config.concurrency or self.concurrency) if self.concurrency else None
+        return dataclasses.replace(config, concurrency=concurrency)
+
     def unmet_requirement(self, env: Env) -> str | None:
+        """Why this scenario cannot run here (a package version), or None."""
         for package, spec in self.requires.items():
             if not env.has(package, spec):
                 return f"needs {package}{spec}, found {env.version(package)}"

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
+from ctxlab.errors import LifespanFailed, ServerFailed, UnexpectedResponse
 from ctxlab.probe import end_request, start_request
 
 REQUEST_HEADER = "x-ctxlab-request"
@@ -53,14 +54,6 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
-
-
-class UnexpectedResponse(Exception):
-    pass
-
-
-class LifespanFailed(Exception):
-    pass
 
 
 @asynccontextmanager
@@ -110,10 +103,6 @@ async def send(client: httpx.AsyncClient, request, number: int) -> httpx.Respons
             f" expected {request.status}: {response.text[:200]}"
         )
     return response
-
-
-class ServerFailed(Exception):
-    pass
 
 
 @asynccontextmanager

@@ -18,53 +18,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ctxlab.errors import TraceFileError
 from ctxlab.findings import Finding, analyse
+from ctxlab.labels import Labeller
 from ctxlab.tracer import Event, Site, TraceRecorder, Tracer
 
 SCHEMA_VERSION = 1
 
 
-@dataclass
 class Labels:
-    """T1/C1 labels for the tasks and contexts of one trace, in creation order."""
+    """T1/C1 labels for one trace, from the labeller `run` uses: every task
+    and context the events name, and the tasks owning their ancestors'
+    contexts (boundaries name them)."""
 
-    tasks: dict[Any, str] = field(default_factory=dict)
-    contexts: dict[Any, str] = field(default_factory=dict)
-    parents: dict[Any, Any] = field(default_factory=dict)  # task -> the task that created it
-
-    @classmethod
-    def of(cls, events: Sequence[Event], recorder: TraceRecorder) -> Labels:
-        tasks, marks = {}, {}
-        unknown = len(recorder.tasks) + 1  # tasks the factory never saw sort last, as first seen
+    def __init__(self, events: Sequence[Event], recorder: TraceRecorder) -> None:
+        self.tasks_info = recorder.tasks
+        self.labeller = Labeller(recorder.tasks)
+        owners = {}
         for event in events:
-            task = event.task
-            while task is not None and task not in tasks:
-                info = recorder.tasks.get(task)
-                tasks[task] = info.order if info else unknown + len(tasks)
-                task = info.parent if info else None
             mark = event.mark
-            while mark is not None and mark not in marks:
-                marks[mark] = mark.order
-                if mark.owner is not None and mark.owner in recorder.tasks:
-                    tasks.setdefault(mark.owner, recorder.tasks[mark.owner].order)
+            while mark is not None and mark not in owners:
+                owners[mark] = _Owned(mark.owner if mark.owner in recorder.tasks else None, mark)
                 mark = mark.parent
-        labels = cls()
-        labels.tasks = {t: f"T{n}" for n, t in enumerate(sorted(tasks, key=tasks.get), 1)}
-        labels.contexts = {m: f"C{n}" for n, m in enumerate(sorted(marks, key=marks.get), 1)}
-        labels.parents = {t: recorder.tasks[t].parent for t in tasks if t in recorder.tasks}
-        return labels
+        self.labeller.number([*events, *owners.values()])
 
     def __call__(self, item: Any) -> str:
         """The label of a task or a context mark (a thread by its name)."""
-        if item in self.tasks:
-            return self.tasks[item]
-        if item in self.contexts:
-            return self.contexts[item]
-        return getattr(item, "name", None) or "?"
+        return self.labeller.of(item) or getattr(item, "name", None) or "?"
+
+    def task(self, task: Any) -> str | None:
+        return self.labeller.of(task) if task is not None else None
 
     def parent(self, task: Any) -> str | None:
-        parent = self.parents.get(task)
-        return self.tasks.get(parent) if parent is not None else None
+        """The label of the task that created `task`."""
+        info = self.tasks_info.get(task)
+        return self.labeller.of(info.parent) if info and info.parent is not None else None
+
+
+@dataclass
+class _Owned:
+    """A context and the task it belongs to, numbered like a record."""
+
+    task: Any
+    context: Any
 
 
 class Places:
@@ -131,7 +127,7 @@ class TraceResult:
         data = {
             "seq": event.seq, "request": event.request, "op": event.op, "var": event.var.name, "value": event.value,
             "file": self.places.file(event.site.path), "line": event.site.line, "function": event.site.function,
-            "task": self.labels.tasks.get(event.task), "parent_task": self.labels.parent(event.task),
+            "task": self.labels.task(event.task), "parent_task": self.labels.parent(event.task),
             "context": self.labels(event.mark), "thread": event.thread,
         }  # fmt: skip
         if event.snapshot:
@@ -144,7 +140,7 @@ class TraceResult:
         if event is None:
             return None
         return {"file": self.places.file(event.site.path), "line": event.site.line, "function": event.site.function,
-                "request": event.request, "value": event.value, "task": self.labels.tasks.get(event.task),
+                "request": event.request, "value": event.value, "task": self.labels.task(event.task),
                 "context": self.labels(event.mark), "thread": event.thread}  # fmt: skip
 
     def finding_json(self, finding: Finding) -> dict[str, Any]:
@@ -204,10 +200,6 @@ def again(saved: dict[str, Any]) -> TraceResult:
         lifespan=options["lifespan"], variables=options["vars"], factory=options["factory"],
         app_dir=Path(options["app_dir"]),
     )  # fmt: skip
-
-
-class TraceFileError(Exception):
-    """A saved trace that cannot be read or compared (exit 2)."""
 
 
 def load_trace(path: Path) -> dict[str, Any]:
@@ -323,7 +315,7 @@ def trace_app(
 
 def result_of(tracer: Tracer, name: str, server: str, sent: list[SentRequest], app_dir: Path) -> TraceResult:
     """Label and analyse what `tracer` recorded."""
-    labels = Labels.of(tracer.events, tracer.recorder)
+    labels = Labels(tracer.events, tracer.recorder)
     places = Places(app_dir, tracer)
     findings = analyse(tracer.events, tracer.recorder.origins, labels, places, places.is_app)
     return TraceResult(name, server, sent, tracer.events, findings, labels, places)

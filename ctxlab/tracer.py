@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ctxlab.probe import Recorder, _Mark
+from ctxlab.probe import Recorder, ContextMark
 from ctxlab.values import UNSET, jsonable
 
 _GET, _SET, _RESET = ContextVar.get, ContextVar.set, ContextVar.reset
@@ -73,13 +73,18 @@ class Event:
     site: Site
     caller: Site  # the frame that made the call itself (maybe a library's)
     task: Any
-    mark: _Mark
+    mark: ContextMark
     thread: str
     snapshot: bool = False
     before: Any = None  # set, reset: the value before the call
     token_set: Event | None = None  # reset: the set whose token it was given
     raised: str | None = None  # reset: the exception it raised
     code: Any = field(default=None, repr=False)  # the calling code object
+
+    @property
+    def context(self) -> ContextMark:
+        """The context mark, by the name the labeller reads."""
+        return self.mark
 
 
 @dataclass

@@ -6,19 +6,20 @@ import sys
 import pytest
 
 from ctxlab import report, runner
-from ctxlab.cli import run_entry
+from ctxlab.config import RunConfig
+from ctxlab.engine import run_entry
 from ctxlab.scenario import Scenario, catalog
 
 
 def run_named(name, server="asgi", spec_version=None):
     """Run a bundled scenario for real and compare it, as `ctxlab run` does."""
-    return run_entry(catalog()[name], server, spec_version)
+    return run_entry(catalog()[name], RunConfig(server, spec_version=spec_version))
 
 
 def run_app(build, expect, **options):
     """Run an app built in a test as a one-off scenario."""
     scenario = Scenario(name="test", summary="", build=build, expect=expect, **options)
-    return report.compare(scenario, runner.run(scenario), "asgi", None)
+    return report.compare(scenario, runner.run(scenario), RunConfig())
 
 
 def seen(result, probe, var=None):

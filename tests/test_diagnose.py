@@ -1,7 +1,6 @@
 """`ctxlab probe` on apps written as users write them: the report must
 match what the apps' own middleware really saw."""
 
-import json
 import sys
 from pathlib import Path
 

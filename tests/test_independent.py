@@ -55,7 +55,7 @@ class Seen(dict):
     def call(self, probe, name, action):
         try:
             self.value(probe, name, action())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any exception is an observation
             message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
             self.value(probe, name, {"raised": type(exc).__name__, "message": message})
 

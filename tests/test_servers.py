@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ctxlab, ctxlab_json, run_named
 
-from ctxlab.cli import run_entry
+from ctxlab.config import RunConfig
+from ctxlab.engine import run_entry
 from ctxlab.scenario import Env, catalog
 
 BROKEN = str(Path(__file__).parent / "fixtures" / "broken_scenarios")
@@ -41,7 +42,7 @@ def test_a_failing_run_leaves_no_server_or_socket_behind():
     run_named("bad-only", "uvicorn")  # warm up imports and lazy files
     before = open_fds()
     for name in ("crashes", "hangs", "fine"):
-        run_entry(entries[name], "uvicorn", None)
+        run_entry(entries[name], RunConfig("uvicorn"))
     assert open_fds() == before
 
 

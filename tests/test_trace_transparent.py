@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ctxlab import report, runner
-from ctxlab.scenario import catalog, load
+from ctxlab import engine, report
+from ctxlab.config import RunConfig
+from ctxlab.scenario import catalog
 from ctxlab.tracer import TraceRecorder, Tracer
 
 ENTRIES = catalog()
@@ -22,12 +23,11 @@ def observed(result: report.ScenarioReport) -> list[tuple]:
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_tracing_changes_nothing_the_app_observes(name):
     entry = ENTRIES[name]
-    scenario = load(entry)
-    server = "asgi" if "asgi" in entry.servers else entry.servers[0]
-    untraced = report.compare(scenario, runner.run(scenario, server), server, None)
+    config = RunConfig(server="asgi" if "asgi" in entry.servers else entry.servers[0])
+    untraced = engine.run_entry(entry, config)
     tracer = Tracer(TraceRecorder())
     with tracer:
-        traced = report.compare(scenario, runner.run(scenario, server), server, None)
+        traced = engine.run_entry(entry, config)
     assert traced.error == untraced.error  # a request answering otherwise is an error
     assert observed(traced) == observed(untraced)
     assert traced.status == untraced.status

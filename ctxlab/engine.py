@@ -1,0 +1,119 @@
+"""What every command runs: select scenarios, run each, compare, collect.
+
+The command line (`run`, `check`, `snapshot`, `diff`, `explain`) and the
+tests call these; they print nothing.  Importing this module stays as cheap
+as `ctxlab list` needs: the runner and the web frameworks load only when a
+scenario runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from ctxlab.config import RunConfig
+from ctxlab.errors import UsageError
+from ctxlab.scenario import Entry, catalog, suggest
+
+if TYPE_CHECKING:
+    from ctxlab.report import Change, Report, ScenarioReport
+
+
+def entries(directories: Iterable[Path] | None = None) -> dict[str, Entry]:
+    """The catalog: bundled and plugin scenarios, then those in `directories`."""
+    return catalog(*(directories or ()))
+
+
+def tagged(chosen: list[Entry], tags: Sequence[str], known: Iterable[Entry] | None = None) -> list[Entry]:
+    """The entries with any of `tags` (all of them when no tag is given);
+    a tag no scenario in `known` (default: `chosen`) has is a usage error."""
+    names = sorted({tag for entry in (chosen if known is None else known) for tag in entry.tags})
+    for tag in tags:
+        if tag not in names:
+            raise UsageError(f"unknown tag {tag!r}; known tags: {', '.join(names)}")
+    return [entry for entry in chosen if not tags or set(tags) & set(entry.tags)]
+
+
+def select(
+    names: Sequence[str], all_: bool, tags: Sequence[str], directories: Iterable[Path] | None = None
+) -> list[Entry]:
+    """The catalog entries a command line asks for, in the order asked."""
+    found = entries(directories)
+    if names and all_:
+        raise UsageError("give scenario names or --all, not both")
+    if not (names or all_ or tags):
+        raise UsageError("name a scenario, or use --all or --tag (see 'ctxlab list')")
+    for name in names:
+        if name not in found:
+            raise UsageError(f"unknown scenario {name!r}{suggest(name, found)}")
+    chosen = [found[name] for name in dict.fromkeys(names)] if names else list(found.values())
+    return tagged(chosen, tags, known=found.values())
+
+
+def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
+    """Load, run and compare one catalog entry under `config`.
+
+    Never raises for the scenario's own faults: a module that cannot be
+    loaded, a crash or a timeout is the report's `error` status, a server or
+    package version it does not support its `skipped` status.
+    """
+    from ctxlab import report, runner
+    from ctxlab.scenario import Env, load
+
+    if config.server not in entry.servers:
+        return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", config)
+    try:
+        scenario = load(entry)
+    except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
+        error = f"cannot load: {type(exc).__name__}: {exc}"
+        return report.ScenarioReport(entry.name, report.Status.ERROR, error=error, config=config)
+    unmet = scenario.unmet_requirement(Env.of(config))
+    if unmet:
+        return report.skipped(entry.name, unmet, config)
+    config = scenario.settle(config)
+    return report.compare(scenario, runner.run(scenario, config), config)
+
+
+def execute(
+    entries: Iterable[Entry],
+    configs: Sequence[RunConfig],
+    progress: Callable[[Entry, list[ScenarioReport]], None] | None = None,
+) -> Report:
+    """Run the entries one by one, each under every config in turn, calling
+    `progress` with each entry's reports; Ctrl-C keeps what has finished
+    (the report says it was interrupted)."""
+    from ctxlab.report import Report
+
+    results = Report([], servers=tuple(c.server for c in configs), spec_version=configs[0].spec_version)
+    try:
+        for entry in entries:
+            outcomes = [run_entry(entry, config) for config in configs]
+            results.scenarios.extend(outcomes)
+            if progress:
+                progress(entry, outcomes)
+    except KeyboardInterrupt:
+        results.interrupted = True
+    return results
+
+
+def rerun(before: dict[str, Any], directories: Iterable[Path] | None = None) -> Report:
+    """Run a saved report's scenarios again, on the servers and with the
+    spec_version it names; a scenario no longer in the catalog is left out
+    (comparing then shows it as not run)."""
+    from ctxlab.report import runs
+
+    found = entries(directories)
+    names = dict.fromkeys(s["name"] for s in before["scenarios"])
+    servers = list(dict.fromkeys(server for _, server in runs(before))) or ["asgi"]
+    configs = [RunConfig(server, spec_version=before.get("spec_version")) for server in servers]
+    return execute([found[name] for name in names if name in found], configs)
+
+
+def baseline_changes(before: dict[str, Any], results: Report) -> tuple[list[Change], int]:
+    """What changed from the saved report `before` to `results`, over the
+    servers `results` ran on, and how many runs of `before` were on other
+    servers (so not compared)."""
+    from ctxlab.report import diff, runs
+
+    kept = [s for (_, server), s in runs(before).items() if server in results.servers]
+    return diff({**before, "scenarios": kept}, results.to_json()), len(before["scenarios"]) - len(kept)

@@ -1,0 +1,143 @@
+"""How a command shows its result: tables for people, or JSON for programs.
+
+Each command asks its emitter to show one kind of result; the format the
+user chose (`--json` or not) decides which emitter that is, once.  Results
+go to stdout, whatever the format; notes and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ctxlab.diagnose import Diagnosis
+    from ctxlab.report import Change, Report, ScenarioReport
+    from ctxlab.scenario import Entry
+    from ctxlab.trace import Change as TraceChange
+    from ctxlab.trace import TraceResult
+
+
+def console(stderr: bool = False) -> Console:
+    """A Rich console for stdout (results) or stderr (notes)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+class OutputFormat(str, Enum):
+    """The output formats; `emitter()` builds the one that writes it."""
+
+    TABLE = "table"
+    JSON = "json"
+
+    @classmethod
+    def chosen(cls, as_json: bool) -> OutputFormat:
+        return cls.JSON if as_json else cls.TABLE
+
+    def emitter(self) -> Emitter:
+        return JsonEmitter() if self is OutputFormat.JSON else TableEmitter()
+
+
+class Emitter:
+    """What every format can show.  Progress is for people only: by default
+    showing a finished scenario does nothing."""
+
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        raise NotImplementedError
+
+    def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
+        """One scenario has run, on each server asked for."""
+
+    def report(self, results: Report, seconds: float) -> None:
+        """Every scenario has run (or Ctrl-C stopped the run)."""
+        raise NotImplementedError
+
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        """What changed against a snapshot, and both sides' environments."""
+        raise NotImplementedError
+
+    def matrix(self, grid: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        raise NotImplementedError
+
+    def trace(self, result: TraceResult, changes: list[TraceChange] | None) -> None:
+        """A trace of the user's app; `changes` against a baseline, if given."""
+        raise NotImplementedError
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        """What changed since a saved trace of `app`."""
+        raise NotImplementedError
+
+
+class JsonEmitter(Emitter):
+    """One JSON document on stdout, in the schemas the README documents."""
+
+    def _dump(self, document: Any) -> None:
+        print(json.dumps(document, indent=2))
+
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        self._dump([{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)}
+                    for e in entries])  # fmt: skip
+
+    def report(self, results: Report, seconds: float) -> None:
+        self._dump(results.to_json())
+
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        self._dump({"schema_version": 1, "before": before, "after": after, "changes": [vars(c) for c in found]})
+
+    def matrix(self, grid: dict[str, Any]) -> None:
+        self._dump(grid)
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        self._dump(result.to_json())
+
+    def trace(self, result: TraceResult, changes: list[TraceChange] | None) -> None:
+        document = result.to_json()
+        if changes is not None:
+            document["changes"] = [vars(c) for c in changes]
+        self._dump(document)
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        self._dump({"schema_version": 1, "app": app, "changes": [vars(c) for c in changes]})
+
+
+class TableEmitter(Emitter):
+    """Rich tables on stdout (colour only on a terminal)."""
+
+    def __init__(self) -> None:
+        from ctxlab import render
+
+        self.render = render
+        self.console = console()
+
+    def catalog(self, entries: Iterable[Entry]) -> None:
+        self.render.catalog(entries, self.console)
+
+    def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
+        self.render.outcomes(entry, outcomes, self.console)
+
+    def report(self, results: Report, seconds: float) -> None:
+        self.console.print(self.render.summary_line(results, seconds))
+
+    def changes(self, found: list[Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+        self.render.changes(found, before, after, self.console)
+
+    def matrix(self, grid: dict[str, Any]) -> None:
+        self.render.matrix(grid, self.console)
+
+    def diagnosis(self, result: Diagnosis) -> None:
+        self.render.diagnosis(result, self.console)
+
+    def trace(self, result: TraceResult, changes: list[TraceChange] | None) -> None:
+        self.render.trace_report(result, self.console)
+        if changes is not None:
+            self.render.trace_changes(changes, self.console)
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        self.render.trace_changes(changes, self.console)

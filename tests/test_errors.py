@@ -1,0 +1,39 @@
+"""One error hierarchy: every ctxlab error is a CtxlabError, documented, and
+ends as one line on stderr with its exit code."""
+
+import importlib
+import inspect
+import pkgutil
+
+from conftest import ctxlab
+
+import ctxlab as package
+from ctxlab.errors import CtxlabError
+
+
+def ctxlab_exceptions():
+    """Every exception class that a ctxlab module defines."""
+    for module_info in pkgutil.iter_modules(package.__path__):
+        if module_info.name == "__main__":
+            continue
+        module = importlib.import_module(f"ctxlab.{module_info.name}")
+        for value in vars(module).values():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__.startswith("ctxlab"):
+                yield value
+
+
+def test_every_error_is_a_documented_ctxlab_error():
+    errors = set(ctxlab_exceptions())
+    assert len(errors) > 5
+    for error in errors:
+        assert issubclass(error, CtxlabError), error
+        assert error.__doc__, error  # a class's docstring is not inherited
+        assert error.exit_code in (2, 3), error
+
+
+def test_an_error_prints_one_line_and_its_exit_code(tmp_path):
+    broken = tmp_path / "report.json"
+    broken.write_text("{")
+    code, out, err = ctxlab("diff", str(broken))
+    assert (code, out) == (2, "")
+    assert err == f"ctxlab: error: {broken} is not JSON (line 1: Expecting property name enclosed in double quotes)\n"
