@@ -26,6 +26,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from fastapi import Depends, FastAPI
+
 NEW_RECORDER = sys.version_info >= (3, 12)
 REQUESTS = 1000
 TESTS = 200
@@ -36,7 +38,6 @@ def fastapi_app():
     and two dependencies (`async def`, `def`), each using ContextVars."""
     from contextvars import ContextVar
 
-    from fastapi import Depends, FastAPI
     from starlette.middleware.base import BaseHTTPMiddleware
 
     request_id: ContextVar[str] = ContextVar("request_id")
@@ -63,8 +64,8 @@ def fastapi_app():
         user.set("alice")
         return "alice"
 
-    def settings() -> dict:
-        return {"request": request_id.get(None)}
+    def settings() -> str:
+        return request_id.get("none")
 
     app = FastAPI()
 
@@ -78,8 +79,8 @@ def fastapi_app():
     app.add_middleware(RequestId)
 
     @app.get("/")
-    async def endpoint(name: str = Depends(current_user), config: dict = Depends(settings)):
-        return {"user": user.get(), "request": request_id.get(), **config}
+    async def endpoint(name: str = Depends(current_user), config: str = Depends(settings)):
+        return {"user": user.get(), "request": request_id.get(), "config": config}
 
     return app
 
@@ -104,7 +105,7 @@ def traced(app, requests) -> float:
     return elapsed
 
 
-SUITE = '''
+SUITE = """
 from contextvars import ContextVar
 
 import pytest
@@ -140,7 +141,7 @@ client = TestClient(app)
 @pytest.mark.parametrize("n", range(COUNT))
 def test_request(n):
     assert client.get("/").json() == {"id": "r"}
-'''
+"""
 
 
 def pytest_run(directory: Path, *options: str) -> float:

@@ -40,7 +40,10 @@ class Finding:
 
 
 def analyse(
-    events: list[Event], origins: dict[Any, Origin], label: Callable[[Any], str], where: Callable[[Site], str],
+    events: list[Event],
+    origins: dict[Any, Origin],
+    label: Callable[[Any], str],
+    where: Callable[[Site], str],
     is_app: Callable[[str], bool],
 ) -> list[Finding]:
     """Every finding in `events` (in the order they happened).
@@ -250,7 +253,14 @@ class Boundaries:
                            "Reset each token once, in the `finally` that matches its set.", "reset-twice")  # fmt: skip
         if set_ is None:
             boundary = f"the token was created in another context than {self.label(reset.mark)}"
-            return Finding("reset-error", reset, set_, boundary, "Reset a token in the context that made it.", "reset-wrong-context")
+            return Finding(
+                "reset-error",
+                reset,
+                set_,
+                boundary,
+                "Reset a token in the context that made it.",
+                "reset-wrong-context",
+            )
         made, used = self.label(set_.mark), self.label(reset.mark)
         if self._is_thread(set_.mark) and self._is_thread(reset.mark):
             boundary = (f"{set_.site.function} set the value in {made} and reset it in {used}: two different "
@@ -260,4 +270,11 @@ class Boundaries:
                            "Make the yield dependency `async def`, so setup and teardown run in the request's "
                            "task; or do not reset: a copy is thrown away anyway.", "yield-dependency-reset")  # fmt: skip
         boundary = f"the token was created in {made} ({self.who(set_)}) and reset in {used} ({self.who(reset)})"
-        return Finding("reset-error", reset, set_, boundary, "Reset a token in the context (task) that made it.", "reset-wrong-context")
+        return Finding(
+            "reset-error",
+            reset,
+            set_,
+            boundary,
+            "Reset a token in the context (task) that made it.",
+            "reset-wrong-context",
+        )

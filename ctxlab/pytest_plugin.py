@@ -20,7 +20,7 @@ import pytest
 
 from ctxlab.probe import _request_number
 from ctxlab.trace import SentRequest, TraceResult, result_of
-from ctxlab.tracer import TraceRecorder, Tracer
+from ctxlab.tracer import Tracer, TraceRecorder
 
 _RECORDING = pytest.StashKey["Recording"]()
 

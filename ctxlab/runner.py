@@ -15,9 +15,9 @@ import httpx
 from ctxlab import servers
 from ctxlab.config import RunConfig
 from ctxlab.labels import Labeller, Where
-from ctxlab.target import describe_layer
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
+from ctxlab.target import describe_layer
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ctxlab.errors import TraceFileError
 from ctxlab.findings import Finding, analyse
 from ctxlab.labels import Labeller
-from ctxlab.tracer import Event, Site, TraceRecorder, Tracer
+from ctxlab.tracer import Event, Site, Tracer, TraceRecorder
 
 SCHEMA_VERSION = 1
 
@@ -113,7 +113,9 @@ class TraceResult:
         if self._shown is None:
             is_app = self.places.is_app
             set_ = {e.var for e in self.events if e.op == "set"}
-            self._shown = {e.var for e in self.events if is_app(e.caller.path) or (e.var in set_ and is_app(e.site.path))}
+            self._shown = {
+                e.var for e in self.events if is_app(e.caller.path) or (e.var in set_ and is_app(e.site.path))
+            }
             self._shown |= {f.read.var for f in self.findings}
         return event.var in self._shown
 
@@ -216,7 +218,9 @@ def load_trace(path: Path) -> dict[str, Any]:
     if not is_trace(document):
         raise TraceFileError(f"{path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'")
     if document["schema_version"] != SCHEMA_VERSION:
-        raise TraceFileError(f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}")
+        raise TraceFileError(
+            f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
+        )
     options = document["options"]
     needed = {"requests", "path", "method", "headers", "data", "lifespan", "vars", "factory", "app_dir"}
     if not isinstance(options, dict) or not needed <= options.keys() or not isinstance(document.get("findings"), list):
@@ -265,7 +269,11 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
         a, b = old_events.get(key, _GONE), new_events.get(key, _GONE)
         if a != b:
             request, op, var, file, function, n = key
-            found.append(Change("event", f"request {request}: {op} {var} in {function} ({file})" + (f" #{n + 1}" if n else ""), a, b))
+            found.append(
+                Change(
+                    "event", f"request {request}: {op} {var} in {function} ({file})" + (f" #{n + 1}" if n else ""), a, b
+                )
+            )
     return found
 
 

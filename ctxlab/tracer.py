@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ctxlab.probe import Recorder, ContextMark
+from ctxlab.probe import ContextMark, Recorder
 from ctxlab.values import UNSET, jsonable
 
 _GET, _SET, _RESET = ContextVar.get, ContextVar.set, ContextVar.reset

@@ -56,11 +56,17 @@ class TestLost:
         assert seen == [None, None]  # the audit really read nothing
         finding = only(result["findings"], "lost")
         assert finding["var"] == "user" and finding["requests"] == [1, 2]
-        assert (finding["read"]["file"], finding["read"]["line"]) == ("trace_apps/audit.py", line_of("audit", "seen.append(user.get"))
+        assert (finding["read"]["file"], finding["read"]["line"]) == (
+            "trace_apps/audit.py",
+            line_of("audit", "seen.append(user.get"),
+        )
         assert finding["read"]["value"] == "<unset>"
         assert (finding["set"]["line"], finding["set"]["value"]) == (line_of("audit", "user.set("), {"id": 7})
         assert "BaseHTTPMiddleware's call_next" in finding["boundary"]
-        assert f"AuditMiddleware.dispatch (trace_apps/audit.py:{line_of('audit', 'await call_next')}" in finding["boundary"]
+        assert (
+            f"AuditMiddleware.dispatch (trace_apps/audit.py:{line_of('audit', 'await call_next')}"
+            in finding["boundary"]
+        )
         assert "request.state" in finding["fix"] and finding["scenario"] == "dependency-audit"
         assert result["summary"]["lost"] == 1
 
@@ -69,7 +75,10 @@ class TestLost:
         assert seen == ["anonymous", "anonymous"]  # the default, not "alice"
         findings = result["findings"]
         assert {f["kind"] for f in findings} == {"lost"}
-        assert {f["read"]["line"] for f in findings} == {line_of("sync_dependency", "seen.append"), line_of("sync_dependency", "return {")}
+        assert {f["read"]["line"] for f in findings} == {
+            line_of("sync_dependency", "seen.append"),
+            line_of("sync_dependency", "return {"),
+        }
         assert all(f["set"]["line"] == line_of("sync_dependency", "user.set(") for f in findings)
         assert all("thread-pool copy" in f["boundary"] and "run_in_threadpool" in f["boundary"] for f in findings)
         assert findings[0]["set"]["thread"] != "MainThread"
@@ -90,7 +99,10 @@ class TestLost:
         assert finding["read"]["line"] == line_of("consumer", "seen.append(request_id.get")
         assert finding["set"]["line"] == line_of("consumer", "request_id.set(")
         assert "created at startup" in finding["boundary"]
-        assert f"lifespan (trace_apps/consumer.py:{line_of('consumer', 'asyncio.create_task(consume')})" in finding["boundary"]
+        assert (
+            f"lifespan (trace_apps/consumer.py:{line_of('consumer', 'asyncio.create_task(consume')})"
+            in finding["boundary"]
+        )
 
     def test_structlog_key_missing_from_a_log_line(self, server):
         result, logged = traced("structlog_audit", server)
@@ -102,7 +114,10 @@ class TestLost:
         assert finding["read"]["line"] == line_of("structlog_audit", 'log.info("access"')
         assert finding["set"]["line"] == line_of("structlog_audit", "bind_contextvars(")
         snapshots = [e for e in result["events"] if e.get("snapshot")]
-        assert {e["line"] for e in snapshots} == {line_of("structlog_audit", 'log.info("access"'), line_of("structlog_audit", 'log.info("endpoint"')}
+        assert {e["line"] for e in snapshots} == {
+            line_of("structlog_audit", 'log.info("access"'),
+            line_of("structlog_audit", 'log.info("endpoint"'),
+        }
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -115,7 +130,10 @@ class TestLeak:
         finding = only(result["findings"], "leak")
         assert finding["request"] == 2 and finding["set"]["request"] == 1
         assert finding["read"]["line"] == line_of("executor_leak", "seen.append(tenant.get")
-        assert (finding["set"]["line"], finding["set"]["value"]) == (line_of("executor_leak", "tenant.set("), "tenant-1")
+        assert (finding["set"]["line"], finding["set"]["value"]) == (
+            line_of("executor_leak", "tenant.set("),
+            "tenant-1",
+        )
         assert "still holds what request 1 set" in finding["boundary"]
         assert finding["scenario"] == "executor-thread-leak"
 
@@ -144,7 +162,13 @@ class TestClean:
         result, seen = traced("clean", server)
         assert seen == [("cid-1", "alice"), ("cid-2", "alice")]
         assert result["findings"] == []
-        assert result["summary"] == {"requests": 2, "events": len(result["events"]), "lost": 0, "leaked": 0, "reset_errors": 0}
+        assert result["summary"] == {
+            "requests": 2,
+            "events": len(result["events"]),
+            "lost": 0,
+            "leaked": 0,
+            "reset_errors": 0,
+        }
         sets = [e for e in result["events"] if e["op"] == "set" and e["var"] == "correlation_id"]
         # No app frame is on the stack: the library's own file and line.
         assert [e["value"] for e in sets] == ["cid-1", "cid-2"]

@@ -43,7 +43,9 @@ class TestHumanOutput:
         assert "no finding in 2 request(s)" in out
 
     def test_on_uvicorn_with_lifespan(self):
-        code, out, _ = ctxlab("trace", "trace_apps.consumer:app", "--server", "uvicorn", "--lifespan", "--requests", "1", *APP_DIR)
+        code, out, _ = ctxlab(
+            "trace", "trace_apps.consumer:app", "--server", "uvicorn", "--lifespan", "--requests", "1", *APP_DIR
+        )
         assert code == 1
         assert "created at startup in lifespan" in out and "on uvicorn" in out
 
@@ -59,12 +61,33 @@ class TestJson:
         assert document["schema_version"] == 1 and document["app"] == "trace_apps.yield_reset:app"
         assert document["server"] == "asgi"
         assert document["requests"] == [{"request": 1, "method": "GET", "path": "/", "status": 200, "error": None}]
-        assert document["summary"] == {"requests": 1, "events": len(document["events"]), "lost": 0, "leaked": 0, "reset_errors": 1}
+        assert document["summary"] == {
+            "requests": 1,
+            "events": len(document["events"]),
+            "lost": 0,
+            "leaked": 0,
+            "reset_errors": 1,
+        }
         event = document["events"][0]
-        assert {"seq", "request", "op", "var", "value", "file", "line", "function", "task", "parent_task", "context", "thread"} <= event.keys()
+        assert {
+            "seq",
+            "request",
+            "op",
+            "var",
+            "value",
+            "file",
+            "line",
+            "function",
+            "task",
+            "parent_task",
+            "context",
+            "thread",
+        } <= event.keys()
         (finding,) = document["findings"]
         assert finding["kind"] == "reset-error" and finding["var"] == "db_session"
-        assert {"file", "line", "task", "context", "thread"} <= finding["read"].keys() <= finding["set"].keys() | {"value"}
+        assert (
+            {"file", "line", "task", "context", "thread"} <= finding["read"].keys() <= finding["set"].keys() | {"value"}
+        )
         assert document["options"]["headers"] == [["x-a", "1"]]
 
 

@@ -11,7 +11,7 @@ pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-SUITE = '''
+SUITE = """
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -60,7 +60,7 @@ def test_no_log_line_in_a_request_says_no_trace(ctxlab_trace):
     TestClient(trace_log.app).get("/", headers={"x-trace-id": "abc"})
     assert "[no-trace] in a pool job" in trace_log.lines  # what the app itself logged
     assert "<unset>" not in ctxlab_trace.values("trace_id")
-'''
+"""
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from ctxlab import engine, report
 from ctxlab.config import RunConfig
 from ctxlab.scenario import catalog
-from ctxlab.tracer import TraceRecorder, Tracer
+from ctxlab.tracer import Tracer, TraceRecorder
 
 ENTRIES = catalog()
 
