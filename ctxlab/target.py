@@ -30,9 +30,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, AsyncIterator, Iterator, Sequence
 
+from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed
 from ctxlab.scenario import suggest
 
 __all__ = [
+    "Client",
     "Layer",
     "Reply",
     "Request",
@@ -41,6 +43,7 @@ __all__ = [
     "app_output_to_stderr",
     "describe_layer",
     "describe_object",
+    "is_starlette",
     "load",
     "send_all",
     "serving",
@@ -48,7 +51,7 @@ __all__ = [
 ]
 
 
-class TargetError(Exception):
+class TargetError(DiagnoseError):
     """The user's app cannot be loaded or served (exit 2)."""
 
 
@@ -126,7 +129,9 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
         raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attribute):
         public = [name for name in vars(module) if not name.startswith("_")]
-        raise TargetError(f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}")
+        raise TargetError(
+            f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}"
+        )
     asgi = getattr(module, attribute)
     if factory:
         if not callable(asgi):
@@ -212,42 +217,45 @@ def app_output_to_stderr() -> Iterator[None]:
 class Client:
     """Sends requests to an app being served (see `serving`)."""
 
-    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None) -> None:
-        self._app, self._state, self._base_url = app, state, base_url
+    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None, grace: float) -> None:
+        self._app, self._state, self._base_url, self._grace = app, state, base_url, grace
 
     async def send(self, request: Request) -> Reply:
         """Send one request and wait until the app has finished with it
         (background tasks included, in process)."""
         if self._base_url is None:
-            return await _in_process(self._app, request, self._state)
+            return await _in_process(self._app, request, self._state, self._grace)
         return await _over_http(self._base_url, request)
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0) -> AsyncIterator[Client]:
+async def serving(
+    app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0
+) -> AsyncIterator[Client]:
     """Serve `app` for the duration of the block: in process
     (`server="asgi"`) or on a real uvicorn on 127.0.0.1 (`"uvicorn"`).
     With `lifespan`, startup runs first and shutdown last, and each request
     gets a shallow copy of the lifespan state in `scope["state"]`, as uvicorn
-    gives it."""
+    gives it.  An app still busy `timeout` seconds after its response (a
+    background task) is cancelled."""
     from ctxlab import servers
 
     if server == "uvicorn":
         try:
             async with servers.uvicorn_server(app, lifespan=lifespan, options={}, timeout=timeout) as base_url:
-                yield Client(app, None, base_url)
-        except servers.ServerFailed as exc:
+                yield Client(app, None, base_url, timeout)
+        except ServerFailed as exc:
             raise TargetError(str(exc)) from None
         return
     if server != "asgi":
         raise TargetError(f"unknown server {server!r}; expected 'asgi' or 'uvicorn'")
     if not lifespan:
-        yield Client(app, None, None)
+        yield Client(app, None, None, timeout)
         return
     try:
         async with servers.lifespan(app) as state:
-            yield Client(app, state, None)
-    except servers.LifespanFailed as exc:
+            yield Client(app, state, None, timeout)
+    except LifespanFailed as exc:
         raise TargetError(str(exc)) from None
 
 
@@ -259,7 +267,7 @@ async def send_all(
         return [await client.send(request) for request in requests]
 
 
-async def _in_process(app: Any, request: Request, state: dict[str, Any] | None) -> Reply:
+async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, grace: float) -> Reply:
     """One request straight into `app.__call__`, in a new task started in an
     empty context, with the scope, receive and send a server gives."""
     path, _, query = request.path.partition("?")
@@ -314,7 +322,18 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None) 
             done.set()
 
     loop = asyncio.get_running_loop()
-    await contextvars.Context().run(loop.create_task, call())
+    task = contextvars.Context().run(loop.create_task, call())
+    await done.wait()
+    # Background tasks run inside the app's call, after the response; one
+    # that never ends must not keep ctxlab waiting.
+    await asyncio.wait({task}, timeout=grace)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+        reply.error, reply.after_response = (
+            TimeoutError(f"still running {grace:g} s after its response; cancelled"),
+            True,
+        )
     reply.body = body.getvalue()
     return reply
 
