@@ -178,8 +178,8 @@ def trace(
     app_dir: Path = Path("."),
 ) -> TraceResult:
     """Load the app at `spec`, send it `requests` requests while recording,
-    and find what was lost or leaked.  Raises `target.TargetError` when the
-    app cannot be loaded or served."""
+    and find what was lost or leaked.  Raises `target.TargetError` (a
+    CtxlabError) when the app cannot be loaded or served."""
     from ctxlab import target
 
     with target.app_output_to_stderr():
