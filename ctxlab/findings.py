@@ -174,8 +174,11 @@ class Boundaries:
         who, setter_who = self.who(get), self.who(set_)
         scenario = "task-changes-stay-in-task"
         if get.mark in setter:  # the set ran in a copy made below the reader
-            copy = setter[setter.index(get.mark) - 1]
-            if self._is_thread(copy):
+            # The first task copied below the reader (a callback run in a
+            # task's context may have marked a copy in between).
+            below = setter[: setter.index(get.mark)]
+            copy = next((m for m in reversed(below) if not self._is_thread(m)), below[0])
+            if set_.task is None:
                 made_by, scenario = self._copy_kind(set_)
                 boundary = (f"{set_.site.function} ({self.where(set_.site)}) ran in a thread-pool copy of "
                             f"{self.label(get.mark)} made by {made_by}; a set in a copy never comes back")  # fmt: skip
@@ -193,7 +196,8 @@ class Boundaries:
                 else:
                     fix = "Return the value from the task (or await it and set it in the caller); a task's sets stay in the task."
         elif set_.mark in reader:  # the reader's context was copied before the set
-            copy = reader[reader.index(set_.mark) - 1]
+            below = reader[: reader.index(set_.mark)]
+            copy = next((m for m in reversed(below) if not self._is_thread(m)), below[0])
             boundary = (f"{self.label(copy.owner) if not self._is_thread(copy) else 'the thread'} runs in a copy "
                         f"of {self.label(set_.mark)} taken before {setter_who} set the value")  # fmt: skip
             scenario = "task-snapshot-time"
@@ -227,15 +231,23 @@ class Boundaries:
                            "Run each job in a copy (`loop.run_in_executor(pool, contextvars.copy_context().run, job)`), "
                            "or reset the value in a `finally` in the job.", "executor-thread-leak")  # fmt: skip
         if set_.mark in reader and get.mark is not set_.mark:
-            copy = reader[reader.index(set_.mark) - 1]
-            origin = self.origins.get(copy.owner)
+            # The task that started in the copy (a callback running in the
+            # old context may sit in between).
+            below = reader[: reader.index(set_.mark)]
+            started = next((m.owner for m in reversed(below) if m.owner in self.origins), None)
+            origin = self.origins.get(started)
             if origin is not None and any(_path_has(s, "uvicorn", "protocols") for s in origin.stack):
-                boundary = (f"the previous request on this keep-alive connection: the server started "
-                            f"{self.label(copy.owner)} in a copy of {previous}'s context {self.label(set_.mark)}")  # fmt: skip
-                return Finding("leak", get, set_, boundary,
-                               "Reset the value in a `finally` at the end of each request (token = var.set(...); "
-                               "try: ... finally: var.reset(token)), or run uvicorn with --reset-contextvars "
-                               "where it has it.", "keepalive-large-body-leak")  # fmt: skip
+                boundary = (
+                    f"the previous request on this keep-alive connection: the server started "
+                    f"{self.label(started)} in a copy of {previous}'s context {self.label(set_.mark)}"
+                )
+                return Finding(
+                    "leak", get, set_, boundary,
+                    "Reset the value in a `finally` at the end of each request (token = var.set(...); "
+                    "try: ... finally: var.reset(token)), or run uvicorn with --reset-contextvars "
+                    "where it has it.",
+                    "keepalive-large-body-leak",
+                )  # fmt: skip
             boundary = f"{who} runs in a copy of {self.label(set_.mark)}, where {previous} set the value"
         elif set_.mark is get.mark:
             boundary = (f"{who} serves every request in one context ({self.label(get.mark)}), so what {previous} "

@@ -196,3 +196,48 @@ class TestRecording:
         assert first["task"].startswith("T") and first["parent_task"].startswith("T")
         assert first["context"].startswith("C") and first["thread"] == "MainThread"
         assert first["function"] == "current_user"
+
+
+class TestKeepAlive:
+    """A real client reuses its connection; uvicorn may start the next request
+    in a copy of the previous one's context."""
+
+    def test_previous_request_on_the_connection_leaks(self):
+        import asyncio
+
+        import httpx
+
+        from ctxlab import runner, servers
+        from ctxlab.trace import SentRequest, result_of
+        from ctxlab.tracer import TraceRecorder, Tracer
+
+        module = app_module("keepalive")
+        module.seen.clear()
+        recorder = TraceRecorder()
+        tracer = Tracer(recorder)
+        sent = []
+
+        async def drive():
+            recorder.set_root(asyncio.current_task())
+            app = servers.attribute_requests(module.app)
+            async with servers.uvicorn_server(app, lifespan=False, options={}, timeout=5) as url:
+                async with httpx.AsyncClient(base_url=url) as client:  # one keep-alive connection
+                    for number, (method, headers, body) in enumerate(
+                        [("POST", {"x-user": "alice"}, b"x" * (1024 * 1024)), ("GET", {}, b"")], 1
+                    ):
+                        response = await client.request(method, "/", headers=headers, content=body)
+                        while recorder.in_flight:
+                            await asyncio.sleep(0.001)
+                        sent.append(SentRequest(number, method, "/", response.status_code))
+
+        with runner.scenario_loop(recorder) as loop, tracer:
+            runner.run_until_done_or_ctrl_c(loop, drive())
+        result = result_of(tracer, "keepalive", "uvicorn", sent, FIXTURES).to_json()
+        if module.seen != [None, "alice"]:
+            pytest.skip(f"this uvicorn does not leak across keep-alive requests (saw {module.seen})")
+        finding = only(result["findings"], "leak")
+        assert (finding["request"], finding["set"]["request"]) == (2, 1)
+        assert finding["read"]["line"] == line_of("keepalive", "seen.append(user.get")
+        assert finding["set"]["line"] == line_of("keepalive", "user.set(")
+        assert "previous request on this keep-alive connection" in finding["boundary"]
+        assert finding["scenario"] == "keepalive-large-body-leak"
