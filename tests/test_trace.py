@@ -3,14 +3,18 @@ app itself observed (its own `seen` list), in process and on uvicorn."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from ctxlab.trace import trace
+from ctxlab import runner, servers
+from ctxlab.trace import SentRequest, result_of, trace
+from ctxlab.tracer import Tracer, TraceRecorder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SERVERS = ["asgi", "uvicorn"]
@@ -203,14 +207,6 @@ class TestKeepAlive:
     in a copy of the previous one's context."""
 
     def test_previous_request_on_the_connection_leaks(self):
-        import asyncio
-
-        import httpx
-
-        from ctxlab import runner, servers
-        from ctxlab.trace import SentRequest, result_of
-        from ctxlab.tracer import TraceRecorder, Tracer
-
         module = app_module("keepalive")
         module.seen.clear()
         recorder = TraceRecorder()
