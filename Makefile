@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_trace.py
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache

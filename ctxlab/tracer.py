@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ctxlab.errors import CtxlabError
 from ctxlab.probe import ContextMark, Recorder
 from ctxlab.values import UNSET, jsonable
 
@@ -151,7 +152,10 @@ class Tracer:
         if sys.version_info >= (3, 12):
             monitoring = sys.monitoring
             events = monitoring.events
-            self._tool = next(t for t in range(6) if monitoring.get_tool(t) is None)
+            free = [tool for tool in range(6) if monitoring.get_tool(tool) is None]
+            if not free:
+                raise CtxlabError("cannot trace: every sys.monitoring tool id is taken by other tools")
+            self._tool = free[0]
             monitoring.use_tool_id(self._tool, "ctxlab trace")
             monitoring.register_callback(self._tool, events.CALL, self._on_call)
             monitoring.register_callback(self._tool, events.C_RETURN, self._on_return)
