@@ -36,9 +36,11 @@ class OutputFormat(str, Enum):
 
     @classmethod
     def chosen(cls, as_json: bool) -> OutputFormat:
+        """The format a command's `--json` flag asks for."""
         return cls.JSON if as_json else cls.TABLE
 
     def emitter(self) -> Emitter:
+        """A new emitter writing this format to stdout."""
         return JsonEmitter() if self is OutputFormat.JSON else TableEmitter()
 
 
@@ -47,6 +49,7 @@ class Emitter:
     showing a finished scenario does nothing."""
 
     def catalog(self, entries: Iterable[Entry]) -> None:
+        """`ctxlab list`: the scenarios."""
         raise NotImplementedError
 
     def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
@@ -61,9 +64,11 @@ class Emitter:
         raise NotImplementedError
 
     def matrix(self, grid: dict[str, Any]) -> None:
+        """`ctxlab matrix`: the scenario x environment grid."""
         raise NotImplementedError
 
     def diagnosis(self, result: Diagnosis) -> None:
+        """`ctxlab probe`: the layers of the user's app and the verdict."""
         raise NotImplementedError
 
     def trace(self, result: TraceResult, changes: list[TraceChange] | None) -> None:
@@ -82,8 +87,9 @@ class JsonEmitter(Emitter):
         print(json.dumps(document, indent=2))
 
     def catalog(self, entries: Iterable[Entry]) -> None:
-        self._dump([{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)}
-                    for e in entries])  # fmt: skip
+        self._dump(
+            [{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)} for e in entries]
+        )
 
     def report(self, results: Report, seconds: float) -> None:
         self._dump(results.to_json())
