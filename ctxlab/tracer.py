@@ -296,7 +296,7 @@ class Tracer:
     def origin(self) -> Origin:
         """Where a task is being created, and during which request."""
         frame, frames = sys._getframe(2), []
-        while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 30:
+        while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 12:
             frames.append((frame.f_code, frame.f_lineno))
             frame = frame.f_back
         return Origin(self._request(self.recorder.where()[2]), frames)
