@@ -105,7 +105,10 @@ class _History:
                 return "leak", get, producer
         ours = self.by_request.get(get.request, [])
         open_set = next((s for s in reversed(ours) if s.seq not in self.reset), None)
-        if open_set is not None and open_set.value != get.value:
+        # Lost means the reading context never received the set: a get in the
+        # setter's own context that sees another value was changed by code
+        # the hooks cannot see (a set made from C), not by a boundary.
+        if open_set is not None and open_set.value != get.value and open_set.mark is not get.mark:
             return "lost", get, open_set
         return None
 
