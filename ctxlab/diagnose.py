@@ -47,11 +47,9 @@ PURE_ASGI_TWINS = {
     "slowapi.middleware.SlowAPIMiddleware": "slowapi.middleware.SlowAPIASGIMiddleware",
 }
 
-# Binders that set ContextVars on the caller's behalf.
-BINDERS = {
-    ("structlog.contextvars", "bind_contextvars"),
-    ("structlog.contextvars", "bound_contextvars"),
-}
+# Binders that set ContextVars on the caller's behalf and leave them set
+# (structlog's bound_contextvars resets on exit, so it is not one).
+BINDERS = {("structlog.contextvars", "bind_contextvars")}
 
 
 @dataclass

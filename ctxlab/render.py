@@ -342,8 +342,14 @@ def diagnosis(result: Diagnosis, console: Console) -> None:
     table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
     for layer in result.layers:
         culprit = layer.name in result.culprits
-        table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind, layer.mount or "",
-                      answers[layer.sees_endpoint_values], answers[layer.reaches_endpoint], layer.note or "")  # fmt: skip
+        table.add_row(
+            Text(layer.name, style="bold red" if culprit else ""),
+            layer.kind,
+            layer.mount or "",
+            answers[layer.sees_endpoint_values],
+            answers[layer.reaches_endpoint],
+            layer.note or "",
+        )
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))

@@ -1,7 +1,7 @@
 """The user's own app, as a server would see it: what `probe` and `trace` share.
 
-    target = load("myapp.main:app", app_dir=Path("src"))
     with app_output_to_stderr():
+        target = load("myapp.main:app", app_dir=Path("src"))
         replies = asyncio.run(send_all(target.asgi, [Request(path="/users/1")]))
 
 - `load` imports MODULE:ATTR (or calls it with `factory=True`) and accepts

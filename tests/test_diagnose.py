@@ -230,3 +230,59 @@ def test_a_mounted_static_directory_is_not_probed(tmp_path):
     )
     code, document, err = ctxlab_json("probe", "pages:app", "--app-dir", str(tmp_path))
     assert code == 0 and document["verdict"]["ok"] is True and err == ""
+
+
+def test_a_teardown_that_raises_after_the_response_is_reported_as_such():
+    code, document, err = ctxlab_json("probe", "teardown_raises:app", "--app-dir", str(REAL_APPS), "--path", "/report")
+    assert code == 2 and document["verdict"]["culprits"] == []
+    assert "GET /report raised ValueError after the response was sent" in err
+    assert {layer["note"] for layer in document["layers"]} == {
+        "GET /report raised ValueError after the response was sent; not observed"
+    }
+
+
+class TestOptionsShapeTheRequest:
+    """--method, --data, --header and --host reach the app as given."""
+
+    def write(self, tmp_path):
+        (tmp_path / "orders.py").write_text(
+            "from fastapi import FastAPI\n"
+            "from pydantic import BaseModel\n"
+            "from starlette.middleware.trustedhost import TrustedHostMiddleware\n"
+            "class Order(BaseModel):\n"
+            "    item: str\n"
+            "app = FastAPI()\n"
+            "app.add_middleware(TrustedHostMiddleware, allowed_hosts=['api.example.com'])\n"
+            "@app.post('/orders')\n"
+            "async def create(order: Order):\n"
+            "    return {'item': order.item}\n"
+        )
+
+    def test_a_body_the_route_accepts(self, tmp_path):
+        self.write(tmp_path)
+        code, document, err = ctxlab_json(
+            "probe", "orders:app", "--app-dir", str(tmp_path), "--path", "/orders", "--method", "post",
+            "--data", '{"item": "tea"}', "--header", "Content-Type: application/json",
+        )  # fmt: skip
+        assert code == 0 and err == ""
+        assert document["layers"] == [
+            {"name": "TrustedHostMiddleware", "kind": "asgi", "sees_endpoint_values": True, "reaches_endpoint": True}
+        ]
+
+    def test_a_host_the_app_refuses_is_named_with_the_option(self, tmp_path):
+        self.write(tmp_path)
+        code, _, err = ctxlab_json(
+            "probe", "orders:app", "--app-dir", str(tmp_path), "--path", "/orders", "--method", "POST",
+            "--host", "evil.example.org",
+        )  # fmt: skip
+        assert code == 2
+        assert "TrustedHostMiddleware answered POST /orders with 400; pass --host with a host it allows" in err
+
+    def test_a_header_without_a_colon_is_a_usage_error(self, tmp_path):
+        self.write(tmp_path)
+        code, out, err = ctxlab("probe", "orders:app", "--app-dir", str(tmp_path), "--header", "oops")
+        assert (
+            code == 2
+            and out == ""
+            and err.strip() == ("ctxlab: error: --header expects K:V such as 'Authorization: Bearer x', got 'oops'")
+        )
