@@ -93,11 +93,11 @@ class Origin:
     """How a task came to be: who created it, from where, and when."""
 
     request: int | None
-    frames: list[tuple[Any, int]]  # (code, line), innermost first
+    frames: list[tuple[Any, int, str]]  # (code, line, qualified name), innermost first
 
     @property
     def stack(self) -> list[Site]:
-        return [Site(code.co_filename, line, getattr(code, "co_qualname", code.co_name)) for code, line in self.frames]
+        return [Site(code.co_filename, line, name) for code, line, name in self.frames]
 
 
 class TraceRecorder(Recorder):
@@ -297,7 +297,7 @@ class Tracer:
         """Where a task is being created, and during which request."""
         frame, frames = sys._getframe(2), []
         while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 12:
-            frames.append((frame.f_code, frame.f_lineno))
+            frames.append((frame.f_code, frame.f_lineno, self._qualname(frame.f_code, frame)))
             frame = frame.f_back
         return Origin(self._request(self.recorder.where()[2]), frames)
 
