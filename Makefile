@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench floors pythons clean
+.PHONY: run test test-recorders lint bench floors pythons clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,28 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The trace tests again on the Pythons of the other recorder: sys.setprofile
+# (3.10) and sys.monitoring (3.12); each Python that is installed gets a
+# throwaway virtualenv of its own.
+RECORDER_PYTHONS ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python)) \
+	$(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
+TRACE_TESTS := tests/test_trace.py tests/test_trace_cli.py tests/test_trace_plugin.py tests/test_trace_transparent.py
+
+test-recorders:
+	@for python in $(RECORDER_PYTHONS); do \
+		venv=.venv-$$($$python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		test -x $$venv/bin/python || $$python -m venv $$venv || exit 1; \
+		$$venv/bin/python -m pip install --quiet -e '.[test]' || exit 1; \
+		$$venv/bin/python -m pytest -q -p no:cacheprovider $(TRACE_TESTS) || exit 1; \
+	done
+
 lint: $(STAMP)
 	$(BIN)/ruff check ctxlab scenarios tests benchmarks
 	$(BIN)/ruff format --check ctxlab scenarios tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_trace.py
 
 # The oldest declared version of every direct dependency (uv's
 # lowest-direct resolution), then the scenarios and the CLI tests on them.
@@ -44,4 +60,4 @@ pythons:
 	tools/pythons.sh
 
 clean:
-	rm -rf $(VENV) $(FLOORS) dist build .pytest_cache
+	rm -rf $(VENV) $(FLOORS) .venv-3.* dist build .pytest_cache

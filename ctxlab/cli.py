@@ -258,6 +258,14 @@ def serve(
     return 0
 
 
+def _is_saved_trace(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # the snapshot reader says what is wrong with it
+    return isinstance(document, dict) and "events" in document and "options" in document
+
+
 @app.command(cls=PlainCommand)
 def check(
     server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")] = Server.asgi,
@@ -329,11 +337,16 @@ def snapshot(
 
 @app.command(cls=PlainCommand)
 def diff(
-    snapshot_file: Annotated[Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot'.")],
+    snapshot_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot', or a trace saved with -o.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
-    """Run the snapshot's scenarios now and show what changed against it."""
+    """Run the snapshot's scenarios now (or trace a saved trace's app again)
+    and show what changed against it."""
+    if _is_saved_trace(snapshot_file):
+        return _diff_trace(snapshot_file, as_json)
     from ctxlab import engine, report
     from ctxlab.output import OutputFormat
 
@@ -433,6 +446,93 @@ def probe_app(
     # A thread the app left behind died with the child (and main() would
     # not wait for one either).
     return 1 if result.culprits else 0 if result.complete else 2
+
+
+@app.command("trace", cls=PlainCommand)
+def trace_app(
+    target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
+    requests: Annotated[int, typer.Option("--requests", min=1, metavar="N", help="How many requests, one after another.")] = 2,
+    path: Annotated[str, typer.Option("--path", metavar="PATH", help="The path each request asks for.")] = "/",
+    method: Annotated[str, typer.Option("--method", metavar="METHOD", help="The HTTP method.")] = "GET",
+    header: Annotated[
+        Optional[List[str]], typer.Option("--header", metavar="K:V", help="A request header, K:V (repeatable).")
+    ] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="BODY", help="The request body.")] = None,
+    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="In process (asgi) or a real uvicorn.")] = Server.asgi,
+    lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the requests.")] = False,
+    var: Annotated[Optional[List[str]], typer.Option("--var", metavar="NAME", help="Only this variable (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also save the JSON here (for diff).")
+    ] = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one.")
+    ] = None,
+    factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
+    app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+    ] = 30.0,
+) -> int:
+    """Follow your own ContextVars through real requests: every get, set and
+    reset at file:line, and each value lost or leaked, with the fix.
+    Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error."""
+    if not path.startswith("/"):
+        raise UsageError(f"--path must start with '/', got {path!r}")
+    if server not in (Server.asgi, Server.uvicorn):
+        raise UsageError(f"--server {server.value} is not available for trace; choose asgi or uvicorn")
+    headers = []
+    for item in header or []:
+        name, colon, value = item.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'x-user:1', got {item!r}")
+        headers.append((name.strip(), value.strip()))
+    _writable(output)
+    from ctxlab import files, isolate, render
+    from ctxlab import trace as tracing
+    from ctxlab.errors import DiagnoseError
+    from ctxlab.output import OutputFormat
+
+    before = tracing.load_trace(baseline) if baseline is not None else None
+
+    def traced() -> tuple[dict, list]:
+        # The live result holds tasks and ContextVars, which cannot leave
+        # the child: it sends the JSON document and the drawn view.
+        result = tracing.trace(
+            target, requests=requests, path=path, method=method.upper(), headers=headers,
+            data=(data or "").encode(), server=server.value, lifespan=lifespan, variables=var or [],
+            factory=factory, app_dir=app_dir,
+        )  # fmt: skip
+        return result.to_json(), [] if as_json else render.trace_view(result)
+
+    try:
+        # In a child process, as for probe: the app may hang or leave
+        # threads behind (see ctxlab.isolate); what it prints goes to stderr.
+        document, view = isolate.call(traced, timeout, quiet_stdout=True)
+    except isolate.TimedOut:
+        raise DiagnoseError(f"{target} did not return within {timeout:g}s (an import, factory or request that "
+                            "never returns?); see --timeout") from None  # fmt: skip
+    except isolate.Died as exc:
+        raise DiagnoseError(f"tracing {target} ended the process: {exc}") from None
+    if output is not None:
+        files.write(output, json.dumps(document, indent=2) + "\n")
+    found = tracing.changes(before, document) if before is not None else None
+    OutputFormat.chosen(as_json).emitter().trace(document, view, found)
+    return 1 if document["findings"] or found else 0
+
+
+def _diff_trace(path: Path, as_json: bool) -> int:
+    """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
+    from ctxlab import trace as tracing
+    from ctxlab.output import OutputFormat
+
+    from ctxlab import isolate
+
+    before = tracing.load_trace(path)
+    after = isolate.call(lambda: tracing.again(before).to_json(), 30.0, quiet_stdout=True)  # as `trace` does
+    found = tracing.changes(before, after)
+    OutputFormat.chosen(as_json).emitter().trace_changes(before["app"], found)
+    return 1 if found else 0
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -4,6 +4,7 @@
     ├── UsageError             a bad command line
     ├── ScenarioError          a scenario not found, not loadable, badly declared
     ├── ReportFileError        a saved report that cannot be read or used
+    │   └── TraceFileError     a saved trace that cannot be read or used
     ├── DiagnoseError          a user's app that cannot be probed
     ├── MatrixError            a matrix column that cannot be built or run
     ├── OutputFileError        a file the user named cannot be written
@@ -40,6 +41,10 @@ class ScenarioError(CtxlabError):
 
 class ReportFileError(CtxlabError):
     """A saved report (snapshot, baseline) that cannot be read or used."""
+
+
+class TraceFileError(ReportFileError):
+    """A trace saved with `ctxlab trace -o` that cannot be read or compared."""
 
 
 class DiagnoseError(CtxlabError):

@@ -66,6 +66,10 @@ class Labeller:
             self._context_labels[record.context.parent],
         )
 
+    def of(self, item: Any) -> str | None:
+        """The label of a numbered task or context (None: not numbered)."""
+        return self._task_labels.get(item) or self._context_labels.get(item)
+
     def _task_order(self, task: asyncio.Task) -> float:
         # A task the factory never saw (the runner's own) sorts last.
         return self._tasks[task].order if task in self._tasks else float("inf")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ctxlab.diagnose import Diagnosis
     from ctxlab.report import Change, Report, ScenarioReport
     from ctxlab.scenario import Entry
+    from ctxlab.trace import Change as TraceChange
 
 
 def console(stderr: bool = False) -> Console:
@@ -70,6 +71,15 @@ class Emitter:
         """`ctxlab probe`: the layers of the user's app and the verdict."""
         raise NotImplementedError
 
+    def trace(self, document: dict[str, Any], view: list[Any], changes: list[TraceChange] | None) -> None:
+        """A trace of the user's app (its JSON document, and its view from
+        render.trace_view); `changes` against a baseline, if given."""
+        raise NotImplementedError
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        """What changed since a saved trace of `app`."""
+        raise NotImplementedError
+
 
 class JsonEmitter(Emitter):
     """One JSON document on stdout, in the schemas the README documents."""
@@ -93,6 +103,14 @@ class JsonEmitter(Emitter):
 
     def diagnosis(self, result: Diagnosis) -> None:
         self._dump(result.to_json())
+
+    def trace(self, document: dict[str, Any], view: list[Any], changes: list[TraceChange] | None) -> None:
+        if changes is not None:
+            document["changes"] = [vars(c) for c in changes]
+        self._dump(document)
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        self._dump({"schema_version": 1, "app": app, "changes": [vars(c) for c in changes]})
 
 
 class TableEmitter(Emitter):
@@ -121,3 +139,12 @@ class TableEmitter(Emitter):
 
     def diagnosis(self, result: Diagnosis) -> None:
         self.render.diagnosis(result, self.console)
+
+    def trace(self, document: dict[str, Any], view: list[Any], changes: list[TraceChange] | None) -> None:
+        for renderable in view:
+            self.console.print(renderable)
+        if changes is not None:
+            self.render.trace_changes(changes, self.console)
+
+    def trace_changes(self, app: str, changes: list[TraceChange]) -> None:
+        self.render.trace_changes(changes, self.console)

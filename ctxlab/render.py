@@ -375,3 +375,117 @@ def diagnosis(result: Diagnosis, console: Console) -> None:
     console.print(Text(result.fix))
     for finding in result.findings:
         console.print(Text.assemble((f"{finding.file}:{finding.line} ", "bold"), (f"[{finding.kind}] ", "yellow"), finding.message))
+
+
+# -- ctxlab trace ---------------------------------------------------------------------------
+TRACE_STYLE = {"lost": "bold red", "leak": "bold magenta", "reset-error": "bold yellow"}
+
+
+def trace_finding(result, finding) -> Text:
+    """One finding in plain words: what was read and set where, the
+    boundary, the fix, the scenario that shows it."""
+    data = result.finding_json(finding)
+    requests = ", ".join(str(n) for n in finding.requests)
+    text = Text.assemble((f"{finding.kind.upper()} ", TRACE_STYLE[finding.kind]), (data["var"], "bold"),
+                         f"  in request{'s' if len(finding.requests) > 1 else ''} {requests}\n")  # fmt: skip
+    read_word = "reset" if finding.kind == "reset-error" else "read"
+    for word, where in ((read_word, data["read"]), ("set", data["set"])):
+        if where is None:
+            continue
+        request = f"request {where['request']}, " if finding.kind == "leak" else ""
+        place = f"{where['file']}:{where['line']}"
+        text.append(f"  {word:<6}")
+        text.append(place, style="bold")
+        text.append(f" in {where['function']} ({request}{where['task'] or 'thread ' + where['thread']}, {where['context']}): ")
+        text.append(f"{show(where['value'])}\n")
+    if finding.read.raised:
+        text.append(f"  raised {finding.read.raised}\n")
+    text.append(f"  why   {finding.boundary}\n")
+    text.append(f"  fix   {finding.fix}")
+    if finding.scenario:
+        text.append(f"\n  see   ctxlab explain {finding.scenario}", style="dim")
+    return text
+
+
+def trace_tree(result, request) -> Tree:
+    """The request's tasks and threads, each with the gets, sets and
+    resets it made, at file:line."""
+    label = result.labels
+    events = [e for e in result.events if e.request == request.request and result.shown(e)]
+    title = f"request {request.request}  {request.method} {request.path} → {request.status or request.error}"
+    root = Tree(Text(title, style="bold"))
+    nodes: dict[Any, Tree] = {}
+    context_owner: dict[Any, Any] = {}
+
+    first_mark = {}
+    for event in events:
+        if event.task is not None:
+            first_mark.setdefault(event.task, event.mark)
+            context_owner.setdefault(event.mark, event.task)
+
+    def task_node(task) -> Tree:
+        if task not in nodes:
+            mark = first_mark.get(task)
+            parent = label.tasks_info[task].parent if task in label.tasks_info else None
+            text = f"task {label.task(task)}" + (f" (created by {label.task(parent)})" if parent is not None else "")
+            if mark is not None:
+                text += f", context {label(mark)}" + (f" (copied from {label(mark.parent)})" if mark.parent else "")
+            holder = task_node(parent) if parent in first_mark else root
+            nodes[task] = holder.add(Text(text, style="cyan"))
+        return nodes[task]
+
+    for event in events:
+        if event.task is not None:
+            node = task_node(event.task)
+        else:
+            key = (event.thread, event.mark)
+            if key not in nodes:
+                copied = f", a copy of {label(event.mark.parent)}" if event.mark.parent else ", the thread's own"
+                owner = context_owner.get(event.mark.parent)
+                holder = task_node(owner) if owner is not None else root
+                nodes[key] = holder.add(Text(f"thread {event.thread}, context {label(event.mark)}{copied}", style="cyan"))
+            node = nodes[key]
+        line = Text.assemble((f"{event.op:<5} ", "bold" if event.op != "get" else ""), event.var.name, " = ",
+                             show(event.value), (f"   {result.places(event.site)} {event.site.function}", "dim"))  # fmt: skip
+        if event.snapshot:
+            line.append(" (copy_context snapshot)", style="dim")
+        if event.raised:
+            line.append(f"  raised {event.raised}", style="bold yellow")
+        node.add(line)
+    return root
+
+
+def trace_view(result) -> list[Text | Tree]:
+    """`ctxlab trace`: the findings first, then each request's task tree.
+
+    Plain renderables, built where the live result is (the child process
+    that traced the app) and printed where the terminal is."""
+    view: list[Text | Tree] = [Text.assemble(("app ", "dim"), (result.app, "bold cyan"), (f"  on {result.server}", "dim"))]
+    for finding in result.findings:
+        view += [trace_finding(result, finding), Text()]
+    view += [trace_tree(result, request) for request in result.requests]
+    hidden = sum(not result.shown(e) for e in result.events)
+    if hidden:
+        view.append(Text(f"({hidden} events of library variables the app never touched are not shown; --json has them)", style="dim"))
+    s = result.summary
+    counts = [(s["lost"], "lost", "lost"), (s["leaked"], "leaked", "leak"), (s["reset_errors"], "reset error(s)", "reset-error")]
+    line = Text()
+    for count, word, kind in counts:
+        if count:
+            line.append(", " if line else "")
+            line.append(f"{count} {word}", style=TRACE_STYLE[kind])
+    line.append(f"{' in' if line else 'no finding in'} {s['requests']} request(s), {s['events']} events")
+    view.append(line)
+    return view
+
+
+def trace_changes(found, console: Console) -> None:
+    """`ctxlab diff` of a saved trace: findings that came or went, values
+    that changed."""
+    if found:
+        table = _table("what", "where", "before", "after")
+        for c in found:
+            table.add_row(c.what, c.key, Text(show(c.before), style="red"), Text(show(c.after), style="green"))
+        console.print(table)
+    console.print(Text(f"{len(found)} change(s) since the saved trace" if found else "no changes since the saved trace",
+                       style="bold red" if found else "green"))  # fmt: skip

@@ -1,0 +1,428 @@
+"""The recorder for code ctxlab did not write: every ContextVar get, set and
+reset that Python code makes, with where it happened.
+
+Python 3.12+ uses `sys.monitoring`: a CALL event reports calls of C
+methods such as `ContextVar.get`, and a call site that is not a ContextVar
+method answers DISABLE, so after its first call it costs nothing.  Python
+3.10 and 3.11 use `sys.setprofile` and `threading.setprofile`, whose
+`c_call` events report the same calls (bound to their variable).
+
+Neither hook sees the arguments or the result of a C call, so the values
+are read around it: a get's value is the variable's value at the call, a
+set's is its value once the call returned.  Calls made from C (a
+`Context.run(var.set, x)`) are not seen at all.  Hooks never fire inside
+their own callbacks, so what the recorder reads is not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dis
+import itertools
+import os
+import sys
+import sysconfig
+import threading
+import types
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ctxlab.errors import CtxlabError
+from ctxlab.probe import ContextMark, Recorder
+from ctxlab.values import UNSET, jsonable
+
+_GET, _SET, _RESET = ContextVar.get, ContextVar.set, ContextVar.reset
+_BUILTIN = types.BuiltinMethodType
+_MISSING = object()
+_copy_context = contextvars.copy_context
+_LOOP_STEP = asyncio.events.Handle._run.__code__
+_CTXLAB = str(Path(__file__).resolve().parent) + os.sep
+_CTXLAB_SCENARIOS = _CTXLAB + "scenarios" + os.sep  # bundled scenarios in a wheel are app code
+
+
+def _library_roots() -> list[str]:
+    """Directories whose code is not the app's: the standard library and
+    every site-packages directory."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    return sorted((str(Path(root).resolve()) + os.sep for root in roots), key=len, reverse=True)
+
+
+@dataclass
+class Site:
+    """Where an event happened: the app's innermost frame, or the library's
+    own frame when no app code is on the stack."""
+
+    path: str  # absolute
+    line: int
+    function: str
+
+
+@dataclass
+class Event:
+    """One get, set or reset (a snapshot read is a get with `snapshot`)."""
+
+    seq: int
+    request: int | None
+    op: str  # get | set | reset
+    var: ContextVar
+    value: Any  # jsonable; UNSET when the variable had no value
+    site: Site
+    caller: Site  # the frame that made the call itself (maybe a library's)
+    task: Any
+    mark: ContextMark
+    thread: str
+    snapshot: bool = False
+    before: Any = None  # set, reset: the value before the call
+    token_set: Event | None = None  # reset: the set whose token it was given
+    raised: str | None = None  # reset: the exception it raised
+    code: Any = field(default=None, repr=False)  # the calling code object
+
+    @property
+    def context(self) -> ContextMark:
+        """The context mark, by the name the labeller reads."""
+        return self.mark
+
+
+@dataclass
+class Origin:
+    """How a task came to be: who created it, from where, and when."""
+
+    request: int | None
+    frames: list[tuple[Any, int, str]]  # (code, line, qualified name), innermost first
+
+    @property
+    def stack(self) -> list[Site]:
+        return [Site(code.co_filename, line, name) for code, line, name in self.frames]
+
+
+class TraceRecorder(Recorder):
+    """probe's recorder (task factory, context marks, request numbers)
+    plus, for each task, where it was created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[Any, Origin] = {}
+        self.tracer: Tracer | None = None
+
+    def task_factory(self, loop, coro, *, context=None, **kwargs):
+        # Mark the creator's context before the task copies it, so that the
+        # copy names it as its parent.
+        origin = self.tracer.origin() if self.tracer is not None else None
+        task = super().task_factory(loop, coro, context=context, **kwargs)
+        if origin is not None:
+            self.origins[task] = origin
+        return task
+
+
+class Tracer:
+    """Records ContextVar operations made by Python code while started.
+
+    `variables` narrows the recording to those names; ctxlab's own
+    variables (named `ctxlab.*`) are never recorded.
+    """
+
+    def __init__(self, recorder: TraceRecorder, variables: Iterable[str] = ()) -> None:
+        self.variables = set(variables)
+        self.attach(recorder)
+        self._wanted: dict[ContextVar, bool] = {}
+        self._app_code: dict[str, bool] = {}
+        self._reads_snapshot: dict[Any, bool] = {}
+        self._qualnames: dict[Any, str] = {}
+        self._owners: dict[str, str] = {}
+        self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
+        self.roots = _library_roots()
+        self._tool: int | None = None
+
+    def attach(self, recorder: TraceRecorder) -> None:
+        """Record afresh, into `recorder`: a running tracer keeps its hooks
+        (and the call sites it already knows are not ContextVar methods)."""
+        self.recorder = recorder
+        recorder.tracer = self
+        self.events: list[Event] = []
+        self._seq = itertools.count(1)
+        self._set_by: dict[int, dict[ContextVar, str]] = {}  # request -> variables it set -> by whom
+
+    # -- switching on and off ------------------------------------------------------
+    def start(self) -> None:
+        if sys.version_info >= (3, 12):
+            monitoring = sys.monitoring
+            events = monitoring.events
+            free = [tool for tool in range(6) if monitoring.get_tool(tool) is None]
+            if not free:
+                raise CtxlabError("cannot trace: every sys.monitoring tool id is taken by other tools")
+            self._tool = free[0]
+            monitoring.use_tool_id(self._tool, "ctxlab trace")
+            monitoring.register_callback(self._tool, events.CALL, self._on_call)
+            monitoring.register_callback(self._tool, events.C_RETURN, self._on_return)
+            monitoring.register_callback(self._tool, events.C_RAISE, self._on_raise)
+            monitoring.set_events(self._tool, events.CALL | events.C_RETURN | events.C_RAISE)
+            # Call sites disabled by an earlier trace must report again.
+            monitoring.restart_events()
+        else:
+            hook = self._profile_hook()
+            threading.setprofile(hook)
+            sys.setprofile(hook)
+
+    def stop(self) -> None:
+        if self._tool is not None:
+            sys.monitoring.set_events(self._tool, 0)
+            sys.monitoring.free_tool_id(self._tool)
+            self._tool = None
+        else:
+            sys.setprofile(None)
+            threading.setprofile(None)  # type: ignore[arg-type]
+
+    def __enter__(self) -> Tracer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- the hooks -----------------------------------------------------------
+    def _on_call(self, code, offset, callable_, arg0):
+        if callable_ is _GET or callable_ is _SET or callable_ is _RESET:
+            self._before(callable_.__name__, arg0, sys._getframe(1))
+        elif type(callable_) is _BUILTIN:
+            owner = callable_.__self__
+            if type(owner) is ContextVar:
+                self._before(callable_.__name__, owner, sys._getframe(1))
+            elif callable_ is _copy_context:
+                self._snapshot(sys._getframe(1))
+            else:
+                return sys.monitoring.DISABLE
+        else:
+            return sys.monitoring.DISABLE
+
+    def _on_return(self, code, offset, callable_, arg0):
+        if self._pending:
+            self._after(False)
+
+    def _on_raise(self, code, offset, callable_, arg0):
+        if self._pending:
+            self._after(True)
+
+    def _profile_hook(self):
+        """The sys.setprofile callback: it runs for every Python call and
+        return too, so it is a plain function with everything it needs in
+        its own locals, and answers those events after one comparison."""
+        before, after, snapshot, pending = self._before, self._after, self._snapshot, self._pending
+
+        def profile(frame, event, arg, builtin=_BUILTIN, contextvar=ContextVar, copy_context=_copy_context):
+            if event == "c_call":
+                if type(arg) is builtin:
+                    owner = arg.__self__
+                    if type(owner) is contextvar:
+                        before(arg.__name__, owner, frame)
+                    elif arg is copy_context:
+                        snapshot(frame)
+            elif pending and event != "call" and event != "return":
+                after(event == "c_exception")
+
+        return profile
+
+    # -- recording -----------------------------------------------------------------
+    def _wants(self, var: ContextVar) -> bool:
+        wanted = self._wanted.get(var)
+        if wanted is None:
+            wanted = self._wanted[var] = not var.name.startswith("ctxlab.") and (
+                not self.variables or var.name in self.variables
+            )
+        return wanted
+
+    def _before(self, op: str, var: ContextVar, frame) -> None:
+        if op not in ("get", "set", "reset") or not self._wants(var):
+            return
+        value = var.get(_MISSING)
+        event = self._event(op, var, _shown(value), frame)
+        if op == "get":
+            self.events.append(event)
+            return
+        event.before = event.value
+        if op == "reset":
+            event.token_set = self._token_set(var, frame)
+        self._pending[threading.get_ident()] = event
+
+    def _after(self, raised: bool) -> None:
+        event = self._pending.pop(threading.get_ident(), None)
+        if event is None or (raised and event.op == "set"):  # a set that raised changed nothing
+            return
+        value = event.var.get(_MISSING)
+        event.value = _shown(value)
+        if raised:
+            event.raised = self._reset_error(event)
+        elif event.op == "set" and event.request is not None:
+            self._set_by.setdefault(event.request, {})[event.var] = self.owner(event.caller.path)
+        self.events.append(event)
+
+    def _snapshot(self, frame) -> None:
+        """`copy_context()` iterated: a read of every variable it should
+        hold, which are those set during the request by the same library
+        (all of them when the app itself reads the snapshot)."""
+        if not self._iterates_copy(frame.f_code):
+            return
+        owner = self.owner(frame.f_code.co_filename)
+        for var in self.should_hold(self._request(self.recorder.where()[2]), owner):
+            value = var.get(_MISSING)
+            event = self._event("get", var, _shown(value), frame)
+            event.snapshot = True
+            self.events.append(event)
+
+    def should_hold(self, request: int | None, owner: str) -> list[ContextVar]:
+        """The variables request `request` set, by code of `owner` (any, for the app)."""
+        setters = self._set_by.get(request, {})
+        return [var for var, setter in setters.items() if owner == "app" or setter == owner]
+
+    def _event(self, op: str, var: ContextVar, value: Any, frame) -> Event:
+        task, mark, request = self.recorder.where()
+        return Event(
+            next(self._seq), self._request(request), op, var, value, self._app_site(frame), self._site_of(frame),
+            task, mark, threading.current_thread().name, code=frame.f_code,
+        )  # fmt: skip
+
+    def _request(self, request: int | None) -> int | None:
+        """Work with no request of its own (a pool thread, a task started at
+        startup) belongs to the request in flight: requests run one after
+        another."""
+        if request is None and len(self.recorder.in_flight) == 1:
+            (request,) = self.recorder.in_flight
+        return request
+
+    def origin(self) -> Origin:
+        """Where a task is being created, and during which request."""
+        frame, frames = sys._getframe(2), []
+        while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 12:
+            frames.append((frame.f_code, frame.f_lineno, self._qualname(frame.f_code, frame)))
+            frame = frame.f_back
+        return Origin(self._request(self.recorder.where()[2]), frames)
+
+    # -- where: the app's own code -------------------------------------------------
+    def is_app(self, path: str) -> bool:
+        known = self._app_code.get(path)
+        if known is None:
+            real = os.path.realpath(path) if not path.startswith("<") else path
+            known = self._app_code[path] = not (
+                path.startswith("<frozen")
+                or (real.startswith(_CTXLAB) and not real.startswith(_CTXLAB_SCENARIOS))
+                or any(real.startswith(root) for root in self.roots)
+            )
+        return known
+
+    def owner(self, path: str) -> str:
+        """`app`, or the top-level package a library file belongs to."""
+        owner = self._owners.get(path)
+        if owner is None:
+            owner = self._owners[path] = "app" if self.is_app(path) else self._package(os.path.realpath(path))
+        return owner
+
+    def _package(self, real: str) -> str:
+        for root in self.roots:
+            if real.startswith(root):
+                return real[len(root) :].split(os.sep, 1)[0].removesuffix(".py")
+        return real
+
+    def _site_of(self, frame) -> Site:
+        code = frame.f_code
+        return Site(code.co_filename, frame.f_lineno or code.co_firstlineno, self._qualname(code, frame))
+
+    def _qualname(self, code, frame) -> str:
+        """`Class.method`: code objects carry it from 3.11; on 3.10 it is
+        found once per code object, from the class of `self` or `cls`."""
+        name = self._qualnames.get(code)
+        if name is None:
+            name = self._qualnames[code] = getattr(code, "co_qualname", None) or _defining_class(code, frame)
+        return name
+
+    def _app_site(self, frame) -> Site:
+        current = frame
+        # A task's frames hang off the event loop's, and beyond those lies
+        # whoever runs the loop: not the task's own code.
+        while current is not None and current.f_code is not _LOOP_STEP:
+            if self.is_app(current.f_code.co_filename):
+                return self._site_of(current)
+            current = current.f_back
+        return self._site_of(frame)
+
+    # -- tokens and snapshots ---------------------------------------------------------------
+    def _token_set(self, var: ContextVar, frame) -> Event | None:
+        """The set whose token this reset was given.
+
+        The hooks do not see the token itself: look for Tokens of this
+        variable among the caller's locals, and match them to a set of the
+        same variable from the same function with the same old value.
+        """
+        tokens = [value for value in frame.f_locals.values() if type(value) is Token and value.var is var]
+        olds = {UNSET if t.old_value is Token.MISSING else jsonable(t.old_value) for t in tokens}
+        fallback = None
+        for event in reversed(self.events):
+            if event.op != "set" or event.var is not var:
+                continue
+            if event.code is frame.f_code and (not tokens or event.before in olds):
+                return event
+            fallback = fallback or event
+        return fallback
+
+    def _reset_error(self, event: Event) -> str:
+        """The hooks do not see the exception a reset raised; its cause
+        follows from where the token was made."""
+        token_set = event.token_set
+        if token_set is not None and token_set.mark is not event.mark:
+            return "ValueError: the token was created in a different Context"
+        return "RuntimeError: the token has already been used once"
+
+    def _iterates_copy(self, code) -> bool:
+        """Does this code iterate what copy_context() returned (as
+        structlog's get_contextvars and merge_contextvars do), rather than
+        pass the copy on to run something in it?"""
+        known = self._reads_snapshot.get(code)
+        if known is None:
+            known = self._reads_snapshot[code] = _iterates_copy(code)
+        return known
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _shown(value: Any) -> Any:
+    """The value as reports show it (plain values as they are: the common case)."""
+    if value is _MISSING:
+        return UNSET
+    return value if type(value) in _PLAIN else jsonable(value)
+
+
+def _defining_class(code, frame) -> str:
+    if code.co_argcount and code.co_varnames[0] in ("self", "cls"):
+        first = frame.f_locals.get(code.co_varnames[0])
+        for cls in type(first).__mro__ if not isinstance(first, type) else first.__mro__:
+            function = vars(cls).get(code.co_name)
+            if getattr(getattr(function, "__func__", function), "__code__", None) is code:
+                return f"{cls.__qualname__}.{code.co_name}"
+    return code.co_name
+
+
+_ITERATE = {"GET_ITER"}
+_MAPPING_READS = {"keys", "items", "values", "__iter__"}
+
+
+def _iterates_copy(code) -> bool:
+    instructions = list(dis.get_instructions(code))
+    stored: set[str] = set()
+    for i, ins in enumerate(instructions):
+        if ins.argval == "copy_context" and ins.opname.startswith("LOAD"):
+            for after in instructions[i + 1 : i + 6]:
+                if after.opname.startswith("STORE"):
+                    stored.add(after.argval)
+                    break
+                if after.opname in _ITERATE:
+                    return True
+    for i, ins in enumerate(instructions[:-1]):
+        if ins.opname.startswith("LOAD") and ins.argval in stored:
+            following = instructions[i + 1]
+            if following.opname in _ITERATE or following.argval in _MAPPING_READS:
+                return True
+    return False

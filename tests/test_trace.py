@@ -1,0 +1,239 @@
+"""`ctxlab trace` on real apps: each finding is checked against what the
+app itself observed (its own `seen` list), in process and on uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ctxlab import runner, servers
+from ctxlab.trace import SentRequest, result_of, trace
+from ctxlab.tracer import Tracer, TraceRecorder
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SERVERS = ["asgi", "uvicorn"]
+
+
+def app_module(name: str):
+    if str(FIXTURES) not in sys.path:
+        sys.path.insert(0, str(FIXTURES))
+    return importlib.import_module(f"trace_apps.{name}")
+
+
+def traced(name: str, server: str = "asgi", **options):
+    """Trace a fixture app; returns the result and what the app saw."""
+    module = app_module(name)
+    observed = getattr(module, "seen", None)
+    if observed is None:
+        observed = module.logged
+    observed.clear()
+    if hasattr(module, "numbers"):  # request numbering starts again with each trace
+        module.numbers = itertools.count(1)
+    result = trace(f"trace_apps.{name}:app", server=server, app_dir=FIXTURES, **options)
+    return result.to_json(), list(observed)
+
+
+def line_of(name: str, text: str) -> int:
+    """The line of the fixture's source that contains `text` (exactly once)."""
+    lines = [n for n, line in enumerate(Path(app_module(name).__file__).read_text().splitlines(), 1) if text in line]
+    assert len(lines) == 1, (text, lines)
+    return lines[0]
+
+
+def only(findings: list[dict], kind: str) -> dict:
+    assert [f["kind"] for f in findings] == [kind], findings
+    return findings[0]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+class TestLost:
+    """A value set by a request that one of its reads never received is `lost`."""
+
+    def test_base_http_audit_after_call_next(self, server):
+        result, seen = traced("audit", server, path="/users/7")
+        assert seen == [None, None]  # the audit really read nothing
+        finding = only(result["findings"], "lost")
+        assert finding["var"] == "user" and finding["requests"] == [1, 2]
+        assert (finding["read"]["file"], finding["read"]["line"]) == (
+            "trace_apps/audit.py",
+            line_of("audit", "seen.append(user.get"),
+        )
+        assert finding["read"]["value"] == "<unset>"
+        assert (finding["set"]["line"], finding["set"]["value"]) == (line_of("audit", "user.set("), {"id": 7})
+        assert "BaseHTTPMiddleware's call_next" in finding["boundary"]
+        assert (
+            f"AuditMiddleware.dispatch (trace_apps/audit.py:{line_of('audit', 'await call_next')}"
+            in finding["boundary"]
+        )
+        assert "request.state" in finding["fix"] and finding["scenario"] == "dependency-audit"
+        assert result["summary"]["lost"] == 1
+
+    def test_def_dependency_runs_in_a_thread_pool_copy(self, server):
+        result, seen = traced("sync_dependency", server)
+        assert seen == ["anonymous", "anonymous"]  # the default, not "alice"
+        findings = result["findings"]
+        assert {f["kind"] for f in findings} == {"lost"}
+        assert {f["read"]["line"] for f in findings} == {
+            line_of("sync_dependency", "seen.append"),
+            line_of("sync_dependency", "return {"),
+        }
+        assert all(f["set"]["line"] == line_of("sync_dependency", "user.set(") for f in findings)
+        assert all("thread-pool copy" in f["boundary"] and "run_in_threadpool" in f["boundary"] for f in findings)
+        assert findings[0]["set"]["thread"] != "MainThread"
+
+    def test_executor_job_without_copy_context(self, server):
+        result, seen = traced("executor_lost", server)
+        assert seen == [None, None]
+        finding = only(result["findings"], "lost")
+        assert finding["read"]["line"] == line_of("executor_lost", "seen.append(request_id.get")
+        assert finding["set"]["line"] == line_of("executor_lost", "request_id.set(")
+        assert finding["set"]["value"] == "req-1" and finding["requests"] == [1, 2]
+        assert "worker thread's own context" in finding["boundary"] and "copy_context" in finding["fix"]
+
+    def test_consumer_task_created_at_startup(self, server):
+        result, seen = traced("consumer", server, lifespan=True)
+        assert seen == [None, None]
+        finding = only(result["findings"], "lost")
+        assert finding["read"]["line"] == line_of("consumer", "seen.append(request_id.get")
+        assert finding["set"]["line"] == line_of("consumer", "request_id.set(")
+        assert "created at startup" in finding["boundary"]
+        assert (
+            f"lifespan (trace_apps/consumer.py:{line_of('consumer', 'asyncio.create_task(consume')})"
+            in finding["boundary"]
+        )
+
+    def test_structlog_key_missing_from_a_log_line(self, server):
+        result, logged = traced("structlog_audit", server)
+        access = [line for line in logged if line["event"] == "access"]
+        assert len(access) == 2 and all("user" not in line for line in access)
+        assert all(line["user"] == "alice" for line in logged if line["event"] == "endpoint")
+        finding = only(result["findings"], "lost")
+        assert finding["var"] == "structlog_user"
+        assert finding["read"]["line"] == line_of("structlog_audit", 'log.info("access"')
+        assert finding["set"]["line"] == line_of("structlog_audit", "bind_contextvars(")
+        snapshots = [e for e in result["events"] if e.get("snapshot")]
+        assert {e["line"] for e in snapshots} == {
+            line_of("structlog_audit", 'log.info("access"'),
+            line_of("structlog_audit", 'log.info("endpoint"'),
+        }
+
+
+@pytest.mark.parametrize("server", SERVERS)
+class TestLeak:
+    """A value one request set, read by another request, is a `leak`."""
+
+    def test_executor_job_sets_without_reset(self, server):
+        result, seen = traced("executor_leak", server)
+        assert seen == [None, "tenant-1"]  # request 2's job really found request 1's tenant
+        finding = only(result["findings"], "leak")
+        assert finding["request"] == 2 and finding["set"]["request"] == 1
+        assert finding["read"]["line"] == line_of("executor_leak", "seen.append(tenant.get")
+        assert (finding["set"]["line"], finding["set"]["value"]) == (
+            line_of("executor_leak", "tenant.set("),
+            "tenant-1",
+        )
+        assert "still holds what request 1 set" in finding["boundary"]
+        assert finding["scenario"] == "executor-thread-leak"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+class TestResetError:
+    """A reset that raised is a `reset-error`, with the token's set."""
+
+    def test_def_yield_dependency_resets_in_another_copy(self, server):
+        result, seen = traced("yield_reset", server)
+        assert seen == ["ValueError", "ValueError"]
+        finding = only(result["findings"], "reset-error")
+        assert finding["read"]["line"] == line_of("yield_reset", "db_session.reset(")
+        assert finding["set"]["line"] == line_of("yield_reset", "db_session.set(")
+        assert finding["read"]["context"] != finding["set"]["context"]
+        assert "two different thread-pool copies" in finding["boundary"] and "async def" in finding["fix"]
+        resets = [e for e in result["events"] if e["op"] == "reset"]
+        assert [e["raised"].split(":")[0] for e in resets] == ["ValueError", "ValueError"]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+class TestClean:
+    """An app that passes values correctly gives no finding at all."""
+
+    def test_pure_asgi_and_request_state(self, server):
+        result, seen = traced("clean", server)
+        assert seen == [("cid-1", "alice"), ("cid-2", "alice")]
+        assert result["findings"] == []
+        assert result["summary"] == {
+            "requests": 2,
+            "events": len(result["events"]),
+            "lost": 0,
+            "leaked": 0,
+            "reset_errors": 0,
+        }
+        sets = [e for e in result["events"] if e["op"] == "set" and e["var"] == "correlation_id"]
+        # No app frame is on the stack: the library's own file and line.
+        assert [e["value"] for e in sets] == ["cid-1", "cid-2"]
+        assert all(e["file"] == "asgi_correlation_id/middleware.py" for e in sets)
+
+
+class TestRecording:
+    """What the recorder records and what it leaves out."""
+
+    def test_never_records_ctxlab_variables(self):
+        result, _ = traced("audit", path="/users/1")
+        assert not [e for e in result["events"] if e["var"].startswith("ctxlab.")]
+
+    def test_var_narrows_the_recording(self):
+        result, _ = traced("executor_lost", variables=["tenant"])
+        assert result["events"] == [] and result["findings"] == []
+        result, _ = traced("executor_lost", variables=["request_id"])
+        assert {e["var"] for e in result["events"]} == {"request_id"}
+
+    def test_events_name_task_context_thread_and_request(self):
+        result, _ = traced("audit", path="/users/3")
+        user_sets = [e for e in result["events"] if e["var"] == "user" and e["op"] == "set"]
+        assert [e["request"] for e in user_sets] == [1, 2]
+        first = user_sets[0]
+        assert first["task"].startswith("T") and first["parent_task"].startswith("T")
+        assert first["context"].startswith("C") and first["thread"] == "MainThread"
+        assert first["function"] == "current_user"
+
+
+class TestKeepAlive:
+    """A real client reuses its connection; uvicorn may start the next request
+    in a copy of the previous one's context."""
+
+    def test_previous_request_on_the_connection_leaks(self):
+        module = app_module("keepalive")
+        module.seen.clear()
+        recorder = TraceRecorder()
+        tracer = Tracer(recorder)
+        sent = []
+
+        async def drive():
+            recorder.set_root(asyncio.current_task())
+            app = servers.attribute_requests(module.app)
+            async with servers.uvicorn_server(app, lifespan=False, options={}, timeout=5) as url:
+                async with httpx.AsyncClient(base_url=url) as client:  # one keep-alive connection
+                    for number, (method, headers, body) in enumerate(
+                        [("POST", {"x-user": "alice"}, b"x" * (1024 * 1024)), ("GET", {}, b"")], 1
+                    ):
+                        response = await client.request(method, "/", headers=headers, content=body)
+                        while recorder.in_flight:
+                            await asyncio.sleep(0.001)
+                        sent.append(SentRequest(number, method, "/", response.status_code))
+
+        with runner.scenario_loop(recorder) as loop, tracer:
+            runner.run_until_done_or_ctrl_c(loop, drive())
+        result = result_of(tracer, "keepalive", "uvicorn", sent, FIXTURES).to_json()
+        if module.seen != [None, "alice"]:
+            pytest.skip(f"this uvicorn does not leak across keep-alive requests (saw {module.seen})")
+        finding = only(result["findings"], "leak")
+        assert (finding["request"], finding["set"]["request"]) == (2, 1)
+        assert finding["read"]["line"] == line_of("keepalive", "seen.append(user.get")
+        assert finding["set"]["line"] == line_of("keepalive", "user.set(")
+        assert "previous request on this keep-alive connection" in finding["boundary"]
+        assert finding["scenario"] == "keepalive-large-body-leak"

@@ -1,0 +1,149 @@
+"""`ctxlab trace` end to end: the real CLI in a subprocess on the fixture apps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import ctxlab
+
+FIXTURES = Path(__file__).parent / "fixtures"
+APP_DIR = ("--app-dir", str(FIXTURES))
+
+
+def source_line(name: str, text: str) -> int:
+    lines = (FIXTURES / "trace_apps" / f"{name}.py").read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if text in line)
+
+
+class TestHumanOutput:
+    """Findings come first, in plain words; exit 1 when there is one."""
+
+    def test_seed_000_audit_prints_one_lost_finding(self):
+        code, out, err = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", *APP_DIR)
+        assert code == 1, err
+        assert out.count("LOST") == 1 and "LEAK" not in out
+        assert f"read  trace_apps/audit.py:{source_line('audit', 'seen.append(user.get')}" in out
+        assert f"set   trace_apps/audit.py:{source_line('audit', 'user.set(')}" in out
+        assert "BaseHTTPMiddleware's call_next" in out
+        assert "fix   Pass the value on request.state" in out
+        assert "ctxlab explain dependency-audit" in out
+        assert out.index("LOST") < out.index("request 1  GET /users/7")  # findings first
+
+    def test_executor_leak_in_request_2_names_request_1(self):
+        code, out, _ = ctxlab("trace", "trace_apps.executor_leak:app", *APP_DIR)
+        assert code == 1
+        assert "LEAK tenant  in request 2" in out
+        assert f"executor_leak.py:{source_line('executor_leak', 'tenant.set(')} in job (request 1" in out
+
+    def test_clean_app_has_no_finding_and_exits_0(self):
+        code, out, err = ctxlab("trace", "trace_apps.clean:app", *APP_DIR)
+        assert (code, err) == (0, "")
+        assert not {"LOST", "LEAK", "RESET-ERROR"} & set(out.split())
+        assert "no finding in 2 request(s)" in out
+
+    def test_on_uvicorn_with_lifespan(self):
+        code, out, _ = ctxlab(
+            "trace", "trace_apps.consumer:app", "--server", "uvicorn", "--lifespan", "--requests", "1", *APP_DIR
+        )
+        assert code == 1
+        assert "created at startup in lifespan" in out and "on uvicorn" in out
+
+
+class TestJson:
+    """--json: one document on stdout, schema_version 1."""
+
+    def test_schema(self):
+        code, out, _ = ctxlab("trace", "trace_apps.yield_reset:app", "--json", "--requests", "1", "--header", "x-a: 1",
+                              "--method", "get", *APP_DIR)  # fmt: skip
+        assert code == 1
+        document = json.loads(out)
+        assert document["schema_version"] == 1 and document["app"] == "trace_apps.yield_reset:app"
+        assert document["server"] == "asgi"
+        assert document["requests"] == [{"request": 1, "method": "GET", "path": "/", "status": 200, "error": None}]
+        assert document["summary"] == {
+            "requests": 1,
+            "events": len(document["events"]),
+            "lost": 0,
+            "leaked": 0,
+            "reset_errors": 1,
+        }
+        event = document["events"][0]
+        assert {
+            "seq",
+            "request",
+            "op",
+            "var",
+            "value",
+            "file",
+            "line",
+            "function",
+            "task",
+            "parent_task",
+            "context",
+            "thread",
+        } <= event.keys()
+        (finding,) = document["findings"]
+        assert finding["kind"] == "reset-error" and finding["var"] == "db_session"
+        assert (
+            {"file", "line", "task", "context", "thread"} <= finding["read"].keys() <= finding["set"].keys() | {"value"}
+        )
+        assert document["options"]["headers"] == [["x-a", "1"]]
+
+
+class TestBaseline:
+    """A saved trace is compared with a new one: what changed exits 1."""
+
+    def test_unchanged_app_diffs_clean(self, tmp_path):
+        saved = tmp_path / "trace.json"
+        code, _, _ = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", "-o", str(saved), *APP_DIR)
+        assert code == 1 and json.loads(saved.read_text())["summary"]["lost"] == 1
+        code, out, _ = ctxlab("diff", str(saved))
+        assert code == 0 and "no changes" in out
+        code, _, err = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", "--baseline", str(saved), *APP_DIR)
+        assert code == 1  # the finding is still there
+        code, out, _ = ctxlab("trace", "trace_apps.clean:app", "--baseline", str(saved), *APP_DIR)
+        assert code == 1 and "change(s) since the saved trace" in out
+
+    def test_a_changed_behaviour_is_reported(self, tmp_path):
+        saved = tmp_path / "trace.json"
+        ctxlab("trace", "trace_apps.executor_leak:app", "-o", str(saved), *APP_DIR)
+        document = json.loads(saved.read_text())
+        # As if the leak were new: before the upgrade, request 2's job saw nothing.
+        document["findings"] = []
+        read = next(e for e in document["events"] if e["request"] == 2 and e["op"] == "get")
+        read["value"] = "<unset>"
+        saved.write_text(json.dumps(document))
+        code, out, _ = ctxlab("diff", str(saved))
+        out = " ".join(out.split())  # the table may fold long cells
+        assert code == 1
+        assert "leak tenant read at trace_apps/executor_leak.py:job" in out
+        assert "request 2: get tenant in job" in out and '"tenant-1"' in out
+        code, out, _ = ctxlab("diff", str(saved), "--json")
+        assert code == 1 and {c["what"] for c in json.loads(out)["changes"]} == {"finding", "event"}
+
+
+class TestUsageErrors:
+    """Bad input: one line on stderr, exit 2, no output file."""
+
+    def test_cannot_import(self):
+        code, out, err = ctxlab("trace", "trace_apps.nope:app", *APP_DIR)
+        assert code == 2 and out == "" and err.startswith("ctxlab: error: cannot import") and err.count("\n") == 1
+
+    def test_bad_options(self, tmp_path):
+        for args, message in [
+            (["--header", "nocolon"], "--header expects K:V"),
+            (["--path", "users"], "--path must start with '/'"),
+            (["--server", "both"], "--server both"),
+            (["-o", str(tmp_path / "missing" / "x.json")], "not a writable directory"),
+            (["--baseline", str(tmp_path / "absent.json")], "cannot read"),
+        ]:
+            code, _, err = ctxlab("trace", "trace_apps.clean:app", *args, *APP_DIR)
+            assert code == 2 and message in err, (args, err)
+            assert err.count("\n") == 1
+
+    def test_malformed_saved_trace(self, tmp_path):
+        bad = tmp_path / "t.json"
+        bad.write_text(json.dumps({"schema_version": 1, "app": "x:app", "events": [], "options": {}}))
+        code, _, err = ctxlab("diff", str(bad))
+        assert code == 2 and "malformed trace" in err

@@ -1,0 +1,92 @@
+"""`pytest --ctxlab` on a test suite of its own: it fails exactly the tests
+whose requests lose or leak a value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+SUITE = """
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from trace_apps import audit, clean, executor_leak, sync_dependency, trace_log
+
+
+def test_audit_loses_the_user():
+    assert TestClient(audit.app).get("/users/1").status_code == 200
+    assert audit.seen[-1] is None  # the app itself saw it lost
+
+
+def test_clean_app():
+    with TestClient(clean.app) as client:
+        assert client.get("/").status_code == 200
+
+
+def test_sync_dependency_value_is_lost():
+    assert TestClient(sync_dependency.app).get("/").json() == {"user": "anonymous"}
+
+
+@pytest.mark.anyio
+async def test_executor_job_leaks_into_the_next_request():
+    transport = httpx.ASGITransport(app=executor_leak.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        await client.get("/")
+        await client.get("/")
+    assert executor_leak.seen[-1] == "tenant-1"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def test_fixture_gives_events_and_findings(ctxlab_trace):
+    TestClient(clean.app).get("/")
+    TestClient(clean.app).get("/")
+    assert ctxlab_trace.findings == []
+    sets = ctxlab_trace.values("correlation_id", "set")
+    assert len(sets) == 2 and sets[0] != sets[1]
+    assert set(ctxlab_trace.values("correlation_id")) == set(sets)  # every read saw its own request's id
+
+
+def test_no_log_line_in_a_request_says_no_trace(ctxlab_trace):
+    TestClient(trace_log.app).get("/", headers={"x-trace-id": "abc"})
+    assert "[no-trace] in a pool job" in trace_log.lines  # what the app itself logged
+    assert "<unset>" not in ctxlab_trace.values("trace_id")
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(FIXTURES)!r})\n")
+    pytester.makepyfile(test_app=SUITE)
+    return pytester
+
+
+def test_fails_exactly_the_tests_that_lose_or_leak(suite):
+    result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio")
+    result.assert_outcomes(passed=2, failed=4)
+    failed = {line.split("::")[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
+    assert failed == {
+        "test_audit_loses_the_user",
+        "test_sync_dependency_value_is_lost",
+        "test_executor_job_leaks_into_the_next_request",
+        "test_no_log_line_in_a_request_says_no_trace",
+    }
+    out = result.stdout.str()
+    assert "LOST user" in out and "BaseHTTPMiddleware's call_next" in out
+    assert "LEAK tenant  in request 2" in out and "(request 1, thread" in out
+
+
+def test_inactive_without_the_option(suite):
+    """Only the fixture's own assertion fails: the seed 002 check, one line."""
+    result = suite.runpytest_subprocess("-p", "anyio")
+    result.assert_outcomes(passed=5, failed=1)
+    assert 'assert "<unset>" not in' in result.stdout.str()
