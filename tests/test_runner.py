@@ -1,0 +1,142 @@
+"""The runner on every path a request can take: in process, through a real
+uvicorn, pipelined on one connection."""
+
+import asyncio
+
+import pytest
+
+from ctxlab.config import RunConfig
+from ctxlab.probe import note
+from ctxlab.runner import run
+from ctxlab.scenario import ClientRequest, Scenario
+
+SERVERS = ["asgi", "uvicorn"]
+
+
+async def answer(send, status=200, body=b"ok"):
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def scenario(app, expect=None, **options):
+    return Scenario(name="test", summary="", build=lambda: app, expect=expect or {}, **options)
+
+
+def lifespan_app(on_request):
+    """A pure ASGI app whose startup puts a value in the lifespan state."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["from_startup"] = "pool"
+                await send({"type": f"{message['type']}.complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await on_request(scope)
+        await answer(send)
+
+    return app
+
+
+class TestLifespanState:
+    """Each request gets its own copy of the lifespan state, as uvicorn gives it."""
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_a_request_never_sees_what_an_earlier_one_stored(self, server):
+        async def on_request(scope):
+            note("request", "state", dict(scope["state"]))
+            scope["state"]["stored"] = "by an earlier request"
+
+        app = lifespan_app(on_request)
+        result = run(scenario(app, lifespan=True, requests=(ClientRequest(),) * 3), RunConfig(server))
+        assert result.error is None
+        assert [r.value for r in result.records] == [{"from_startup": "pool"}] * 3
+
+
+class TestUnexpectedStatus:
+    """An answer other than the one the scenario declares breaks the run, on every path."""
+
+    async def app(self, scope, receive, send):
+        if scope["type"] == "http":
+            await answer(send, 404, b"no such page")
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_sequential(self, server):
+        result = run(scenario(self.app, requests=(ClientRequest(path="/missing"),)), RunConfig(server))
+        assert result.error == "UnexpectedResponse: request 1 (GET /missing) answered 404, expected 200: no such page"
+
+    def test_pipelined(self):
+        requests = (ClientRequest(status=404), ClientRequest(path="/two"))
+        result = run(scenario(self.app, requests=requests, pipelined=True), RunConfig("uvicorn"))
+        assert result.error == "UnexpectedResponse: request 2 (GET /two) answered 404, expected 200"
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_the_declared_status_passes(self, server):
+        result = run(scenario(self.app, requests=(ClientRequest(status=404),) * 2, pipelined=True), RunConfig(server))
+        assert result.error is None
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_an_expected_500_from_an_app_that_raises(self, server):
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        async def boom(request):
+            raise RuntimeError("boom")
+
+        app = Starlette(routes=[Route("/", boom)])
+        assert run(scenario(app, requests=(ClientRequest(status=500),)), RunConfig(server)).error is None
+        crashed = run(scenario(app), RunConfig(server)).error
+        # In process the exception itself arrives; a server answers 500.
+        assert crashed == ("RuntimeError: boom" if server == "asgi" else "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error")
+
+
+class TestOrder:
+    """Records come in request order, even when the app works on after answering."""
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_work_after_the_response_belongs_to_its_request(self, server):
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            note("before", "answer", True)
+            await answer(send)
+            await asyncio.sleep(0.02)  # a background task, after the answer
+            note("after", "answer", True)
+
+        result = run(scenario(app, requests=(ClientRequest(),) * 3), RunConfig(server))
+        assert result.error is None
+        assert [(r.seq, r.request, r.probe) for r in result.records] == [
+            (seq, (seq + 1) // 2, "after" if seq % 2 == 0 else "before") for seq in range(1, 7)
+        ]
+
+    def test_concurrent_requests_each_in_a_task_of_their_own(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                note("in", "task", id(asyncio.current_task()))
+                await answer(send)
+
+        result = run(scenario(app, concurrent=True, requests=(ClientRequest(),) * 4), RunConfig())
+        assert sorted(r.request for r in result.records) == [1, 2, 3, 4]
+        assert len({r.value for r in result.records}) == 4
+
+
+class TestFailures:
+    """A crash or a hang is the run's error; the records made before it are kept."""
+
+    def test_a_crash_while_building(self):
+        def build():
+            raise ValueError("no app")
+
+        result = run(Scenario(name="t", summary="", build=build, expect={}), RunConfig())
+        assert result.error == "ValueError: no app" and result.duration_ms > 0
+
+    def test_a_hang_times_out(self):
+        async def app(scope, receive, send):
+            note("before", "hang", 1)
+            await asyncio.Event().wait()
+
+        result = run(scenario(app, timeout=0.2), RunConfig())
+        assert result.error == "timed out after 0.2s"
+        assert [r.probe for r in result.records] == ["before"]
