@@ -26,9 +26,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 # Mutation testing: `make mutate MODULE=report` (several: MODULE="report labels";
-# none: every module).  See mutation/mutate.py.
+# none: every module; AGAIN=1: only the last run's survivors).  See mutation/mutate.py.
 mutate: $(STAMP)
-	$(BIN)/python mutation/mutate.py $(MODULE)
+	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again)
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mutate

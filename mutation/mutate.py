@@ -3,6 +3,7 @@ see whether the tests notice.
 
     make mutate MODULE=report          # or: python mutation/mutate.py report [labels ...]
     make mutate                        # every module in TESTS, one after another
+    make mutate MODULE=report AGAIN=1  # only the last run's survivors, with the tests as they are now
 
 Cosmic Ray writes each mutant into the file itself and runs a test command.
 We point it at a scratch copy of the checkout (`.mutate/<module>/`), never
@@ -14,6 +15,10 @@ install would otherwise give them the clean checkout).
 A run takes minutes because each module runs only the tests that exercise
 it (TESTS below), stopping at the first failure.  Prints killed/total and
 every survivor's diff; exit 1 when a module scores below TARGET.
+
+`--again` tests only the survivors of the previous run, while the module
+itself is unchanged: adding tests cannot bring a killed mutant back, so the
+previous kills still count.  Any change to the module starts afresh.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import ast
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -54,6 +60,9 @@ EXCLUDED_OPERATORS = [
     r"core/ReplaceComparisonOperator_(Eq|NotEq)_(Lt|LtE|Gt|GtE|Is|IsNot)$",
     r"core/ReplaceComparisonOperator_(Lt|LtE|Gt|GtE)_(Is|IsNot)$",
     r"core/ReplaceComparisonOperator_(Is|IsNot)_(Lt|LtE|Gt|GtE)$",
+    # `is` and `==` agree on what this code compares by identity: None,
+    # enum members, sentinels, tasks and threads (equal only to themselves).
+    r"core/ReplaceComparisonOperator_(Is_Eq|IsNot_NotEq)$",
     r"core/ReplaceUnaryOperator_.*Invert",
     r"core/VariableReplacer",
     r"core/VariableInserter",
@@ -62,18 +71,26 @@ EXCLUDED_OPERATORS = [
 COPIED = ["ctxlab", "scenarios", "tests", "pyproject.toml", "README.md"]
 
 
-def prepare(module: str) -> Path:
-    """A fresh copy of the checkout and a Cosmic Ray session for `module`."""
+SESSION = "session.sqlite"
+
+
+def prepare(module: str, again: bool) -> tuple[Path, bool]:
+    """A fresh copy of the checkout for `module`, and whether its previous
+    session can go on (asked for, and the module unchanged since)."""
     tree = SCRATCH / module
-    shutil.rmtree(tree, ignore_errors=True)
-    tree.mkdir(parents=True)
+    path = f"ctxlab/{module}.py"
+    resume = again and (tree / SESSION).exists() and (tree / path).read_bytes() == (ROOT / path).read_bytes()
+    if not resume:
+        shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = ROOT / name
+        shutil.rmtree(tree / name, ignore_errors=True)
         if source.is_dir():
             shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, tree / name)
-    return tree
+    return tree, resume
 
 
 def test_command(module: str) -> list[str]:
@@ -86,9 +103,9 @@ def cosmic_ray(*args: str, tree: Path, env: dict[str, str]) -> subprocess.Comple
     return subprocess.run([str(tool), *args[1:]], cwd=tree, env=env, check=True, capture_output=True, text=True)
 
 
-def run(module: str) -> tuple[int, int, list[dict]]:
+def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
     """Killed, total and the survivors of one module."""
-    tree = prepare(module)
+    tree, resume = prepare(module, again)
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("FORCE_COLOR", None)
     command = test_command(module)
@@ -109,8 +126,12 @@ def run(module: str) -> tuple[int, int, list[dict]]:
         "[cosmic-ray.filters.operators-filter]\n"
         f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}\n"
     )
-    session = "session.sqlite"
-    cosmic_ray("cosmic-ray", "init", config.name, session, tree=tree, env=env)
+    session = SESSION
+    if resume:
+        with sqlite3.connect(tree / session) as db:
+            db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    else:
+        cosmic_ray("cosmic-ray", "init", config.name, session, tree=tree, env=env)
     cosmic_ray("cr-filter-operators", session, config.name, tree=tree, env=env)
     skip_typing_only(tree / session, tree / f"ctxlab/{module}.py")
     cosmic_ray("cosmic-ray", "exec", config.name, session, tree=tree, env=env)
@@ -168,13 +189,15 @@ def describe(survivor: dict) -> str:
 
 
 def main(modules: list[str]) -> int:
+    again = "--again" in modules
+    modules = [m for m in modules if m != "--again"]
     unknown = [m for m in modules if m not in TESTS]
     if unknown:
         raise SystemExit(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(TESTS)}")
     scores = {}
     for module in modules or list(TESTS):
         started = time.perf_counter()
-        killed, total, survivors = run(module)
+        killed, total, survivors = run(module, again)
         minutes = (time.perf_counter() - started) / 60
         print("".join(describe(s) for s in survivors), end="")
         scores[module] = killed, total
