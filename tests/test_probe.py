@@ -1,9 +1,11 @@
 """The recorder: labels, unset vs None vs raised, no mixing between requests."""
 
 import asyncio
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 
+import pytest
 from conftest import run_app, seen
 
 from ctxlab.probe import UNSET, Recorder, activate, attempt, jsonable, note, probe
@@ -142,3 +144,20 @@ def test_probes_outside_a_run_record_nothing():
     note("nowhere", "x", 1)
     assert attempt("nowhere", "x", lambda: 2) == 2
     assert recorder.records == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=...) is new in 3.11")
+def test_a_task_given_a_context_runs_in_that_context_itself(asgi_app):
+    """The recorder's task factory must not turn the context asyncio was
+    given into a copy: a set inside the task is visible in that context."""
+
+    async def sets():
+        var.set("set in the task")
+
+    async def handler(scope):
+        context = copy_context()
+        await asyncio.get_running_loop().create_task(sets(), context=context)
+        note("after", "value", context.get(var, "not there"))
+
+    result = run_app(lambda: asgi_app(handler), {"after": {"value": "set in the task"}})
+    assert result.status == "pass"
