@@ -223,9 +223,10 @@ class TestDiff:
         assert (value.before, value.after) == (1, 2)
 
     def test_a_scenario_skipped_on_one_side_is_its_status_alone(self):
-        before = saved(entry("a", (1, "p", "v", 1)))
-        (change,) = diff(before, saved(entry("a", status="skipped")))
-        assert (change.var, change.before, change.after) == ("status", "pass", "skipped")
+        before = saved(entry("a", (1, "p", "v", 1)), entry("b", (1, "p", "v", 1)))
+        status, value = diff(before, saved(entry("a", status="skipped"), entry("b", (1, "p", "v", 2))))
+        assert (status.scenario, status.var, status.before, status.after) == ("a", "status", "pass", "skipped")
+        assert (value.scenario, value.before, value.after) == ("b", 1, 2)
 
     def test_a_scenario_no_longer_run_is_a_change_and_a_new_one_is_not(self):
         before = saved(entry("a"), entry("b", (1, "p", "v", 1)))
