@@ -158,6 +158,13 @@ def test_a_task_given_a_context_runs_in_that_context_itself(asgi_app):
         context = copy_context()
         await asyncio.get_running_loop().create_task(sets(), context=context)
         note("after", "value", context.get(var, "not there"))
+        # Created from inside the very context it is given: asyncio allows it
+        # (the task runs once that context is left), so the recorder must too.
+        entered = copy_context()
+        task = entered.run(asyncio.get_running_loop().create_task, sets(), context=entered)
+        await task
+        note("entered", "value", entered.get(var, "not there"))
 
-    result = run_app(lambda: asgi_app(handler), {"after": {"value": "set in the task"}})
-    assert result.status == "pass"
+    expect = {"after": {"value": "set in the task"}, "entered": {"value": "set in the task"}}
+    result = run_app(lambda: asgi_app(handler), expect)
+    assert result.status == "pass", result.error
