@@ -140,3 +140,140 @@ class TestFailures:
         result = run(scenario(app, timeout=0.2), RunConfig())
         assert result.error == "timed out after 0.2s"
         assert [r.probe for r in result.records] == ["before"]
+
+
+class TestLifespanFailures:
+    """A lifespan that fails, or an app without one, breaks the run with the reason."""
+
+    @staticmethod
+    def failing_startup(scope, receive, send):
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": "no database"})
+                return
+            await answer(send)
+
+        return app
+
+    def test_startup_failed_in_process(self):
+        result = run(scenario(self.failing_startup(None, None, None), lifespan=True), RunConfig())
+        assert result.error == "LifespanFailed: lifespan startup failed: no database"
+
+    def test_startup_failed_on_uvicorn(self):
+        result = run(scenario(self.failing_startup(None, None, None), lifespan=True), RunConfig("uvicorn"))
+        assert result.error.startswith("ServerFailed: uvicorn did not start: ")
+        assert "no database" in result.error
+
+    def test_an_app_without_lifespan_support(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                await answer(send)
+
+        result = run(scenario(app, lifespan=True), RunConfig())
+        assert result.error == "LifespanFailed: the app returned during lifespan startup"
+
+    def test_an_app_that_raises_in_its_lifespan(self):
+        async def app(scope, receive, send):
+            raise RuntimeError("lifespan crashed")
+
+        assert run(scenario(app, lifespan=True), RunConfig()).error == "RuntimeError: lifespan crashed"
+
+    def test_shutdown_runs_after_the_requests(self):
+        async def on_request(scope):
+            note("request", "state", dict(scope["state"]))
+
+        app = lifespan_app(on_request)
+
+        async def logged(scope, receive, send):
+            if scope["type"] == "lifespan":
+                async def receive_logged():
+                    message = await receive()
+                    note("lifespan", "message", message["type"])
+                    return message
+
+                return await app(scope, receive_logged, send)
+            return await app(scope, receive, send)
+
+        for server in SERVERS:
+            records = run(scenario(logged, lifespan=True), RunConfig(server)).records
+            assert [r.value if r.probe == "lifespan" else r.probe for r in records] == [
+                "lifespan.startup", "request", "lifespan.shutdown",
+            ], server  # fmt: skip
+
+
+class TestWhatTheAppSees:
+    """The scope a request arrives with, in process."""
+
+    @pytest.mark.parametrize(("asked", "seen"), [(None, None), ("2.4", "2.4")])
+    def test_spec_version(self, asked, seen):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                note("scope", "spec_version", scope["asgi"].get("spec_version"))
+                await answer(send)
+
+        records = run(scenario(app), RunConfig(spec_version=asked)).records
+        assert [r.value for r in records] == [seen]  # httpx.ASGITransport sends none of its own
+
+    def test_requests_without_a_number_are_numbered_as_they_arrive(self):
+        from ctxlab.probe import Recorder, activate
+        from ctxlab.servers import attribute_requests
+
+        async def app(scope, receive, send):
+            note("arrived", "path", scope["path"])
+
+        recorder = Recorder()
+        previous = activate(recorder)
+        try:
+            wrapped = attribute_requests(app)
+            for path, headers in [("/a", []), ("/b", [(b"x-ctxlab-request", b"7")]), ("/c", [])]:
+                asyncio.run(wrapped({"type": "http", "path": path, "headers": headers}, None, None))
+        finally:
+            activate(previous)
+        assert [(r.request, r.value) for r in recorder.records] == [(1, "/a"), (7, "/b"), (2, "/c")]
+        assert recorder.in_flight == set()
+
+
+def test_onion_names_decorated_middleware_by_function():
+    from fastapi import FastAPI
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from ctxlab.runner import onion
+
+    class Timing(BaseHTTPMiddleware):
+        pass
+
+    class Pure:
+        def __init__(self, app):
+            self.app = app
+
+    app = FastAPI()
+    app.add_middleware(Timing)
+    app.add_middleware(Pure)
+
+    @app.middleware("http")
+    async def add_header(request, call_next):
+        return await call_next(request)
+
+    assert onion(app) == ["http:add_header", "Pure", "Timing"]
+    assert onion(lambda scope, receive, send: None) == []
+
+
+def test_a_busy_port_is_a_clear_server_failure():
+    import socket
+
+    from ctxlab.errors import ServerFailed
+    from ctxlab.servers import uvicorn_server
+
+    async def app(scope, receive, send):
+        pass
+
+    async def start_on(port):
+        async with uvicorn_server(app, lifespan=False, options={}, timeout=1, port=port):
+            pass
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ServerFailed, match="uvicorn did not start: "):
+            asyncio.run(start_on(busy.getsockname()[1]))
