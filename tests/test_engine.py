@@ -55,7 +55,9 @@ def built_for_load(n):
 @pytest.fixture
 def mine(tmp_path) -> list[Path]:
     (tmp_path / "mine.py").write_text(SCENARIOS)
-    (tmp_path / "broken_import.py").write_text('raise ImportError("no such thing")\n@scenario("unloadable", expect={})\ndef f(): pass\n')
+    (tmp_path / "broken_import.py").write_text(
+        'raise ImportError("no such thing")\n@scenario("unloadable", expect={})\ndef f(): pass\n'
+    )
     return [tmp_path]
 
 
@@ -70,7 +72,14 @@ class TestSelect:
         assert [e.name for e in engine.select([], False, ["green"], mine)] == ["passes"]
         assert [e.name for e in engine.select(["drifts", "passes"], False, ["green"], mine)] == ["passes"]
         every = engine.select([], True, [], mine)
-        assert [e.name for e in every][-6:] == ["unloadable", "passes", "drifts", "in-process-only", "needs-future", "built-for-load"]
+        assert [e.name for e in every][-6:] == [
+            "unloadable",
+            "passes",
+            "drifts",
+            "in-process-only",
+            "needs-future",
+            "built-for-load",
+        ]
         assert len(every) == len(engine.entries(mine))
 
     @pytest.mark.parametrize(
@@ -107,7 +116,11 @@ class TestRunEntry:
 
     def test_skipped_with_the_reason(self, mine):
         other_server = self.run(mine, "in-process-only", "uvicorn")
-        assert (other_server.status, other_server.error, other_server.server) == (Status.SKIPPED, "runs only on asgi", "uvicorn")
+        assert (other_server.status, other_server.error, other_server.server) == (
+            Status.SKIPPED,
+            "runs only on asgi",
+            "uvicorn",
+        )
         too_old = self.run(mine, "needs-future")
         assert too_old.status is Status.SKIPPED and too_old.error.startswith("needs starlette>=999, found ")
 
@@ -128,7 +141,11 @@ class TestExecute:
     def test_each_entry_on_each_server(self, mine):
         entries = engine.select(["passes", "in-process-only"], False, [], mine)
         seen = []
-        report = engine.execute(entries, [RunConfig("asgi", spec_version="2.3"), RunConfig("uvicorn")], lambda e, r: seen.append((e.name, len(r))))
+        report = engine.execute(
+            entries,
+            [RunConfig("asgi", spec_version="2.3"), RunConfig("uvicorn")],
+            lambda e, r: seen.append((e.name, len(r))),
+        )
         assert [(s.name, s.server, s.status) for s in report.scenarios] == [
             ("passes", "asgi", Status.PASS), ("passes", "uvicorn", Status.PASS),
             ("in-process-only", "asgi", Status.PASS), ("in-process-only", "uvicorn", Status.SKIPPED),
@@ -149,7 +166,10 @@ class TestBaseline:
     """Run a saved report again, and compare on the servers both ran."""
 
     def test_rerun_and_compare(self, mine):
-        saved = engine.execute(engine.select(["passes", "drifts", "in-process-only"], False, [], mine), [RunConfig("asgi"), RunConfig("uvicorn")]).to_json()
+        saved = engine.execute(
+            engine.select(["passes", "drifts", "in-process-only"], False, [], mine),
+            [RunConfig("asgi"), RunConfig("uvicorn")],
+        ).to_json()
         saved["scenarios"].append({"name": "gone", "server": "asgi", "status": "pass", "observations": []})
         saved["scenarios"][0]["observations"][0]["observed"] = "edited"
         again = engine.rerun(saved, mine)
@@ -163,11 +183,15 @@ class TestBaseline:
         ]  # fmt: skip
 
     def test_runs_on_other_servers_are_counted_not_compared(self, mine):
-        saved = engine.execute(engine.select(["passes"], False, [], mine), [RunConfig("asgi"), RunConfig("uvicorn")]).to_json()
+        saved = engine.execute(
+            engine.select(["passes"], False, [], mine), [RunConfig("asgi"), RunConfig("uvicorn")]
+        ).to_json()
         only_asgi = engine.execute(engine.select(["passes"], False, [], mine), [RunConfig("asgi")])
         assert engine.baseline_changes(saved, only_asgi) == ([], 1)
 
     def test_rerun_keeps_the_spec_version(self, mine):
-        saved = engine.execute(engine.select(["passes"], False, [], mine), [RunConfig("asgi", spec_version="2.4")]).to_json()
+        saved = engine.execute(
+            engine.select(["passes"], False, [], mine), [RunConfig("asgi", spec_version="2.4")]
+        ).to_json()
         again = engine.rerun(saved, mine)
         assert (again.servers, again.spec_version, again.scenarios[0].config.spec_version) == (("asgi",), "2.4", "2.4")

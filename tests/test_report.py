@@ -58,9 +58,23 @@ class TestCompare:
         report = compare(
             scenario({"p": {"v": 1}}, naive={"p": {"v": 2}}), run(record("p", "v", 1, seq=7, thread="W")), RunConfig()
         )
-        assert (report.status, report.error, report.onion, report.duration_ms) == (Status.PASS, None, ["Outer", "Inner"], 12.34)
+        assert (report.status, report.error, report.onion, report.duration_ms) == (
+            Status.PASS,
+            None,
+            ["Outer", "Inner"],
+            12.34,
+        )
         (o,) = report.observations
-        assert (o.seq, o.request, o.probe, o.var, o.observed, o.expected, o.naive, o.match) == (7, 1, "p", "v", 1, 1, 2, True)
+        assert (o.seq, o.request, o.probe, o.var, o.observed, o.expected, o.naive, o.match) == (
+            7,
+            1,
+            "p",
+            "v",
+            1,
+            1,
+            2,
+            True,
+        )
         assert (o.task, o.parent_task, o.context, o.parent_context, o.thread) == (None, None, "C1", None, "W")
         assert o.pitfall
 
@@ -80,7 +94,9 @@ class TestCompare:
         report = compare(scenario({"p": {"v": 1}}), run(error="ValueError: boom"), RunConfig())
         assert (report.status, report.error, report.observations) == (Status.ERROR, "ValueError: boom", [])
 
-    @pytest.mark.parametrize(("expected", "observed"), [("x", None), (None, "x"), (None, UNSET), ({"a": 1}, {"a": None})])
+    @pytest.mark.parametrize(
+        ("expected", "observed"), [("x", None), (None, "x"), (None, UNSET), ({"a": 1}, {"a": None})]
+    )
     def test_a_value_that_differs_from_the_expected_one_is_drift(self, expected, observed):
         report = compare(scenario({"p": {"v": expected}}), run(record("p", "v", observed)), RunConfig())
         assert report.status is Status.DRIFT
@@ -126,7 +142,15 @@ class TestExitCode:
         assert Report([result("a", Status.ERROR)], interrupted=True).exit_code == 130
 
     def test_summary_counts_each_status(self):
-        statuses = [Status.PASS, Status.DRIFT, Status.DRIFT, Status.ERROR, Status.SKIPPED, Status.SKIPPED, Status.SKIPPED]
+        statuses = [
+            Status.PASS,
+            Status.DRIFT,
+            Status.DRIFT,
+            Status.ERROR,
+            Status.SKIPPED,
+            Status.SKIPPED,
+            Status.SKIPPED,
+        ]
         summary = Report([result(str(n), s) for n, s in enumerate(statuses)]).summary
         assert summary == {"total": 7, "passed": 1, "drifted": 2, "errors": 1, "skipped": 3}
 
@@ -153,14 +177,18 @@ class TestJson:
         json.dumps(document)  # plain JSON all through
 
     def test_both_servers_tag_each_scenario(self):
-        document = Report([result("a", Status.PASS), result("a", Status.PASS, server="uvicorn")], servers=("asgi", "uvicorn")).to_json()
+        document = Report(
+            [result("a", Status.PASS), result("a", Status.PASS, server="uvicorn")], servers=("asgi", "uvicorn")
+        ).to_json()
         assert document["server"] == "both"
         assert [(s["name"], s["server"]) for s in document["scenarios"]] == [("a", "asgi"), ("a", "uvicorn")]
 
     def test_environment_names_python_and_the_installed_frameworks(self):
         env = environment()
         assert env["python"] == platform.python_version()
-        assert env["packages"] == {p: metadata.version(p) for p in ("starlette", "fastapi", "anyio", "httpx", "uvicorn")}
+        assert env["packages"] == {
+            p: metadata.version(p) for p in ("starlette", "fastapi", "anyio", "httpx", "uvicorn")
+        }
 
     def test_skipped_says_why(self):
         report = skipped("a", "needs uvicorn>=99", RunConfig("uvicorn"))
@@ -175,10 +203,18 @@ class TestText:
     """Values as people read them."""
 
     def test_show(self):
-        assert [show(None), show("x"), show(UNSET), show({"a": 1}), show(0)] == ["null", '"x"', "<unset>", '{"a": 1}', "0"]
+        assert [show(None), show("x"), show(UNSET), show({"a": 1}), show(0)] == [
+            "null",
+            '"x"',
+            "<unset>",
+            '{"a": 1}',
+            "0",
+        ]
 
     def test_drift_line_names_the_request_when_there_is_one(self):
-        report = compare(scenario({"p": {"v": None}, "q": {"w": 1}}), run(record("p", "v", "x", request=2)), RunConfig())
+        report = compare(
+            scenario({"p": {"v": None}, "q": {"w": 1}}), run(record("p", "v", "x", request=2)), RunConfig()
+        )
         assert [drift_line(o) for o in report.drifted] == [
             'request 2: p v: expected null, observed "x"',
             "q w: expected 1, observed <not reached>",
@@ -219,7 +255,13 @@ class TestDiff:
         before = saved(entry("a", (1, "p", "v", 1)))
         after = saved(entry("a", (1, "p", "v", 2), status="drift"))
         status, value = diff(before, after)
-        assert (status.probe, status.var, status.request, status.before, status.after) == ("-", "status", None, "pass", "drift")
+        assert (status.probe, status.var, status.request, status.before, status.after) == (
+            "-",
+            "status",
+            None,
+            "pass",
+            "drift",
+        )
         assert (value.before, value.after) == (1, 2)
 
     def test_a_scenario_skipped_on_one_side_is_its_status_alone(self):
@@ -239,7 +281,9 @@ class TestDiff:
         document = saved(entry("a", server="asgi"), entry("a", server="uvicorn"), entry("b"), server="both")
         assert list(runs(document)) == [("a", "asgi"), ("a", "uvicorn"), ("b", "both")]
         assert list(runs({"scenarios": [entry("c")]})) == [("c", "asgi")]
-        only_uvicorn = saved(entry("a", (1, "p", "v", 1), server="uvicorn"), entry("a", (1, "p", "v", 2), server="asgi"))
+        only_uvicorn = saved(
+            entry("a", (1, "p", "v", 1), server="uvicorn"), entry("a", (1, "p", "v", 2), server="asgi")
+        )
         (change,) = diff(only_uvicorn, saved(entry("a", (1, "p", "v", 1)), server="uvicorn"))
         assert (change.server, change.var, change.before, change.after) == ("asgi", "status", "pass", "<not run>")
 
@@ -273,7 +317,10 @@ class TestLoadReport:
             ('{"schema_version": 1, "scenarios": [{"name": 1, "observations": []}]}', "malformed"),
             ('{"schema_version": 1, "scenarios": [{"name": "a"}]}', "malformed"),
             ('{"schema_version": 1, "scenarios": [{"name": "a", "observations": [[]]}]}', "malformed"),
-            ('{"schema_version": 1, "scenarios": [{"name": "a", "observations": [{"probe": "p", "var": "v"}]}]}', "malformed"),
+            (
+                '{"schema_version": 1, "scenarios": [{"name": "a", "observations": [{"probe": "p", "var": "v"}]}]}',
+                "malformed",
+            ),
         ],
     )
     def test_bad_files_are_one_clear_error(self, tmp_path, content, message):
@@ -315,7 +362,9 @@ class TestCiFormats:
         assert cases["hand-made"].get("time") == "1.500"
         (failure,) = cases["hand-made"]
         assert (failure.tag, failure.get("message")) == ("failure", "2 observation(s) drifted")
-        assert failure.text == 'request 1: p v: expected 1, observed "50%\\nmore"\nq w: expected 2, observed <not reached>'
+        assert (
+            failure.text == 'request 1: p v: expected 1, observed "50%\\nmore"\nq w: expected 2, observed <not reached>'
+        )
         assert [(e.tag, e.get("message")) for name in ("bad", "silent", "other", "quiet") for e in cases[name]] == [
             ("error", "ValueError: x"), ("error", "error"), ("skipped", "runs only on asgi"), ("skipped", "skipped"),
         ]  # fmt: skip

@@ -14,7 +14,9 @@ SERVERS = ["asgi", "uvicorn"]
 
 
 async def answer(send, status=200, body=b"ok"):
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -89,7 +91,11 @@ class TestUnexpectedStatus:
         assert run(scenario(app, requests=(ClientRequest(status=500),)), RunConfig(server)).error is None
         crashed = run(scenario(app), RunConfig(server)).error
         # In process the exception itself arrives; a server answers 500.
-        assert crashed == ("RuntimeError: boom" if server == "asgi" else "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error")
+        assert crashed == (
+            "RuntimeError: boom"
+            if server == "asgi"
+            else "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error"
+        )
 
 
 class TestOrder:
@@ -187,6 +193,7 @@ class TestLifespanFailures:
 
         async def logged(scope, receive, send):
             if scope["type"] == "lifespan":
+
                 async def receive_logged():
                     message = await receive()
                     note("lifespan", "message", message["type"])
