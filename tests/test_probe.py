@@ -168,3 +168,25 @@ def test_a_task_given_a_context_runs_in_that_context_itself(asgi_app):
     expect = {"after": {"value": "set in the task"}, "entered": {"value": "set in the task"}}
     result = run_app(lambda: asgi_app(handler), expect)
     assert result.status == "pass", result.error
+
+
+def test_a_task_outliving_its_request_still_belongs_to_it(asgi_app):
+    """Only a thread with no request of its own is lent the one in flight:
+    a task knows which request started it."""
+    wake = asyncio.Event()
+    leftovers = []
+
+    async def leftover():
+        await wake.wait()
+        probe("leftover", var)
+
+    async def handler(scope):
+        number = int(dict(scope["headers"])[b"x-ctxlab-request"])
+        if number == 1:
+            leftovers.append(asyncio.get_running_loop().create_task(leftover()))
+            return
+        wake.set()
+        await asyncio.sleep(0.01)  # the leftover task probes while request 2 is in flight
+
+    result = run_app(lambda: asgi_app(handler), {"leftover": {"var": UNSET}}, requests=(ClientRequest(),) * 2)
+    assert [(o.probe, o.request) for o in result.observations] == [("leftover", 1)]
