@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -137,10 +138,16 @@ def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
     cosmic_ray("cosmic-ray", "exec", config.name, session, tree=tree, env=env)
     dump = cosmic_ray("cosmic-ray", "dump", session, tree=tree, env=env).stdout
     killed, survivors = 0, []
+    excluded = re.compile("|".join(EXCLUDED_OPERATORS))
+    spans = typing_only((tree / f"ctxlab/{module}.py").read_text(encoding="utf-8"))
     for line in dump.splitlines():
         item, result = json.loads(line)
         if result is None or result["worker_outcome"] != "normal":
             continue  # filtered out, or no mutation possible at that spot
+        # A run resumed with --again keeps earlier kills: leave out those
+        # that the filters, as they are now, would have skipped.
+        if excluded.match(item["mutations"][0]["operator_name"]) or in_spans(item["mutations"][0], spans):
+            continue
         if result["test_outcome"] == "killed":
             killed += 1
         else:
@@ -168,6 +175,11 @@ def typing_only(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     return spans
 
 
+def in_spans(mutation: dict, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
+    start, end = tuple(mutation["start_pos"]), tuple(mutation["end_pos"])
+    return any(low <= start and end <= high for low, high in spans)
+
+
 def skip_typing_only(session: Path, module: Path) -> None:
     """Mark the mutants of code that never runs as skipped, not survivors."""
     from cosmic_ray.work_db import use_db
@@ -177,8 +189,7 @@ def skip_typing_only(session: Path, module: Path) -> None:
     with use_db(str(session)) as db:
         for item in list(db.pending_work_items):
             (mutation,) = item.mutations
-            start, end = tuple(mutation.start_pos), tuple(mutation.end_pos)
-            if any(low <= start and end <= high for low, high in spans):
+            if in_spans({"start_pos": mutation.start_pos, "end_pos": mutation.end_pos}, spans):
                 db.set_result(item.job_id, WorkResult(output="typing only", worker_outcome=WorkerOutcome.SKIPPED))
 
 
