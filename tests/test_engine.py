@@ -195,3 +195,13 @@ class TestBaseline:
         ).to_json()
         again = engine.rerun(saved, mine)
         assert (again.servers, again.spec_version, again.scenarios[0].config.spec_version) == (("asgi",), "2.4", "2.4")
+
+
+def test_a_run_config_is_one_immutable_value():
+    """One RunConfig() is the default of every report and run: none of them may change it for the others."""
+    import dataclasses
+
+    config = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server = "uvicorn"
+    assert config == RunConfig("asgi", None, None, None, None) and hash(config) == hash(RunConfig())
