@@ -41,7 +41,7 @@ TARGET = 0.90
 # Module -> the test files that exercise it.  Subprocess tests are listed
 # where the module's code runs only in the CLI process.
 TESTS = {
-    "config": ["test_report.py", "test_scenario.py"],
+    "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
     "labels": ["test_labels.py", "test_probe.py"],
     "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],
     "scenario": ["test_scenario.py", "test_report.py", "test_plugins.py", "test_middleware_order.py"],

@@ -298,8 +298,9 @@ class TestLoadReport:
     def test_a_valid_report_is_returned_whole(self, tmp_path):
         path = tmp_path / "r.json"
         document = saved(entry("a", (1, "p", "v", 1)))
+        document["scenarios"].append({"name": "b", "observations": [{"probe": "p", "var": "v", "observed": None}]})
         path.write_text(json.dumps(document))
-        assert load_report(path) == document
+        assert load_report(path) == document  # probe, var and observed are all an observation needs
 
     @pytest.mark.parametrize(
         ("content", "message"),
