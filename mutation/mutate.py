@@ -44,7 +44,7 @@ TESTS = {
     "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
     "labels": ["test_labels.py", "test_probe.py"],
     "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],
-    "scenario": ["test_scenario.py", "test_report.py", "test_plugins.py", "test_middleware_order.py"],
+    "scenario": ["test_scenario.py", "test_report.py", "test_runner.py", "test_plugins.py", "test_middleware_order.py"],
     "report": ["test_report.py", "test_middleware_order.py"],
     "engine": ["test_engine.py", "test_report.py"],
     "runner": ["test_runner.py", "test_probe.py", "test_labels.py", "test_middleware_order.py", "test_servers.py"],
