@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / ".mutate"
 TARGET = 0.90
 
-# Module -> the test files that exercise it.  Subprocess tests are listed
-# where the module's code runs only in the CLI process.
+# Module -> the tests that exercise it (files, or single tests where a
+# file is mostly about something else).  Subprocess tests are listed where
+# the module's code runs only in the CLI process (Ctrl-C, serve).
 TESTS = {
     "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
     "labels": ["test_labels.py", "test_probe.py"],
@@ -47,8 +48,21 @@ TESTS = {
     "scenario": ["test_scenario.py", "test_report.py", "test_runner.py", "test_plugins.py", "test_middleware_order.py"],
     "report": ["test_report.py", "test_middleware_order.py"],
     "engine": ["test_engine.py", "test_report.py"],
-    "runner": ["test_runner.py", "test_probe.py", "test_labels.py", "test_middleware_order.py", "test_servers.py"],
-    "servers": ["test_runner.py", "test_servers.py"],
+    "runner": [
+        "test_runner.py",
+        "test_labels.py",
+        "test_probe.py",
+        "test_engine.py",
+        "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
+        "test_servers.py::test_ctrl_c_reports_what_finished_and_exits_130",
+        "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
+    ],
+    "servers": [
+        "test_runner.py",
+        "test_servers.py::test_lifespan_runs_on_the_real_server",
+        "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
+        "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
+    ],
     "diagnose": ["test_diagnose.py"],
 }
 

@@ -146,6 +146,20 @@ class TestFailures:
         result = run(scenario(app, timeout=0.2), RunConfig())
         assert result.error == "timed out after 0.2s"
         assert [r.probe for r in result.records] == ["before"]
+        assert 200 <= result.duration_ms < 60_000  # milliseconds: at least the timeout, and sane
+
+    def test_a_run_outside_the_main_thread(self):
+        """Ctrl-C handling needs the main thread; elsewhere a run goes on without it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                note("endpoint", "ran", True)
+                await answer(send)
+
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(run, scenario(app), RunConfig()).result()
+        assert (result.error, [r.value for r in result.records]) == (None, [True])
 
 
 class TestLifespanFailures:
