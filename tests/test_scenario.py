@@ -219,3 +219,15 @@ class TestDiscovery:
         (tmp_path / "liar.py").write_text('def scenario(*a, **k): return lambda f: f\n@scenario("ghost", expect={})\ndef f(): pass\n')
         with pytest.raises(ScenarioError, match="liar.py lists 'ghost' but does not declare it with @scenario"):
             load(catalog(tmp_path)["ghost"])
+
+
+def test_a_prerelease_counts_as_its_version(tmp_path, monkeypatch):
+    """Someone testing a release candidate gets the expectations of its range."""
+    info = tmp_path / "ctxlab_rc_probe-1.0rc1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctxlab-rc-probe\nVersion: 1.0rc1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = Env("asgi", None, None)
+    assert env.version("ctxlab-rc-probe") == "1.0rc1"
+    assert by_version("ctxlab-rc-probe", {"<0.9": "old", ">=0.9": "new"}).resolve(env) == "new"
+    assert env.has("ctxlab-rc-probe", ">=0.9")
