@@ -148,6 +148,24 @@ class TestFailures:
         assert [r.probe for r in result.records] == ["before"]
         assert 200 <= result.duration_ms < 60_000  # milliseconds: at least the timeout, and sane
 
+    def test_what_the_app_left_running_is_cancelled_and_cleans_up(self):
+        cleaned = []
+
+        async def forever():
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await asyncio.sleep(0.01)  # cleanup that itself takes a moment
+                cleaned.append(True)
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                asyncio.get_running_loop().create_task(forever())
+                await answer(send)
+
+        assert run(scenario(app), RunConfig()).error is None
+        assert cleaned == [True]
+
     def test_a_run_outside_the_main_thread(self):
         """Ctrl-C handling needs the main thread; elsewhere a run goes on without it."""
         from concurrent.futures import ThreadPoolExecutor
