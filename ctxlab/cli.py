@@ -14,14 +14,15 @@ import time
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
-from ctxlab import __version__, engine
-from ctxlab.config import RunConfig
+from ctxlab import __version__
 from ctxlab.errors import CtxlabError, UsageError
-from ctxlab.output import OutputFormat, console
+
+if TYPE_CHECKING:
+    from ctxlab.config import RunConfig
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected."""
@@ -52,6 +53,8 @@ class Server(str, Enum):
 
 def _configs(server: Server, spec_version: Optional[str] = None, concurrency: Optional[int] = None) -> list[RunConfig]:
     """One run configuration per server asked for."""
+    from ctxlab.config import RunConfig
+
     return [RunConfig(name, spec_version=spec_version, concurrency=concurrency) for name in server.runs_on]
 
 
@@ -113,6 +116,9 @@ def list_(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The catalog: name, tags, one-line summary."""
+    from ctxlab import engine
+    from ctxlab.output import OutputFormat
+
     entries = engine.tagged(list(engine.entries(scenarios).values()), tag or [])
     OutputFormat.chosen(as_json).emitter().catalog(entries)
     return 0
@@ -142,6 +148,9 @@ def run(
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
     if spec_version is not None and server is not Server.asgi:
         raise UsageError("--spec-version applies to --server asgi only; a real server advertises its own")
+    from ctxlab import engine
+    from ctxlab.output import OutputFormat, console
+
     entries = engine.select(names or [], all_, tag or [], scenarios)
     _writable(output)
     if not entries:
@@ -168,10 +177,12 @@ def explain(
     """The story of one scenario: onion, task tree, why, the fix, the source."""
     if server is Server.both:
         raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
-    entry = engine.select([name], False, [], scenarios)[0]
-    from ctxlab import render
+    from ctxlab import engine, render
+    from ctxlab.config import RunConfig
+    from ctxlab.output import console
     from ctxlab.scenario import load
 
+    entry = engine.select([name], False, [], scenarios)[0]
     result = engine.run_entry(entry, RunConfig(server.value))
     render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
@@ -185,11 +196,14 @@ def serve(
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
     probe rows as requests arrive; Ctrl-C stops it."""
+    from ctxlab import engine
+
     entry = engine.select([name], False, [], scenarios)[0]
     if "uvicorn" not in entry.servers:
         raise UsageError(f"{name!r} runs only in process (--server asgi); it cannot be served")
     from ctxlab import render, runner
     from ctxlab.errors import ServerFailed
+    from ctxlab.output import console
     from ctxlab.scenario import load
 
     scenario = load(entry)
@@ -218,7 +232,8 @@ def check(
     scenarios: ScenariosOption = None,
 ) -> int:
     """CI mode: every scenario, a line each, details only for failures."""
-    from ctxlab import render, report
+    from ctxlab import engine, render, report
+    from ctxlab.output import console
 
     before = report.load_report(baseline) if baseline is not None else None
     _writable(junit)
@@ -252,14 +267,19 @@ def snapshot(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
+    from ctxlab import engine
+    from ctxlab.output import console
+
     _writable(output)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
     write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
     s = results.summary
-    console(stderr=True).print(f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
-                               f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)")  # fmt: skip
+    console(stderr=True).print(
+        f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
+        f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)"
+    )
     return 3 if s["errors"] else 0
 
 
@@ -270,7 +290,8 @@ def diff(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Run the snapshot's scenarios now and show what changed against it."""
-    from ctxlab import report
+    from ctxlab import engine, report
+    from ctxlab.output import OutputFormat
 
     before = report.load_report(snapshot_file)
     results = engine.rerun(before, scenarios)
@@ -293,6 +314,7 @@ def matrix(
 ) -> int:
     """The same scenarios across framework versions: a scenario x environment grid."""
     from ctxlab import matrix as matrices
+    from ctxlab.output import OutputFormat, console
 
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
     columns = [matrices.parse_column(text) for text in with_]
@@ -322,6 +344,7 @@ def probe_app(
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
     from ctxlab.diagnose import diagnose
+    from ctxlab.output import OutputFormat
 
     result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
     if path is not None and result.status >= 400:

@@ -34,9 +34,11 @@ class OutputFormat(str, Enum):
 
     @classmethod
     def chosen(cls, as_json: bool) -> OutputFormat:
+        """The format a command's `--json` flag asks for."""
         return cls.JSON if as_json else cls.TABLE
 
     def emitter(self) -> Emitter:
+        """A new emitter writing this format to stdout."""
         return JsonEmitter() if self is OutputFormat.JSON else TableEmitter()
 
 
@@ -45,6 +47,7 @@ class Emitter:
     showing a finished scenario does nothing."""
 
     def catalog(self, entries: Iterable[Entry]) -> None:
+        """`ctxlab list`: the scenarios."""
         raise NotImplementedError
 
     def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
@@ -59,9 +62,11 @@ class Emitter:
         raise NotImplementedError
 
     def matrix(self, grid: dict[str, Any]) -> None:
+        """`ctxlab matrix`: the scenario x environment grid."""
         raise NotImplementedError
 
     def diagnosis(self, result: Diagnosis) -> None:
+        """`ctxlab probe`: the layers of the user's app and the verdict."""
         raise NotImplementedError
 
 
@@ -72,8 +77,9 @@ class JsonEmitter(Emitter):
         print(json.dumps(document, indent=2))
 
     def catalog(self, entries: Iterable[Entry]) -> None:
-        self._dump([{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)}
-                    for e in entries])  # fmt: skip
+        self._dump(
+            [{"name": e.name, "tags": list(e.tags), "summary": e.summary, "servers": list(e.servers)} for e in entries]
+        )
 
     def report(self, results: Report, seconds: float) -> None:
         self._dump(results.to_json())

@@ -15,7 +15,7 @@ import itertools
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 from ctxlab.values import UNSET, jsonable, raised
 
@@ -83,7 +83,14 @@ class Recorder:
     _root: asyncio.Task | None = None
 
     # -- task tracking ---------------------------------------------------
-    def task_factory(self, loop, coro, *, context=None, **kwargs):
+    def task_factory(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        context: contextvars.Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task:
         """Create the task asyncio would, remembering its parent and context."""
         if context is None:
             context = contextvars.copy_context()
@@ -200,6 +207,7 @@ def start_request(number: int) -> contextvars.Token:
 
 
 def end_request(number: int, token: contextvars.Token) -> None:
+    """Called by the runner's outermost layer as a request leaves the app."""
     if _active is not None:
         _active.in_flight.discard(number)
     try:

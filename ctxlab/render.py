@@ -12,17 +12,19 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ctxlab.report import Observation, Report, ScenarioReport, Status, by_occurrence, show
-from ctxlab.scenario import describe
+from ctxlab.report import Change, Observation, Report, ScenarioReport, Status, by_occurrence, show
+from ctxlab.scenario import Entry, Scenario, describe
 
 if TYPE_CHECKING:
+    from ctxlab.diagnose import Diagnosis
     from ctxlab.labels import Where
     from ctxlab.probe import Record
 
 STATUS_STYLE = {Status.PASS: "green", Status.DRIFT: "bold red", Status.ERROR: "bold magenta", Status.SKIPPED: "yellow"}
 
 
-def catalog(entries, console: Console) -> None:
+def catalog(entries: Iterable[Entry], console: Console) -> None:
+    """`ctxlab list`: name, tags and summary of each scenario."""
     table = Table("name", "tags", "summary", box=None, pad_edge=False, header_style="bold")
     for entry in entries:
         table.add_row(Text(entry.name, style="cyan", no_wrap=True), ", ".join(entry.tags), entry.summary)
@@ -64,13 +66,17 @@ def observation_table(observations: Iterable[Observation]) -> Table:
         task = _task(o.task, o.parent_task)
         where = f"{task} {o.context}\n{o.thread}" if task else f"{o.context or '-'}\n{o.thread or '-'}"
         table.add_row(
-            str(o.seq or "-"), Text.assemble(o.probe, "\n", (o.var, "dim")),
-            _observed_cell(o), expected, where,
-        )  # fmt: skip
+            str(o.seq or "-"),
+            Text.assemble(o.probe, "\n", (o.var, "dim")),
+            _observed_cell(o),
+            expected,
+            where,
+        )
     return table
 
 
 def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
+    """The observations grouped by request, in the order requests first appear."""
     groups: dict[Any, list[Observation]] = defaultdict(list)
     for o in observations:
         groups[o.request].append(o)
@@ -78,6 +84,7 @@ def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
 
 
 def scenario_report(result: ScenarioReport, summary: str, console: Console) -> None:
+    """One scenario on one server: status, onion, a table per request."""
     status = Text(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"  {result.duration_ms:.0f} ms"))
     console.print(Text(summary, style="dim"))
@@ -95,7 +102,7 @@ def scenario_report(result: ScenarioReport, summary: str, console: Console) -> N
     console.print()
 
 
-def outcomes(entry, results: list[ScenarioReport], console: Console) -> None:
+def outcomes(entry: Entry, results: list[ScenarioReport], console: Console) -> None:
     """One server: the full tables. Both: side by side, differences marked."""
     if len(results) == 1:
         scenario_report(results[0], entry.summary, console)
@@ -103,7 +110,8 @@ def outcomes(entry, results: list[ScenarioReport], console: Console) -> None:
         side_by_side(entry, *results, console=console)
 
 
-def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: Console) -> None:
+def side_by_side(entry: Entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: Console) -> None:
+    """One scenario on two servers: a row per observation, differences marked."""
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
         head.append(f"  {result.server} ")
@@ -138,9 +146,12 @@ def side_by_side(entry, asgi: ScenarioReport, uvicorn: ScenarioReport, console: 
 def summary_line(report: Report, seconds: float) -> Text:
     """pytest style: `3 passed, 1 drifted in 0.41s`."""
     s = report.summary
-    parts = [(s["passed"], "passed", Status.PASS), (s["drifted"], "drifted", Status.DRIFT),
-             (s["errors"], "error" if s["errors"] == 1 else "errors", Status.ERROR),
-             (s["skipped"], "skipped", Status.SKIPPED)]  # fmt: skip
+    parts = [
+        (s["passed"], "passed", Status.PASS),
+        (s["drifted"], "drifted", Status.DRIFT),
+        (s["errors"], "error" if s["errors"] == 1 else "errors", Status.ERROR),
+        (s["skipped"], "skipped", Status.SKIPPED),
+    ]
     text = Text()
     for count, word, status in parts:
         if count:
@@ -193,19 +204,23 @@ def task_tree(result: ScenarioReport, request: int | None) -> Tree:
 TREES_SHOWN = 3
 
 
-def expectations(scenario) -> Table:
+def expectations(scenario: Scenario) -> Table:
     """What the scenario expects, including how it depends on versions or
     the server, and what a naive reading would expect."""
     table = _table("probe / var", "expected", "naive", title="expectations", title_justify="left")
     for probe, variables in scenario.expect.items():
         for var, value in variables.items():
             naive = scenario.naive.get(probe, {}).get(var, value)
-            table.add_row(Text.assemble(probe, "\n", (var, "dim")), describe(value),
-                          Text(describe(naive), style="yellow") if naive is not value else "")  # fmt: skip
+            table.add_row(
+                Text.assemble(probe, "\n", (var, "dim")),
+                describe(value),
+                Text(describe(naive), style="yellow") if naive is not value else "",
+            )
     return table
 
 
-def explain(scenario, result: ScenarioReport, source: str, console: Console) -> None:
+def explain(scenario: Scenario, result: ScenarioReport, source: str, console: Console) -> None:
+    """`ctxlab explain`: onion, task trees, expectations, why, the fix, the source."""
     from rich.panel import Panel
     from rich.syntax import Syntax
 
@@ -235,12 +250,15 @@ def live_line(record: Record, where: Where) -> Text:
     task = _task(where.task, where.parent_task)
     place = f"{task + ' ' if task else ''}{where.context} {record.thread}"
     return Text.assemble(
-        (f"request {record.request}  ", "bold"), (record.probe, "cyan"), f"  {record.var} = ",
-        show(record.value), (f"   {place}", "dim"),
-    )  # fmt: skip
+        (f"request {record.request}  ", "bold"),
+        (record.probe, "cyan"),
+        f"  {record.var} = ",
+        show(record.value),
+        (f"   {place}", "dim"),
+    )
 
 
-def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
+def check_line(entry: Entry, results: list[ScenarioReport], console: Console) -> None:
     """`ctxlab check`: a line per scenario; full tables only for failures."""
     for result in results:
         status = Text(f"{result.status.value.upper():<8}", style=STATUS_STYLE[result.status])
@@ -251,19 +269,25 @@ def check_line(entry, results: list[ScenarioReport], console: Console) -> None:
             scenario_report(failed, entry.summary, console)
 
 
-def changes(found, before: dict, after: dict, console: Console) -> None:
+def changes(found: list[Change], before: dict[str, Any], after: dict[str, Any], console: Console) -> None:
     """`ctxlab diff`: what changed, and the package versions either side."""
     if found:
         table = _table("scenario", "server", "req", "probe / var", "before", "after")
         for c in found:
             table.add_row(
-                c.scenario, c.server, str(c.request or "-"), Text.assemble(c.probe, "\n", (c.var, "dim")),
-                Text(show(c.before), style="red"), Text(show(c.after), style="green"),
-            )  # fmt: skip
+                c.scenario,
+                c.server,
+                str(c.request or "-"),
+                Text.assemble(c.probe, "\n", (c.var, "dim")),
+                Text(show(c.before), style="red"),
+                Text(show(c.after), style="green"),
+            )
         console.print(table)
     old, new = before.get("packages", {}), after.get("packages", {})
-    versions = [f"{p} {old.get(p, '-')} → {new.get(p, '-')}" if old.get(p) != new.get(p) else f"{p} {new.get(p)}"
-                for p in dict.fromkeys([*old, *new])]  # fmt: skip
+    versions = [
+        f"{p} {old.get(p, '-')} → {new.get(p, '-')}" if old.get(p) != new.get(p) else f"{p} {new.get(p)}"
+        for p in dict.fromkeys([*old, *new])
+    ]
     console.print(Text("packages: " + ", ".join(versions), style="dim"))
     python = f"python {before.get('python', '-')} → {after.get('python')}" if before.get("python") != after.get("python") else ""
     if python:
@@ -273,16 +297,18 @@ def changes(found, before: dict, after: dict, console: Console) -> None:
     console.print(Text(verdict, style="bold red" if found else "green"))
 
 
-def matrix(result: dict, console: Console) -> None:
+def matrix(result: dict[str, Any], console: Console) -> None:
     """The scenario x environment grid; cells whose observations changed
     from the column before are highlighted, then each change is listed."""
     table = _table("scenario", *(column["label"] for column in result["columns"]))
     for row in result["scenarios"]:
         cells = [
-            Text(cell["status"] + (" *" if cell["changed"] else ""),
-                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])])
+            Text(
+                cell["status"] + (" *" if cell["changed"] else ""),
+                style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])],
+            )
             for cell in row["cells"]
-        ]  # fmt: skip
+        ]
         table.add_row(f"{row['name']} ({row['server']})", *cells)
     console.print(table)
     if not result["changes"]:
@@ -297,7 +323,7 @@ def matrix(result: dict, console: Console) -> None:
         )
 
 
-def diagnosis(result, console: Console) -> None:
+def diagnosis(result: Diagnosis, console: Console) -> None:
     """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
     console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
@@ -305,8 +331,12 @@ def diagnosis(result, console: Console) -> None:
     table = _table("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint")
     for layer in result.layers:
         culprit = layer.name in result.culprits
-        table.add_row(Text(layer.name, style="bold red" if culprit else ""), layer.kind,
-                      yes if layer.sees_endpoint_values else no, yes if layer.reaches_endpoint else no)  # fmt: skip
+        table.add_row(
+            Text(layer.name, style="bold red" if culprit else ""),
+            layer.kind,
+            yes if layer.sees_endpoint_values else no,
+            yes if layer.reaches_endpoint else no,
+        )
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))

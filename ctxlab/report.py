@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from ctxlab import __version__
 from ctxlab.config import RunConfig
@@ -78,6 +79,7 @@ class ScenarioReport:
 
     @property
     def server(self) -> str:
+        """The server this scenario ran on (or was skipped for)."""
         return self.config.server
 
     @property
@@ -132,9 +134,17 @@ def _observation(scenario: Scenario, record: Record, where: Where, config: RunCo
     expected = jsonable(scenario.expected(record.probe, record.var, env))
     naive = jsonable(scenario.naive_value(record.probe, record.var, env))
     return Observation(
-        record.seq, record.request, record.probe, record.var, record.value, expected, naive,
-        record.value == expected, where.task, where.parent_task, where.context, record.thread, where.parent_context,
-    )  # fmt: skip
+        seq=record.seq,
+        request=record.request,
+        probe=record.probe,
+        var=record.var,
+        observed=record.value,
+        expected=expected,
+        naive=naive,
+        match=record.value == expected,
+        thread=record.thread,
+        **asdict(where),
+    )
 
 
 def _unreached(scenario: Scenario, records: list[Record], config: RunConfig) -> Iterator[Observation]:
@@ -217,7 +227,7 @@ class Report:
 
 
 # -- saved reports: snapshot and diff ---------------------------------------------
-def load_report(path) -> dict[str, Any]:
+def load_report(path: Path) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -250,6 +260,8 @@ def load_report(path) -> dict[str, Any]:
 
 @dataclass
 class Change:
+    """One value (or status) that differs between two reports."""
+
     scenario: str
     server: str
     request: int | None
@@ -259,11 +271,14 @@ class Change:
     after: Any
 
 
-def by_occurrence(items, key) -> dict[tuple, Any]:
+T = TypeVar("T")
+
+
+def by_occurrence(items: Iterable[T], key: Callable[[T], tuple]) -> dict[tuple, T]:
     """Items keyed by `key(item)` plus the number of earlier items with that
     key: (request, probe, var, n) tells repeated probe runs apart."""
     counts: dict[tuple, int] = {}
-    keyed = {}
+    keyed: dict[tuple, T] = {}
     for item in items:
         base = key(item)
         counts[base] = counts.get(base, -1) + 1
@@ -318,15 +333,23 @@ def junit(report: Report) -> str:
     suites = ET.Element("testsuites")
     s = report.summary
     suite = ET.SubElement(
-        suites, "testsuite", name="ctxlab", tests=str(s["total"]), failures=str(s["drifted"]),
-        errors=str(s["errors"]), skipped=str(s["skipped"]),
+        suites,
+        "testsuite",
+        name="ctxlab",
+        tests=str(s["total"]),
+        failures=str(s["drifted"]),
+        errors=str(s["errors"]),
+        skipped=str(s["skipped"]),
         time=f"{sum(r.duration_ms for r in report.scenarios) / 1000:.3f}",
-    )  # fmt: skip
+    )
     for result in report.scenarios:
         case = ET.SubElement(
-            suite, "testcase", classname=f"ctxlab.{result.server}", name=result.name,
+            suite,
+            "testcase",
+            classname=f"ctxlab.{result.server}",
+            name=result.name,
             time=f"{result.duration_ms / 1000:.3f}",
-        )  # fmt: skip
+        )
         if result.status is Status.DRIFT:
             failure = ET.SubElement(case, "failure", message=f"{len(result.drifted)} observation(s) drifted")
             failure.text = "\n".join(drift_line(o) for o in result.drifted)

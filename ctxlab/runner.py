@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import signal
+import threading
 import time
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -101,11 +102,13 @@ def serve(
     its labels (numbered as `run` numbers them)."""
 
     def labelled(record: Record) -> None:
-        labeller.number([record])
-        on_record(record, labeller.where(record))
+        with numbering:  # probes in pool threads report concurrently
+            labeller.number([record])
+            where = labeller.where(record)
+        on_record(record, where)
 
     recorder = Recorder(on_record=labelled)
-    labeller = Labeller(recorder.tasks)
+    labeller, numbering = Labeller(recorder.tasks), threading.Lock()
 
     async def serving() -> None:
         recorder.set_root(asyncio.current_task())

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ctxlab.config import RunConfig
 from ctxlab.errors import ScenarioError
@@ -28,6 +28,8 @@ Servers = ("asgi", "uvicorn")
 # -- requests -------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientRequest:
+    """One request a scenario sends, and the status it must be answered with."""
+
     method: str = "GET"
     path: str = "/"
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -51,6 +53,7 @@ class Env:
         return cls(config.server, config.spec_version, request, config.concurrency)
 
     def version(self, package: str) -> str:
+        """The installed version of `package` ("0" when it is not installed)."""
         return package_version(package)
 
     def has(self, package: str, spec: str) -> bool:
@@ -67,6 +70,7 @@ class Env:
 
 @cache
 def package_version(package: str) -> str:
+    """The installed version of `package`, "0" when it is not installed."""
     from importlib import metadata  # 30 ms of imports: not for `ctxlab list`
 
     try:
@@ -100,6 +104,7 @@ def describe(value: Any) -> str:
 
 
 def resolve(value: Any, env: Env) -> Any:
+    """An expected value for `env`: a Varies chooses, anything else is itself."""
     return value.resolve(env) if isinstance(value, Varies) else value
 
 
@@ -139,6 +144,9 @@ Expectations = Mapping[str, Mapping[str, Any]]  # probe -> var -> value
 
 @dataclass
 class Scenario:
+    """A scenario as `@scenario` declares it: the app factory, the requests to
+    send it, what each probe should see, and how to run it."""
+
     name: str
     summary: str
     build: Callable[[], Any]
@@ -179,9 +187,11 @@ class Scenario:
         return None
 
     def expected(self, probe: str, var: str, env: Env) -> Any:
+        """What `probe` should see in `var` under `env`."""
         return resolve(self.expect[probe][var], env)
 
     def naive_value(self, probe: str, var: str, env: Env) -> Any:
+        """What a naive reading expects there (the expectation, unless stated)."""
         if var in self.naive.get(probe, {}):
             return resolve(self.naive[probe][var], env)
         return self.expected(probe, var, env)
@@ -190,10 +200,12 @@ class Scenario:
 _declared: list[Scenario] = []
 
 
-def scenario(name: str, *, summary: str, expect: Expectations, tags=(), **options: Any):
+def scenario(
+    name: str, *, summary: str, expect: Expectations, tags: Iterable[str] = (), **options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare the decorated app factory as a scenario."""
 
-    def register(build: Callable[[], Any]) -> Callable[[], Any]:
+    def register(build: Callable[..., Any]) -> Callable[..., Any]:
         _declared.append(
             Scenario(name=name, summary=summary, build=build, expect=expect, tags=tuple(tags), **options)
         )
@@ -215,6 +227,7 @@ class Entry:
 
 
 def bundled_dir() -> Path:
+    """Where the bundled scenarios are, installed or in a checkout."""
     package = Path(__file__).resolve().parent
     installed = package / "scenarios"  # in a wheel the scenarios ride inside
     return installed if installed.is_dir() else package.parent / "scenarios"
@@ -294,7 +307,7 @@ def plugin_modules() -> list[Path]:
     return paths
 
 
-def suggest(name: str, known, otherwise: str = "; see 'ctxlab list'") -> str:
+def suggest(name: str, known: Iterable[str], otherwise: str = "; see 'ctxlab list'") -> str:
     """`; did you mean 'x'?` for the closest known name, else `otherwise`."""
     import difflib
 
