@@ -127,7 +127,7 @@ def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
     started = time.perf_counter()
     baseline = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if baseline.returncode != 0:
-        raise SystemExit(f"{module}: the tests fail before any mutation:\n{baseline.stdout[-3000:]}")
+        raise SystemExit(f"{module}: the tests fail before any mutation:\n{(baseline.stdout + baseline.stderr)[-3000:]}")
     # A mutant that hangs is killed by the timeout; leave a slow machine room.
     timeout = max(30.0, 4 * (time.perf_counter() - started))
     config = tree / "cosmic-ray.toml"
