@@ -11,6 +11,7 @@ import pytest
 import ctxlab
 from ctxlab.config import RunConfig
 from ctxlab.scenario import (
+    ClientRequest,
     Env,
     Scenario,
     ScenarioError,
@@ -231,3 +232,34 @@ def test_a_prerelease_counts_as_its_version(tmp_path, monkeypatch):
     assert env.version("ctxlab-rc-probe") == "1.0rc1"
     assert by_version("ctxlab-rc-probe", {"<0.9": "old", ">=0.9": "new"}).resolve(env) == "new"
     assert env.has("ctxlab-rc-probe", ">=0.9")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "no_such_package_zz.checks",  # its package is missing: ModuleNotFoundError
+        ".relative",  # ImportError: no package to be relative to
+        "ctxlab_specless",  # in sys.modules without a spec: ValueError
+        "json.no_such_module",  # no error, just nothing found
+    ],
+)
+def test_a_plugin_naming_no_module_is_one_clear_error(tmp_path, monkeypatch, target):
+    import types
+
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ctxlab.scenarios]\nbroken = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "ctxlab_specless", types.ModuleType("ctxlab_specless"))
+    with pytest.raises(ScenarioError, match=re.escape(f"entry point broken = {target!r} (ctxlab.scenarios) names no module")):
+        catalog()
+
+
+def test_the_default_request_is_immutable():
+    """Every scenario that names no requests shares one ClientRequest()."""
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ClientRequest().status = 500
+    assert Scenario(name="a", summary="", build=lambda: None, expect={}).requests == (ClientRequest("GET", "/", {}, b"", 200),)
