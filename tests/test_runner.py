@@ -316,3 +316,50 @@ def test_a_busy_port_is_a_clear_server_failure():
         busy.listen()
         with pytest.raises(ServerFailed, match="uvicorn did not start: "):
             asyncio.run(start_on(busy.getsockname()[1]))
+
+
+class TestServerEdges:
+    """What the transports report when the app or the server does something unusual."""
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="send_pipelined calls h11's start_next_cycle on a connection the server closed: "
+        "LocalProtocolError instead of a clear ServerFailed (left to the servers/robust branches)",
+    )
+    def test_a_crash_closes_a_pipelined_connection(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                if scope["path"] == "/crash":
+                    raise RuntimeError("boom")
+                await answer(send)
+
+        requests = (ClientRequest(path="/crash", status=500), ClientRequest())
+        result = run(scenario(app, requests=requests, pipelined=True), RunConfig("uvicorn"))
+        # uvicorn answers 500 and closes the connection: request 2 is never read.
+        assert result.error == "ServerFailed: the server closed the connection mid-pipeline"
+
+    def test_a_long_unexpected_answer_is_cut(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                await answer(send, 404, b"x" * 300)
+
+        error = run(scenario(app), RunConfig()).error
+        assert error == "UnexpectedResponse: request 1 (GET /) answered 404, expected 200: " + "x" * 200
+
+    def test_a_failed_shutdown(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    else:
+                        await send({"type": "lifespan.shutdown.failed", "message": "pool leaked"})
+                        return
+            else:
+                note("request", "served", True)
+                await answer(send)
+
+        result = run(scenario(app, lifespan=True), RunConfig())
+        assert [r.value for r in result.records] == [True]
+        assert result.error == "LifespanFailed: lifespan shutdown failed: pool leaked"
