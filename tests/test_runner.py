@@ -363,3 +363,32 @@ class TestServerEdges:
         result = run(scenario(app, lifespan=True), RunConfig())
         assert [r.value for r in result.records] == [True]
         assert result.error == "LifespanFailed: lifespan shutdown failed: pool leaked"
+
+    def test_every_pipelined_request_is_sent(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                note("served", "path", scope["path"])
+                await answer(send)
+
+        requests = tuple(ClientRequest(path=f"/{n}") for n in range(1, 4))
+        result = run(scenario(app, requests=requests, pipelined=True), RunConfig("uvicorn"))
+        assert (result.error, [(r.request, r.value) for r in result.records]) == (
+            None,
+            [(1, "/1"), (2, "/2"), (3, "/3")],
+        )
+
+    def test_uvicorn_listens_on_an_ephemeral_port(self):
+        from pathlib import Path
+
+        from ctxlab.servers import uvicorn_server
+
+        async def app(scope, receive, send):
+            pass
+
+        async def port_of_a_server():
+            async with uvicorn_server(app, lifespan=False, options={}, timeout=1) as url:
+                return int(url.rsplit(":", 1)[1])
+
+        ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+        low, high = map(int, ranges.read_text().split()) if ranges.exists() else (1024, 65535)
+        assert low <= asyncio.run(port_of_a_server()) <= high
