@@ -392,3 +392,16 @@ class TestServerEdges:
         ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
         low, high = map(int, ranges.read_text().split()) if ranges.exists() else (1024, 65535)
         assert low <= asyncio.run(port_of_a_server()) <= high
+
+    def test_concurrent_requests_finish_their_work_before_the_server_stops(self):
+        """Concurrent requests are not waited for one by one: stopping the
+        server gives work after each answer its time."""
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                await answer(send)
+                await asyncio.sleep(0.05)  # a background task, after the answer
+                note("after", "answer", True)
+
+        result = run(scenario(app, concurrent=True, requests=(ClientRequest(),) * 3), RunConfig("uvicorn"))
+        assert (result.error, sorted(r.request for r in result.records)) == (None, [1, 2, 3])
