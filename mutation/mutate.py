@@ -109,7 +109,8 @@ def prepare(module: str, again: bool) -> tuple[Path, bool]:
 
 
 def test_command(module: str) -> list[str]:
-    tests = [f"tests/{name}" for name in TESTS[module]]
+    # A mapped file this checkout does not have (an older one) is left out.
+    tests = [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name.split("::")[0]).exists()]
     return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
 
 
@@ -127,7 +128,9 @@ def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
     started = time.perf_counter()
     baseline = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if baseline.returncode != 0:
-        raise SystemExit(f"{module}: the tests fail before any mutation:\n{(baseline.stdout + baseline.stderr)[-3000:]}")
+        raise SystemExit(
+            f"{module}: the tests fail before any mutation:\n{(baseline.stdout + baseline.stderr)[-3000:]}"
+        )
     # A mutant that hangs is killed by the timeout; leave a slow machine room.
     timeout = max(30.0, 4 * (time.perf_counter() - started))
     config = tree / "cosmic-ray.toml"
