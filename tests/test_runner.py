@@ -2,6 +2,7 @@
 uvicorn, pipelined on one connection."""
 
 import asyncio
+import logging
 
 import pytest
 
@@ -421,3 +422,19 @@ class TestServerEdges:
 
         result = run(scenario(app, concurrent=True, requests=(ClientRequest(),) * 3), RunConfig("uvicorn"))
         assert (result.error, sorted(r.request for r in result.records)) == (None, [1, 2, 3])
+
+    def test_uvicorn_logs_nothing_into_the_users_logging(self, caplog):
+        """ctxlab runs inside other programs (the pytest plugin, a user's CI):
+        uvicorn's access log and its tracebacks stay out of their logging."""
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                if scope["path"] == "/crash":
+                    raise RuntimeError("boom")
+                await answer(send)
+
+        requests = (ClientRequest(), ClientRequest(path="/crash", status=500))
+        with caplog.at_level(logging.DEBUG):
+            result = run(scenario(app, requests=requests), RunConfig("uvicorn"))
+        assert result.error is None
+        assert [r.name for r in caplog.records if r.name.startswith("uvicorn")] == []
