@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench mutate clean
+.PHONY: run test lint bench floors mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,18 @@ bench: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again)
 
+# The oldest declared version of every direct dependency (uv's
+# lowest-direct resolution), then the scenarios and the CLI tests on them.
+FLOORS := .venv-floors
+floors: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	rm -rf $(FLOORS)
+	$(BIN)/uv venv --quiet --python $(PYTHON) $(FLOORS)
+	VIRTUAL_ENV=$(FLOORS) $(BIN)/uv pip install --quiet --resolution lowest-direct -e '.[test]'
+	$(FLOORS)/bin/ctxlab --version
+	$(FLOORS)/bin/ctxlab list > /dev/null
+	$(FLOORS)/bin/ctxlab check --server both
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_independent.py
+
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mutate
+	rm -rf $(VENV) $(FLOORS) dist build .pytest_cache .mutate

@@ -336,6 +336,12 @@ def probe_app(
         Optional[str], typer.Option("--path", help="Probe through this route of yours instead of a probe route.")
     ] = None,
     method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
+    header: Annotated[
+        Optional[list[str]], typer.Option("--header", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
+    ] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Request body.")] = None,
+    server: Annotated[Server, typer.Option(help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
 ) -> int:
@@ -343,14 +349,37 @@ def probe_app(
     values set in the endpoint, which cut them, and why. Your app is not changed."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
+    if server is Server.both:
+        raise UsageError("probe runs on one server: --server asgi or --server uvicorn")
+    headers = []
+    for given in header or []:
+        name, colon, value = given.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
+        headers.append((name.strip(), value.strip()))
     from ctxlab.diagnose import diagnose
     from ctxlab.output import OutputFormat
 
-    result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
-    if path is not None and result.status >= 400:
-        print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
+    result = diagnose(
+        target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
+        host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
+    )  # fmt: skip
+    for note in result.notes:
+        print(f"ctxlab: note: {note}", file=sys.stderr)
     OutputFormat.chosen(as_json).emitter().diagnosis(result)
-    return 0 if not result.culprits else 1
+    code = 1 if result.culprits else 0 if result.complete else 2
+    _exit_despite_the_app(code)
+    return code
+
+
+def _exit_despite_the_app(code: int) -> None:
+    """A thread the user's app started (not a daemon) would keep the
+    interpreter waiting at exit: leave at once, output flushed."""
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
 
 
 def _is_click_error(exc: Exception) -> bool:

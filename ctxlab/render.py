@@ -323,23 +323,38 @@ def matrix(result: dict[str, Any], console: Console) -> None:
         )
 
 
+def _meets(layer_mount: str | None, path_mount: str | None) -> bool:
+    """A request through `path_mount` meets the layers of the app and of
+    every mount it is nested in."""
+    return layer_mount is None or (path_mount is not None and f"{path_mount}/".startswith(f"{layer_mount}/"))
+
+
 def diagnosis(result: Diagnosis, console: Console) -> None:
     """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
-    console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
-    yes, no = Text("yes", style="green"), Text("no", style="bold red")
-    table = _table("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint")
+    # One onion per path: the app's own layers, then each mount's inside them.
+    mounts = list(dict.fromkeys(layer.mount for layer in result.layers if layer.mount is not None))
+    for mount in [None, *mounts]:
+        outer = [layer for layer in result.layers if _meets(layer.mount, mount)]
+        line = onion([f"{layer.name} [{layer.kind}]" for layer in outer])
+        console.print(line if mount is None else Text.assemble((f"{mount} ", "cyan"), line))
+    answers = {True: Text("yes", style="green"), False: Text("no", style="bold red"), None: Text("?", style="dim")}
+    table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
     for layer in result.layers:
         culprit = layer.name in result.culprits
         table.add_row(
             Text(layer.name, style="bold red" if culprit else ""),
             layer.kind,
-            yes if layer.sees_endpoint_values else no,
-            yes if layer.reaches_endpoint else no,
+            layer.mount or "",
+            answers[layer.sees_endpoint_values],
+            answers[layer.reaches_endpoint],
+            layer.note or "",
         )
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))
+    elif not result.complete:
+        console.print(Text("not observed: some layers could not be observed (see the notes)", style="yellow"))
     else:
         console.print(Text("ok: values travel through every layer", style="green"))
     console.print(Text(result.fix))

@@ -15,10 +15,10 @@ import httpx
 
 from ctxlab import servers
 from ctxlab.config import RunConfig
-from ctxlab.diagnose import describe_layer
 from ctxlab.labels import Labeller, Where
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
+from ctxlab.target import describe_layer
 
 
 @dataclass

@@ -19,7 +19,7 @@ import textwrap
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
@@ -296,6 +296,74 @@ def exception_handler():
     return seen
 
 
+# -- FastAPI yield-dependency teardown ---------------------------------------------------------------
+def yield_teardown(consumer):
+    """A yield dependency sets `tenant` and resets it in teardown; `consumer`
+    builds the endpoint and whatever runs after it."""
+    tenant, seen = ContextVar("tenant"), Seen()
+
+    async def tenant_scope(request: FastAPIRequest):
+        request.state.tenant = "acme"
+        token = tenant.set("acme")
+        try:
+            yield
+        finally:
+            tenant.reset(token)
+
+    app = FastAPI()
+    consumer(app, Depends(tenant_scope), tenant, seen)
+    serve(app)
+    return seen
+
+
+def background_reads(app, dependency, tenant, seen):
+    async def job():
+        seen.var("background", tenant)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        seen.var("endpoint", tenant)
+        tasks.add_task(job)
+
+
+def background_gets_argument(app, dependency, tenant, seen):
+    async def job(value):
+        token = tenant.set(value)
+        seen.var("background", tenant)
+        tenant.reset(token)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        tasks.add_task(job, tenant.get())
+
+
+def handler_reads(read_state):
+    def consumer(app, dependency, tenant, seen):
+        class Refused(Exception):
+            pass
+
+        @app.get("/", dependencies=[dependency])
+        async def endpoint():
+            if not read_state:
+                seen.var("endpoint", tenant)
+            raise Refused()
+
+        @app.exception_handler(Refused)
+        async def on_refused(request, exc):
+            seen.var("handler", tenant)
+            if read_state:
+                seen.value("handler", "request.state.tenant", request.state.tenant)
+            return JSONResponse({}, status_code=418)
+
+    return consumer
+
+
+repro("yield-teardown-vs-background")(lambda: yield_teardown(background_reads))
+repro("yield-teardown-vs-background-argument")(lambda: yield_teardown(background_gets_argument))
+repro("yield-teardown-before-handler")(lambda: yield_teardown(handler_reads(read_state=False)))
+repro("yield-teardown-before-handler-request-state")(lambda: yield_teardown(handler_reads(read_state=True)))
+
+
 # -- threads ----------------------------------------------------------------------------------------
 def offloading(offload):
     trace_id, seen = ContextVar("trace_id", default=None), Seen()
@@ -459,6 +527,86 @@ def threading_local_interleave():
     return seen
 
 
+# -- async generators ------------------------------------------------------------------------------------
+def generator_sets(reset_before_yield):
+    page = ContextVar("page", default=None)
+
+    async def pages():
+        for number in (1, 2):
+            token = page.set(number)
+            if reset_before_yield:
+                page.reset(token)
+            yield number
+
+    async def handler(seen):
+        page.set("request's page")
+        async for _ in pages():
+            pass
+        seen.var("endpoint.after", page)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-set-leaks")(lambda: generator_sets(False))
+repro("asyncgen-set-reset-before-yield")(lambda: generator_sets(True))
+
+
+def generator_left_early(close):
+    span = ContextVar("span", default=None)
+
+    async def handler(seen):
+        exited = asyncio.Event()
+
+        async def rows():
+            token = span.set("query")
+            try:
+                yield 1
+                yield 2
+            finally:
+                seen.var("span.exit", span)
+                seen.call("span.exit", "reset", lambda: span.reset(token))
+                exited.set()
+
+        if close:
+            async with aclosing(rows()) as iterator:
+                async for _ in iterator:
+                    break
+        else:
+            async for _ in rows():
+                break
+        await exited.wait()
+        seen.var("endpoint.after", span)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-finalized-elsewhere")(lambda: generator_left_early(close=False))
+repro("asyncgen-finalized-elsewhere-aclosing")(lambda: generator_left_early(close=True))
+
+
+def test_opentelemetry_logs_failed_detach_for_a_span_left_in_an_async_generator(caplog):
+    """What asyncgen-finalized-elsewhere stands for, with the real OpenTelemetry API."""
+    trace = pytest.importorskip("opentelemetry.trace")
+    tracer = trace.get_tracer("independent")
+
+    async def rows():
+        with tracer.start_as_current_span("query"):
+            yield 1
+            yield 2
+
+    async def endpoint(request):
+        async for _ in rows():
+            break
+        for _ in range(5):  # the finalizer's aclose() task runs within a few loop turns
+            await asyncio.sleep(0)
+        return PlainTextResponse("x")
+
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        serve(starlette_app(endpoint))
+    failures = [r for r in caplog.records if r.getMessage() == "Failed to detach context"]
+    assert len(failures) == 1 and failures[0].exc_info[0] is ValueError
+
+
 # -- tracing --------------------------------------------------------------------------------------------
 @repro("trace-id-precedence")
 def trace_id_precedence():
@@ -551,6 +699,60 @@ def streaming_body():
 
     serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
     return seen
+
+
+def chunked_body(make_body):
+    """Chunk 1 sets a var, chunk 2 reads it, the finally resets it."""
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    def steps():
+        token = stage.set("set in chunk 1")
+        try:
+            seen.var("chunk.1", stage)
+            yield b"1"
+            seen.var("chunk.2", stage)
+            yield b"2"
+        finally:
+            seen.call("body.finally", "reset", lambda: stage.reset(token))
+
+    async def endpoint(request):
+        stage.set("set in endpoint")
+        return StreamingResponse(make_body(steps))
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+async def as_async(steps):
+    for chunk in steps():
+        yield chunk
+
+
+repro("sync-streaming-generator")(lambda: chunked_body(lambda steps: steps()))
+repro("sync-streaming-generator-async-body")(lambda: chunked_body(as_async))
+
+
+def reset_when_streamed(set_in_body):
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    async def endpoint(request):
+        token = None if set_in_body else stage.set("set in endpoint")
+
+        async def body():
+            mine = stage.set("set in body") if set_in_body else token
+            try:
+                yield b"x"
+            finally:
+                seen.call("body.finally", "reset", lambda: stage.reset(mine))
+
+        return StreamingResponse(body())
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+repro("streaming-reset-in-finally")(lambda: reset_when_streamed(False))
+repro("streaming-reset-in-finally-set-in-body")(lambda: reset_when_streamed(True))
 
 
 @repro("background-task")
