@@ -9,7 +9,7 @@ import pytest
 from conftest import run_app, seen
 
 from ctxlab.probe import UNSET, Recorder, activate, attempt, jsonable, note, probe
-from ctxlab.scenario import ClientRequest
+from ctxlab.scenario import ClientRequest, per_request
 
 var: ContextVar = ContextVar("var")
 var_with_default: ContextVar = ContextVar("var_with_default", default=None)
@@ -190,3 +190,20 @@ def test_a_task_outliving_its_request_still_belongs_to_it(asgi_app):
 
     result = run_app(lambda: asgi_app(handler), {"leftover": {"var": UNSET}}, requests=(ClientRequest(),) * 2)
     assert [(o.probe, o.request) for o in result.observations] == [("leftover", 1)]
+
+
+def test_httpx_asgi_transport_used_bare_runs_every_request_in_the_callers_task(asgi_app):
+    """Without a task per request the app runs inline in the runner's own
+    task (httpx.ASGITransport awaits it directly): one task, one context."""
+
+    async def handler(scope):
+        probe("inline", var)
+        var.set("left behind")
+
+    result = run_app(
+        lambda: asgi_app(handler), {"inline": {"var": per_request(UNSET, "left behind")}},
+        requests=(ClientRequest(),) * 2, task_per_request=False,
+    )  # fmt: skip
+    assert result.status == "pass", result.error
+    first, second = result.observations
+    assert (first.task, first.context) == (second.task, second.context) != (None, None)
