@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench floors mutate clean
+.PHONY: run test lint bench floors pythons mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ floors: $(STAMP)
 	$(FLOORS)/bin/ctxlab list > /dev/null
 	$(FLOORS)/bin/ctxlab check --server both
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_independent.py
+
+# Tests and `ctxlab check` on Python 3.14 (flag off and on) and 3.15 in a
+# Debian chroot (needs root; not part of CI).  FORKY=DIR to place it elsewhere.
+pythons:
+	tools/pythons.sh
 
 clean:
 	rm -rf $(VENV) $(FLOORS) dist build .pytest_cache .mutate

@@ -86,7 +86,8 @@ def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
 def scenario_report(result: ScenarioReport, summary: str, console: Console) -> None:
     """One scenario on one server: status, onion, a table per request."""
     status = Text(result.status.value.upper(), style=STATUS_STYLE[result.status])
-    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"  {result.duration_ms:.0f} ms"))
+    where = f"  on {result.label}" if result.server != "asgi" else ""
+    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"{where}  {result.duration_ms:.0f} ms"))
     console.print(Text(summary, style="dim"))
     if result.onion:
         console.print(onion(result.onion))
@@ -114,15 +115,15 @@ def side_by_side(entry: Entry, asgi: ScenarioReport, uvicorn: ScenarioReport, co
     """One scenario on two servers: a row per observation, differences marked."""
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
-        head.append(f"  {result.server} ")
+        head.append(f"  {result.label} ")
         head.append(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(head)
     console.print(Text(entry.summary, style="dim"))
     for result in (asgi, uvicorn):
         if result.error:
-            console.print(Text(f"{result.server}: {result.error}", style=STATUS_STYLE[result.status]))
+            console.print(Text(f"{result.label}: {result.error}", style=STATUS_STYLE[result.status]))
     left, right = (by_occurrence(r.observations, lambda o: (o.request, o.probe, o.var)) for r in (asgi, uvicorn))
-    table = _table("req", "probe / var", "asgi", "uvicorn", "difference")
+    table = _table("req", "probe / var", asgi.label, uvicorn.label, "difference")
     expected_differences = 0
     in_probe_order = [*left, *(key for key in right if key not in left)]
     for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
@@ -262,7 +263,7 @@ def check_line(entry: Entry, results: list[ScenarioReport], console: Console) ->
     """`ctxlab check`: a line per scenario; full tables only for failures."""
     for result in results:
         status = Text(f"{result.status.value.upper():<8}", style=STATUS_STYLE[result.status])
-        console.print(Text.assemble(status, result.name, (f"  {result.server}  {result.duration_ms:.0f} ms", "dim")))
+        console.print(Text.assemble(status, result.name, (f"  {result.label}  {result.duration_ms:.0f} ms", "dim")))
     for result in results:
         if result.status in (Status.DRIFT, Status.ERROR):
             failed = ScenarioReport(**{**vars(result), "observations": result.drifted})
@@ -307,6 +308,8 @@ def matrix(result: dict[str, Any], console: Console) -> None:
                 cell["status"] + (" *" if cell["changed"] else ""),
                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])],
             )
+            if cell["status"]
+            else Text("-", style="dim")  # not run in that column (another server)
             for cell in row["cells"]
         ]
         table.add_row(f"{row['name']} ({row['server']})", *cells)
