@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-recorders lint bench floors pythons clean
+.PHONY: run test test-recorders lint bench floors pythons mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_trace.py
 
+# Mutation testing: `make mutate MODULE=report` (several: MODULE="report labels";
+# none: every module; AGAIN=1: only the last run's survivors).  See mutation/mutate.py.
+mutate: $(STAMP)
+	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again)
+
 # The oldest declared version of every direct dependency (uv's
 # lowest-direct resolution), then the scenarios and the CLI tests on them.
 FLOORS := .venv-floors
@@ -60,4 +65,4 @@ pythons:
 	tools/pythons.sh
 
 clean:
-	rm -rf $(VENV) $(FLOORS) .venv-3.* dist build .pytest_cache
+	rm -rf $(VENV) $(FLOORS) .venv-3.* dist build .pytest_cache .mutate

@@ -523,10 +523,9 @@ def trace_app(
 
 def _diff_trace(path: Path, as_json: bool) -> int:
     """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
+    from ctxlab import isolate
     from ctxlab import trace as tracing
     from ctxlab.output import OutputFormat
-
-    from ctxlab import isolate
 
     before = tracing.load_trace(path)
     after = isolate.call(lambda: tracing.again(before).to_json(), 30.0, quiet_stdout=True)  # as `trace` does

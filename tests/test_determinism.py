@@ -31,6 +31,10 @@ def test_shuffled_order_and_alone_give_the_same_observations():
 
 
 def test_uvicorn_runs_are_deterministic_too():
-    _, first, _ = ctxlab_json("run", "--all", "--server", "uvicorn")
+    code, first, _ = ctxlab_json("run", "--all", "--server", "uvicorn")
     _, second, _ = ctxlab_json("run", "--all", "--server", "uvicorn")
     assert observations(first) == observations(second)
+    # ... and they pass: every scenario meant for uvicorn matches its expectations there.
+    failed = {s["name"]: s["status"] for s in first["scenarios"] if s["status"] not in ("pass", "skipped")}
+    assert (code, failed) == (0, {})
+    assert first["summary"]["passed"] >= 20

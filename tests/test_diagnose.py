@@ -286,3 +286,15 @@ class TestOptionsShapeTheRequest:
             and out == ""
             and err.strip() == ("ctxlab: error: --header expects K:V such as 'Authorization: Bearer x', got 'oops'")
         )
+
+
+def test_static_findings_skip_virtualenvs_and_vendored_code(tmp_path):
+    """Only the app's own code is read: a pitfall inside its virtualenv or
+    node_modules belongs to someone else."""
+    pitfall = "import asyncio\nasync def f():\n    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+    (tmp_path / "svc.py").write_text("from fastapi import FastAPI\napp = FastAPI()\n" + pitfall)
+    for vendored in (".venv/lib", "venv/lib", "python/site-packages", "node_modules/x"):
+        (tmp_path / vendored).mkdir(parents=True)
+        (tmp_path / vendored / "vendored.py").write_text(pitfall)
+    code, document, _ = ctxlab_json("probe", "svc:app", "--app-dir", str(tmp_path))
+    assert [(f["file"], f["line"], f["kind"]) for f in document["findings"]] == [("svc.py", 5, "executor-no-copy")]

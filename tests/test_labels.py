@@ -4,7 +4,7 @@ import asyncio
 import contextvars
 from contextvars import ContextVar
 
-from ctxlab.labels import Labeller, label
+from ctxlab.labels import Labeller, Where, label
 from ctxlab.probe import Recorder, probe
 from ctxlab.runner import scenario_loop
 
@@ -45,6 +45,25 @@ class TestLabeller:
             live.number([record])
             seen.append(live.where(record))
         assert seen == label(recorder.records, recorder.tasks)
+
+
+class TestRecords:
+    """Records are numbered from 1 in the order probes ran; contexts name the one they copy."""
+
+    def test_seq_counts_from_one(self):
+        recorder = record_child_before_parent()
+        assert [(r.seq, r.probe) for r in recorder.records] == [(1, "child"), (2, "parent")]
+
+    def test_a_fresh_context_is_copied_from_nothing(self):
+        recorder = Recorder()
+
+        async def fresh():
+            probe("fresh", var)
+
+        with scenario_loop(recorder) as loop:
+            loop.run_until_complete(contextvars.Context().run(loop.create_task, fresh()))
+            loop.run_until_complete(contextvars.Context().run(loop.create_task, fresh()))
+        assert label(recorder.records, recorder.tasks) == [Where("T1", None, "C1", None), Where("T2", None, "C2", None)]
 
 
 class TestCopiesInsideATask:

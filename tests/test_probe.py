@@ -5,10 +5,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 
+import pytest
 from conftest import run_app, seen
 
 from ctxlab.probe import UNSET, Recorder, activate, attempt, jsonable, note, probe
-from ctxlab.scenario import ClientRequest
+from ctxlab.scenario import ClientRequest, per_request
 
 var: ContextVar = ContextVar("var")
 var_with_default: ContextVar = ContextVar("var_with_default", default=None)
@@ -147,3 +148,66 @@ def test_probes_outside_a_run_record_nothing():
     note("nowhere", "x", 1)
     assert attempt("nowhere", "x", lambda: 2) == 2
     assert recorder.records == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=...) is new in 3.11")
+def test_a_task_given_a_context_runs_in_that_context_itself(asgi_app):
+    """The recorder's task factory must not turn the context asyncio was
+    given into a copy: a set inside the task is visible in that context."""
+
+    async def sets():
+        var.set("set in the task")
+
+    async def handler(scope):
+        context = copy_context()
+        await asyncio.get_running_loop().create_task(sets(), context=context)
+        note("after", "value", context.get(var, "not there"))
+        # Created from inside the very context it is given: asyncio allows it
+        # (the task runs once that context is left), so the recorder must too.
+        entered = copy_context()
+        task = entered.run(asyncio.get_running_loop().create_task, sets(), context=entered)
+        await task
+        note("entered", "value", entered.get(var, "not there"))
+
+    expect = {"after": {"value": "set in the task"}, "entered": {"value": "set in the task"}}
+    result = run_app(lambda: asgi_app(handler), expect)
+    assert result.status == "pass", result.error
+
+
+def test_a_task_outliving_its_request_still_belongs_to_it(asgi_app):
+    """Only a thread with no request of its own is lent the one in flight:
+    a task knows which request started it."""
+    wake = asyncio.Event()
+    leftovers = []
+
+    async def leftover():
+        await wake.wait()
+        probe("leftover", var)
+
+    async def handler(scope):
+        number = int(dict(scope["headers"])[b"x-ctxlab-request"])
+        if number == 1:
+            leftovers.append(asyncio.get_running_loop().create_task(leftover()))
+            return
+        wake.set()
+        await asyncio.sleep(0.01)  # the leftover task probes while request 2 is in flight
+
+    result = run_app(lambda: asgi_app(handler), {"leftover": {"var": UNSET}}, requests=(ClientRequest(),) * 2)
+    assert [(o.probe, o.request) for o in result.observations] == [("leftover", 1)]
+
+
+def test_httpx_asgi_transport_used_bare_runs_every_request_in_the_callers_task(asgi_app):
+    """Without a task per request the app runs inline in the runner's own
+    task (httpx.ASGITransport awaits it directly): one task, one context."""
+
+    async def handler(scope):
+        probe("inline", var)
+        var.set("left behind")
+
+    result = run_app(
+        lambda: asgi_app(handler), {"inline": {"var": per_request(UNSET, "left behind")}},
+        requests=(ClientRequest(),) * 2, task_per_request=False,
+    )  # fmt: skip
+    assert result.status == "pass", result.error
+    first, second = result.observations
+    assert (first.task, first.context) == (second.task, second.context) != (None, None)

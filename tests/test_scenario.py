@@ -1,10 +1,29 @@
 """Declaring and finding scenarios; expectations that depend on the run."""
 
+import re
+import sys
 import textwrap
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
-from ctxlab.scenario import Env, ScenarioError, by_server, by_version, catalog, per_request, read_entries, suggest
+import ctxlab
+from ctxlab.config import RunConfig
+from ctxlab.scenario import (
+    ClientRequest,
+    Env,
+    Scenario,
+    ScenarioError,
+    bundled_dir,
+    by_server,
+    by_version,
+    catalog,
+    load,
+    per_request,
+    read_entries,
+    suggest,
+)
 
 FIXED_NAMES = {"bad-then-shiny", "shiny-then-bad", "bad-only", "shiny-only"}
 
@@ -73,3 +92,177 @@ def test_by_server_and_per_request():
     assert by_server(asgi=1, uvicorn=2).resolve(Env("uvicorn", None, 1)) == 2
     repeated = per_request("first", "later")
     assert [repeated.resolve(Env("asgi", None, n)) for n in (1, 2, 3)] == ["first", "later", "later"]
+
+
+class TestEnv:
+    """What an expectation can ask about the run."""
+
+    def test_of_a_config(self):
+        env = Env.of(RunConfig("uvicorn", spec_version="2.4", concurrency=7), 3)
+        assert (env.server, env.spec_version, env.request, env.concurrency) == ("uvicorn", "2.4", 3, 7)
+        assert Env.of(RunConfig()).request is None
+
+    def test_has_compares_with_the_installed_version(self):
+        env = Env("asgi", None, None)
+        installed = metadata.version("starlette")
+        assert env.version("starlette") == installed
+        assert env.has("starlette", f"=={installed}") and not env.has("starlette", f"!={installed}")
+        assert env.version("no-such-package-here") == "0"
+
+    @pytest.mark.parametrize(
+        ("server", "spec_version", "at_least", "answer"),
+        [
+            ("asgi", None, "2.0", True),  # httpx.ASGITransport sends no spec_version: 2.0
+            ("asgi", None, "2.1", False),
+            ("uvicorn", None, "2.3", True),  # uvicorn advertises 2.3
+            ("uvicorn", None, "2.4", False),
+            ("asgi", "2.4", "2.4", True),
+            ("asgi", "2.4", "2.10", False),  # numbers, not strings: 2.10 > 2.4
+            ("asgi", "2.10", "2.4", True),
+        ],
+    )
+    def test_spec_at_least(self, server, spec_version, at_least, answer):
+        assert Env(server, spec_version, None).spec_at_least(at_least) is answer
+
+
+def test_descriptions_say_how_a_value_varies():
+    assert by_server(asgi=None, uvicorn="x").describe == 'on asgi: null; on uvicorn: "x"'
+    assert repr(per_request(1, {"a": 2})) == 'request 1: (1); request 2+: ({"a": 2})'
+    assert by_version("starlette", {"<1": True, ">=1": [1]}).describe == "starlette<1: true; starlette>=1: [1]"
+    assert by_server(asgi=object).describe.startswith("on asgi: <class 'object'>")
+    nested = by_server(asgi=per_request("a", "b"), uvicorn="c")
+    assert nested.describe == 'on asgi: request 1: ("a"); request 2+: ("b"); on uvicorn: "c"'
+    assert nested.resolve(Env("asgi", None, 2)) == "b"
+
+
+class TestScenario:
+    """Expectations, naive readings, requirements and concurrency."""
+
+    def make(self, **options):
+        return Scenario(name="s", summary="", build=lambda: None, **options)
+
+    def test_naive_falls_back_to_the_expectation(self):
+        s = self.make(expect={"p": {"v": by_server(asgi=1, uvicorn=2), "w": 3}}, naive={"p": {"v": 9}})
+        env = Env("uvicorn", None, 1)
+        assert [s.expected("p", "v", env), s.naive_value("p", "v", env), s.naive_value("p", "w", env)] == [2, 9, 3]
+
+    def test_an_unmet_requirement_says_what_was_found(self):
+        installed = metadata.version("uvicorn")
+        s = self.make(expect={}, requires={"starlette": ">=0", "uvicorn": ">999"})
+        assert s.unmet_requirement(Env("asgi", None, None)) == f"needs uvicorn>999, found {installed}"
+        assert self.make(expect={}, requires={"uvicorn": f"=={installed}"}).unmet_requirement(Env("asgi", None, None)) is None
+
+    @pytest.mark.parametrize(("built_for", "asked", "settled"), [(None, None, None), (None, 9, None), (50, None, 50), (50, 9, 9)])
+    def test_concurrency_applies_only_to_scenarios_built_for_it(self, built_for, asked, settled):
+        config = RunConfig("uvicorn", spec_version="2.3", concurrency=asked)
+        assert self.make(expect={}, concurrency=built_for).settle(config) == RunConfig("uvicorn", spec_version="2.3", concurrency=settled)
+
+
+class TestDiscovery:
+    """Reading scenarios from source, and loading them."""
+
+    def test_servers_and_defaults_are_read_from_the_source(self, tmp_path):
+        module = tmp_path / "m.py"
+        module.write_text(
+            '@scenario("a", summary="s", tags=("x", "y"), servers=["asgi"], expect={})\ndef a(): pass\n'
+            '@scenario("b", expect={})\ndef b(): pass\n'
+            "scenario = print\n"
+            'other("c", summary="s")\n'
+        )
+        first, second = read_entries(module)
+        assert (first.name, first.tags, first.servers, first.path) == ("a", ("x", "y"), ("asgi",), module)
+        assert (second.name, second.summary, second.tags) == ("b", "", ())
+        # No servers= means every server a scenario runs on by default.
+        assert second.servers == Scenario(name="b", summary="", build=print, expect={}).servers
+        assert {"asgi", "uvicorn"} <= set(second.servers)
+
+    @pytest.mark.parametrize(
+        ("source", "message"),
+        [
+            ('@scenario(summary="s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first"),
+            ('@scenario("a", summary=SUMMARY, expect={})\ndef f(): pass\n', "m.py:1: the scenario's summary must be a literal"),
+            ('@scenario("a", tags=TAGS, expect={})\ndef f(): pass\n', "the scenario's tags must be a literal"),
+            ('@scenario("a", servers=ALL, expect={})\ndef f(): pass\n', "the scenario's servers must be a literal"),
+            ("def f(:\n", "cannot read scenarios from"),
+        ],
+    )
+    def test_what_cannot_be_read_is_refused(self, tmp_path, source, message):
+        (tmp_path / "m.py").write_text(source)
+        with pytest.raises(ScenarioError, match=re.escape(message)):
+            read_entries(tmp_path / "m.py")
+
+    def test_a_missing_directory_is_refused(self, tmp_path):
+        with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'nope'} does not exist"):
+            catalog(tmp_path / "nope")
+
+    def test_private_modules_are_skipped_and_order_is_by_file(self, tmp_path):
+        (tmp_path / "_helpers.py").write_text('@scenario("hidden", expect={})\ndef f(): pass\n')
+        (tmp_path / "b.py").write_text('@scenario("from-b", expect={})\ndef f(): pass\n')
+        (tmp_path / "a.py").write_text('@scenario("from-a", expect={})\ndef f(): pass\n')
+        names = list(catalog(tmp_path))
+        assert "hidden" not in names and names[-2:] == ["from-a", "from-b"]
+
+    def test_bundled_scenarios_are_found_beside_the_package(self):
+        assert bundled_dir() == Path(ctxlab.__file__).resolve().parent.parent / "scenarios"
+
+    def test_load_returns_the_declared_scenario_once(self, tmp_path):
+        (tmp_path / "mine.py").write_text(
+            "from ctxlab.scenario import scenario\n"
+            "LOADS = []\nLOADS.append(1)\n"
+            '@scenario("one", summary="s", expect={"p": {"v": 1}}, timeout=3)\ndef one(): return "app"\n'
+            '@scenario("two", summary="s", expect={})\ndef two(): pass\n'
+        )
+        entries = catalog(tmp_path)
+        one = load(entries["one"])
+        assert (one.name, one.build(), one.expect, one.timeout, one.source) == ("one", "app", {"p": {"v": 1}}, 3, tmp_path / "mine.py")
+        assert load(entries["two"]).name == "two"
+        assert load(entries["one"]) is one
+        assert sys.modules["ctxlab_scenario_mine"].LOADS == [1]  # imported once
+
+    def test_an_entry_the_module_does_not_declare(self, tmp_path):
+        (tmp_path / "liar.py").write_text('def scenario(*a, **k): return lambda f: f\n@scenario("ghost", expect={})\ndef f(): pass\n')
+        with pytest.raises(ScenarioError, match="liar.py lists 'ghost' but does not declare it with @scenario"):
+            load(catalog(tmp_path)["ghost"])
+
+
+def test_a_prerelease_counts_as_its_version(tmp_path, monkeypatch):
+    """Someone testing a release candidate gets the expectations of its range."""
+    info = tmp_path / "ctxlab_rc_probe-1.0rc1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctxlab-rc-probe\nVersion: 1.0rc1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = Env("asgi", None, None)
+    assert env.version("ctxlab-rc-probe") == "1.0rc1"
+    assert by_version("ctxlab-rc-probe", {"<0.9": "old", ">=0.9": "new"}).resolve(env) == "new"
+    assert env.has("ctxlab-rc-probe", ">=0.9")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "no_such_package_zz.checks",  # its package is missing: ModuleNotFoundError
+        ".relative",  # ImportError: no package to be relative to
+        "ctxlab_specless",  # in sys.modules without a spec: ValueError
+        "json.no_such_module",  # no error, just nothing found
+    ],
+)
+def test_a_plugin_naming_no_module_is_one_clear_error(tmp_path, monkeypatch, target):
+    import types
+
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[ctxlab.scenarios]\nbroken = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "ctxlab_specless", types.ModuleType("ctxlab_specless"))
+    with pytest.raises(ScenarioError, match=re.escape(f"entry point broken = {target!r} (ctxlab.scenarios) names no module")):
+        catalog()
+
+
+def test_the_default_request_is_immutable():
+    """Every scenario that names no requests shares one ClientRequest()."""
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ClientRequest().status = 500
+    assert Scenario(name="a", summary="", build=lambda: None, expect={}).requests == (ClientRequest("GET", "/", {}, b"", 200),)

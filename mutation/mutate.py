@@ -1,0 +1,240 @@
+"""Mutation testing: plant one small bug at a time in a ctxlab module and
+see whether the tests notice.
+
+    make mutate MODULE=report          # or: python mutation/mutate.py report [labels ...]
+    make mutate                        # every module in TESTS, one after another
+    make mutate MODULE=report AGAIN=1  # only the last run's survivors, with the tests as they are now
+
+Cosmic Ray writes each mutant into the file itself and runs a test command.
+We point it at a scratch copy of the checkout (`.mutate/<module>/`), never
+at the checkout: an interrupted run cannot leave a bug behind, and several
+modules can run at once.  PYTHONPATH names that copy, so that the mutated
+module is also what the CLI imports in the tests' subprocesses (the editable
+install would otherwise give them the clean checkout).
+
+A run takes minutes because each module runs only the tests that exercise
+it (TESTS below), stopping at the first failure.  Prints killed/total and
+every survivor's diff; exit 1 when a module scores below TARGET.
+
+`--again` tests only the survivors of the previous run, while the module
+itself is unchanged: adding tests cannot bring a killed mutant back, so the
+previous kills still count.  Any change to the module starts afresh.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / ".mutate"
+TARGET = 0.90
+
+# Module -> the tests that exercise it (files, or single tests where a
+# file is mostly about something else).  Subprocess tests are listed where
+# the module's code runs only in the CLI process (Ctrl-C, serve).
+TESTS = {
+    "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
+    "labels": ["test_labels.py", "test_probe.py"],
+    "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],
+    "scenario": ["test_scenario.py", "test_report.py", "test_runner.py", "test_plugins.py", "test_middleware_order.py"],
+    "report": ["test_report.py", "test_middleware_order.py"],
+    "engine": ["test_engine.py", "test_report.py"],
+    "runner": [
+        "test_runner.py",
+        "test_labels.py",
+        "test_probe.py",
+        "test_engine.py",
+        "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
+        "test_servers.py::test_ctrl_c_reports_what_finished_and_exits_130",
+        "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
+    ],
+    "servers": [
+        "test_runner.py",
+        "test_servers.py::test_lifespan_runs_on_the_real_server",
+        "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
+        "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
+    ],
+    "diagnose": ["test_diagnose.py"],
+}
+
+# Operators left out: swaps no code here could tell apart from a crash
+# (`+` to `<<`, `==` to `is`), and the two that pick variables at random
+# (a run must be repeatable to compare scores).
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_.*_(Pow|RShift|LShift|BitXor|FloorDiv|Mod)$",
+    r"core/ReplaceBinaryOperator_(Pow|RShift|LShift|BitXor|FloorDiv|Mod)_",
+    r"core/ReplaceComparisonOperator_(Eq|NotEq)_(Lt|LtE|Gt|GtE|Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Lt|LtE|Gt|GtE)_(Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Lt|LtE|Gt|GtE)$",
+    # `is` and `==` agree on what this code compares by identity: None,
+    # enum members, sentinels, tasks and threads (equal only to themselves).
+    r"core/ReplaceComparisonOperator_(Is_Eq|IsNot_NotEq)$",
+    r"core/ReplaceUnaryOperator_.*Invert",
+    r"core/VariableReplacer",
+    r"core/VariableInserter",
+]
+
+COPIED = ["ctxlab", "scenarios", "tests", "pyproject.toml", "README.md"]
+
+
+SESSION = "session.sqlite"
+
+
+def prepare(module: str, again: bool) -> tuple[Path, bool]:
+    """A fresh copy of the checkout for `module`, and whether its previous
+    session can go on (asked for, and the module unchanged since)."""
+    tree = SCRATCH / module
+    path = f"ctxlab/{module}.py"
+    resume = again and (tree / SESSION).exists() and (tree / path).read_bytes() == (ROOT / path).read_bytes()
+    if not resume:
+        shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source = ROOT / name
+        shutil.rmtree(tree / name, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, tree / name)
+    return tree, resume
+
+
+def test_command(module: str) -> list[str]:
+    # A mapped file this checkout does not have (an older one) is left out.
+    tests = [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name.split("::")[0]).exists()]
+    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+
+
+def cosmic_ray(*args: str, tree: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    tool = Path(sys.executable).parent / args[0]
+    return subprocess.run([str(tool), *args[1:]], cwd=tree, env=env, check=True, capture_output=True, text=True)
+
+
+def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
+    """Killed, total and the survivors of one module."""
+    tree, resume = prepare(module, again)
+    env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("FORCE_COLOR", None)
+    command = test_command(module)
+    started = time.perf_counter()
+    baseline = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    if baseline.returncode != 0:
+        raise SystemExit(
+            f"{module}: the tests fail before any mutation:\n{(baseline.stdout + baseline.stderr)[-3000:]}"
+        )
+    # A mutant that hangs is killed by the timeout; leave a slow machine room.
+    timeout = max(30.0, 4 * (time.perf_counter() - started))
+    config = tree / "cosmic-ray.toml"
+    config.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {json.dumps(f'ctxlab/{module}.py')}\n"
+        f"timeout = {timeout:.0f}\n"
+        "excluded-modules = []\n"
+        f"test-command = {json.dumps(' '.join(command))}\n"
+        '[cosmic-ray.distributor]\nname = "local"\n'
+        "[cosmic-ray.filters.operators-filter]\n"
+        f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}\n"
+    )
+    session = SESSION
+    if resume:
+        with sqlite3.connect(tree / session) as db:
+            db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    else:
+        cosmic_ray("cosmic-ray", "init", config.name, session, tree=tree, env=env)
+    cosmic_ray("cr-filter-operators", session, config.name, tree=tree, env=env)
+    skip_typing_only(tree / session, tree / f"ctxlab/{module}.py")
+    cosmic_ray("cosmic-ray", "exec", config.name, session, tree=tree, env=env)
+    dump = cosmic_ray("cosmic-ray", "dump", session, tree=tree, env=env).stdout
+    killed, survivors = 0, []
+    excluded = re.compile("|".join(EXCLUDED_OPERATORS))
+    spans = typing_only((tree / f"ctxlab/{module}.py").read_text(encoding="utf-8"))
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is None or result["worker_outcome"] != "normal":
+            continue  # filtered out, or no mutation possible at that spot
+        # A run resumed with --again keeps earlier kills: leave out those
+        # that the filters, as they are now, would have skipped.
+        if excluded.match(item["mutations"][0]["operator_name"]) or in_spans(item["mutations"][0], spans):
+            continue
+        if result["test_outcome"] == "killed":
+            killed += 1
+        else:
+            survivors.append({**item["mutations"][0], "diff": result["diff"], "outcome": result["test_outcome"]})
+    (tree / "survivors.txt").write_text("".join(describe(s) for s in survivors))
+    return killed, killed + len(survivors), survivors
+
+
+def typing_only(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the module holds code that never runs: annotations (every
+    module has `from __future__ import annotations`, so they stay strings)
+    and the `if TYPE_CHECKING:` tests."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        typing = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args
+            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]
+            typing = [a.annotation for a in every if a is not None and a.annotation is not None] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            typing = [node.annotation]
+        elif isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            typing = [node.test]
+        spans += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in typing if n is not None]
+    return spans
+
+
+def in_spans(mutation: dict, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
+    start, end = tuple(mutation["start_pos"]), tuple(mutation["end_pos"])
+    return any(low <= start and end <= high for low, high in spans)
+
+
+def skip_typing_only(session: Path, module: Path) -> None:
+    """Mark the mutants of code that never runs as skipped, not survivors."""
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    spans = typing_only(module.read_text(encoding="utf-8"))
+    with use_db(str(session)) as db:
+        for item in list(db.pending_work_items):
+            (mutation,) = item.mutations
+            if in_spans({"start_pos": mutation.start_pos, "end_pos": mutation.end_pos}, spans):
+                db.set_result(item.job_id, WorkResult(output="typing only", worker_outcome=WorkerOutcome.SKIPPED))
+
+
+def describe(survivor: dict) -> str:
+    line = survivor["start_pos"][0]
+    diff = "\n".join(survivor["diff"].splitlines()[2:])  # drop the ---/+++ header
+    return f"{survivor['module_path']}:{line} {survivor['operator_name']} ({survivor['outcome']})\n{diff}\n\n"
+
+
+def main(modules: list[str]) -> int:
+    again = "--again" in modules
+    modules = [m for m in modules if m != "--again"]
+    unknown = [m for m in modules if m not in TESTS]
+    if unknown:
+        raise SystemExit(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(TESTS)}")
+    scores = {}
+    for module in modules or list(TESTS):
+        started = time.perf_counter()
+        killed, total, survivors = run(module, again)
+        minutes = (time.perf_counter() - started) / 60
+        print("".join(describe(s) for s in survivors), end="")
+        scores[module] = killed, total
+        print(f"{module}: {killed}/{total} killed ({killed / total:.0%}) in {minutes:.1f} min", flush=True)
+    print("\n| module | killed/total | score |\n|---|---|---|")
+    for module, (killed, total) in scores.items():
+        print(f"| {module}.py | {killed}/{total} | {killed / total:.0%} |")
+    return 0 if all(killed >= TARGET * total for killed, total in scores.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""What every command runs: selecting scenarios, running each under each
+config, and comparing with a saved report."""
+
+from pathlib import Path
+
+import pytest
+
+from ctxlab import engine
+from ctxlab.config import RunConfig
+from ctxlab.errors import UsageError
+from ctxlab.report import Status
+
+SCENARIOS = """
+from contextvars import ContextVar
+
+from ctxlab.probe import probe
+from ctxlab.scenario import scenario
+
+var = ContextVar("var", default="default")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        probe("p", var)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@scenario("passes", summary="s", tags=["mine", "green"], expect={"p": {"var": "default"}})
+def passes():
+    return app
+
+
+@scenario("drifts", summary="s", tags=["mine"], expect={"p": {"var": "other"}})
+def drifts():
+    return app
+
+
+@scenario("in-process-only", summary="s", tags=["mine"], servers=["asgi"], expect={"p": {"var": "default"}})
+def in_process_only():
+    return app
+
+
+@scenario("needs-future", summary="s", tags=["mine"], requires={"starlette": ">=999"}, expect={})
+def needs_future():
+    return app
+
+
+@scenario("built-for-load", summary="s", tags=["mine"], concurrency=3, concurrent=True, expect={"p": {"var": "default"}})
+def built_for_load(n):
+    return app
+"""
+
+
+@pytest.fixture
+def mine(tmp_path) -> list[Path]:
+    (tmp_path / "mine.py").write_text(SCENARIOS)
+    (tmp_path / "broken_import.py").write_text(
+        'raise ImportError("no such thing")\n@scenario("unloadable", expect={})\ndef f(): pass\n'
+    )
+    return [tmp_path]
+
+
+class TestSelect:
+    """Names, --all and --tag, in the order asked, with clear refusals."""
+
+    def test_names_in_the_order_asked_without_repeats(self, mine):
+        chosen = engine.select(["drifts", "passes", "drifts"], False, [], mine)
+        assert [e.name for e in chosen] == ["drifts", "passes"]
+
+    def test_tags_narrow_names_and_all(self, mine):
+        assert [e.name for e in engine.select([], False, ["green"], mine)] == ["passes"]
+        assert [e.name for e in engine.select(["drifts", "passes"], False, ["green"], mine)] == ["passes"]
+        every = engine.select([], True, [], mine)
+        assert [e.name for e in every][-6:] == [
+            "unloadable",
+            "passes",
+            "drifts",
+            "in-process-only",
+            "needs-future",
+            "built-for-load",
+        ]
+        assert len(every) == len(engine.entries(mine))
+
+    @pytest.mark.parametrize(
+        ("names", "all_", "tags", "message"),
+        [
+            (["passes"], True, [], "give scenario names or --all, not both"),
+            ([], False, [], "name a scenario, or use --all or --tag (see 'ctxlab list')"),
+            (["pases"], False, [], "unknown scenario 'pases'; did you mean 'passes'?"),
+            ([], False, ["gren"], "unknown tag 'gren'; known tags: "),
+        ],
+    )
+    def test_refusals(self, mine, names, all_, tags, message):
+        with pytest.raises(UsageError) as caught:
+            engine.select(names, all_, tags, mine)
+        assert message in str(caught.value)
+        if tags:  # every tag there is, sorted, ours among them
+            known = str(caught.value).split("known tags: ")[1].split(", ")
+            assert known == sorted(known) and {"green", "mine"} <= set(known)
+
+    def test_a_tag_is_known_if_any_scenario_has_it(self, mine):
+        chosen = engine.select(["drifts"], False, [], mine)
+        assert engine.tagged(chosen, ["green"], known=engine.entries(mine).values()) == []
+        with pytest.raises(UsageError):
+            engine.tagged(chosen, ["green"])
+
+
+class TestRunEntry:
+    """A scenario's own faults are its status, never an exception."""
+
+    def run(self, mine, name, server="asgi", **config):
+        return engine.run_entry(engine.entries(mine)[name], RunConfig(server, **config))
+
+    def test_pass_and_drift(self, mine):
+        assert self.run(mine, "passes").status is Status.PASS
+        drifted = self.run(mine, "drifts")
+        assert (drifted.status, [o.observed for o in drifted.observations]) == (Status.DRIFT, ["default"])
+
+    def test_skipped_with_the_reason(self, mine):
+        other_server = self.run(mine, "in-process-only", "uvicorn")
+        assert (other_server.status, other_server.error, other_server.server) == (
+            Status.SKIPPED,
+            "runs only on asgi",
+            "uvicorn",
+        )
+        too_old = self.run(mine, "needs-future")
+        assert too_old.status is Status.SKIPPED and too_old.error.startswith("needs starlette>=999, found ")
+
+    def test_a_module_that_cannot_load(self, mine):
+        result = self.run(mine, "unloadable")
+        assert (result.status, result.error) == (Status.ERROR, "cannot load: ImportError: no such thing")
+
+    def test_concurrency_reaches_only_scenarios_built_for_it(self, mine):
+        built = self.run(mine, "built-for-load", concurrency=5)
+        assert (built.config.concurrency, len(built.observations)) == (5, 5)
+        assert self.run(mine, "built-for-load").config.concurrency == 3
+        assert self.run(mine, "passes", concurrency=5).config.concurrency is None
+
+
+class TestExecute:
+    """Every entry under every config, with progress after each entry."""
+
+    def test_each_entry_on_each_server(self, mine):
+        entries = engine.select(["passes", "in-process-only"], False, [], mine)
+        seen = []
+        report = engine.execute(
+            entries,
+            [RunConfig("asgi", spec_version="2.3"), RunConfig("uvicorn")],
+            lambda e, r: seen.append((e.name, len(r))),
+        )
+        assert [(s.name, s.server, s.status) for s in report.scenarios] == [
+            ("passes", "asgi", Status.PASS), ("passes", "uvicorn", Status.PASS),
+            ("in-process-only", "asgi", Status.PASS), ("in-process-only", "uvicorn", Status.SKIPPED),
+        ]  # fmt: skip
+        assert (report.servers, report.spec_version, report.interrupted) == (("asgi", "uvicorn"), "2.3", False)
+        assert seen == [("passes", 2), ("in-process-only", 2)]
+
+    def test_ctrl_c_keeps_what_finished(self, mine):
+        def interrupt_after_first(entry, reports):
+            raise KeyboardInterrupt
+
+        entries = engine.select(["passes", "drifts"], False, [], mine)
+        report = engine.execute(entries, [RunConfig()], interrupt_after_first)
+        assert ([s.name for s in report.scenarios], report.interrupted, report.exit_code) == (["passes"], True, 130)
+
+
+class TestBaseline:
+    """Run a saved report again, and compare on the servers both ran."""
+
+    def test_rerun_and_compare(self, mine):
+        saved = engine.execute(
+            engine.select(["passes", "drifts", "in-process-only"], False, [], mine),
+            [RunConfig("asgi"), RunConfig("uvicorn")],
+        ).to_json()
+        saved["scenarios"].append({"name": "gone", "server": "asgi", "status": "pass", "observations": []})
+        saved["scenarios"][0]["observations"][0]["observed"] = "edited"
+        again = engine.rerun(saved, mine)
+        assert [(s.name, s.server) for s in again.scenarios] == [
+            (name, server) for name in ("passes", "drifts", "in-process-only") for server in ("asgi", "uvicorn")
+        ]
+        changes, elsewhere = engine.baseline_changes(saved, again)
+        assert elsewhere == 0
+        assert [(c.scenario, c.server, c.var, c.before, c.after) for c in changes] == [
+            ("passes", "asgi", "var", "edited", "default"), ("gone", "asgi", "status", "pass", "<not run>"),
+        ]  # fmt: skip
+
+    def test_runs_on_other_servers_are_counted_not_compared(self, mine):
+        saved = engine.execute(
+            engine.select(["passes"], False, [], mine), [RunConfig("asgi"), RunConfig("uvicorn")]
+        ).to_json()
+        only_asgi = engine.execute(engine.select(["passes"], False, [], mine), [RunConfig("asgi")])
+        assert engine.baseline_changes(saved, only_asgi) == ([], 1)
+
+    def test_rerun_keeps_the_spec_version(self, mine):
+        saved = engine.execute(
+            engine.select(["passes"], False, [], mine), [RunConfig("asgi", spec_version="2.4")]
+        ).to_json()
+        again = engine.rerun(saved, mine)
+        assert (again.servers, again.spec_version, again.scenarios[0].config.spec_version) == (("asgi",), "2.4", "2.4")
+
+
+def test_a_run_config_is_one_immutable_value():
+    """One RunConfig() is the default of every report and run: none of them may change it for the others."""
+    import dataclasses
+
+    config = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server = "uvicorn"
+    assert config == RunConfig("asgi", None, None, None, None) and hash(config) == hash(RunConfig())

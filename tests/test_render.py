@@ -1,0 +1,58 @@
+"""What `explain` shows: the onion, who created which task in which context, the story."""
+
+import io
+
+from conftest import ctxlab
+from rich.console import Console
+
+from ctxlab import render
+from ctxlab.config import RunConfig
+from ctxlab.engine import run_entry
+from ctxlab.scenario import catalog, load
+
+
+def explained(name):
+    entry = catalog()[name]
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.explain(load(entry), run_entry(entry, RunConfig()), entry.path.read_text(encoding="utf-8"), console)
+    return console.export_text(), load(entry)
+
+
+def test_explain_tells_the_whole_story():
+    text, scenario = explained("bad-then-shiny")
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert lines[0] == f"bad-then-shiny  {scenario.summary}"
+    assert "onion: ShinyMiddleware → BadMiddleware → app" in lines
+    # BaseHTTPMiddleware runs the endpoint in a child task, in a copy of the
+    # request task's context; the middleware read after it, in the request task.
+    start = lines.index("request 1")
+    assert lines[start + 1 : start + 6] == [
+        "└── task T1, context C1",
+        "    ├── task T2 (created by T1), context C2 (copied from C1)",
+        '    │   └── ✓ endpoint: context = {"random_int": 42}',
+        "    ├── ✓ bad.after: context = null",
+        "    └── ✓ shiny.after: context = null",
+    ]
+    rows = [line.split() for line in lines[lines.index("expectations") :]]
+    assert ["bad.after", "null", '{"random_int":', "42}"] in rows  # expected, and what a naive reading expects
+    flat = " ".join(line.strip("│ ") for line in lines)
+    assert "─ why ─" in text and " ".join(scenario.why.split()[:12]) in flat
+    assert "─ the fix ─" in text and " ".join(scenario.fix.split()[:12]) in flat
+    assert f"source: {scenario.source}" in lines
+    assert '"""BaseHTTPMiddleware and pure ASGI middleware: the order of add_middleware.' in lines
+
+
+def test_a_thread_hangs_under_the_task_whose_context_it_copied():
+    text, _ = explained("executor-copy-context")
+    # run_in_executor(None, copy_context().run, job): the job runs on a
+    # worker thread, in a copy of the request's context.
+    assert "└── thread asyncio_0, context C2, a copy of C1" in text.splitlines()
+
+
+def test_explain_on_the_command_line():
+    code, out, err = ctxlab("explain", "shiny-then-bad")
+    assert (code, err) == (0, "")
+    assert out.startswith("shiny-then-bad  ")
+    assert "onion: BadMiddleware → ShinyMiddleware → app" in out
+    assert "task T2 (created by T1), context C2 (copied from C1)" in out
+    assert "source: " in out and "middleware_order.py" in out
