@@ -140,6 +140,7 @@ class Table:
             verdict = f"<= {budget:g}{unit} OVER"
             self.failed += 1
         self.rows.append((figure, measured, baseline, ratio, spread, verdict))
+        print(f"{figure}: {measured} vs {baseline} {ratio} {verdict}", file=sys.stderr, flush=True)  # progress
 
     def print(self) -> None:
         head = ("figure", "ctxlab", "baseline", "ratio", "range", "budget")
