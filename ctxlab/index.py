@@ -1,5 +1,6 @@
 """The catalog index: what `read_entries` found in each scenario module,
-kept on disk and reused while the module's file is unchanged.
+kept on disk and reused while the module's file is unchanged, and the
+modules installed plugins name, reused while sys.path is unchanged.
 
 Parsing every scenario source with `ast` is most of what `ctxlab list` does
 once the interpreter is up, and grows with the catalog (a `--scenarios`
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +43,7 @@ class Index:
             document = {}
         usable = isinstance(document, dict) and document.get("format") == FORMAT
         self.modules: dict[str, list] = document.get("modules", {}) if usable else {}
+        self.plugin_modules: dict[str, list] = document.get("plugins", {}) if usable else {}
 
     def entries(self, module: Path, read: Callable[[Path], list[dict]]) -> list[dict]:
         """The entry fields of `module`: indexed while its file is unchanged,
@@ -58,13 +61,27 @@ class Index:
         self.changed = True
         return fields
 
+    def plugins(self, find: Callable[[], list[Path]]) -> list[Path]:
+        """The modules plugins name (`find()`), found again when a directory
+        on sys.path changed: installing, upgrading or removing a distribution
+        adds or removes its .dist-info directory there.  Kept per Python
+        environment, since each has its own plugins."""
+        stamp = [[entry, _mtime(entry)] for entry in sys.path]
+        indexed = self.plugin_modules.get(sys.prefix)
+        if indexed is not None and indexed[0] == stamp and all(map(os.path.exists, indexed[1])):
+            return [Path(path) for path in indexed[1]]
+        paths = find()
+        self.plugin_modules[sys.prefix] = [stamp, [str(path) for path in paths]]
+        self.changed = True
+        return paths
+
     def save(self) -> None:
         """Write the index if it changed; replace the file whole or not at all."""
         if not self.changed:
             return
         # Modules deleted since (a generated directory, an old checkout) go.
         self.modules = {key: value for key, value in self.modules.items() if os.path.exists(key)}
-        text = json.dumps({"format": FORMAT, "modules": self.modules})
+        text = json.dumps({"format": FORMAT, "modules": self.modules, "plugins": self.plugin_modules})
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,3 +89,10 @@ class Index:
             os.replace(temporary, self.path)
         except OSError:
             temporary.unlink(missing_ok=True)
+
+
+def _mtime(entry: str) -> int | None:
+    try:
+        return os.stat(entry or ".").st_mtime_ns
+    except OSError:
+        return None

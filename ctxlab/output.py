@@ -101,13 +101,23 @@ class TableEmitter(Emitter):
     def __init__(self) -> None:
         import sys
 
-        from ctxlab import plain, render
+        from ctxlab import plain
 
-        self.render = render
-        self.console = plain.PlainConsole() if plain.wanted(sys.stdout) else console()
+        self.plain = plain.wanted(sys.stdout)
+        self.console = plain.PlainConsole() if self.plain else console()
+
+    @property
+    def render(self):
+        from ctxlab import render  # Rich: imported only when something is drawn with it
+
+        return render
 
     def catalog(self, entries: Iterable[Entry]) -> None:
-        self.render.catalog(entries, self.console)
+        if self.plain:  # the catalog alone needs no Rich at all
+            rows = [[entry.name, ", ".join(entry.tags), entry.summary] for entry in entries]
+            self.console.columns(["name", "tags", "summary"], rows)
+        else:
+            self.render.catalog(entries, self.console)
 
     def progress(self, entry: Entry, outcomes: list[ScenarioReport]) -> None:
         self.render.outcomes(entry, outcomes, self.console)

@@ -84,25 +84,41 @@ class PlainConsole:
     def table(self, table: Table) -> str:
         """A Rich table's title, header and rows, in columns."""
         columns = table.columns
-        cells = [[_lines(column.header) for column in columns]] if table.show_header else []
-        cells += [[_lines(column._cells[row]) for column in columns] for row in range(table.row_count)]
-        widths = [max((len(line) for row in cells for line in row[i]), default=0) for i in range(len(columns))]
-        lines = [_plain(table.title)] if table.title else []
+        rows = [[_plain(column._cells[row]) for column in columns] for row in range(table.row_count)]
+        text = self.layout(
+            [_plain(column.header) for column in columns] if table.show_header else None,
+            rows,
+            rule=table.box is not None,
+            right=[column.justify == "right" for column in columns],
+        )
+        return f"{_plain(table.title)}\n{text}" if table.title else text
+
+    def columns(self, header: list[str], rows: list[list[str]]) -> None:
+        """Print rows of plain strings under a header, in columns (no Rich
+        needed: `ctxlab list | grep` imports none of it)."""
+        self.file.write(self.layout(header, rows) + "\n")
+
+    def layout(
+        self, header: list[str] | None, rows: list[list[str]], rule: bool = False, right: list[bool] | None = None
+    ) -> str:
+        """Cells (which may hold several lines) in columns as wide as their
+        widest line; `rule` draws a line under the header."""
+        cells = [[cell.split("\n") for cell in row] for row in ([header] if header else []) + rows]
+        count = len(cells[0]) if cells else 0
+        widths = [max(len(line) for row in cells for line in row[i]) for i in range(count)]
+        right = right or [False] * count
+        lines = []
         for number, row in enumerate(cells):
-            for index in range(max((len(cell) for cell in row), default=1)):
+            for index in range(max(len(cell) for cell in row)):
                 parts = []
-                for column, cell, width in zip(columns, row, widths):
+                for cell, width, justify_right in zip(row, widths, right):
                     text = cell[index] if index < len(cell) else ""
-                    parts.append(text.rjust(width) if column.justify == "right" else text.ljust(width))
+                    parts.append(text.rjust(width) if justify_right else text.ljust(width))
                 lines.append(GAP.join(parts).rstrip())
-            if number == 0 and table.show_header and table.box is not None:
-                lines.append(self.rule * (sum(widths) + len(GAP) * (len(widths) - 1)))
+            if number == 0 and header and rule:
+                lines.append(self.rule * (sum(widths) + len(GAP) * (count - 1)))
         return "\n".join(lines)
 
 
 def _plain(cell: Any) -> str:
     return cell.plain if hasattr(cell, "plain") else str(cell)
-
-
-def _lines(cell: Any) -> list[str]:
-    return _plain(cell).split("\n")

@@ -289,7 +289,8 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     index = Index()
     found: dict[str, Entry] = {}
     try:
-        for path in [*_modules_in(bundled_dir()), *plugin_modules(), *(p for d in extra for p in _modules_in(d))]:
+        plugins = index.plugins(plugin_modules)
+        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in extra for p in _modules_in(d))]:
             for fields in index.entries(path, _declared_fields):
                 entry = _entry(path, fields)
                 if entry.name in found:

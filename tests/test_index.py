@@ -64,3 +64,16 @@ def test_list_reads_a_users_directory_through_the_index(tmp_path):
         module.write_text(MODULE.format(summary=summary))
         code, rows, _ = ctxlab_json("list", "--scenarios", str(tmp_path), env=env)
         assert code == 0 and [r["summary"] for r in rows if r["name"] == "mine"] == [summary]
+
+
+def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
+    from test_plugins import install
+
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"CTXLAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(site)}
+    code, rows, _ = ctxlab_json("list", "--tag", "fix", env=env)
+    assert code == 0 and "team-payments" not in {row["name"] for row in rows}
+    install(site, "team-payments")
+    code, rows, _ = ctxlab_json("list", "--tag", "team", env=env)
+    assert code == 0 and [row["name"] for row in rows] == ["team-payments"]
