@@ -78,7 +78,7 @@ def measure(command: list[str], terminal: bool = False, cwd: Path | None = None)
         reader.join()
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
-        raise SystemExit(f"benchmark command failed ({code}): {' '.join(map(str, command))}")
+        raise CommandFailed(f"exit {code}: {' '.join(map(str, command[1:]))}")
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
@@ -92,15 +92,23 @@ def _drain(fd: int) -> None:
         os.close(fd)
 
 
+class CommandFailed(Exception):
+    """A measured command failed: its figure would measure something else."""
+
+
 class Pairs:
-    """Interleaved runs of a command and its baseline."""
+    """Interleaved runs of a command and its baseline; `failed` says why
+    there are none."""
 
     def __init__(self, ours: list[str], theirs: list[str], runs: int, terminal: bool = False, cwd=None) -> None:
-        measure(ours, terminal, cwd), measure(theirs, cwd=cwd)  # warm the file cache and bytecode
-        self.ours, self.theirs = [], []
-        for _ in range(runs):
-            self.ours.append(measure(ours, terminal, cwd))
-            self.theirs.append(measure(theirs, cwd=cwd))
+        self.ours, self.theirs, self.failed = [], [], None
+        try:
+            measure(ours, terminal, cwd), measure(theirs, cwd=cwd)  # warm the file cache and bytecode
+            for _ in range(runs):
+                self.ours.append(measure(ours, terminal, cwd))
+                self.theirs.append(measure(theirs, cwd=cwd))
+        except CommandFailed as exc:
+            self.failed = str(exc)
 
     def column(self, which: int) -> tuple[list[float], list[float]]:
         return [run[which] for run in self.ours], [run[which] for run in self.theirs]
@@ -127,6 +135,11 @@ class Table:
 
     def pairs(self, figure: str, pairs: Pairs, budget: float | None, judged: bool = True) -> None:
         """Wall and CPU ratios of one set of pairs; one of them is judged."""
+        if pairs.failed:
+            self.rows.append((figure, "", "", "", "", f"FAILED: {pairs.failed}"))
+            self.failed += 1
+            print(f"{figure}: FAILED: {pairs.failed}", file=sys.stderr, flush=True)
+            return
         for name, which in (("wall", 0), ("cpu", 1)):
             ours, theirs = pairs.column(which)
             self.ratio(f"{figure} ({name})", ours, theirs, budget if judged and name == self.judge else None, "s")
@@ -343,11 +356,14 @@ def main() -> int:
             pairs = Pairs(
                 CTXLAB + command + ["--scenarios", str(many)], CTXLAB + command + ["--scenarios", str(one)], slow
             )
+            name = f"{' '.join(command[:1])} --scenarios, {count} scenarios: per scenario ({options.judge})"
+            if pairs.failed:
+                table.pairs(name, pairs, None)
+                continue
             clock = 0 if options.judge == "wall" else 1
             ours, theirs = pairs.column(clock)
             each = [(o - t) / (count - 1) * 1000 for o, t in zip(ours, theirs)]
             spread = f"{min(each):.2f}-{max(each):.2f}"
-            name = f"{' '.join(command[:1])} --scenarios, {count} scenarios: per scenario ({options.judge})"
             table.absolute(name, statistics.median(each), "vs 1", budget, "ms", spread)
 
     count = 5000

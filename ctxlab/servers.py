@@ -60,8 +60,10 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def server_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for a server of ours on 127.0.0.1, over plain HTTP."""
-    async with httpx.AsyncClient(base_url=base_url, verify=_plain_http()) as client:
+    """A client for a server of ours on 127.0.0.1, over plain HTTP.  No
+    timeout of its own: the scenario's timeout bounds the whole run, and a
+    shorter one here (httpx's 5 s) turned a slow, loaded machine into errors."""
+    async with httpx.AsyncClient(base_url=base_url, verify=_plain_http(), timeout=None) as client:
         yield client
 
 
