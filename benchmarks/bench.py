@@ -364,7 +364,7 @@ def main() -> int:
             ours, theirs = pairs.column(clock)
             each = [(o - t) / (count - 1) * 1000 for o, t in zip(ours, theirs)]
             spread = f"{min(each):.2f}-{max(each):.2f}"
-            table.absolute(name, statistics.median(each), "vs 1", budget, "ms", spread)
+            table.absolute(name, statistics.median(each), "a dir of 1", budget, "ms", spread)
 
     count = 5000
     requests_with_ctxlab(count), requests_without_ctxlab(count)  # warm up
