@@ -21,6 +21,7 @@ from ctxlab.values import UNSET, jsonable, raised
 
 __all__ = ["UNSET", "attempt", "note", "probe", "raised"]
 
+
 class ContextMark:
     """Stored in a context to recognise that context object later.
 
@@ -30,22 +31,54 @@ class ContextMark:
     context): a probe that finds a mark owned by someone else is running in
     a copy, and marks that copy anew, remembering where it was copied from.
 
+    A copy made inside the owner itself (`copy_context().run(...)` in a
+    task) inherits a mark with the right owner, so the mark a task factory
+    puts in a task's own context is its `home` mark: a probe that finds it
+    checks that it really runs in the task's own context (see
+    `Recorder.where`).  One level of such copies is told apart; a copy of
+    that copy shares its label.
+
     `parent` is the mark of the context this one was copied from (None for
     a fresh context); `order` counts marks in creation order. Only the
     labeller (ctxlab.labels) reads them, to name contexts C1, C2, ...
     """
 
-    __slots__ = ("owner", "parent", "order")
+    __slots__ = ("owner", "parent", "order", "home")
     _counter = itertools.count()
 
-    def __init__(self, owner: Any, parent: ContextMark | None) -> None:
+    def __init__(self, owner: Any, parent: ContextMark | None, home: bool = False) -> None:
         self.owner = owner
         self.parent = parent
         self.order = next(self._counter)
+        self.home = home
 
 
 _context_mark: contextvars.ContextVar[ContextMark] = contextvars.ContextVar("ctxlab.context")
 _request_number: contextvars.ContextVar[int] = contextvars.ContextVar("ctxlab.request")
+_here: contextvars.ContextVar[object] = contextvars.ContextVar("ctxlab.here")
+
+
+def _is_current(context: contextvars.Context) -> bool:
+    """Whether `context` is the one running now: a set in the running
+    context shows in that Context object, and in no copy of it."""
+    sentinel = object()
+    token = _here.set(sentinel)
+    try:
+        return context.get(_here) is sentinel
+    finally:
+        _here.reset(token)
+
+
+def _scheduled_context(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> contextvars.Context | None:
+    """The context a 3.10 task runs in: it copies the current one and keeps
+    the copy private, but its first step, scheduled on creation, carries it.
+    None where the loop keeps no such queue (uvloop)."""
+    ready = getattr(loop, "_ready", None)
+    if ready:
+        handle = ready[-1]
+        if getattr(handle._callback, "__self__", None) is task:
+            return handle._context
+    return None
 
 
 @dataclass
@@ -54,6 +87,7 @@ class TaskInfo:
 
     order: int  # creation order: labels T1, T2, ... follow it
     parent: asyncio.Task | None
+    context: contextvars.Context | None = None  # the task's own context, where knowable
 
 
 @dataclass
@@ -95,20 +129,22 @@ class Recorder:
         if context is None:
             context = contextvars.copy_context()
         parent = asyncio.current_task(loop)
-        mark = ContextMark(owner=None, parent=context.get(_context_mark))
+        mark = ContextMark(owner=None, parent=context.get(_context_mark), home=True)
         try:
             context.run(_context_mark.set, mark)
         except RuntimeError:  # that context is running right now elsewhere
             mark = None
         if sys.version_info >= (3, 11):
             task = asyncio.Task(coro, loop=loop, context=context, **kwargs)
+            home = context
         else:  # 3.10 tasks copy the current context: make it ours first
             task = context.run(asyncio.Task, coro, loop=loop, **kwargs)
+            home = _scheduled_context(loop, task)
         if mark is not None:
             mark.owner = task
         if parent is self._root:
             parent = None
-        self.tasks[task] = TaskInfo(next(self._order), parent)
+        self.tasks[task] = TaskInfo(next(self._order), parent, home)
         return task
 
     def set_root(self, task: asyncio.Task | None) -> None:
@@ -130,7 +166,7 @@ class Recorder:
             task = None
         owner = task if task is not None else threading.current_thread()
         mark = _context_mark.get(None)
-        if mark is None or mark.owner is not owner:
+        if mark is None or mark.owner is not owner or (mark.home and not self._at_home(task)):
             mark = ContextMark(owner=owner, parent=mark)
             _context_mark.set(mark)
         request = _request_number.get(None)
@@ -140,9 +176,12 @@ class Recorder:
             (request,) = self.in_flight
         return task, mark, request
 
-    def add(
-        self, probe: str, var: str, value: Any, where: tuple[asyncio.Task | None, ContextMark, int | None]
-    ) -> None:
+    def _at_home(self, task: asyncio.Task | None) -> bool:
+        """Whether `task` runs in its own context, not in a copy it made."""
+        info = self.tasks.get(task) if task is not None else None
+        return info is None or info.context is None or _is_current(info.context)
+
+    def add(self, probe: str, var: str, value: Any, where: tuple[asyncio.Task | None, ContextMark, int | None]) -> None:
         """Record that probe `probe` saw `value` in `var`, at `where` (from
         `where()`), and pass the record to `on_record` if one is set."""
         task, mark, request = where

@@ -1,6 +1,7 @@
 """The labeller: tasks and contexts numbered in creation order, all at once or live."""
 
 import asyncio
+import contextvars
 from contextvars import ContextVar
 
 from ctxlab.labels import Labeller, label
@@ -44,3 +45,39 @@ class TestLabeller:
             live.number([record])
             seen.append(live.where(record))
         assert seen == label(recorder.records, recorder.tasks)
+
+
+class TestCopiesInsideATask:
+    """Every distinct Context gets its own label, also a copy a task makes and runs itself."""
+
+    def run_in_copy(self):
+        recorder = Recorder()
+
+        async def task():
+            var.set("task")
+            probe("task.before", var)
+            copy = contextvars.copy_context()
+            copy.run(var.set, "copy")
+            copy.run(probe, "copy", var)
+            copy.run(probe, "copy.again", var)
+            probe("task.after", var)
+
+        with scenario_loop(recorder) as loop:
+            loop.run_until_complete(loop.create_task(task()))
+        return {
+            record.probe: (record.value, where)
+            for record, where in zip(recorder.records, label(recorder.records, recorder.tasks))
+        }
+
+    def test_a_copy_run_inside_the_task_is_a_context_of_its_own(self):
+        seen = self.run_in_copy()
+        (_, before), (_, copy) = seen["task.before"], seen["copy"]
+        assert (before.task, copy.task) == ("T1", "T1")
+        assert copy.context != before.context
+        assert copy.parent_context == before.context  # "copied from" the task's own
+
+    def test_the_task_and_the_copy_keep_their_labels(self):
+        seen = self.run_in_copy()
+        assert seen["copy.again"][1].context == seen["copy"][1].context
+        assert seen["task.after"][1].context == seen["task.before"][1].context
+        assert (seen["copy"][0], seen["task.after"][0]) == ("copy", "task")  # what the probes saw is untouched
