@@ -256,7 +256,9 @@ def requests_with_ctxlab(count: int) -> float:
     from ctxlab.scenario import ClientRequest, Scenario
 
     expect = {label: {"request_id": "r"} for label in "abc"}
-    scenario = Scenario("bench", "", lambda: app(True), expect, requests=(ClientRequest(),) * count, concurrent=True)
+    requests = (ClientRequest(),) * count
+    # No scenario timeout to speak of: on a loaded machine 5,000 requests may take minutes.
+    scenario = Scenario("bench", "", lambda: app(True), expect, requests=requests, concurrent=True, timeout=3600)
     started = time.perf_counter()
     result = runner.run(scenario)
     elapsed = time.perf_counter() - started
