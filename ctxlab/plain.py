@@ -66,8 +66,9 @@ class PlainConsole:
                 self._flush(drawn)
                 drawn = []
                 self.rich().print(item, **options)
-        if drawn or not objects:  # print() alone: an empty line
-            self.file.write(" ".join(drawn) + "\n")
+        if not objects:  # print() alone: an empty line
+            self.file.write("\n")
+        self._flush(drawn)
 
     def _flush(self, drawn: list[str]) -> None:
         if drawn:
