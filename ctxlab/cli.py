@@ -43,6 +43,8 @@ class Server(str, Enum):
 
     asgi = "asgi"
     uvicorn = "uvicorn"
+    hypercorn = "hypercorn"
+    granian = "granian"
     both = "both"
 
     @property
@@ -51,11 +53,36 @@ class Server(str, Enum):
         return ["asgi", "uvicorn"] if self is Server.both else [self.value]
 
 
-def _configs(server: Server, spec_version: Optional[str] = None, concurrency: Optional[int] = None) -> list[RunConfig]:
-    """One run configuration per server asked for."""
-    from ctxlab.config import RunConfig
+# The choices of ctxlab.config.LOOPS and HTTP_PARSERS, spelled out so that
+# `--help` imports nothing more.
+Loop = Enum("Loop", {"asyncio": "asyncio", "uvloop": "uvloop"}, type=str)
+Http = Enum("Http", {"h11": "h11", "httptools": "httptools"}, type=str)
+LoopOption = Annotated[
+    Optional[Loop],
+    typer.Option(help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn]."),
+]
+HttpOption = Annotated[
+    Optional[Http], typer.Option(help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
+]
 
-    return [RunConfig(name, spec_version=spec_version, concurrency=concurrency) for name in server.runs_on]
+
+def _configs(
+    server: Server,
+    loop: Optional[Loop] = None,
+    http: Optional[Http] = None,
+    spec_version: Optional[str] = None,
+    concurrency: Optional[int] = None,
+) -> list[RunConfig]:
+    """One run configuration per server asked for, with the loop and parser
+    each will really use."""
+    from ctxlab.config import RunConfig, settled
+
+    if http is not None and "uvicorn" not in server.runs_on:
+        raise UsageError("--http applies to --server uvicorn (or both); hypercorn and granian parse HTTP themselves")
+    chosen = {"loop": loop.value if loop else None, "http": http.value if http else None}
+    return [
+        settled(RunConfig(name, spec_version=spec_version, concurrency=concurrency, **chosen)) for name in server.runs_on
+    ]
 
 
 def _version_callback(value: bool) -> None:
@@ -134,6 +161,8 @@ def run(
     tag: Annotated[Optional[List[str]], typer.Option("--tag", help="Scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
     server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     spec_version: Annotated[
         Optional[str], typer.Option("--spec-version", help="ASGI spec_version to advertise, e.g. 2.4.")
     ] = None,
@@ -158,7 +187,7 @@ def run(
         return 5
     emitter = OutputFormat.chosen(as_json).emitter()
     started = time.perf_counter()
-    results = engine.execute(entries, _configs(server, spec_version, concurrency), emitter.progress)
+    results = engine.execute(entries, _configs(server, loop, http, spec_version, concurrency), emitter.progress)
     if output is not None and results.interrupted:
         # A file missing scenarios would read as a complete report later.
         console(stderr=True).print(f"interrupted: {output} not written")
@@ -176,14 +205,14 @@ def explain(
 ) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
     if server is Server.both:
-        raise UsageError("explain runs on one server: --server asgi or --server uvicorn")
+        raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
     from ctxlab import engine, render
-    from ctxlab.config import RunConfig
     from ctxlab.output import console
     from ctxlab.scenario import load
 
     entry = engine.select([name], False, [], scenarios)[0]
-    result = engine.run_entry(entry, RunConfig(server.value))
+    (config,) = _configs(server)
+    result = engine.run_entry(entry, config)
     render.explain(load(entry), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
 
@@ -225,6 +254,8 @@ def serve(
 @app.command()
 def check(
     server: Annotated[Server, typer.Option(help="How requests reach the app.")] = Server.asgi,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
     baseline: Annotated[
         Optional[Path], typer.Option("--baseline", help="Also fail when observations differ from this snapshot.")
@@ -242,7 +273,7 @@ def check(
     out = console()
     started = time.perf_counter()
     show = partial(render.check_line, console=out)
-    results = engine.execute(engine.entries(scenarios).values(), _configs(server), show)
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
         write_atomically(junit, report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -264,6 +295,8 @@ def check(
 def snapshot(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the snapshot (JSON).")],
     server: Annotated[Server, typer.Option(help="Record in process, on uvicorn, or both.")] = Server.both,
+    loop: LoopOption = None,
+    http: HttpOption = None,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
@@ -271,7 +304,7 @@ def snapshot(
     from ctxlab.output import console
 
     _writable(output)
-    results = engine.execute(engine.entries(scenarios).values(), _configs(server))
+    results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
     if results.interrupted:
         return 130  # a partial snapshot would diff as removals: write none
     write_atomically(output, json.dumps(results.to_json(), indent=2) + "\n")
@@ -336,6 +369,12 @@ def probe_app(
         Optional[str], typer.Option("--path", help="Probe through this route of yours instead of a probe route.")
     ] = None,
     method: Annotated[str, typer.Option("--method", help="HTTP method for --path.")] = "GET",
+    header: Annotated[
+        Optional[list[str]], typer.Option("--header", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
+    ] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Request body.")] = None,
+    server: Annotated[Server, typer.Option(help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
 ) -> int:
@@ -343,14 +382,37 @@ def probe_app(
     values set in the endpoint, which cut them, and why. Your app is not changed."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
+    if server is Server.both:
+        raise UsageError("probe runs on one server: --server asgi or --server uvicorn")
+    headers = []
+    for given in header or []:
+        name, colon, value = given.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
+        headers.append((name.strip(), value.strip()))
     from ctxlab.diagnose import diagnose
     from ctxlab.output import OutputFormat
 
-    result = diagnose(target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), lifespan=lifespan)
-    if path is not None and result.status >= 400:
-        print(f"ctxlab: note: {method.upper()} {path} answered {result.status}; the layers were still probed", file=sys.stderr)
+    result = diagnose(
+        target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
+        host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
+    )  # fmt: skip
+    for note in result.notes:
+        print(f"ctxlab: note: {note}", file=sys.stderr)
     OutputFormat.chosen(as_json).emitter().diagnosis(result)
-    return 0 if not result.culprits else 1
+    code = 1 if result.culprits else 0 if result.complete else 2
+    _exit_despite_the_app(code)
+    return code
+
+
+def _exit_despite_the_app(code: int) -> None:
+    """A thread the user's app started (not a daemon) would keep the
+    interpreter waiting at exit: leave at once, output flushed."""
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
 
 
 def _is_click_error(exc: Exception) -> bool:

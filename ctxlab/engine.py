@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from ctxlab.config import RunConfig
+from ctxlab.config import RunConfig, missing, settled
 from ctxlab.errors import UsageError
 from ctxlab.scenario import Entry, catalog, suggest
 
@@ -62,6 +62,9 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
 
     if config.server not in entry.servers:
         return report.skipped(entry.name, f"runs only on {', '.join(entry.servers)}", config)
+    unavailable = missing(config)
+    if unavailable:
+        return report.skipped(entry.name, unavailable, config)
     try:
         scenario = load(entry)
     except Exception as exc:  # noqa: BLE001 - a broken module is that scenario's error
@@ -105,7 +108,9 @@ def rerun(before: dict[str, Any], directories: Iterable[Path] | None = None) -> 
     found = entries(directories)
     names = dict.fromkeys(s["name"] for s in before["scenarios"])
     servers = list(dict.fromkeys(server for _, server in runs(before))) or ["asgi"]
-    configs = [RunConfig(server, spec_version=before.get("spec_version")) for server in servers]
+    # A report does not record the loop and parser: each server's default,
+    # as when `snapshot` ran without --loop and --http.
+    configs = [settled(RunConfig(server, spec_version=before.get("spec_version"))) for server in servers]
     return execute([found[name] for name in names if name in found], configs)
 
 

@@ -1,8 +1,9 @@
 """The same scenarios across framework versions, one throwaway env per column.
 
-Each column is a set of requirements (`starlette==0.41.3 uvicorn==0.44.0`).
-Its environment holds ctxlab's dependencies at whatever versions those
-requirements allow; ctxlab itself is not installed there but put on
+Each column is a set of requirements (`starlette==0.41.3 uvicorn==0.44.0`),
+optionally the Python to use (`python==3.12`) and how to serve
+(`server=hypercorn`, `loop=uvloop`, `http=httptools`).  Its environment
+holds ctxlab's dependencies at whatever versions those requirements allow; ctxlab itself is not installed there but put on
 PYTHONPATH through a directory holding only a link to this package, so the
 column's framework versions are the only ones it can import.
 Environments are cached by content and reused.
@@ -27,26 +28,102 @@ from ctxlab.index import cache_dir
 DEPENDENCIES = ["typer", "rich", "packaging", "starlette", "fastapi", "httpx", "uvicorn", "anyio"]
 
 
+# What a column may set besides requirements, and the package each choice needs.
+SERVE_OPTIONS = {
+    "server": {"asgi": None, "uvicorn": None, "both": None, "hypercorn": "hypercorn", "granian": "granian"},
+    "loop": {"asyncio": None, "uvloop": "uvloop"},
+    "http": {"h11": None, "httptools": "httptools"},
+}
+
+
 @dataclass
 class Column:
     label: str
     requirements: list[str]
+    python: str | None = None  # a version specifier such as "==3.12"; None: this Python
+    options: dict[str, str] = field(default_factory=dict)  # server, loop, http
     report: dict[str, Any] = field(default_factory=dict)
+
+    def packages(self) -> list[str]:
+        """What the column's environment needs besides ctxlab's dependencies."""
+        needed = [SERVE_OPTIONS[option][value] for option, value in self.options.items()]
+        return [*self.requirements, *filter(None, needed)]
 
 
 def parse_column(text: str) -> Column:
     from packaging.requirements import InvalidRequirement, Requirement
 
-    requirements = text.split()
-    if not requirements:
+    tokens = text.split()
+    if not tokens:
         raise MatrixError("--with needs at least one requirement, such as 'starlette==0.41.3'")
-    for requirement in requirements:
+    column = Column(" ".join(tokens), [])
+    for token in tokens:
+        option, equals, value = token.partition("=")
+        if option in SERVE_OPTIONS and equals and not value.startswith("="):
+            if value not in SERVE_OPTIONS[option]:
+                raise MatrixError(f"bad {token!r} in --with: {option} is one of {', '.join(SERVE_OPTIONS[option])}")
+            column.options[option] = value
+            continue
         try:
-            Requirement(requirement)
+            requirement = Requirement(token)
         except InvalidRequirement as exc:
             reason = str(exc).splitlines()[0]  # packaging adds a caret diagram below
-            raise MatrixError(f"bad requirement {requirement!r} in --with: {reason}") from None
-    return Column(" ".join(requirements), requirements)
+            raise MatrixError(f"bad requirement {token!r} in --with: {reason}") from None
+        if requirement.name == "python":
+            column.python = str(requirement.specifier)
+        else:
+            column.requirements.append(token)
+    return column
+
+
+def _python_matches(version: str, specifier: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+
+    # "python==3.12" means any 3.12, as people write it, not 3.12.0.
+    spec = SpecifierSet(",".join(f"{s}.*" if s.startswith("==") and s.count(".") == 1 else s for s in specifier.split(",")))
+    return spec.contains(version)
+
+
+def _interpreters() -> dict[str, str]:
+    """Pythons this machine has: version -> executable (this one, pyenv's,
+    and pythonX.Y on PATH)."""
+    found = {".".join(map(str, sys.version_info[:3])): sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for executable in sorted(pyenv.glob("*/bin/python")):
+        found.setdefault(executable.parent.parent.name, str(executable))
+    for minor in range(10, 20):
+        executable = shutil.which(f"python3.{minor}")
+        if executable:
+            done = subprocess.run([executable, "-c", "import platform; print(platform.python_version())"],
+                                  capture_output=True, text=True)  # fmt: skip
+            if done.returncode == 0:
+                found.setdefault(done.stdout.strip(), executable)
+    return found
+
+
+def python_for(column: Column) -> str:
+    """The executable that runs the column: the newest Python here that its
+    `python` specifier allows, or this one."""
+    if column.python is None:
+        return sys.executable
+    from packaging.version import InvalidVersion, Version
+
+    def version_key(version: str):
+        try:
+            return Version(version)
+        except InvalidVersion:
+            return Version("0")
+
+    interpreters = _interpreters()
+    matching = [version for version in interpreters if _python_matches(version, column.python)]
+    supported = [version for version in matching if version_key(version) >= Version("3.10")]
+    if not supported:
+        found = f" (only {', '.join(sorted(matching))}: ctxlab needs 3.10 or newer)" if matching else ""
+        raise MatrixError(
+            f"no Python{column.python} here{found}: looked at this Python, pyenv's and python3.X on PATH; "
+            f"install one (pyenv install, uv python install) or drop python{column.python} from --with"
+        )
+    return interpreters[max(supported, key=version_key)]
 
 
 def _run(command: list[str], what: str) -> None:
@@ -59,8 +136,9 @@ def _run(command: list[str], what: str) -> None:
 
 def environment(column: Column, progress=print) -> Path:
     """The column's virtualenv, built once and reused."""
-    python = sys.executable
-    key = json.dumps([sys.version, sorted(column.requirements), DEPENDENCIES])
+    python = python_for(column)
+    # This Python is keyed by its version, as before columns could choose one.
+    key = json.dumps([sys.version if python == sys.executable else python, sorted(column.packages()), DEPENDENCIES])
     path = cache_dir() / "envs" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (path / ".ready").exists():
         return path
@@ -74,7 +152,7 @@ def environment(column: Column, progress=print) -> Path:
         else:
             _run([python, "-m", "venv", str(path)], column.label)
             installer = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        _run([*installer, *DEPENDENCIES, *column.requirements], column.label)
+        _run([*installer, *DEPENDENCIES, *column.packages()], column.label)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
@@ -96,30 +174,51 @@ def _shim() -> Path:
 
 
 def run_column(column: Column, server: str, extra: list[str]) -> dict[str, Any]:
+    """Run every scenario in the column's environment (the column's own
+    `server=` beats `server`): its JSON report."""
     env = environment(column)
-    command = [str(env / "bin" / "python"), "-m", "ctxlab", "run", "--all", "--json", "--server", server, *extra]
+    options = {"server": server, **column.options}
+    serving = [arg for option, value in options.items() for arg in (f"--{option}", value)]
+    command = [str(env / "bin" / "python"), "-m", "ctxlab", "run", "--all", "--json", *serving, *extra]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(_shim())})
     if done.returncode not in (0, 1, 3):
         raise MatrixError(f"ctxlab failed under {column.label}: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout)
 
 
+def _aligned(columns: list[Column]) -> list[dict[str, Any]]:
+    """The columns' reports, each run tagged with its server; where columns
+    serve with different real servers (`server=`), each real server's run is
+    tagged `server`, so that the rows line up by scenario across columns."""
+    from ctxlab.report import runs
+
+    real = {server for column in columns for _, server in runs(column.report) if server != "asgi"}
+    rename = (lambda server: server) if len(real) <= 1 else (lambda server: server if server == "asgi" else "server")
+    return [
+        {**c.report, "scenarios": [{**s, "server": rename(server)} for (_, server), s in runs(c.report).items()]}
+        for c in columns
+    ]
+
+
 def grid(columns: list[Column]) -> dict[str, Any]:
-    """Scenario x column: status per cell, `changed` where the observations
-    differ from the previous column, and each change with where it appears."""
+    """Scenario x column: status per cell (null where the column did not run
+    it), `changed` where the observations differ from the previous column,
+    and each change with where it appears."""
     from ctxlab.report import diff, runs
 
+    reports = _aligned(columns)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for column in columns:
-        for key, scenario in runs(column.report).items():
-            rows.setdefault(key, []).append({"status": scenario["status"], "changed": False})
+    for index, report in enumerate(reports):
+        for key, scenario in runs(report).items():
+            cells = rows.setdefault(key, [{"status": None, "changed": False} for _ in columns])
+            cells[index]["status"] = scenario["status"]
     changes = []
-    for previous, column in zip(columns, columns[1:]):
-        for change in diff(previous.report, column.report):
+    for index in range(1, len(columns)):
+        previous, column = columns[index - 1], columns[index]
+        for change in diff(reports[index - 1], reports[index]):
             changes.append({"column": column.label, "previous": previous.label, **vars(change)})
-            cells = rows.get((change.scenario, change.server))
-            if cells is not None:
-                cells[columns.index(column)]["changed"] = True
+            if (change.scenario, change.server) in rows:
+                rows[change.scenario, change.server][index]["changed"] = True
     return {
         "schema_version": 1,
         "columns": [{"label": c.label, "environment": c.report.get("environment", {})} for c in columns],

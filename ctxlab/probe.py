@@ -170,9 +170,11 @@ class Recorder:
             mark = ContextMark(owner=owner, parent=mark)
             _context_mark.set(mark)
         request = _request_number.get(None)
-        if request is None and task is None and len(self.in_flight) == 1:
+        if task is None and request not in self.in_flight and len(self.in_flight) == 1:
             # A pool thread running in its own context cannot say whom it
-            # works for; while only one request is in flight it is that one.
+            # works for, or names the request that started the thread (3.14's
+            # thread_inherit_context), long over; while only one request is
+            # in flight it is that one.
             (request,) = self.in_flight
         return task, mark, request
 

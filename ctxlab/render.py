@@ -86,7 +86,8 @@ def by_request(observations: list[Observation]) -> dict[Any, list[Observation]]:
 def scenario_report(result: ScenarioReport, summary: str, console: Console) -> None:
     """One scenario on one server: status, onion, a table per request."""
     status = Text(result.status.value.upper(), style=STATUS_STYLE[result.status])
-    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"  {result.duration_ms:.0f} ms"))
+    where = f"  on {result.label}" if result.server != "asgi" else ""
+    console.print(Text.assemble((result.name, "bold cyan"), "  ", status, f"{where}  {result.duration_ms:.0f} ms"))
     console.print(Text(summary, style="dim"))
     if result.onion:
         console.print(onion(result.onion))
@@ -114,15 +115,15 @@ def side_by_side(entry: Entry, asgi: ScenarioReport, uvicorn: ScenarioReport, co
     """One scenario on two servers: a row per observation, differences marked."""
     head = Text.assemble((entry.name, "bold cyan"))
     for result in (asgi, uvicorn):
-        head.append(f"  {result.server} ")
+        head.append(f"  {result.label} ")
         head.append(result.status.value.upper(), style=STATUS_STYLE[result.status])
     console.print(head)
     console.print(Text(entry.summary, style="dim"))
     for result in (asgi, uvicorn):
         if result.error:
-            console.print(Text(f"{result.server}: {result.error}", style=STATUS_STYLE[result.status]))
+            console.print(Text(f"{result.label}: {result.error}", style=STATUS_STYLE[result.status]))
     left, right = (by_occurrence(r.observations, lambda o: (o.request, o.probe, o.var)) for r in (asgi, uvicorn))
-    table = _table("req", "probe / var", "asgi", "uvicorn", "difference")
+    table = _table("req", "probe / var", asgi.label, uvicorn.label, "difference")
     expected_differences = 0
     in_probe_order = [*left, *(key for key in right if key not in left)]
     for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
@@ -262,7 +263,7 @@ def check_line(entry: Entry, results: list[ScenarioReport], console: Console) ->
     """`ctxlab check`: a line per scenario; full tables only for failures."""
     for result in results:
         status = Text(f"{result.status.value.upper():<8}", style=STATUS_STYLE[result.status])
-        console.print(Text.assemble(status, result.name, (f"  {result.server}  {result.duration_ms:.0f} ms", "dim")))
+        console.print(Text.assemble(status, result.name, (f"  {result.label}  {result.duration_ms:.0f} ms", "dim")))
     for result in results:
         if result.status in (Status.DRIFT, Status.ERROR):
             failed = ScenarioReport(**{**vars(result), "observations": result.drifted})
@@ -307,6 +308,8 @@ def matrix(result: dict[str, Any], console: Console) -> None:
                 cell["status"] + (" *" if cell["changed"] else ""),
                 style=("reverse " if cell["changed"] else "") + STATUS_STYLE[Status(cell["status"])],
             )
+            if cell["status"]
+            else Text("-", style="dim")  # not run in that column (another server)
             for cell in row["cells"]
         ]
         table.add_row(f"{row['name']} ({row['server']})", *cells)
@@ -323,23 +326,38 @@ def matrix(result: dict[str, Any], console: Console) -> None:
         )
 
 
+def _meets(layer_mount: str | None, path_mount: str | None) -> bool:
+    """A request through `path_mount` meets the layers of the app and of
+    every mount it is nested in."""
+    return layer_mount is None or (path_mount is not None and f"{path_mount}/".startswith(f"{layer_mount}/"))
+
+
 def diagnosis(result: Diagnosis, console: Console) -> None:
     """`ctxlab probe`: every layer of the user's app, the verdict, findings."""
     console.print(Text.assemble(("app ", "dim"), (result.app, "bold cyan")))
-    console.print(onion([f"{layer.name} [{layer.kind}]" for layer in result.layers]))
-    yes, no = Text("yes", style="green"), Text("no", style="bold red")
-    table = _table("layer (outermost first)", "kind", "sees endpoint's values", "its values reach endpoint")
+    # One onion per path: the app's own layers, then each mount's inside them.
+    mounts = list(dict.fromkeys(layer.mount for layer in result.layers if layer.mount is not None))
+    for mount in [None, *mounts]:
+        outer = [layer for layer in result.layers if _meets(layer.mount, mount)]
+        line = onion([f"{layer.name} [{layer.kind}]" for layer in outer])
+        console.print(line if mount is None else Text.assemble((f"{mount} ", "cyan"), line))
+    answers = {True: Text("yes", style="green"), False: Text("no", style="bold red"), None: Text("?", style="dim")}
+    table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
     for layer in result.layers:
         culprit = layer.name in result.culprits
         table.add_row(
             Text(layer.name, style="bold red" if culprit else ""),
             layer.kind,
-            yes if layer.sees_endpoint_values else no,
-            yes if layer.reaches_endpoint else no,
+            layer.mount or "",
+            answers[layer.sees_endpoint_values],
+            answers[layer.reaches_endpoint],
+            layer.note or "",
         )
     console.print(table)
     if result.culprits:
         console.print(Text(f"cut by: {', '.join(result.culprits)}", style="bold red"))
+    elif not result.complete:
+        console.print(Text("not observed: some layers could not be observed (see the notes)", style="yellow"))
     else:
         console.print(Text("ok: values travel through every layer", style="green"))
     console.print(Text(result.fix))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from ctxlab import __version__
-from ctxlab.config import RunConfig
+from ctxlab.config import RunConfig, run_label
 from ctxlab.errors import ReportFileError, ScenarioError
 from ctxlab.labels import Where, label
 from ctxlab.scenario import Env, Scenario, package_version
@@ -81,6 +81,11 @@ class ScenarioReport:
     def server(self) -> str:
         """The server this scenario ran on (or was skipped for)."""
         return self.config.server
+
+    @property
+    def label(self) -> str:
+        """The server as tables show it, with the loop and parser it ran on."""
+        return run_label(self.config)
 
     @property
     def drifted(self) -> list[Observation]:

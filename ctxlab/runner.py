@@ -13,10 +13,10 @@ from typing import Any, Callable, Coroutine, Iterator
 
 from ctxlab import servers
 from ctxlab.config import RunConfig
-from ctxlab.diagnose import describe_layer
 from ctxlab.labels import Labeller, Where
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
+from ctxlab.target import describe_layer
 
 
 @dataclass
@@ -37,9 +37,10 @@ def onion(app: Any) -> list[str]:
 
 
 @contextmanager
-def scenario_loop(recorder: Recorder) -> Iterator[asyncio.AbstractEventLoop]:
-    """A fresh event loop whose tasks the recorder tracks; closed after."""
-    loop = asyncio.new_event_loop()
+def scenario_loop(recorder: Recorder, kind: str | None = None) -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop (asyncio's, or `kind`: uvloop) whose tasks the
+    recorder tracks; closed after."""
+    loop = servers.new_event_loop(kind or "asyncio")
     loop.set_task_factory(recorder.task_factory)
     previous = activate(recorder)
     try:
@@ -76,7 +77,7 @@ def run(scenario: Scenario, config: RunConfig = RunConfig()) -> Run:
     result = Run()
     recorder = Recorder()
     started = time.perf_counter()
-    with scenario_loop(recorder) as loop:
+    with scenario_loop(recorder, config.loop) as loop:
         try:
             app = scenario.build(config.concurrency) if config.concurrency else scenario.build()
             result.onion = onion(app)
@@ -133,10 +134,11 @@ async def _drive(scenario: Scenario, app: Any, config: RunConfig, recorder: Reco
 
     requests = scenario.requests * config.concurrency if config.concurrency else scenario.requests
     async with AsyncExitStack() as stack:
-        if config.server == "uvicorn":
+        if config.server != "asgi":
             base_url = await stack.enter_async_context(
-                servers.uvicorn_server(
+                servers.real_server(
                     servers.attribute_requests(app),
+                    config,
                     lifespan=scenario.lifespan,
                     options=scenario.server_options,
                     timeout=scenario.timeout,
@@ -145,7 +147,8 @@ async def _drive(scenario: Scenario, app: Any, config: RunConfig, recorder: Reco
             if scenario.pipelined:
                 await servers.send_pipelined(base_url, requests, range(1, len(requests) + 1))
                 return
-            client = await stack.enter_async_context(servers.server_client(base_url))
+            # The scenario's own timeout governs, not httpx's 5 s default.
+            client = await stack.enter_async_context(servers.server_client(base_url, scenario.timeout))
         else:
             state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
             client = await stack.enter_async_context(

@@ -20,9 +20,11 @@ from typing import Any, Callable, Iterable, Mapping
 from ctxlab.config import RunConfig
 from ctxlab.errors import ScenarioError
 
-__all__ = ["ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario"]
+__all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version", "per_request", "scenario"]
 
-Servers = ("asgi", "uvicorn")
+Servers = ("asgi", "uvicorn", "hypercorn", "granian")
+# The ASGI spec_version each server puts in its http scopes (none in process).
+ADVERTISED_SPEC = {"uvicorn": "2.3", "hypercorn": "2.1", "granian": "2.3"}
 
 
 # -- requests -------------------------------------------------------------
@@ -46,11 +48,13 @@ class Env:
     spec_version: str | None
     request: int | None
     concurrency: int | None = None
+    loop: str = "asyncio"  # the event loop the run used: asyncio or uvloop
+    http: str | None = None  # uvicorn's parser (h11 or httptools); None elsewhere
 
     @classmethod
     def of(cls, config: RunConfig, request: int | None = None) -> Env:
         """The Env of `request` (None: outside any request) in a run with `config`."""
-        return cls(config.server, config.spec_version, request, config.concurrency)
+        return cls(config.server, config.spec_version, request, config.concurrency, config.loop or "asyncio", config.http)
 
     def version(self, package: str) -> str:
         """The installed version of `package` ("0" when it is not installed)."""
@@ -64,7 +68,7 @@ class Env:
 
     def spec_at_least(self, version: str) -> bool:
         """Does the run advertise an ASGI spec_version of at least `version`?"""
-        advertised = self.spec_version or ("2.3" if self.server == "uvicorn" else "2.0")
+        advertised = self.spec_version or ADVERTISED_SPEC.get(self.server, "2.0")
         return tuple(map(int, advertised.split("."))) >= tuple(map(int, version.split(".")))
 
 
@@ -126,7 +130,22 @@ def by_version(package: str, cases: Mapping[str, Any]) -> Varies:
 
 def by_server(**cases: Any) -> Varies:
     """`by_server(asgi=a, uvicorn=b)`."""
-    return Varies("; ".join(f"on {s}: {describe(v)}" for s, v in cases.items()), lambda env: cases[env.server])
+
+    def choose(env: Env) -> Any:
+        if env.server not in cases:
+            raise ScenarioError(f"no expectation for server {env.server} (cases: {', '.join(cases)})")
+        return cases[env.server]
+
+    return Varies("; ".join(f"on {s}: {describe(v)}" for s, v in cases.items()), choose)
+
+
+def by_flag(flag: str, *, on: Any, off: Any) -> Varies:
+    """`by_flag("thread_inherit_context", on=a, off=b)`: follows `sys.flags.<flag>`
+    of the running Python (off where this Python has no such flag)."""
+    return Varies(
+        f"with sys.flags.{flag}: {describe(on)}; without: {describe(off)}",
+        lambda env: on if getattr(sys.flags, flag, 0) else off,
+    )
 
 
 def per_request(*values: Any) -> Varies:

@@ -10,13 +10,15 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import socket
 import ssl
 from contextlib import asynccontextmanager
 from functools import cache
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import httpx
 
+from ctxlab.config import RunConfig
 from ctxlab.errors import LifespanFailed, ServerFailed, UnexpectedResponse
 from ctxlab.probe import end_request, start_request
 
@@ -59,11 +61,11 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def server_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for a server of ours on 127.0.0.1, over plain HTTP.  No
-    timeout of its own: the scenario's timeout bounds the whole run, and a
-    shorter one here (httpx's 5 s) turned a slow, loaded machine into errors."""
-    async with httpx.AsyncClient(base_url=base_url, verify=_plain_http(), timeout=None) as client:
+async def server_client(base_url: str, timeout: float | None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for a server of ours on 127.0.0.1, over plain HTTP, with
+    `timeout` (the scenario's: httpx's own 5 s turned a slow, loaded machine
+    into errors)."""
+    async with httpx.AsyncClient(base_url=base_url, verify=_plain_http(), timeout=timeout) as client:
         yield client
 
 
@@ -127,19 +129,19 @@ async def send(client: httpx.AsyncClient, request, number: int) -> httpx.Respons
 
 @asynccontextmanager
 async def uvicorn_server(
-    app, *, lifespan: bool, options: dict[str, Any], timeout: float, port: int = 0
+    app, *, lifespan: bool, options: dict[str, Any], timeout: float, port: int = 0, http: str = "h11"
 ) -> AsyncIterator[str]:
-    """A real uvicorn on 127.0.0.1 (ephemeral port); yields its base URL.
+    """A real uvicorn on 127.0.0.1 (ephemeral port), on the running loop,
+    parsing with `http` (h11 or httptools); yields its base URL.
 
     We drive `Server.startup()` ourselves instead of `serve()`: serve's
     loop polls every 100 ms and its shutdown always sleeps 100 ms, which
     would dominate a run.  Sockets, protocol, lifespan: all uvicorn's own.
-    The h11 protocol is pinned so that runs compare across installs.
     """
     import uvicorn
 
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http="h11", lifespan="on" if lifespan else "off",
+        app, host="127.0.0.1", port=port, http=http, lifespan="on" if lifespan else "off",
         log_config=None, access_log=False, **options,
     )  # fmt: skip
     config.load()
@@ -240,3 +242,111 @@ async def _read_response(parser, reader) -> int:
             return status
         elif isinstance(event, h11.ConnectionClosed):
             raise ServerFailed("the server closed the connection mid-pipeline")
+
+
+# -- the other real servers, and the event loop ---------------------------------
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A new loop of the kind named: asyncio's own or uvloop's."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _reserved_port() -> socket.socket:
+    """A socket bound to a free port with SO_REUSEPORT and never listening:
+    it keeps the port ours until a server that binds it the same way (as
+    granian does) is listening, and never receives a connection itself."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
+
+
+async def _until_listening(port: int, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ServerFailed(f"nothing listens on port {port} after {timeout:g}s") from None
+            await asyncio.sleep(0.002)  # refused at once: the server is still binding
+        else:
+            writer.close()
+            return
+
+
+@asynccontextmanager
+async def hypercorn_server(app, *, lifespan: bool, timeout: float) -> AsyncIterator[str]:
+    """A real hypercorn on 127.0.0.1 on the running loop; yields its base URL.
+
+    We hand it a socket already listening, so requests can be sent at once
+    (they wait in the backlog until hypercorn accepts).  hypercorn always
+    runs the lifespan protocol; an app without one is served all the same.
+    """
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.config import Config, Sockets
+    from hypercorn.utils import wrap_app
+
+    config = Config()
+    config.accesslog = config.errorlog = None
+    config.graceful_timeout = timeout
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(config.backlog)
+    listener.setblocking(False)
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(
+        worker_serve(wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
+                     sockets=Sockets([], [listener], []), shutdown_trigger=stop.wait)
+    )  # fmt: skip
+    try:
+        yield "http://127.0.0.1:%d" % listener.getsockname()[1]
+    except BaseException:
+        serving.cancel()
+        raise
+    finally:
+        stop.set()
+        try:
+            await serving
+        except asyncio.CancelledError:
+            pass
+        listener.close()
+
+
+@asynccontextmanager
+async def granian_server(app, *, lifespan: bool, timeout: float) -> AsyncIterator[str]:
+    """A real granian on 127.0.0.1, its Python side on the running loop
+    (granian's embedded server: Rust threads do the I/O and schedule each
+    request's task onto this loop); yields its base URL."""
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    holder = _reserved_port()
+    port = holder.getsockname()[1]
+    interface = Interfaces.ASGI if lifespan else Interfaces.ASGINL  # ASGINL: no lifespan
+    server = Server(app, address="127.0.0.1", port=port, interface=interface, log_enabled=False)
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    try:
+        await _until_listening(port, timeout)
+        holder.close()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        holder.close()
+        server.stop()
+        await serving
+
+
+def real_server(app, config: RunConfig, *, lifespan: bool, options: Mapping[str, Any], timeout: float):
+    """The real server `config` names, serving `app` on the running loop
+    (an async context manager yielding its base URL).  `options` are
+    uvicorn.Config arguments; the other servers take none."""
+    if config.server == "uvicorn":
+        return uvicorn_server(app, lifespan=lifespan, options=dict(options), timeout=timeout, http=config.http or "h11")
+    if config.server == "hypercorn":
+        return hypercorn_server(app, lifespan=lifespan, timeout=timeout)
+    if config.server == "granian":
+        return granian_server(app, lifespan=lifespan, timeout=timeout)
+    raise ValueError(f"no real server called {config.server!r}")

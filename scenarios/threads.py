@@ -4,9 +4,17 @@
 `anyio.to_thread.run_sync` run the job inside a copy of the caller's
 context.  `loop.run_in_executor` and `ThreadPoolExecutor.submit` do not:
 the job runs in the worker thread's own context, which outlives the job.
+
+Python 3.14 with `sys.flags.thread_inherit_context` (on in free-threaded
+builds, `-X thread_inherit_context=1` elsewhere) starts every new thread in
+a copy of its starter's context, and a pool starts its workers on the first
+`submit`: the worker's own context is then a copy of the submitting
+request's (see thread-inherit-context).
 """
 
 import asyncio
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 
@@ -15,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from ctxlab.probe import probe
-from ctxlab.scenario import ClientRequest, per_request, scenario
+from ctxlab.probe import note, probe
+from ctxlab.scenario import ClientRequest, by_flag, per_request, scenario
 
 trace_id: ContextVar = ContextVar("trace_id", default=None)
 TRACE = "req-abc-123"
@@ -41,10 +49,13 @@ def job():
     "executor-no-copy",
     summary="loop.run_in_executor runs the job without the caller's context",
     tags=["threads", "asyncio", "lost"],
-    expect={"job": {"trace_id": None}},
+    # The loop's default pool is new, so this request's submit starts its worker.
+    expect={"job": {"trace_id": by_flag("thread_inherit_context", on=TRACE, off=None)}},
     naive={"job": {"trace_id": TRACE}},
     why="run_in_executor hands a plain callable to the pool. The worker thread runs "
-    "it in that thread's own context, which never saw the request's set.",
+    "it in that thread's own context, which never saw the request's set (with "
+    "Python 3.14's thread_inherit_context, the worker started by this very submit "
+    "holds a copy of the request's context: it sees the value, by accident).",
     fix="Submit copy_context().run with the callable (see executor-copy-context), or "
     "use asyncio.to_thread / run_in_threadpool, which copy for you.",
 )
@@ -109,7 +120,8 @@ def to_thread():
     why="Without copy_context, a job runs in its worker thread's own context, and that "
     "context lives as long as the thread. A job that sets a value without resetting "
     "it leaves it there for whichever job the thread runs next: request 2 sees "
-    "request 1's trace ID.",
+    "request 1's trace ID. (The same with Python 3.14's thread_inherit_context: the "
+    "endpoint sets nothing before submitting.)",
     fix="Run jobs in copy_context().run (each job gets a throwaway copy), or set and "
     "reset in try/finally inside the job.",
 )
@@ -123,6 +135,56 @@ def executor_thread_leak():
     async def endpoint(request):
         trace = request.headers["x-trace-id"]
         await asyncio.get_running_loop().run_in_executor(pool, leaky_job, trace)
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/", endpoint)])
+
+
+user: ContextVar = ContextVar("user", default=None)
+
+
+@scenario(
+    "thread-inherit-context",
+    summary="Python 3.14's thread_inherit_context: a pool worker keeps the context of the request that started it",
+    tags=["threads", "asyncio", "leak"],
+    requests=[ClientRequest(headers={"x-user": "alice"}), ClientRequest(headers={"x-user": "bob"})],
+    expect={
+        "pool.job": {
+            "user": by_flag("thread_inherit_context", on="alice", off=None),
+            "thread_inherit_context": by_flag("thread_inherit_context", on=True, off=False),
+        },
+        "thread.job": {"user": by_flag("thread_inherit_context", on=per_request("alice", "bob"), off=None)},
+    },
+    naive={"pool.job": {"user": per_request("alice", "bob")}, "thread.job": {"user": per_request("alice", "bob")}},
+    why="With sys.flags.thread_inherit_context (Python 3.14: on in free-threaded builds, "
+    "-X thread_inherit_context=1 or PYTHON_THREAD_INHERIT_CONTEXT=1 elsewhere), "
+    "threading.Thread runs its target in a copy of the context of whoever started it "
+    "(Thread(context=...) picks one explicitly). A thread started per request is "
+    "fine: it sees its request. A pool starts its worker on the first submit, so the "
+    "worker's own context is a copy of request 1's, and every later job without "
+    "copy_context runs in it: request 2's job sees alice. Without the flag, both "
+    "threads start in an empty context and see nothing. Sources: CPython gh-128555 "
+    "and PR gh-128209 (Thread(context=...) and the flag), asgiref PR 564 (the same leak in Local).",
+    fix="Submit copy_context().run with the job (each job runs in a copy of its "
+    "caller's context, with or without the flag), or use asyncio.to_thread / "
+    "run_in_threadpool.",
+)
+def thread_inherit_context():
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker")
+
+    def pool_job():
+        probe("pool.job", user)
+        note("pool.job", "thread_inherit_context", bool(getattr(sys.flags, "thread_inherit_context", 0)))
+
+    def thread_job():
+        probe("thread.job", user)
+
+    async def endpoint(request):
+        user.set(request.headers["x-user"])
+        await asyncio.get_running_loop().run_in_executor(pool, pool_job)
+        thread = threading.Thread(target=thread_job, name="per-request")
+        thread.start()
+        thread.join()
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/", endpoint)])

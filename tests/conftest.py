@@ -11,9 +11,9 @@ from ctxlab.engine import run_entry
 from ctxlab.scenario import Scenario, catalog
 
 
-def run_named(name, server="asgi", spec_version=None):
+def run_named(name, server="asgi", spec_version=None, loop=None, http=None):
     """Run a bundled scenario for real and compare it, as `ctxlab run` does."""
-    return run_entry(catalog()[name], RunConfig(server, spec_version=spec_version))
+    return run_entry(catalog()[name], RunConfig(server, loop, http, spec_version=spec_version))
 
 
 def run_app(build, expect, **options):

@@ -1,6 +1,8 @@
 """`ctxlab probe` on apps written as users write them: the report must
 match what the apps' own middleware really saw."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,7 +44,7 @@ def test_the_probe_route_agrees_with_the_real_route(attr):
         ("starlette_base_pure", ["Bad"]),
         ("fastapi_http_pure_base_pure", ["tag", "Audit"]),
         ("fastapi_all_pure", []),
-        ("starlette_isolating", ["Outer", "Fresh"]),
+        ("starlette_isolating", ["Fresh"]),  # Outer only suffers from Fresh
         ("starlette_bare", []),
     ],
 )
@@ -55,7 +57,12 @@ def test_cli_json_matches_the_contract():
     code, document, _ = ctxlab_json("probe", "mixes:starlette_base_pure", "--app-dir", str(APPS))
     assert code == 1
     assert list(document) == ["schema_version", "app", "layers", "verdict", "findings"]
-    assert document["layers"][0] == {"name": "Bad", "kind": "base_http", "sees_endpoint_values": False, "reaches_endpoint": True}
+    assert document["layers"][0] == {
+        "name": "Bad",
+        "kind": "base_http",
+        "sees_endpoint_values": False,
+        "reaches_endpoint": True,
+    }
     assert document["verdict"]["culprits"] == ["Bad"] and "pure ASGI" in document["verdict"]["fix"]
 
 
@@ -71,8 +78,8 @@ def test_factory_and_table_output():
     [
         ("nosuchmodule:app", [], "cannot import 'nosuchmodule'"),
         ("mixes:ap", [], "has no attribute 'ap'"),
-        ("mixes:config", [], "mixes:config is a dict, not a Starlette or FastAPI application"),
-        ("mixes:raw_asgi", [], "is an ASGI callable, not a Starlette or FastAPI application"),
+        ("mixes:config", [], "mixes:config is a dict, not an ASGI application"),
+        ("mixes:raw_asgi", [], "is an ASGI callable with no Starlette or FastAPI application inside"),
         ("mixes", [], "expected MODULE:ATTR"),
         ("mixes:config", ["--factory"], "is not callable"),
         ("mixes:starlette_bare", ["--path", "nope"], "--path must start with '/'"),
@@ -115,6 +122,167 @@ def test_static_findings_point_at_file_and_line(tmp_path):
     ]
 
 
-def test_an_error_status_on_the_users_route_is_noted():
+def test_a_path_no_route_takes_is_one_line_and_exit_2():
     code, _, err = ctxlab("probe", "mixes:starlette_bare", "--app-dir", str(APPS), "--path", "/missing")
-    assert code == 0 and "GET /missing answered 404" in err
+    assert code == 2 and "GET /missing answered 404: no route of the app took it" in err and "Traceback" not in err
+
+
+REAL_APPS = Path(__file__).parent / "fixtures" / "real_apps"
+
+
+class TestRequestsTheAppAccepts:
+    """A layer that answers the probe itself is named, with what to pass."""
+
+    def test_a_rejecting_layer_is_named_with_its_status_and_the_option(self):
+        code, out, err = ctxlab(
+            "probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items", "--lifespan", "--json"
+        )
+        document = json.loads(out)
+        assert code == 2 and "Traceback" not in err
+        assert "ApiKeyMiddleware answered GET /items with 401; pass the credentials it expects with --header" in err
+        assert all(layer["sees_endpoint_values"] is None and "note" in layer for layer in document["layers"])
+        assert document["verdict"]["culprits"] == []
+
+    def test_without_lifespan_the_failure_is_the_apps_and_nobody_is_blamed(self):
+        code, out, err = ctxlab(
+            "probe", "lifespan_apikey:app", "--app-dir", str(REAL_APPS), "--path", "/items",
+            "--header", "X-API-Key: secret", "--json",
+        )  # fmt: skip
+        document = json.loads(out)
+        assert code == 2 and "GET /items raised AttributeError in DatabaseSessionMiddleware, before the endpoint" in err
+        assert document["verdict"]["culprits"] == []
+        assert {layer["sees_endpoint_values"] for layer in document["layers"]} == {None}
+
+
+def test_without_path_each_mount_is_probed_through_its_own_leaf():
+    """Layers of every mount are listed with their mount, and observed by a
+    probe request through that mount (truth: truth.py on the real routes)."""
+    code, document, _ = ctxlab_json("probe", "mounted_subapps:app", "--app-dir", str(REAL_APPS))
+    rows = [
+        [layer["name"], layer.get("mount"), layer["sees_endpoint_values"], layer["reaches_endpoint"]]
+        for layer in document["layers"]
+    ]
+    truth = {}
+    for module in ("mounted_subapps", "mounted_admin"):
+        done = subprocess.run(
+            [sys.executable, str(REAL_APPS / "truth.py"), str(REAL_APPS), module, "asgi"],
+            capture_output=True,
+            text=True,
+        )
+        truth.update({(r[0], r[2]): [r[0], r[2], r[3], r[4]] for r in json.loads(done.stdout)["layers"] if r[2]})
+    assert [row[:2] for row in rows] == [["CorrelationIdMiddleware", None]] + [key for key in [list(k) for k in truth]]
+    assert rows[1:] == list(truth.values())
+    assert code == 1 and document["verdict"]["culprits"] == ["AuditMiddleware", "IsolatingMiddleware"]
+
+
+class TestWhatTheAppDoesCannotSpoilTheOutput:
+    """Prints, sys.exit, threads and endless background tasks of the app."""
+
+    def write(self, tmp_path, body):
+        (tmp_path / "noisy.py").write_text(
+            "from starlette.applications import Starlette\n"
+            "from starlette.responses import PlainTextResponse\n"
+            "from starlette.routing import Route\n" + body
+        )
+
+    def test_prints_and_logs_go_to_stderr(self, tmp_path):
+        self.write(tmp_path,
+            "import logging, sys\n"
+            "print('hello at import')\n"
+            "logging.basicConfig(stream=sys.stdout, level=logging.INFO)\n"
+            "async def home(request):\n"
+            "    print('hello from the endpoint'); logging.info('logged')\n"
+            "    return PlainTextResponse('ok')\n"
+            "app = Starlette(routes=[Route('/', home)])\n")  # fmt: skip
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path), "--path", "/", "--json")
+        assert code == 0 and json.loads(out)["verdict"]["ok"] is True
+        assert "hello at import" in err and "hello from the endpoint" in err and "logged" in err
+
+    def test_sys_exit_at_import_is_one_line(self, tmp_path):
+        self.write(tmp_path, "import sys\nsys.exit(3)\n")
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path))
+        assert code == 2 and out == "" and err.strip() == "ctxlab: error: importing 'noisy' called sys.exit(3)"
+
+    def test_a_thread_or_an_endless_background_task_does_not_keep_ctxlab(self, tmp_path):
+        self.write(tmp_path,
+            "import asyncio, threading, time\n"
+            "from starlette.background import BackgroundTask\n"
+            "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+            "async def forever():\n"
+            "    await asyncio.sleep(3600)\n"
+            "async def home(request):\n"
+            "    return PlainTextResponse('ok', background=BackgroundTask(forever))\n"
+            "app = Starlette(routes=[Route('/', home)])\n")  # fmt: skip
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path), "--path", "/", "--json")
+        assert json.loads(out)["verdict"]["ok"] is True
+        assert code == 0 and "still running 5 s after its response" in err and "Traceback" not in err
+
+
+def test_a_mounted_static_directory_is_not_probed(tmp_path):
+    """StaticFiles has no route for the probe: only Starlette apps and
+    routers get a probe request of their own."""
+    (tmp_path / "static").mkdir()
+    (tmp_path / "pages.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from starlette.staticfiles import StaticFiles\n"
+        "app = FastAPI()\n"
+        f"app.mount('/static', StaticFiles(directory={str(tmp_path / 'static')!r}))\n"
+    )
+    code, document, err = ctxlab_json("probe", "pages:app", "--app-dir", str(tmp_path))
+    assert code == 0 and document["verdict"]["ok"] is True and err == ""
+
+
+def test_a_teardown_that_raises_after_the_response_is_reported_as_such():
+    code, document, err = ctxlab_json("probe", "teardown_raises:app", "--app-dir", str(REAL_APPS), "--path", "/report")
+    assert code == 2 and document["verdict"]["culprits"] == []
+    assert "GET /report raised ValueError after the response was sent" in err
+    assert {layer["note"] for layer in document["layers"]} == {
+        "GET /report raised ValueError after the response was sent; not observed"
+    }
+
+
+class TestOptionsShapeTheRequest:
+    """--method, --data, --header and --host reach the app as given."""
+
+    def write(self, tmp_path):
+        (tmp_path / "orders.py").write_text(
+            "from fastapi import FastAPI\n"
+            "from pydantic import BaseModel\n"
+            "from starlette.middleware.trustedhost import TrustedHostMiddleware\n"
+            "class Order(BaseModel):\n"
+            "    item: str\n"
+            "app = FastAPI()\n"
+            "app.add_middleware(TrustedHostMiddleware, allowed_hosts=['api.example.com'])\n"
+            "@app.post('/orders')\n"
+            "async def create(order: Order):\n"
+            "    return {'item': order.item}\n"
+        )
+
+    def test_a_body_the_route_accepts(self, tmp_path):
+        self.write(tmp_path)
+        code, document, err = ctxlab_json(
+            "probe", "orders:app", "--app-dir", str(tmp_path), "--path", "/orders", "--method", "post",
+            "--data", '{"item": "tea"}', "--header", "Content-Type: application/json",
+        )  # fmt: skip
+        assert code == 0 and err == ""
+        assert document["layers"] == [
+            {"name": "TrustedHostMiddleware", "kind": "asgi", "sees_endpoint_values": True, "reaches_endpoint": True}
+        ]
+
+    def test_a_host_the_app_refuses_is_named_with_the_option(self, tmp_path):
+        self.write(tmp_path)
+        code, _, err = ctxlab_json(
+            "probe", "orders:app", "--app-dir", str(tmp_path), "--path", "/orders", "--method", "POST",
+            "--host", "evil.example.org",
+        )  # fmt: skip
+        assert code == 2
+        assert "TrustedHostMiddleware answered POST /orders with 400; pass --host with a host it allows" in err
+
+    def test_a_header_without_a_colon_is_a_usage_error(self, tmp_path):
+        self.write(tmp_path)
+        code, out, err = ctxlab("probe", "orders:app", "--app-dir", str(tmp_path), "--header", "oops")
+        assert (
+            code == 2
+            and out == ""
+            and err.strip() == ("ctxlab: error: --header expects K:V such as 'Authorization: Bearer x', got 'oops'")
+        )

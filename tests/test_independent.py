@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import textwrap
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
@@ -296,6 +297,74 @@ def exception_handler():
     return seen
 
 
+# -- FastAPI yield-dependency teardown ---------------------------------------------------------------
+def yield_teardown(consumer):
+    """A yield dependency sets `tenant` and resets it in teardown; `consumer`
+    builds the endpoint and whatever runs after it."""
+    tenant, seen = ContextVar("tenant"), Seen()
+
+    async def tenant_scope(request: FastAPIRequest):
+        request.state.tenant = "acme"
+        token = tenant.set("acme")
+        try:
+            yield
+        finally:
+            tenant.reset(token)
+
+    app = FastAPI()
+    consumer(app, Depends(tenant_scope), tenant, seen)
+    serve(app)
+    return seen
+
+
+def background_reads(app, dependency, tenant, seen):
+    async def job():
+        seen.var("background", tenant)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        seen.var("endpoint", tenant)
+        tasks.add_task(job)
+
+
+def background_gets_argument(app, dependency, tenant, seen):
+    async def job(value):
+        token = tenant.set(value)
+        seen.var("background", tenant)
+        tenant.reset(token)
+
+    @app.get("/", dependencies=[dependency])
+    async def endpoint(tasks: BackgroundTasks):
+        tasks.add_task(job, tenant.get())
+
+
+def handler_reads(read_state):
+    def consumer(app, dependency, tenant, seen):
+        class Refused(Exception):
+            pass
+
+        @app.get("/", dependencies=[dependency])
+        async def endpoint():
+            if not read_state:
+                seen.var("endpoint", tenant)
+            raise Refused()
+
+        @app.exception_handler(Refused)
+        async def on_refused(request, exc):
+            seen.var("handler", tenant)
+            if read_state:
+                seen.value("handler", "request.state.tenant", request.state.tenant)
+            return JSONResponse({}, status_code=418)
+
+    return consumer
+
+
+repro("yield-teardown-vs-background")(lambda: yield_teardown(background_reads))
+repro("yield-teardown-vs-background-argument")(lambda: yield_teardown(background_gets_argument))
+repro("yield-teardown-before-handler")(lambda: yield_teardown(handler_reads(read_state=False)))
+repro("yield-teardown-before-handler-request-state")(lambda: yield_teardown(handler_reads(read_state=True)))
+
+
 # -- threads ----------------------------------------------------------------------------------------
 def offloading(offload):
     trace_id, seen = ContextVar("trace_id", default=None), Seen()
@@ -459,6 +528,86 @@ def threading_local_interleave():
     return seen
 
 
+# -- async generators ------------------------------------------------------------------------------------
+def generator_sets(reset_before_yield):
+    page = ContextVar("page", default=None)
+
+    async def pages():
+        for number in (1, 2):
+            token = page.set(number)
+            if reset_before_yield:
+                page.reset(token)
+            yield number
+
+    async def handler(seen):
+        page.set("request's page")
+        async for _ in pages():
+            pass
+        seen.var("endpoint.after", page)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-set-leaks")(lambda: generator_sets(False))
+repro("asyncgen-set-reset-before-yield")(lambda: generator_sets(True))
+
+
+def generator_left_early(close):
+    span = ContextVar("span", default=None)
+
+    async def handler(seen):
+        exited = asyncio.Event()
+
+        async def rows():
+            token = span.set("query")
+            try:
+                yield 1
+                yield 2
+            finally:
+                seen.var("span.exit", span)
+                seen.call("span.exit", "reset", lambda: span.reset(token))
+                exited.set()
+
+        if close:
+            async with aclosing(rows()) as iterator:
+                async for _ in iterator:
+                    break
+        else:
+            async for _ in rows():
+                break
+        await exited.wait()
+        seen.var("endpoint.after", span)
+
+    return in_endpoint(handler)
+
+
+repro("asyncgen-finalized-elsewhere")(lambda: generator_left_early(close=False))
+repro("asyncgen-finalized-elsewhere-aclosing")(lambda: generator_left_early(close=True))
+
+
+def test_opentelemetry_logs_failed_detach_for_a_span_left_in_an_async_generator(caplog):
+    """What asyncgen-finalized-elsewhere stands for, with the real OpenTelemetry API."""
+    trace = pytest.importorskip("opentelemetry.trace")
+    tracer = trace.get_tracer("independent")
+
+    async def rows():
+        with tracer.start_as_current_span("query"):
+            yield 1
+            yield 2
+
+    async def endpoint(request):
+        async for _ in rows():
+            break
+        for _ in range(5):  # the finalizer's aclose() task runs within a few loop turns
+            await asyncio.sleep(0)
+        return PlainTextResponse("x")
+
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        serve(starlette_app(endpoint))
+    failures = [r for r in caplog.records if r.getMessage() == "Failed to detach context"]
+    assert len(failures) == 1 and failures[0].exc_info[0] is ValueError
+
+
 # -- tracing --------------------------------------------------------------------------------------------
 @repro("trace-id-precedence")
 def trace_id_precedence():
@@ -553,6 +702,60 @@ def streaming_body():
     return seen
 
 
+def chunked_body(make_body):
+    """Chunk 1 sets a var, chunk 2 reads it, the finally resets it."""
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    def steps():
+        token = stage.set("set in chunk 1")
+        try:
+            seen.var("chunk.1", stage)
+            yield b"1"
+            seen.var("chunk.2", stage)
+            yield b"2"
+        finally:
+            seen.call("body.finally", "reset", lambda: stage.reset(token))
+
+    async def endpoint(request):
+        stage.set("set in endpoint")
+        return StreamingResponse(make_body(steps))
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+async def as_async(steps):
+    for chunk in steps():
+        yield chunk
+
+
+repro("sync-streaming-generator")(lambda: chunked_body(lambda steps: steps()))
+repro("sync-streaming-generator-async-body")(lambda: chunked_body(as_async))
+
+
+def reset_when_streamed(set_in_body):
+    stage, seen = ContextVar("stage", default=None), Seen()
+
+    async def endpoint(request):
+        token = None if set_in_body else stage.set("set in endpoint")
+
+        async def body():
+            mine = stage.set("set in body") if set_in_body else token
+            try:
+                yield b"x"
+            finally:
+                seen.call("body.finally", "reset", lambda: stage.reset(mine))
+
+        return StreamingResponse(body())
+
+    serve(starlette_app(endpoint, pure_after(seen, "middleware.after", stage)))
+    return seen
+
+
+repro("streaming-reset-in-finally")(lambda: reset_when_streamed(False))
+repro("streaming-reset-in-finally-set-in-body")(lambda: reset_when_streamed(True))
+
+
 @repro("background-task")
 def background_task():
     stage, seen = ContextVar("stage", default=None), Seen()
@@ -640,13 +843,75 @@ repro("asgi-transport-task-per-request")(lambda: login_twice(True))
 
 
 # -- a real uvicorn, driven the standard way (Server.serve) ---------------------------
-def uvicorn_leak(requests, pipelined=False, **options):
-    import uvicorn
+def loop_name():
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@asynccontextmanager
+async def real_server(app, server="uvicorn", http="h11", **options):
+    """`app` served on 127.0.0.1 the way each server's docs show; yields the port."""
+    if server == "uvicorn":
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, http=http, lifespan="off", log_config=None, **options)
+        runner = uvicorn.Server(config)
+        serving = asyncio.create_task(runner.serve())
+        while not runner.started:
+            await asyncio.sleep(0.01)
+        yield runner.servers[0].sockets[0].getsockname()[1]
+        runner.should_exit = True
+        await serving
+        return
+    port, stop = free_port(), asyncio.Event()
+    if server == "hypercorn":
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        serving = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    else:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        embedded = Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGINL, log_enabled=False)
+        serving = asyncio.create_task(embedded.serve())
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.01)
+    yield port
+    if server == "hypercorn":
+        stop.set()
+    else:
+        embedded.stop()
+    await serving
+
+
+def new_loop(loop):
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def connection_leak(requests, pipelined=False, server="uvicorn", loop="asyncio", **options):
+    """(headers, body) requests on one keep-alive connection, or pipelined."""
     user, seen = ContextVar("user", default=None), Seen()
 
     async def endpoint(request):
         seen.var("endpoint.before", user)
+        seen.value("endpoint.before", "loop", loop_name())
         await request.body()
         if "x-user" in request.headers:
             user.set(request.headers["x-user"])
@@ -655,39 +920,56 @@ def uvicorn_leak(requests, pipelined=False, **options):
     app = Starlette(routes=[Route("/", endpoint, methods=["GET", "POST"])])
 
     async def main():
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, http="h11", lifespan="off", log_config=None, **options)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        if pipelined:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"".join(f"GET / HTTP/1.1\r\nhost: x\r\n{h}\r\n".encode() for h in requests))
-            data = b""
-            while data.count(b"HTTP/1.1 200") < len(requests):
-                data += await reader.read(65536)
-            writer.close()
-        else:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                for headers, body in requests:
-                    await client.post("/", headers=headers, content=body)
-        server.should_exit = True
-        await serving
+        async with real_server(app, server, **options) as port:
+            if pipelined:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"".join(f"GET / HTTP/1.1\r\nhost: x\r\n{h}\r\n".encode() for h in requests))
+                data = b""
+                while data.count(b"HTTP/1.1 200") < len(requests):
+                    data += await reader.read(65536)
+                writer.close()
+            else:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                    for headers, body in requests:
+                        await client.post("/", headers=headers, content=body)
 
-    asyncio.run(main())
+    running = new_loop(loop)  # asyncio.Runner(loop_factory=...) needs 3.11
+    try:
+        running.run_until_complete(main())
+    finally:
+        running.close()
     return seen
 
 
-LARGE = [({"x-user": "alice"}, b"x" * 1024 * 1024), ({}, b"")]
+KIB = 1024
+# A fresh connection: 300 KiB (reading still paused at the end), two GETs
+# around a 100 KiB body (read to the end before the response).
+CONNECTION = [({"x-user": "alice"}, b"x" * 300 * KIB), ({}, b""), ({"x-user": "bob"}, b"x" * 100 * KIB), ({}, b"")]
+PIPELINE = ["x-user: alice\r\n", "", ""]
 UVICORN_REPROS = {
-    "keepalive-large-body-leak": lambda: uvicorn_leak(LARGE),
-    "pipelined-leak": lambda: uvicorn_leak(["x-user: alice\r\n", ""], pipelined=True),
-    "reset-contextvars": lambda: uvicorn_leak(LARGE, reset_contextvars=True),
+    "keepalive-large-body-leak": lambda **serving: connection_leak(CONNECTION, **serving),
+    "pipelined-leak": lambda **serving: connection_leak(PIPELINE, pipelined=True, **serving),
+    "reset-contextvars": lambda **serving: connection_leak(CONNECTION[:2], reset_contextvars=True, **serving),
 }
-# In process there is no connection to leak through: one fresh task each.
-repro("keepalive-large-body-leak")(lambda: login_twice(True, default=None))
-repro("pipelined-leak")(lambda: login_twice(True, default=None))
+
+
+def in_process_connection(count):
+    """In process there is no connection to leak through: one fresh task each."""
+    user, seen = ContextVar("user", default=None), Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint.before", user)
+        seen.value("endpoint.before", "loop", loop_name())
+        if "x-user" in request.headers:
+            user.set(request.headers["x-user"])
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"x-user": "alice"}), *[("/", {})] * (count - 1))
+    return seen
+
+
+repro("keepalive-large-body-leak")(lambda: in_process_connection(len(CONNECTION)))
+repro("pipelined-leak")(lambda: in_process_connection(len(PIPELINE)))
 
 
 # -- awaiting helpers (catalog 2) ------------------------------------------------------------
@@ -1060,3 +1342,66 @@ def test_independent_uvicorn_repro_agrees_with_ctxlab_on_uvicorn(name):
     if name == "reset-contextvars" and run_named(name, "uvicorn").status == "skipped":
         pytest.skip("needs uvicorn >= 0.45")
     agree(run_named(name, "uvicorn"), UVICORN_REPROS[name])
+
+
+# -- servers and Python 3.14 (branch servers) ---------------------------------------------------------
+REGION: ContextVar = ContextVar("region", default=None)
+
+
+def outer_context_hidden(server="uvicorn", loop="asyncio", **options):
+    """A value set before serve(): do requests see it?"""
+    seen = Seen()
+
+    async def endpoint(request):
+        seen.var("endpoint", REGION)
+        return PlainTextResponse("x")
+
+    async def main():
+        REGION.set("eu-west")
+        async with real_server(starlette_app(endpoint), server, **options) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for _ in range(2):
+                    await client.get("/")
+
+    running = new_loop(loop)
+    try:
+        running.run_until_complete(main())
+    finally:
+        running.close()
+    return seen
+
+
+UVICORN_REPROS["outer-context-hidden"] = outer_context_hidden
+
+# Every real server, loop and parser ctxlab can run on.
+SERVINGS = [
+    {"server": "uvicorn", "loop": loop, "http": http} for loop in ("asyncio", "uvloop") for http in ("h11", "httptools")
+] + [{"server": server, "loop": loop} for server in ("hypercorn", "granian") for loop in ("asyncio", "uvloop")]
+
+
+@pytest.mark.parametrize("serving", SERVINGS, ids=lambda serving: "-".join(serving.values()))
+@pytest.mark.parametrize("name", ["keepalive-large-body-leak", "pipelined-leak", "outer-context-hidden"])
+def test_server_scenarios_agree_with_a_from_scratch_server(name, serving):
+    """What each server, loop and parser does to a connection, as ctxlab reports it."""
+    agree(run_named(name, **serving), lambda: UVICORN_REPROS[name](**serving))
+
+
+@repro("thread-inherit-context")
+def thread_inherit_context():
+    user, seen, pool = ContextVar("user", default=None), Seen(), ThreadPoolExecutor(1)
+
+    def pool_job():
+        seen.var("pool.job", user)
+        seen.value("pool.job", "thread_inherit_context", bool(getattr(sys.flags, "thread_inherit_context", 0)))
+
+    async def endpoint(request):
+        user.set(request.headers["x-user"])
+        await asyncio.get_running_loop().run_in_executor(pool, pool_job)
+        thread = threading.Thread(target=seen.var, args=("thread.job", user))
+        thread.start()
+        thread.join()
+        return PlainTextResponse("x")
+
+    serve(starlette_app(endpoint), ("/", {"x-user": "alice"}), ("/", {"x-user": "bob"}))
+    pool.shutdown()
+    return seen

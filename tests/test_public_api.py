@@ -18,5 +18,5 @@ def test_probe_api():
 
 def test_scenario_api():
     assert sorted(scenario.__all__) == [
-        "ClientRequest", "Env", "Varies", "by_server", "by_version", "per_request", "scenario",
+        "ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version", "per_request", "scenario",
     ]  # fmt: skip

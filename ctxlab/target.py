@@ -1,0 +1,352 @@
+"""The user's own app, as a server would see it: what `probe` and `trace` share.
+
+    with app_output_to_stderr():
+        target = load("myapp.main:app", app_dir=Path("src"))
+        replies = asyncio.run(send_all(target.asgi, [Request(path="/users/1")]))
+
+- `load` imports MODULE:ATTR (or calls it with `factory=True`) and accepts
+  any ASGI object a server would serve; `unwrap` finds the Starlette or
+  FastAPI app inside wrappers such as `OpenTelemetryMiddleware(app)`.
+- `serving` / `send_all` send requests through the object's own
+  `__call__`, each in a fresh task with an empty context, with the lifespan
+  run around them and its state handed to each request as uvicorn does;
+  in process (`server="asgi"`) or through a real uvicorn on 127.0.0.1.
+- `describe_layer` names a middleware entry and its kind.
+
+Nothing here imports a web framework at module level: `ctxlab --help`
+imports the CLI, which must stay framework-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import importlib
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed
+from ctxlab.scenario import suggest
+
+__all__ = [
+    "Client",
+    "Layer",
+    "Reply",
+    "Request",
+    "Target",
+    "TargetError",
+    "app_output_to_stderr",
+    "describe_layer",
+    "describe_object",
+    "is_starlette",
+    "load",
+    "send_all",
+    "serving",
+    "unwrap",
+]
+
+
+class TargetError(DiagnoseError):
+    """The user's app cannot be loaded or served (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One middleware layer: its name and kind (`base_http`,
+    `http_decorator` for `@app.middleware("http")`, or `asgi`)."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A loaded app. `asgi` is what a server would serve; `app` the
+    Starlette/FastAPI app inside it (None for a bare ASGI callable);
+    `wrappers` the objects between them, outermost first."""
+
+    spec: str
+    asgi: Any
+    app: Any
+    wrappers: tuple[Any, ...]
+    module: ModuleType
+    root: Path
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as a client would send it. `host` is the Host header
+    (None: the server's own address)."""
+
+    method: str = "GET"
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    host: str | None = None
+    body: bytes = b""
+
+
+@dataclass
+class Reply:
+    """What came back: the status (None when no response started), and the
+    exception the app raised, if it did (`after_response`: once the
+    response had been sent, as in a yield dependency's teardown)."""
+
+    status: int | None = None
+    body: bytes = b""
+    error: BaseException | None = None
+    after_response: bool = False
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- loading -------------------------------------------------------------------------
+def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Target:
+    """Import MODULE:ATTR from `app_dir` (joined to sys.path once).
+
+    The module's prints at import go wherever stdout points then: callers
+    wrap this in `app_output_to_stderr()`.  Raises TargetError with one line
+    for anything a user must fix: a bad spec, an import that fails or calls
+    sys.exit, a missing attribute, a factory that fails, something that is
+    not an ASGI app."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise TargetError(f"expected MODULE:ATTR such as 'myapp.main:app', got {spec!r}")
+    if not app_dir.is_dir():
+        raise TargetError(f"--app-dir {app_dir} is not a directory")
+    if str(app_dir.resolve()) not in sys.path:
+        sys.path.insert(0, str(app_dir.resolve()))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise TargetError(f"cannot import {module_name!r}: {exc} (searched {app_dir.resolve()} and sys.path)") from None
+    except SystemExit as exc:
+        raise TargetError(f"importing {module_name!r} called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attribute):
+        public = [name for name in vars(module) if not name.startswith("_")]
+        raise TargetError(
+            f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}"
+        )
+    asgi = getattr(module, attribute)
+    if factory:
+        if not callable(asgi):
+            raise TargetError(f"{spec} is not callable, so it cannot be a --factory")
+        try:
+            asgi = asgi()
+        except SystemExit as exc:
+            raise TargetError(f"the factory {spec} called sys.exit({exc.code!r})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise TargetError(f"calling the factory {spec} failed: {type(exc).__name__}: {exc}") from None
+    if not callable(asgi):
+        raise TargetError(f"{spec} is a {type(asgi).__name__}, not an ASGI application")
+    wrappers, app = unwrap(asgi)
+    return Target(spec, asgi, app, tuple(wrappers), module, _own_root(module, app_dir))
+
+
+def is_starlette(obj: Any) -> bool:
+    """A Starlette (or FastAPI) application: it has a middleware list and
+    builds its stack from it."""
+    return hasattr(obj, "user_middleware") and hasattr(obj, "build_middleware_stack")
+
+
+def unwrap(asgi: Any) -> tuple[list[Any], Any]:
+    """The wrappers around the Starlette/FastAPI app inside `asgi`,
+    outermost first, and that app (None if there is none).  Wrappers keep
+    what they wrap in `.app`, as Starlette's, OpenTelemetry's and Sentry's
+    middleware do."""
+    wrappers: list[Any] = []
+    current = asgi
+    while not is_starlette(current):
+        inner = getattr(current, "app", None)
+        if inner is None or not callable(inner) or len(wrappers) > 50:
+            return wrappers, None
+        wrappers.append(current)
+        current = inner
+    return wrappers, current
+
+
+def _own_root(module: ModuleType, app_dir: Path) -> Path:
+    """The app's own code: the top-level package of MODULE, else the
+    directory it was imported from."""
+    top = sys.modules.get(module.__name__.partition(".")[0], module)
+    if getattr(top, "__path__", None) and getattr(top, "__file__", None):
+        return Path(top.__file__).resolve().parent
+    return Path(module.__file__ or app_dir).resolve().parent
+
+
+def describe_layer(middleware: Any) -> Layer:
+    """Name and kind of a `Middleware(...)` entry of `user_middleware`."""
+    options = getattr(middleware, "kwargs", None) or getattr(middleware, "options", {})
+    dispatch = options.get("dispatch")
+    cls = middleware.cls
+    if dispatch is not None and _is_base_http(cls):
+        return Layer(getattr(dispatch, "__name__", repr(dispatch)), "http_decorator")
+    return Layer(getattr(cls, "__name__", repr(cls)), "base_http" if _is_base_http(cls) else "asgi")
+
+
+def describe_object(layer: Any) -> Layer:
+    """Name and kind of an instantiated layer (a wrapper, a Mount's middleware)."""
+    cls = type(layer)
+    dispatch = getattr(layer, "dispatch_func", None)
+    if _is_base_http(cls) and dispatch is not None and getattr(dispatch, "__self__", None) is not layer:
+        return Layer(getattr(dispatch, "__name__", repr(dispatch)), "http_decorator")
+    return Layer(cls.__name__, "base_http" if _is_base_http(cls) else "asgi")
+
+
+def _is_base_http(cls: Any) -> bool:
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    return isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware)
+
+
+# -- the app's output --------------------------------------------------------------------
+@contextlib.contextmanager
+def app_output_to_stderr() -> Iterator[None]:
+    """The app's prints, and log handlers it creates meanwhile on
+    sys.stdout, go to stderr: ctxlab's stdout holds only its own result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+# -- sending requests as a server would ------------------------------------------------
+class Client:
+    """Sends requests to an app being served (see `serving`)."""
+
+    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None, grace: float) -> None:
+        self._app, self._state, self._base_url, self._grace = app, state, base_url, grace
+
+    async def send(self, request: Request) -> Reply:
+        """Send one request and wait until the app has finished with it
+        (background tasks included, in process)."""
+        if self._base_url is None:
+            return await _in_process(self._app, request, self._state, self._grace)
+        return await _over_http(self._base_url, request)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0
+) -> AsyncIterator[Client]:
+    """Serve `app` for the duration of the block: in process
+    (`server="asgi"`) or on a real uvicorn on 127.0.0.1 (`"uvicorn"`).
+    With `lifespan`, startup runs first and shutdown last, and each request
+    gets a shallow copy of the lifespan state in `scope["state"]`, as uvicorn
+    gives it.  An app still busy `timeout` seconds after its response (a
+    background task) is cancelled."""
+    from ctxlab import servers
+
+    if server == "uvicorn":
+        try:
+            async with servers.uvicorn_server(app, lifespan=lifespan, options={}, timeout=timeout) as base_url:
+                yield Client(app, None, base_url, timeout)
+        except ServerFailed as exc:
+            raise TargetError(str(exc)) from None
+        return
+    if server != "asgi":
+        raise TargetError(f"unknown server {server!r}; expected 'asgi' or 'uvicorn'")
+    if not lifespan:
+        yield Client(app, None, None, timeout)
+        return
+    try:
+        async with servers.lifespan(app) as state:
+            yield Client(app, state, None, timeout)
+    except LifespanFailed as exc:
+        raise TargetError(str(exc)) from None
+
+
+async def send_all(
+    app: Any, requests: Sequence[Request], *, server: str = "asgi", lifespan: bool = False
+) -> list[Reply]:
+    """Serve `app` and send `requests` one after another."""
+    async with serving(app, server=server, lifespan=lifespan) as client:
+        return [await client.send(request) for request in requests]
+
+
+async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, grace: float) -> Reply:
+    """One request straight into `app.__call__`, in a new task started in an
+    empty context, with the scope, receive and send a server gives."""
+    path, _, query = request.path.partition("?")
+    headers = [("host", request.host or "127.0.0.1:8000"), *request.headers]
+    if request.body:
+        headers.append(("content-length", str(len(request.body))))
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": request.method,
+        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    reply = Reply()
+    done = asyncio.Event()
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await done.wait()  # like a server: the client is there until the response is complete
+        return {"type": "http.disconnect"}
+
+    body = io.BytesIO()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            reply.status = message["status"]
+            reply.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            body.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    async def call() -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 - a server logs it; the caller reports it
+            reply.error, reply.after_response = exc, done.is_set()
+        finally:
+            done.set()
+
+    loop = asyncio.get_running_loop()
+    task = contextvars.Context().run(loop.create_task, call())
+    await done.wait()
+    # Background tasks run inside the app's call, after the response; one
+    # that never ends must not keep ctxlab waiting.
+    await asyncio.wait({task}, timeout=grace)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+        reply.error, reply.after_response = (
+            TimeoutError(f"still running {grace:g} s after its response; cancelled"),
+            True,
+        )
+    reply.body = body.getvalue()
+    return reply
+
+
+async def _over_http(base_url: str, request: Request) -> Reply:
+    import httpx
+
+    headers = dict(request.headers)
+    if request.host:
+        headers["host"] = request.host
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        try:
+            response = await client.request(request.method, request.path, headers=headers, content=request.body)
+        except httpx.HTTPError as exc:
+            return Reply(error=exc)
+    return Reply(response.status_code, response.content, headers=list(response.headers.items()))
