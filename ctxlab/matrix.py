@@ -30,13 +30,9 @@ from typing import Any
 
 import ctxlab
 from ctxlab.errors import MatrixError
+from ctxlab.index import cache_dir
 
 DEPENDENCIES = ["typer", "rich", "packaging", "starlette", "fastapi", "httpx", "uvicorn", "anyio"]
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("CTXLAB_CACHE", Path(base) / "ctxlab"))
 
 
 # What a column may set besides requirements, and the package each choice needs.

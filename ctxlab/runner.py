@@ -11,8 +11,6 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Iterator
 
-import httpx
-
 from ctxlab import servers
 from ctxlab.config import RunConfig
 from ctxlab.labels import Labeller, Where
@@ -150,7 +148,7 @@ async def _drive(scenario: Scenario, app: Any, config: RunConfig, recorder: Reco
                 await servers.send_pipelined(base_url, requests, range(1, len(requests) + 1))
                 return
             # The scenario's own timeout governs, not httpx's 5 s default.
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=scenario.timeout))
+            client = await stack.enter_async_context(servers.server_client(base_url, scenario.timeout))
         else:
             state = await stack.enter_async_context(servers.lifespan(app)) if scenario.lifespan else None
             client = await stack.enter_async_context(

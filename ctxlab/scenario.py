@@ -261,11 +261,22 @@ def _literal(node: ast.expr, what: str, path: Path) -> Any:
 
 def read_entries(path: Path) -> list[Entry]:
     """The scenarios declared in one module, found by reading its source."""
+    return [_entry(path, fields) for fields in _declared_fields(path)]
+
+
+def _entry(path: Path, fields: dict[str, Any]) -> Entry:
+    tuples = {key: tuple(fields[key]) for key in ("tags", "servers") if key in fields}
+    return Entry(path=path, **{**fields, **tuples})
+
+
+def _declared_fields(path: Path) -> list[dict[str, Any]]:
+    """Each `@scenario(...)` call's literal fields in one module (JSON-ready:
+    the catalog index stores them)."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
-    entries = []
+    declared = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "scenario"):
             continue
@@ -275,28 +286,39 @@ def read_entries(path: Path) -> list[Entry]:
         fields = {
             "name": _literal(node.args[0], "name", path),
             "summary": _literal(keywords["summary"], "summary", path) if "summary" in keywords else "",
-            "tags": tuple(_literal(keywords["tags"], "tags", path)) if "tags" in keywords else (),
+            "tags": list(_literal(keywords["tags"], "tags", path)) if "tags" in keywords else [],
         }
         if "servers" in keywords:
-            fields["servers"] = tuple(_literal(keywords["servers"], "servers", path))
-        entries.append(Entry(path=path, **fields))
-    return entries
+            fields["servers"] = list(_literal(keywords["servers"], "servers", path))
+        declared.append(fields)
+    return declared
 
 
 def catalog(*extra: Path) -> dict[str, Entry]:
     """Bundled scenarios, those of installed plugins (the `ctxlab.scenarios`
-    entry-point group), then those in `extra` directories; names are unique."""
+    entry-point group), then those in `extra` directories; names are unique.
+
+    Modules unchanged since they were last read come from the catalog index
+    (ctxlab.index), not from parsing their source again."""
+    from ctxlab.index import Index
+
     for directory in extra:
         if not directory.is_dir():
             raise ScenarioError(f"scenario directory {directory} does not exist")
+    index = Index()
     found: dict[str, Entry] = {}
-    for path in [*_modules_in(bundled_dir()), *plugin_modules(), *(p for d in extra for p in _modules_in(d))]:
-        for entry in read_entries(path):
-            if entry.name in found:
-                raise ScenarioError(
-                    f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
-                )
-            found[entry.name] = entry
+    try:
+        plugins = index.plugins(plugin_modules)
+        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in extra for p in _modules_in(d))]:
+            for fields in index.entries(path, _declared_fields):
+                entry = _entry(path, fields)
+                if entry.name in found:
+                    raise ScenarioError(
+                        f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
+                    )
+                found[entry.name] = entry
+    finally:
+        index.save()  # what was read stays read, even when a name clashes
     return found
 
 

@@ -11,7 +11,9 @@ import contextvars
 import itertools
 import logging
 import socket
+import ssl
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, AsyncIterator, Mapping
 
 import httpx
@@ -56,6 +58,24 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
+
+
+@asynccontextmanager
+async def server_client(base_url: str, timeout: float | None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for a server of ours on 127.0.0.1, over plain HTTP, with
+    `timeout` (the scenario's: httpx's own 5 s turned a slow, loaded machine
+    into errors)."""
+    async with httpx.AsyncClient(base_url=base_url, verify=_plain_http(), timeout=timeout) as client:
+        yield client
+
+
+@cache
+def _plain_http() -> ssl.SSLContext:
+    # httpx's default builds an SSL context and loads the CA bundle for every
+    # client (20 ms or more, most of a scenario on a server), though plain
+    # HTTP never uses it: share one, with no CA loaded, which would refuse
+    # any TLS peer rather than trust it.
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 @asynccontextmanager

@@ -14,6 +14,10 @@ UNSET = "<unset>"  # how an unset variable (LookupError) is reported
 NOT_REACHED = "<not reached>"  # an expected probe that never ran
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# Values the JSON round trip gives back unchanged (floats too: repr round-trips
+# exactly, NaN and infinity included).  Exact types only: a subclass (an IntEnum
+# member) still goes through JSON, which turns it into the plain value.
+_PLAIN = frozenset({str, int, float, bool})
 
 
 def raised(exc_type: str, message: str) -> dict[str, str]:
@@ -26,6 +30,8 @@ def jsonable(value: Any) -> Any:
 
     Memory addresses are dropped so that two runs can be compared.
     """
+    if value is None or type(value) in _PLAIN:
+        return value  # what the JSON round trip would return, without it
     if isinstance(value, BaseException):
         return raised(type(value).__name__, _ADDRESS.sub("", str(value)))
     try:

@@ -1,0 +1,79 @@
+"""The catalog index: entries reused while a module is unchanged, read
+again as soon as it is edited, and never trusted over the source."""
+
+import json
+import os
+
+from conftest import ctxlab_json
+
+from ctxlab.index import Index
+from ctxlab.scenario import catalog
+
+MODULE = '@scenario("mine", summary="{summary}", tags=["x"], expect={{}})\ndef f(): pass\n'
+
+
+def test_an_edit_in_place_shows_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path / "cache"))
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    module = scenarios / "mine.py"
+    module.write_text(MODULE.format(summary="first"))
+    assert catalog(scenarios)["mine"].summary == "first"
+    assert (tmp_path / "cache" / "catalog-index.json").is_file()
+
+    stat = module.stat()
+    module.write_text(MODULE.format(summary="other"))  # same size
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a later edit, one tick apart
+    assert catalog(scenarios)["mine"].summary == "other"
+
+    module.write_text(MODULE.format(summary="a longer one"))
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime: size differs
+    assert catalog(scenarios)["mine"].summary == "a longer one"
+
+
+def test_an_unchanged_module_is_not_parsed_again(tmp_path):
+    module = tmp_path / "mine.py"
+    module.write_text(MODULE.format(summary="s"))
+    reads = []
+
+    def read(path):
+        reads.append(path)
+        return [{"name": "mine", "summary": "s", "tags": ["x"]}]
+
+    index = Index(tmp_path / "index.json")
+    index.entries(module, read)
+    index.save()
+    assert Index(tmp_path / "index.json").entries(module, read) == [{"name": "mine", "summary": "s", "tags": ["x"]}]
+    assert reads == [module]
+
+
+def test_a_broken_or_foreign_index_is_ignored(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CTXLAB_CACHE", str(cache))
+    for text in ("{not json", json.dumps({"format": "another", "modules": {}}), "[]"):
+        (cache / "catalog-index.json").write_text(text)
+        assert "bad-then-shiny" in catalog()
+
+
+def test_list_reads_a_users_directory_through_the_index(tmp_path):
+    module = tmp_path / "mine.py"
+    module.write_text(MODULE.format(summary="first"))
+    env = {"CTXLAB_CACHE": str(tmp_path / "cache")}
+    for summary in ("first", "second, longer"):
+        module.write_text(MODULE.format(summary=summary))
+        code, rows, _ = ctxlab_json("list", "--scenarios", str(tmp_path), env=env)
+        assert code == 0 and [r["summary"] for r in rows if r["name"] == "mine"] == [summary]
+
+
+def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
+    from test_plugins import install
+
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"CTXLAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(site)}
+    code, rows, _ = ctxlab_json("list", "--tag", "fix", env=env)
+    assert code == 0 and "team-payments" not in {row["name"] for row in rows}
+    install(site, "team-payments")
+    code, rows, _ = ctxlab_json("list", "--tag", "team", env=env)
+    assert code == 0 and [row["name"] for row in rows] == ["team-payments"]
