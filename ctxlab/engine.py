@@ -84,8 +84,13 @@ def run_guarded(entry: Entry, config: RunConfig) -> ScenarioReport:
     the event loop, becomes that scenario's error."""
     import time
 
-    from ctxlab import isolate, report
+    # Each child is a fork of this process: what is imported here once, the
+    # children need not import again, scenario after scenario.
+    from ctxlab import isolate, labels, report, runner  # noqa: F401
     from ctxlab.scenario import load
+
+    if config.server == "uvicorn":
+        import uvicorn  # noqa: F401
 
     try:
         timeout = load(entry).timeout
