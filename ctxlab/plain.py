@@ -36,7 +36,9 @@ class PlainConsole:
     in plain text and everything else through a Rich console on demand."""
 
     def __init__(self, file: TextIO | None = None) -> None:
-        self.file = file or sys.stdout
+        from ctxlab import terminal
+
+        self.file = file or terminal.stream()
         self._rich: Any = None
         rule = "─"
         try:
@@ -67,19 +69,27 @@ class PlainConsole:
                 drawn = []
                 self.rich().print(item, **options)
         if not objects:  # print() alone: an empty line
-            self.file.write("\n")
+            self._write("\n")
         self._flush(drawn)
 
     def _flush(self, drawn: list[str]) -> None:
         if drawn:
-            self.file.write(" ".join(drawn) + "\n")
+            self._write(" ".join(drawn) + "\n")
+
+    def _write(self, text: str) -> None:
+        from ctxlab import terminal
+
+        try:
+            self.file.write(text)
+        except BrokenPipeError:
+            raise terminal.reader_gone() from None
 
     def rich(self) -> Any:
         """The Rich console for what is not drawn here."""
         if self._rich is None:
-            from rich.console import Console
+            from ctxlab import terminal
 
-            self._rich = Console(file=self.file, highlight=False)
+            self._rich = terminal.console(file=self.file)
         return self._rich
 
     def table(self, table: Table) -> str:
@@ -97,7 +107,7 @@ class PlainConsole:
     def columns(self, header: list[str], rows: list[list[str]]) -> None:
         """Print rows of plain strings under a header, in columns (no Rich
         needed: `ctxlab list | grep` imports none of it)."""
-        self.file.write(self.layout(header, rows) + "\n")
+        self._write(self.layout(header, rows) + "\n")
 
     def layout(
         self, header: list[str] | None, rows: list[list[str]], rule: bool = False, right: list[bool] | None = None

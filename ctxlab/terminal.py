@@ -63,15 +63,24 @@ def _console_class():
         def on_broken_pipe(self) -> None:
             # Rich exits 1 here, which reads as drift; main() ends quietly.
             self.quiet = True
-            raise BrokenPipeError
+            raise reader_gone()
 
     return PipeAwareConsole
 
 
-def console(stderr: bool = False):
-    """A Rich console on stdout (or stderr) that prints text literally."""
-    Console = _console_class()
-    stream = sys.stderr if stderr else sys.stdout
-    if not can_show(stream, "→✓✗"):
-        stream = AsciiStream(stream)
-    return Console(file=stream, highlight=False, markup=False)
+def reader_gone() -> BrokenPipeError:
+    """The error to raise when stdout's reader went away.  It carries no
+    errno on purpose: typer turns an EPIPE OSError into exit 1, which reads
+    as drift, while main() ends this one quietly with 141."""
+    return BrokenPipeError()
+
+
+def stream(stderr: bool = False) -> TextIO:
+    """stdout (or stderr), spelling ctxlab's symbols in ASCII where needed."""
+    chosen = sys.stderr if stderr else sys.stdout
+    return chosen if can_show(chosen, "→✓✗") else AsciiStream(chosen)
+
+
+def console(stderr: bool = False, file: TextIO | None = None):
+    """A Rich console on stdout (or stderr, or `file`) that prints text literally."""
+    return _console_class()(file=file or stream(stderr), highlight=False, markup=False)
