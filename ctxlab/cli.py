@@ -81,10 +81,16 @@ Loop = Enum("Loop", {"asyncio": "asyncio", "uvloop": "uvloop"}, type=str)
 Http = Enum("Http", {"h11": "h11", "httptools": "httptools"}, type=str)
 LoopOption = Annotated[
     Optional[Loop],
-    typer.Option(metavar="asyncio|uvloop", help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn]."),
+    typer.Option(
+        metavar="asyncio|uvloop",
+        help="The event loop [default: asyncio in process; for a real server, what it picks: uvloop when installed, except hypercorn].",
+    ),
 ]
 HttpOption = Annotated[
-    Optional[Http], typer.Option(metavar="h11|httptools", help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks].")
+    Optional[Http],
+    typer.Option(
+        metavar="h11|httptools", help="uvicorn's HTTP parser [default: httptools when installed, as uvicorn picks]."
+    ),
 ]
 
 
@@ -103,7 +109,8 @@ def _configs(
         raise UsageError("--http applies to --server uvicorn (or both); hypercorn and granian parse HTTP themselves")
     chosen = {"loop": loop.value if loop else None, "http": http.value if http else None}
     return [
-        settled(RunConfig(name, spec_version=spec_version, concurrency=concurrency, **chosen)) for name in server.runs_on
+        settled(RunConfig(name, spec_version=spec_version, concurrency=concurrency, **chosen))
+        for name in server.runs_on
     ]
 
 
@@ -143,7 +150,9 @@ def _writable(path: Optional[Path]) -> None:
 
 @app.command("list", cls=PlainCommand)
 def list_(
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Only scenarios with this tag.")] = None,
+    tag: Annotated[
+        Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Only scenarios with this tag.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -161,19 +170,28 @@ SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 
 @app.command(cls=PlainCommand)
 def run(
-    names: Annotated[Optional[List[str]], typer.Argument(metavar="NAME...", help="Scenario names (see 'ctxlab list').", show_default=False)] = None,
+    names: Annotated[
+        Optional[List[str]],
+        typer.Argument(metavar="NAME...", help="Scenario names (see 'ctxlab list').", show_default=False),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every scenario.")] = False,
     tag: Annotated[Optional[List[str]], typer.Option("--tag", metavar="TAG", help="Scenarios with this tag.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The JSON report on stdout.")] = False,
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")] = Server.asgi,
+    server: Annotated[
+        Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")
+    ] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
     spec_version: Annotated[
-        Optional[str], typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4.")
+        Optional[str],
+        typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4."),
     ] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")
+    ] = None,
     concurrency: Annotated[
-        Optional[int], typer.Option(min=1, max=10000, metavar="N", help="Concurrent requests, for scenarios that send them.")
+        Optional[int],
+        typer.Option(min=1, max=10000, metavar="N", help="Concurrent requests, for scenarios that send them."),
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -207,7 +225,10 @@ def run(
 @app.command(cls=PlainCommand)
 def explain(
     name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian", help="Where to run it for the task tree (not both).")] = Server.asgi,
+    server: Annotated[
+        Server,
+        typer.Option(metavar="asgi|uvicorn|hypercorn|granian", help="Where to run it for the task tree (not both)."),
+    ] = Server.asgi,
     scenarios: ScenariosOption = None,
 ) -> int:
     """The story of one scenario: onion, task tree, why, the fix, the source."""
@@ -226,7 +247,9 @@ def explain(
 @app.command(cls=PlainCommand)
 def serve(
     name: Annotated[str, typer.Argument(metavar="NAME", help="A scenario name.")],
-    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port on 127.0.0.1 (0: any free one).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="Port on 127.0.0.1 (0: any free one).")
+    ] = 8000,
     scenarios: ScenariosOption = None,
 ) -> int:
     """Serve a scenario's app with uvicorn on 127.0.0.1 for curl, printing
@@ -250,7 +273,11 @@ def serve(
     try:
         # In a child process, so that an app blocking its event loop cannot
         # make Ctrl-C wait (see ctxlab.isolate).
-        isolate.call(lambda: runner.serve(scenario, port, ready, lambda record, where: out.print(render.live_line(record, where))))
+        isolate.call(
+            lambda: runner.serve(
+                scenario, port, ready, lambda record, where: out.print(render.live_line(record, where))
+            )
+        )
     except ServerFailed as exc:
         raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc}") from None
     except KeyboardInterrupt:
@@ -268,12 +295,15 @@ def _is_saved_trace(path: Path) -> bool:
 
 @app.command(cls=PlainCommand)
 def check(
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")] = Server.asgi,
+    server: Annotated[
+        Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app.")
+    ] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML here.")] = None,
     baseline: Annotated[
-        Optional[Path], typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot.")
+        Optional[Path],
+        typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot."),
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -311,7 +341,13 @@ def check(
 @app.command(cls=PlainCommand)
 def snapshot(
     output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Where to write the snapshot (JSON).")],
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="Record in process, on a real server, or both (asgi and uvicorn).")] = Server.both,
+    server: Annotated[
+        Server,
+        typer.Option(
+            metavar="asgi|uvicorn|hypercorn|granian|both",
+            help="Record in process, on a real server, or both (asgi and uvicorn).",
+        ),
+    ] = Server.both,
     loop: LoopOption = None,
     http: HttpOption = None,
     scenarios: ScenariosOption = None,
@@ -363,9 +399,18 @@ def diff(
 def matrix(
     with_: Annotated[
         List[str],
-        typer.Option("--with", metavar="REQUIREMENTS", help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'."),
+        typer.Option(
+            "--with",
+            metavar="REQUIREMENTS",
+            help="One column: requirements separated by spaces, e.g. 'starlette==0.41.3 uvicorn==0.44.0'.",
+        ),
     ],
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app, in every column.")] = Server.both,
+    server: Annotated[
+        Server,
+        typer.Option(
+            metavar="asgi|uvicorn|hypercorn|granian|both", help="How requests reach the app, in every column."
+        ),
+    ] = Server.both,
     as_json: Annotated[bool, typer.Option("--json", help="The grid as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -392,19 +437,29 @@ def probe_app(
     factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
     app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
     path: Annotated[
-        Optional[str], typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route.")
+        Optional[str],
+        typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route."),
     ] = None,
     method: Annotated[str, typer.Option("--method", metavar="METHOD", help="HTTP method for --path.")] = "GET",
     header: Annotated[
-        Optional[list[str]], typer.Option("--header", metavar="K:V", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'.")
+        Optional[list[str]],
+        typer.Option(
+            "--header", metavar="K:V", help="K:V header to send (repeatable), e.g. 'Authorization: Bearer x'."
+        ),
     ] = None,
-    host: Annotated[Optional[str], typer.Option("--host", metavar="HOST", help="Host header (default: one TrustedHostMiddleware allows).")] = None,
+    host: Annotated[
+        Optional[str],
+        typer.Option("--host", metavar="HOST", help="Host header (default: one TrustedHostMiddleware allows)."),
+    ] = None,
     data: Annotated[Optional[str], typer.Option("--data", metavar="BODY", help="Request body.")] = None,
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="asgi (in process) or uvicorn (real, on 127.0.0.1).")] = Server.asgi,
+    server: Annotated[
+        Server, typer.Option(metavar="asgi|uvicorn", help="asgi (in process) or uvicorn (real, on 127.0.0.1).")
+    ] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+        float,
+        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then."),
     ] = 30.0,
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
@@ -451,27 +506,35 @@ def probe_app(
 @app.command("trace", cls=PlainCommand)
 def trace_app(
     target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
-    requests: Annotated[int, typer.Option("--requests", min=1, metavar="N", help="How many requests, one after another.")] = 2,
+    requests: Annotated[
+        int, typer.Option("--requests", min=1, metavar="N", help="How many requests, one after another.")
+    ] = 2,
     path: Annotated[str, typer.Option("--path", metavar="PATH", help="The path each request asks for.")] = "/",
     method: Annotated[str, typer.Option("--method", metavar="METHOD", help="The HTTP method.")] = "GET",
     header: Annotated[
         Optional[List[str]], typer.Option("--header", metavar="K:V", help="A request header, K:V (repeatable).")
     ] = None,
     data: Annotated[Optional[str], typer.Option("--data", metavar="BODY", help="The request body.")] = None,
-    server: Annotated[Server, typer.Option(metavar="asgi|uvicorn", help="In process (asgi) or a real uvicorn.")] = Server.asgi,
+    server: Annotated[
+        Server, typer.Option(metavar="asgi|uvicorn", help="In process (asgi) or a real uvicorn.")
+    ] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the requests.")] = False,
-    var: Annotated[Optional[List[str]], typer.Option("--var", metavar="NAME", help="Only this variable (repeatable).")] = None,
+    var: Annotated[
+        Optional[List[str]], typer.Option("--var", metavar="NAME", help="Only this variable (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also save the JSON here (for diff).")
     ] = None,
     baseline: Annotated[
-        Optional[Path], typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one.")
+        Optional[Path],
+        typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one."),
     ] = None,
     factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
     app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+        float,
+        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then."),
     ] = 30.0,
 ) -> int:
     """Follow your own ContextVars through real requests: every get, set and

@@ -98,7 +98,9 @@ def _python_matches(version: str, specifier: str) -> bool:
     from packaging.specifiers import SpecifierSet
 
     # "python==3.12" means any 3.12, as people write it, not 3.12.0.
-    spec = SpecifierSet(",".join(f"{s}.*" if s.startswith("==") and s.count(".") == 1 else s for s in specifier.split(",")))
+    spec = SpecifierSet(
+        ",".join(f"{s}.*" if s.startswith("==") and s.count(".") == 1 else s for s in specifier.split(","))
+    )
     return spec.contains(version)
 
 
@@ -279,7 +281,9 @@ def grid(columns: list[Column]) -> dict[str, Any]:
                 rows[change.scenario, change.server][index]["changed"] = True
     return {
         "schema_version": 1,
-        "columns": [{"label": c.label, "environment": c.report.get("environment", {}), "error": c.error} for c in columns],
+        "columns": [
+            {"label": c.label, "environment": c.report.get("environment", {}), "error": c.error} for c in columns
+        ],
         "scenarios": [{"name": name, "server": server, "cells": cells} for (name, server), cells in rows.items()],
         "changes": changes,
     }

@@ -243,7 +243,9 @@ def explain(scenario: Scenario, result: ScenarioReport, source: str, console: Co
     for request in requests[:TREES_SHOWN]:
         console.print(task_tree(result, request))
     if len(requests) > TREES_SHOWN:
-        console.print(Text(f"(+{len(requests) - TREES_SHOWN} more requests; `ctxlab run {scenario.name}` shows all)", style="dim"))
+        console.print(
+            Text(f"(+{len(requests) - TREES_SHOWN} more requests; `ctxlab run {scenario.name}` shows all)", style="dim")
+        )
     console.print(expectations(scenario))
     console.print(Panel(scenario.why or "-", title="why", title_align="left"))
     console.print(Panel(scenario.fix or "-", title="the fix", title_align="left"))
@@ -299,7 +301,11 @@ def changes(found: list[Change], before: dict[str, Any], after: dict[str, Any], 
         for p in dict.fromkeys([*old, *new])
     ]
     console.print(Text("packages: " + ", ".join(versions), style="dim"))
-    python = f"python {before.get('python', '-')} → {after.get('python')}" if before.get("python") != after.get("python") else ""
+    python = (
+        f"python {before.get('python', '-')} → {after.get('python')}"
+        if before.get("python") != after.get("python")
+        else ""
+    )
     if python:
         console.print(Text(python, style="dim"))
     scenarios = len({(c.scenario, c.server) for c in found})
@@ -354,7 +360,9 @@ def diagnosis(result: Diagnosis, console: Console) -> None:
         line = onion([f"{layer.name} [{layer.kind}]" for layer in outer])
         console.print(line if mount is None else Text.assemble((f"{mount} ", "cyan"), line))
     answers = {True: Text("yes", style="green"), False: Text("no", style="bold red"), None: Text("?", style="dim")}
-    table = _table("layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note")
+    table = _table(
+        "layer (outermost first)", "kind", "mount", "sees endpoint's values", "its values reach endpoint", "note"
+    )
     for layer in result.layers:
         culprit = layer.name in result.culprits
         table.add_row(
@@ -374,7 +382,11 @@ def diagnosis(result: Diagnosis, console: Console) -> None:
         console.print(Text("ok: values travel through every layer", style="green"))
     console.print(Text(result.fix))
     for finding in result.findings:
-        console.print(Text.assemble((f"{finding.file}:{finding.line} ", "bold"), (f"[{finding.kind}] ", "yellow"), finding.message))
+        console.print(
+            Text.assemble(
+                (f"{finding.file}:{finding.line} ", "bold"), (f"[{finding.kind}] ", "yellow"), finding.message
+            )
+        )
 
 
 # -- ctxlab trace ---------------------------------------------------------------------------
@@ -396,7 +408,9 @@ def trace_finding(result, finding) -> Text:
         place = f"{where['file']}:{where['line']}"
         text.append(f"  {word:<6}")
         text.append(place, style="bold")
-        text.append(f" in {where['function']} ({request}{where['task'] or 'thread ' + where['thread']}, {where['context']}): ")
+        text.append(
+            f" in {where['function']} ({request}{where['task'] or 'thread ' + where['thread']}, {where['context']}): "
+        )
         text.append(f"{show(where['value'])}\n")
     if finding.read.raised:
         text.append(f"  raised {finding.read.raised}\n")
@@ -443,7 +457,9 @@ def trace_tree(result, request) -> Tree:
                 copied = f", a copy of {label(event.mark.parent)}" if event.mark.parent else ", the thread's own"
                 owner = context_owner.get(event.mark.parent)
                 holder = task_node(owner) if owner is not None else root
-                nodes[key] = holder.add(Text(f"thread {event.thread}, context {label(event.mark)}{copied}", style="cyan"))
+                nodes[key] = holder.add(
+                    Text(f"thread {event.thread}, context {label(event.mark)}{copied}", style="cyan")
+                )
             node = nodes[key]
         line = Text.assemble((f"{event.op:<5} ", "bold" if event.op != "get" else ""), event.var.name, " = ",
                              show(event.value), (f"   {result.places(event.site)} {event.site.function}", "dim"))  # fmt: skip
@@ -460,15 +476,26 @@ def trace_view(result) -> list[Text | Tree]:
 
     Plain renderables, built where the live result is (the child process
     that traced the app) and printed where the terminal is."""
-    view: list[Text | Tree] = [Text.assemble(("app ", "dim"), (result.app, "bold cyan"), (f"  on {result.server}", "dim"))]
+    view: list[Text | Tree] = [
+        Text.assemble(("app ", "dim"), (result.app, "bold cyan"), (f"  on {result.server}", "dim"))
+    ]
     for finding in result.findings:
         view += [trace_finding(result, finding), Text()]
     view += [trace_tree(result, request) for request in result.requests]
     hidden = sum(not result.shown(e) for e in result.events)
     if hidden:
-        view.append(Text(f"({hidden} events of library variables the app never touched are not shown; --json has them)", style="dim"))
+        view.append(
+            Text(
+                f"({hidden} events of library variables the app never touched are not shown; --json has them)",
+                style="dim",
+            )
+        )
     s = result.summary
-    counts = [(s["lost"], "lost", "lost"), (s["leaked"], "leaked", "leak"), (s["reset_errors"], "reset error(s)", "reset-error")]
+    counts = [
+        (s["lost"], "lost", "lost"),
+        (s["leaked"], "leaked", "leak"),
+        (s["reset_errors"], "reset error(s)", "reset-error"),
+    ]
     line = Text()
     for count, word, kind in counts:
         if count:

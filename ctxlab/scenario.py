@@ -54,7 +54,9 @@ class Env:
     @classmethod
     def of(cls, config: RunConfig, request: int | None = None) -> Env:
         """The Env of `request` (None: outside any request) in a run with `config`."""
-        return cls(config.server, config.spec_version, request, config.concurrency, config.loop or "asyncio", config.http)
+        return cls(
+            config.server, config.spec_version, request, config.concurrency, config.loop or "asyncio", config.http
+        )
 
     def version(self, package: str) -> str:
         """The installed version of `package` ("0" when it is not installed)."""
@@ -225,9 +227,7 @@ def scenario(
     """Declare the decorated app factory as a scenario."""
 
     def register(build: Callable[..., Any]) -> Callable[..., Any]:
-        _declared.append(
-            Scenario(name=name, summary=summary, build=build, expect=expect, tags=tuple(tags), **options)
-        )
+        _declared.append(Scenario(name=name, summary=summary, build=build, expect=expect, tags=tuple(tags), **options))
         return build
 
     return register

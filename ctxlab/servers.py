@@ -214,8 +214,15 @@ async def send_pipelined(base_url: str, requests, numbers) -> None:
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         for request, number in zip(requests, numbers):
-            headers = {"host": host, REQUEST_HEADER: str(number), "content-length": len(request.body), **request.headers}
-            head = f"{request.method} {request.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            headers = {
+                "host": host,
+                REQUEST_HEADER: str(number),
+                "content-length": len(request.body),
+                **request.headers,
+            }
+            head = f"{request.method} {request.path} HTTP/1.1\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in headers.items()
+            )
             writer.write(head.encode() + b"\r\n" + request.body)
         await writer.drain()
         parser = h11.Connection(h11.CLIENT)

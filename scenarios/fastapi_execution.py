@@ -73,8 +73,7 @@ def sync_dependency():
     summary="The fix: an `async def` dependency's set reaches the endpoint",
     tags=["fastapi", "dependency", "fix"],
     expect={"dependency": {"tenant": "acme"}, "endpoint": {"tenant": "acme"}},
-    why="`async def` dependencies run in the request's own task and context, the same "
-    "one the endpoint runs in.",
+    why="`async def` dependencies run in the request's own task and context, the same one the endpoint runs in.",
     fix="Nothing to fix: this is the pattern to copy.",
 )
 def async_dependency():
@@ -89,8 +88,7 @@ def async_dependency():
     naive={"middleware.after": {"tenant": "acme"}},
     why="A `def` endpoint runs in a thread-pool copy of the context, even under pure "
     "ASGI middleware: nothing set there comes back to the request's task.",
-    fix="Make the endpoint `async def` (offload only the blocking part), or hand the "
-    "value back through request.state.",
+    fix="Make the endpoint `async def` (offload only the blocking part), or hand the value back through request.state.",
 )
 def sync_endpoint():
     app = FastAPI()

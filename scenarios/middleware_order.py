@@ -96,8 +96,7 @@ def bad_then_shiny():
         "bad.after": {"context": None},
     },
     naive={"bad.after": {"context": ENDPOINT_VALUE}},
-    why=WHY_BAD + " Shiny runs inside Bad's child task, the same task as the "
-    "endpoint, so it does see the value.",
+    why=WHY_BAD + " Shiny runs inside Bad's child task, the same task as the endpoint, so it does see the value.",
     fix=FIX,
 )
 def shiny_then_bad():

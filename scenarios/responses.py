@@ -137,8 +137,7 @@ async def background_endpoint(request):
     "request's task: an async job's set stays in the request's context and reaches "
     "the middleware around the app. A sync job runs in a thread-pool copy: it sees "
     "everything before it, and its set is lost.",
-    fix="Treat background jobs as separate units of work: set and reset their own "
-    "ContextVars in try/finally.",
+    fix="Treat background jobs as separate units of work: set and reset their own ContextVars in try/finally.",
 )
 def background_task():
     return wrapped(background_endpoint)

@@ -36,7 +36,9 @@ async def reset_in_child():
     tags=["tokens", "tasks", "errors"],
     expect={
         "child.reset": {
-            "reset": raised("ValueError", "<Token var=<ContextVar name='trace_id' default=None>> was created in a different Context")
+            "reset": raised(
+                "ValueError", "<Token var=<ContextVar name='trace_id' default=None>> was created in a different Context"
+            )
         }
     },
     naive={"child.reset": {"reset": None}},
@@ -61,12 +63,13 @@ async def reset_twice_handler():
     expect={
         "first.reset": {"reset": None},
         "second.reset": {
-            "reset": raised("RuntimeError", "<Token used var=<ContextVar name='trace_id' default=None>> has already been used once")
+            "reset": raised(
+                "RuntimeError", "<Token used var=<ContextVar name='trace_id' default=None>> has already been used once"
+            )
         },
     },
     naive={"second.reset": {"reset": None}},
-    why="A token is single use: after reset it is marked used, and a second reset "
-    "raises RuntimeError.",
+    why="A token is single use: after reset it is marked used, and a second reset raises RuntimeError.",
     fix="Keep one set/reset pair per scope (try/finally); never reset a token twice.",
 )
 def reset_twice():

@@ -74,9 +74,7 @@ async def show_trace(request):
         ClientRequest(),
     ],
     expect={
-        "endpoint": {
-            "trace_id": per_request("pinned-by-proxy", W3C_TRACE, uuid.UUID(int=1).hex, uuid.UUID(int=2).hex)
-        },
+        "endpoint": {"trace_id": per_request("pinned-by-proxy", W3C_TRACE, uuid.UUID(int=1).hex, uuid.UUID(int=2).hex)},
         "after.reset": {"trace_id": None},
     },
     why="The middleware sets once per request at the boundary and resets in finally, "

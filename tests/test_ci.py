@@ -87,7 +87,10 @@ def test_check_reports_drift_as_junit_failures_and_github_annotations(tmp_path):
     assert int(suite.get("failures")) == len(failed) and "bad-only" in failed
     assert 'bad.after context: expected null, observed {"random_int": 42}' in failed["bad-only"].text
     annotations = [line for line in out.splitlines() if line.startswith("::error ")]
-    assert '::error title=ctxlab drift: bad-only (asgi)::request 1: bad.after context: expected null, observed {"random_int": 42}' in annotations
+    assert (
+        '::error title=ctxlab drift: bad-only (asgi)::request 1: bad.after context: expected null, observed {"random_int": 42}'
+        in annotations
+    )
 
 
 def test_check_with_a_baseline_fails_on_changes(snapshot):
@@ -127,10 +130,19 @@ def test_matrix_column_may_choose_the_python_and_how_to_serve():
 
 
 def test_matrix_rows_line_up_when_columns_serve_differently():
-    on_both = {"server": "both", "scenarios": [{"name": "a", "server": s, "status": "pass", "observations": []} for s in ("asgi", "uvicorn")]}
+    on_both = {
+        "server": "both",
+        "scenarios": [{"name": "a", "server": s, "status": "pass", "observations": []} for s in ("asgi", "uvicorn")],
+    }
     on_hypercorn = {"server": "hypercorn", "scenarios": [{"name": "a", "status": "pass", "observations": []}]}
-    columns = [matrix.Column("both", [], report=on_both), matrix.Column("server=hypercorn", [], options={"server": "hypercorn"}, report=on_hypercorn)]
-    rows = {(row["name"], row["server"]): [cell["status"] for cell in row["cells"]] for row in matrix.grid(columns)["scenarios"]}
+    columns = [
+        matrix.Column("both", [], report=on_both),
+        matrix.Column("server=hypercorn", [], options={"server": "hypercorn"}, report=on_hypercorn),
+    ]
+    rows = {
+        (row["name"], row["server"]): [cell["status"] for cell in row["cells"]]
+        for row in matrix.grid(columns)["scenarios"]
+    }
     assert rows == {("a", "asgi"): ["pass", None], ("a", "server"): ["pass", "pass"]}
 
 

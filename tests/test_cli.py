@@ -130,7 +130,9 @@ def test_output_into_a_missing_directory_is_refused(tmp_path):
 
 def test_crash_and_hang_are_errors_and_the_rest_still_run(tmp_path):
     target = tmp_path / "r.json"
-    code, document, _ = ctxlab_json("run", "--tag", "broken", "--scenarios", str(FIXTURES / "broken_scenarios"), "-o", str(target))
+    code, document, _ = ctxlab_json(
+        "run", "--tag", "broken", "--scenarios", str(FIXTURES / "broken_scenarios"), "-o", str(target)
+    )
     assert code == 3
     status = {s["name"]: (s["status"], s["error"]) for s in document["scenarios"]}
     assert status["crashes"] == ("error", "RuntimeError: the app fell over")
@@ -144,9 +146,7 @@ def test_a_starlette_that_propagates_is_reported_as_drift():
     env = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
     code, document, _ = ctxlab_json("run", "--tag", "middleware", env=env)
     assert code == 1
-    drifted = {
-        (s["name"], o["probe"]) for s in document["scenarios"] for o in s["observations"] if not o["match"]
-    }
+    drifted = {(s["name"], o["probe"]) for s in document["scenarios"] for o in s["observations"] if not o["match"]}
     assert drifted == {
         ("bad-then-shiny", "bad.after"),
         ("bad-then-shiny", "shiny.after"),
@@ -168,9 +168,7 @@ def test_list_json_and_table():
 
 @pytest.mark.parametrize("args", [["list"], ["--help"], ["run", "--help"], ["--version"]])
 def test_list_and_help_import_no_web_framework(args):
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "ctxlab", *args], capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ctxlab", *args], capture_output=True, text=True)
     assert done.returncode == 0
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
     assert not imported & {"starlette", "fastapi", "httpx", "uvicorn", "anyio"}

@@ -38,10 +38,12 @@ def install(site, name):
     info = site / "teamscenarios-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: teamscenarios\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent("""
         [ctxlab.scenarios]
         team = teamscenarios
-    """))
+    """)
+    )
     return {"PYTHONPATH": str(site)}
 
 

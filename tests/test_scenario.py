@@ -150,12 +150,19 @@ class TestScenario:
         installed = metadata.version("uvicorn")
         s = self.make(expect={}, requires={"starlette": ">=0", "uvicorn": ">999"})
         assert s.unmet_requirement(Env("asgi", None, None)) == f"needs uvicorn>999, found {installed}"
-        assert self.make(expect={}, requires={"uvicorn": f"=={installed}"}).unmet_requirement(Env("asgi", None, None)) is None
+        assert (
+            self.make(expect={}, requires={"uvicorn": f"=={installed}"}).unmet_requirement(Env("asgi", None, None))
+            is None
+        )
 
-    @pytest.mark.parametrize(("built_for", "asked", "settled"), [(None, None, None), (None, 9, None), (50, None, 50), (50, 9, 9)])
+    @pytest.mark.parametrize(
+        ("built_for", "asked", "settled"), [(None, None, None), (None, 9, None), (50, None, 50), (50, 9, 9)]
+    )
     def test_concurrency_applies_only_to_scenarios_built_for_it(self, built_for, asked, settled):
         config = RunConfig("uvicorn", spec_version="2.3", concurrency=asked)
-        assert self.make(expect={}, concurrency=built_for).settle(config) == RunConfig("uvicorn", spec_version="2.3", concurrency=settled)
+        assert self.make(expect={}, concurrency=built_for).settle(config) == RunConfig(
+            "uvicorn", spec_version="2.3", concurrency=settled
+        )
 
 
 class TestDiscovery:
@@ -180,7 +187,10 @@ class TestDiscovery:
         ("source", "message"),
         [
             ('@scenario(summary="s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first"),
-            ('@scenario("a", summary=SUMMARY, expect={})\ndef f(): pass\n', "m.py:1: the scenario's summary must be a literal"),
+            (
+                '@scenario("a", summary=SUMMARY, expect={})\ndef f(): pass\n',
+                "m.py:1: the scenario's summary must be a literal",
+            ),
             ('@scenario("a", tags=TAGS, expect={})\ndef f(): pass\n', "the scenario's tags must be a literal"),
             ('@scenario("a", servers=ALL, expect={})\ndef f(): pass\n', "the scenario's servers must be a literal"),
             ("def f(:\n", "cannot read scenarios from"),
@@ -214,13 +224,21 @@ class TestDiscovery:
         )
         entries = catalog(tmp_path)
         one = load(entries["one"])
-        assert (one.name, one.build(), one.expect, one.timeout, one.source) == ("one", "app", {"p": {"v": 1}}, 3, tmp_path / "mine.py")
+        assert (one.name, one.build(), one.expect, one.timeout, one.source) == (
+            "one",
+            "app",
+            {"p": {"v": 1}},
+            3,
+            tmp_path / "mine.py",
+        )
         assert load(entries["two"]).name == "two"
         assert load(entries["one"]) is one
         assert sys.modules["ctxlab_scenario_mine"].LOADS == [1]  # imported once
 
     def test_an_entry_the_module_does_not_declare(self, tmp_path):
-        (tmp_path / "liar.py").write_text('def scenario(*a, **k): return lambda f: f\n@scenario("ghost", expect={})\ndef f(): pass\n')
+        (tmp_path / "liar.py").write_text(
+            'def scenario(*a, **k): return lambda f: f\n@scenario("ghost", expect={})\ndef f(): pass\n'
+        )
         with pytest.raises(ScenarioError, match="liar.py lists 'ghost' but does not declare it with @scenario"):
             load(catalog(tmp_path)["ghost"])
 
@@ -255,7 +273,9 @@ def test_a_plugin_naming_no_module_is_one_clear_error(tmp_path, monkeypatch, tar
     (info / "entry_points.txt").write_text(f"[ctxlab.scenarios]\nbroken = {target}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(sys.modules, "ctxlab_specless", types.ModuleType("ctxlab_specless"))
-    with pytest.raises(ScenarioError, match=re.escape(f"entry point broken = {target!r} (ctxlab.scenarios) names no module")):
+    with pytest.raises(
+        ScenarioError, match=re.escape(f"entry point broken = {target!r} (ctxlab.scenarios) names no module")
+    ):
         catalog()
 
 
@@ -265,4 +285,6 @@ def test_the_default_request_is_immutable():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         ClientRequest().status = 500
-    assert Scenario(name="a", summary="", build=lambda: None, expect={}).requests == (ClientRequest("GET", "/", {}, b"", 200),)
+    assert Scenario(name="a", summary="", build=lambda: None, expect={}).requests == (
+        ClientRequest("GET", "/", {}, b"", 200),
+    )

@@ -102,7 +102,9 @@ def test_ctrl_c_with_json_still_prints_the_partial_report(tmp_path):
     target = tmp_path / "report.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--json", "-o", str(target)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(3)
     process.send_signal(signal.SIGINT)
@@ -141,7 +143,9 @@ def test_serve_refuses_a_scenario_that_only_runs_in_process():
 
 
 # -- other servers, loops and parsers ----------------------------------------------------------------
-@pytest.mark.parametrize("serving", [["--server", "hypercorn"], ["--server", "granian"], ["--server", "both", "--loop", "uvloop"]])
+@pytest.mark.parametrize(
+    "serving", [["--server", "hypercorn"], ["--server", "granian"], ["--server", "both", "--loop", "uvloop"]]
+)
 def test_check_passes_on_every_server_and_loop(serving):
     code, out, err = ctxlab("check", *serving)
     assert code == 0, out + err
@@ -149,7 +153,10 @@ def test_check_passes_on_every_server_and_loop(serving):
 
 def test_the_default_loop_and_parser_are_what_uvicorn_standard_picks():
     uvicorn = settled(RunConfig("uvicorn"))
-    assert (uvicorn.loop, uvicorn.http) == ("uvloop" if installed("uvloop") else "asyncio", "httptools" if installed("httptools") else "h11")
+    assert (uvicorn.loop, uvicorn.http) == (
+        "uvloop" if installed("uvloop") else "asyncio",
+        "httptools" if installed("httptools") else "h11",
+    )
     assert settled(RunConfig("asgi")).loop == "asyncio" and settled(RunConfig("hypercorn")).http is None
     assert settled(RunConfig("uvicorn", "asyncio", "h11")) == RunConfig("uvicorn", "asyncio", "h11")
 
