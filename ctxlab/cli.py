@@ -14,7 +14,7 @@ import time
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand
@@ -431,6 +431,42 @@ def matrix(
     return matrices.exit_code(grid)
 
 
+def _user_request_checks(path: Optional[str], server: Server, header: Optional[List[str]], command: str) -> list:
+    """What `probe` and `trace` check alike: the path, the server, and the
+    `--header K:V` values, as (name, value) pairs."""
+    if path is not None and not path.startswith("/"):
+        raise UsageError(f"--path must start with '/', got {path!r}")
+    if server not in (Server.asgi, Server.uvicorn):
+        raise UsageError(
+            f"--server {server.value} is not available for {command}; choose --server asgi or --server uvicorn"
+        )
+    headers = []
+    for given in header or []:
+        name, colon, value = given.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
+        headers.append((name.strip(), value.strip()))
+    return headers
+
+
+def _on_the_users_app(work: Callable[[], Any], target: str, timeout: float, doing: str) -> Any:
+    """`work()` (which loads and drives the user's app) in a child process:
+    the app may hang or leave threads behind (see ctxlab.isolate), and what
+    it prints goes to stderr, so stdout keeps only ctxlab's output."""
+    from ctxlab import isolate
+    from ctxlab.errors import DiagnoseError
+
+    try:
+        return isolate.call(work, timeout, quiet_stdout=True)
+    except isolate.TimedOut:
+        raise DiagnoseError(
+            f"{target} did not return within {timeout:g}s (an import, factory or request that never returns?);"
+            " see --timeout"
+        ) from None
+    except isolate.Died as exc:
+        raise DiagnoseError(f"{doing} {target} ended the process: {exc}") from None
+
+
 @app.command("probe", cls=PlainCommand)
 def probe_app(
     target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
@@ -464,37 +500,17 @@ def probe_app(
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
-    if path is not None and not path.startswith("/"):
-        raise UsageError(f"--path must start with '/', got {path!r}")
-    if server is Server.both:
-        raise UsageError("probe runs on one server: --server asgi or --server uvicorn")
-    headers = []
-    for given in header or []:
-        name, colon, value = given.partition(":")
-        if not colon or not name.strip():
-            raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
-        headers.append((name.strip(), value.strip()))
-    from ctxlab import isolate
+    headers = _user_request_checks(path, server, header, "probe")
     from ctxlab.diagnose import diagnose
-    from ctxlab.errors import DiagnoseError
     from ctxlab.output import OutputFormat
 
-    try:
-        # In a child process: the app may hang, or leave threads behind
-        # (see ctxlab.isolate); what it prints goes to stderr.
-        result = isolate.call(
-            lambda: diagnose(
-                target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
-                host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
-            ),
-            timeout,
-            quiet_stdout=True,
-        )  # fmt: skip
-    except isolate.TimedOut:
-        raise DiagnoseError(f"{target} did not return within {timeout:g}s (an import, factory or request that "
-                            "never returns?); see --timeout") from None  # fmt: skip
-    except isolate.Died as exc:
-        raise DiagnoseError(f"probing {target} ended the process: {exc}") from None
+    result = _on_the_users_app(
+        lambda: diagnose(
+            target, factory=factory, app_dir=app_dir, path=path, method=method.upper(), headers=tuple(headers),
+            host=host, data=(data or "").encode(), lifespan=lifespan, server=server.value,
+        ),
+        target, timeout, "probing",
+    )  # fmt: skip
     for note in result.notes:
         print(f"ctxlab: note: {note}", file=sys.stderr)
     OutputFormat.chosen(as_json).emitter().diagnosis(result)
@@ -540,20 +556,10 @@ def trace_app(
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
     Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error."""
-    if not path.startswith("/"):
-        raise UsageError(f"--path must start with '/', got {path!r}")
-    if server not in (Server.asgi, Server.uvicorn):
-        raise UsageError(f"--server {server.value} is not available for trace; choose asgi or uvicorn")
-    headers = []
-    for item in header or []:
-        name, colon, value = item.partition(":")
-        if not colon or not name.strip():
-            raise UsageError(f"--header expects K:V such as 'x-user:1', got {item!r}")
-        headers.append((name.strip(), value.strip()))
+    headers = _user_request_checks(path, server, header, "trace")
     _writable(output)
-    from ctxlab import files, isolate, render
+    from ctxlab import files, render
     from ctxlab import trace as tracing
-    from ctxlab.errors import DiagnoseError
     from ctxlab.output import OutputFormat
 
     before = tracing.load_trace(baseline) if baseline is not None else None
@@ -568,15 +574,7 @@ def trace_app(
         )  # fmt: skip
         return result.to_json(), [] if as_json else render.trace_view(result)
 
-    try:
-        # In a child process, as for probe: the app may hang or leave
-        # threads behind (see ctxlab.isolate); what it prints goes to stderr.
-        document, view = isolate.call(traced, timeout, quiet_stdout=True)
-    except isolate.TimedOut:
-        raise DiagnoseError(f"{target} did not return within {timeout:g}s (an import, factory or request that "
-                            "never returns?); see --timeout") from None  # fmt: skip
-    except isolate.Died as exc:
-        raise DiagnoseError(f"tracing {target} ended the process: {exc}") from None
+    document, view = _on_the_users_app(traced, target, timeout, "tracing")
     if output is not None:
         files.write(output, json.dumps(document, indent=2) + "\n")
     found = tracing.changes(before, document) if before is not None else None
