@@ -139,6 +139,14 @@ ScenariosOption = Annotated[
     Optional[List[Path]], typer.Option("--scenarios", metavar="DIR", help="Also load scenarios from this directory.")
 ]
 
+# What `probe` and `trace` take alike: the user's app and how to load it.
+TargetArgument = Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")]
+FactoryOption = Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")]
+AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+]
+
 
 def _writable(path: Optional[Path]) -> None:
     """Refuse an output path before the run, not after it (see ctxlab.files)."""
@@ -469,9 +477,9 @@ def _on_the_users_app(work: Callable[[], Any], target: str, timeout: float, doin
 
 @app.command("probe", cls=PlainCommand)
 def probe_app(
-    target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
-    factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
-    app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
+    target: TargetArgument,
+    factory: FactoryOption = False,
+    app_dir: AppDirOption = Path("."),
     path: Annotated[
         Optional[str],
         typer.Option("--path", metavar="PATH", help="Probe through this route of yours instead of a probe route."),
@@ -493,10 +501,7 @@ def probe_app(
     ] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then."),
-    ] = 30.0,
+    timeout: TimeoutOption = 30.0,
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
@@ -521,7 +526,7 @@ def probe_app(
 
 @app.command("trace", cls=PlainCommand)
 def trace_app(
-    target: Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")],
+    target: TargetArgument,
     requests: Annotated[
         int, typer.Option("--requests", min=1, metavar="N", help="How many requests, one after another.")
     ] = 2,
@@ -546,12 +551,9 @@ def trace_app(
         Optional[Path],
         typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one."),
     ] = None,
-    factory: Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")] = False,
-    app_dir: Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")] = Path("."),
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then."),
-    ] = 30.0,
+    factory: FactoryOption = False,
+    app_dir: AppDirOption = Path("."),
+    timeout: TimeoutOption = 30.0,
 ) -> int:
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
