@@ -42,9 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trace.py
 
 # Mutation testing: `make mutate MODULE=report` (several: MODULE="report labels";
-# none: every module; AGAIN=1: only the last run's survivors).  See mutation/mutate.py.
+# none: every module; AGAIN=1: only the last run's survivors; ALSO=.venv310/bin/python:
+# the tests on that Python too).  See mutation/mutate.py.
 mutate: $(STAMP)
-	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again)
+	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again) $(foreach python,$(ALSO),--also $(python))
 
 # The oldest declared version of every runtime dependency (uv's
 # lowest-direct resolution), then the scenarios and the CLI tests on them.

@@ -4,6 +4,7 @@ see whether the tests notice.
     make mutate MODULE=report          # or: python mutation/mutate.py report [labels ...]
     make mutate                        # every module in TESTS, one after another
     make mutate MODULE=report AGAIN=1  # only the last run's survivors, with the tests as they are now
+    make mutate MODULE=probe ALSO=.venv310/bin/python  # the tests on another Python too
 
 Cosmic Ray writes each mutant into the file itself and runs a test command.
 We point it at a scratch copy of the checkout (`.mutate/<module>/`), never
@@ -19,6 +20,13 @@ every survivor's diff; exit 1 when a module scores below TARGET.
 `--again` tests only the survivors of the previous run, while the module
 itself is unchanged: adding tests cannot bring a killed mutant back, so the
 previous kills still count.  Any change to the module starts afresh.
+
+`--also PYTHON` (repeatable) runs the tests on that interpreter too, after
+this one: code only some Pythons run (`if sys.version_info < (3, 11)`)
+gets its mutants killed there.  It needs a virtualenv of that Python with
+the `[test]` extra; the scratch copy on PYTHONPATH still wins over its
+editable install.  Only mutants the first Python's tests miss reach the
+others (the first failure ends the command), so the cost is small.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -62,6 +71,8 @@ TESTS = {
         "test_servers.py::test_lifespan_runs_on_the_real_server",
         "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
         "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
+        "test_servers.py::test_stopping_the_server_closes_a_kept_alive_connection_and_the_port",
+        "test_servers.py::test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited",
     ],
     "diagnose": ["test_diagnose.py"],
 }
@@ -108,10 +119,18 @@ def prepare(module: str, again: bool) -> tuple[Path, bool]:
     return tree, resume
 
 
-def test_command(module: str) -> list[str]:
+def test_command(module: str, also: tuple[str, ...]) -> list[str]:
     # A mapped file this checkout does not have (an older one) is left out.
     tests = [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name.split("::")[0]).exists()]
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    runs = [
+        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+        for python in [sys.executable, *also]
+    ]
+    if len(runs) == 1:
+        return runs[0]
+    # Cosmic Ray splits its test command into words and runs it without a
+    # shell: one command on several Pythons needs `sh -c`.
+    return ["sh", "-c", " && ".join(shlex.join(words) for words in runs)]
 
 
 def cosmic_ray(*args: str, tree: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -119,12 +138,13 @@ def cosmic_ray(*args: str, tree: Path, env: dict[str, str]) -> subprocess.Comple
     return subprocess.run([str(tool), *args[1:]], cwd=tree, env=env, check=True, capture_output=True, text=True)
 
 
-def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
-    """Killed, total and the survivors of one module."""
+def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[int, int, list[dict]]:
+    """Killed, total and the survivors of one module (tested on this
+    Python, then on each of `also`)."""
     tree, resume = prepare(module, again)
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("FORCE_COLOR", None)
-    command = test_command(module)
+    command = test_command(module, also)
     started = time.perf_counter()
     baseline = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if baseline.returncode != 0:
@@ -139,7 +159,7 @@ def run(module: str, again: bool = False) -> tuple[int, int, list[dict]]:
         f"module-path = {json.dumps(f'ctxlab/{module}.py')}\n"
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(' '.join(command))}\n"
+        f"test-command = {json.dumps(shlex.join(command))}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
         "[cosmic-ray.filters.operators-filter]\n"
         f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}\n"
@@ -216,16 +236,25 @@ def describe(survivor: dict) -> str:
     return f"{survivor['module_path']}:{line} {survivor['operator_name']} ({survivor['outcome']})\n{diff}\n\n"
 
 
-def main(modules: list[str]) -> int:
-    again = "--again" in modules
-    modules = [m for m in modules if m != "--again"]
+def main(arguments: list[str]) -> int:
+    again = "--again" in arguments
+    also, modules = [], []
+    words = iter(arguments)
+    for word in words:
+        if word == "--also":
+            python = next(words, "")
+            if not shutil.which(python):
+                raise SystemExit(f"--also needs a Python to run the tests with, not {python!r}")
+            also.append(str(Path(python).absolute()) if os.sep in python else python)
+        elif word != "--again":
+            modules.append(word)
     unknown = [m for m in modules if m not in TESTS]
     if unknown:
         raise SystemExit(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(TESTS)}")
     scores = {}
     for module in modules or list(TESTS):
         started = time.perf_counter()
-        killed, total, survivors = run(module, again)
+        killed, total, survivors = run(module, again, tuple(also))
         minutes = (time.perf_counter() - started) / 60
         print("".join(describe(s) for s in survivors), end="")
         scores[module] = killed, total

@@ -1,5 +1,6 @@
 """Real uvicorn on loopback, --server both, --spec-version, and cleanup."""
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from ctxlab import config
 from ctxlab.config import RunConfig, installed, settled
 from ctxlab.engine import run_entry
 from ctxlab.scenario import Env, catalog
+from ctxlab.servers import uvicorn_server
 
 BROKEN = str(Path(__file__).parent / "fixtures" / "broken_scenarios")
 
@@ -175,3 +177,63 @@ def test_a_choice_that_is_not_installed_is_skipped_with_the_reason(monkeypatch):
 def test_http_is_refused_where_uvicorn_does_not_run():
     code, _, err = ctxlab("run", "bad-only", "--server", "hypercorn", "--http", "h11")
     assert code == 2 and "--http applies to --server uvicorn" in err
+
+
+async def _raw_get(host, port, path):
+    """One keep-alive GET on a raw socket (no ctxlab, no httpx): the open
+    connection, after the response has been read."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+def test_stopping_the_server_closes_a_kept_alive_connection_and_the_port():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"6")]})
+            await send({"type": "http.response.body", "body": b"served"})
+
+    async def main():
+        # uvicorn would close an idle connection after its keep-alive
+        # timeout (5 s): make that longer than the test waits.
+        async with uvicorn_server(app, lifespan=False, options={"timeout_keep_alive": 600}, timeout=5) as url:
+            host, port = url.rsplit("/", 1)[1].split(":")
+            reader, writer = await _raw_get(host, int(port), "/")
+            await asyncio.wait_for(reader.readuntil(b"served"), 10)
+        # Stopped: the connection we kept open was closed by the server
+        # (EOF, not a wait until our timeout), and nobody listens any more.
+        after_stop = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(host, int(port))
+        return after_stop
+
+    assert asyncio.run(main()) == b""
+
+
+def test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited():
+    seen = []
+    arrived = asyncio.Event()  # binds to a loop on first use (3.10+)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append("started")
+        arrived.set()
+        try:
+            await asyncio.Event().wait()  # never answers
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleanup that itself awaits
+            seen.append("cleaned up")
+            raise
+
+    async def main():
+        async with uvicorn_server(app, lifespan=False, options={}, timeout=0.2) as url:
+            host, port = url.rsplit("/", 1)[1].split(":")
+            _, writer = await _raw_get(host, int(port), "/")
+            await asyncio.wait_for(arrived.wait(), 10)
+        writer.close()
+        return list(seen)  # now: asyncio.run cancels what is left when main returns
+
+    assert asyncio.run(main()) == ["started", "cleaned up"]
