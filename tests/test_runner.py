@@ -183,6 +183,26 @@ class TestFailures:
         assert run(scenario(app), RunConfig()).error is None
         assert cleaned == [True]
 
+    def test_a_worker_thread_job_still_running_is_waited_for(self):
+        """The loop's default executor is shut down, its threads joined
+        (for a moment at most), before the run returns."""
+        import threading
+        import time
+
+        finished = []
+
+        def job():
+            time.sleep(0.2)
+            finished.append(threading.current_thread().name)
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                asyncio.get_running_loop().run_in_executor(None, job)  # not awaited
+                await answer(send)
+
+        assert run(scenario(app), RunConfig()).error is None
+        assert len(finished) == 1
+
     def test_a_run_outside_the_main_thread(self):
         """Ctrl-C handling needs the main thread; elsewhere a run goes on without it."""
         from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +215,19 @@ class TestFailures:
         with ThreadPoolExecutor(1) as pool:
             result = pool.submit(run, scenario(app), RunConfig()).result()
         assert (result.error, [r.value for r in result.records]) == (None, [True])
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_scenario_runs_on_the_loop_asked_for(loop):
+    pytest.importorskip(loop)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            note("endpoint", "loop", type(asyncio.get_running_loop()).__module__.partition(".")[0])
+            await answer(send)
+
+    result = run(scenario(app), RunConfig("asgi", loop))
+    assert (result.error, [r.value for r in result.records]) == (None, [loop])
 
 
 class TestLifespanFailures:
