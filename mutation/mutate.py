@@ -68,6 +68,7 @@ TESTS = {
     ],
     "servers": [
         "test_runner.py",
+        "test_independent.py::test_server_scenarios_agree_with_a_from_scratch_server",
         "test_servers.py::test_lifespan_runs_on_the_real_server",
         "test_servers.py::test_a_failing_run_leaves_no_server_or_socket_behind",
         "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",

@@ -427,21 +427,35 @@ class TestServerEdges:
             [(1, "/1"), (2, "/2"), (3, "/3")],
         )
 
-    def test_uvicorn_listens_on_an_ephemeral_port(self):
+    @pytest.mark.parametrize("server", ["uvicorn", "hypercorn", "granian"])
+    def test_each_real_server_listens_on_an_ephemeral_port(self, server):
+        """The port the app is told it is served on (scope["server"]) is
+        the one we reach it on, and one the OS hands out for port 0."""
         from pathlib import Path
 
-        from ctxlab.servers import uvicorn_server
+        import httpx
+
+        from ctxlab.servers import real_server
+
+        pytest.importorskip(server)
+        told = []
 
         async def app(scope, receive, send):
-            pass
+            if scope["type"] == "http":
+                told.append(scope["server"])
+                await answer(send)
 
-        async def port_of_a_server():
-            async with uvicorn_server(app, lifespan=False, options={}, timeout=1) as url:
+        async def port_we_reached():
+            async with real_server(app, RunConfig(server), lifespan=False, options={}, timeout=5) as url:
+                async with httpx.AsyncClient(base_url=url) as client:
+                    assert (await client.get("/")).text == "ok"
                 return int(url.rsplit(":", 1)[1])
 
+        port = asyncio.run(port_we_reached())
         ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
         low, high = map(int, ranges.read_text().split()) if ranges.exists() else (1024, 65535)
-        assert low <= asyncio.run(port_of_a_server()) <= high
+        # granian gives the port as a string (the ASGI spec says int).
+        assert [(host, int(number)) for host, number in told] == [("127.0.0.1", port)] and low <= port <= high
 
     def test_concurrent_requests_finish_their_work_before_the_server_stops(self):
         """Concurrent requests are not waited for one by one: stopping the
