@@ -100,3 +100,28 @@ class TestCopiesInsideATask:
         assert seen["copy.again"][1].context == seen["copy"][1].context
         assert seen["task.after"][1].context == seen["task.before"][1].context
         assert (seen["copy"][0], seen["task.after"][0]) == ("copy", "task")  # what the probes saw is untouched
+
+    def test_tasks_started_together_each_tell_their_copy_apart(self):
+        """gather creates both tasks before either runs: on 3.10, where a
+        task's context is found among the steps scheduled, several wait."""
+        recorder = Recorder()
+
+        async def task(name):
+            var.set(name)
+            probe(f"{name}.task", var)
+            copy = contextvars.copy_context()
+            copy.run(var.set, f"{name} copy")
+            copy.run(probe, f"{name}.copy", var)
+
+        async def both():
+            await asyncio.gather(task("a"), task("b"))
+
+        with scenario_loop(recorder) as loop:
+            loop.run_until_complete(loop.create_task(both()))
+        seen = {
+            r.probe: (r.value, where) for r, where in zip(recorder.records, label(recorder.records, recorder.tasks))
+        }
+        for name in "ab":
+            (in_task, task_where), (in_copy, copy_where) = seen[f"{name}.task"], seen[f"{name}.copy"]
+            assert (in_task, in_copy) == (name, f"{name} copy")  # the app's own proof: two contexts
+            assert copy_where.task == task_where.task and copy_where.context != task_where.context
