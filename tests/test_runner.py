@@ -267,6 +267,26 @@ class TestLifespanFailures:
 
         assert run(scenario(app, lifespan=True), RunConfig()).error == "RuntimeError: lifespan crashed"
 
+    def test_a_starlette_lifespan_that_raises_is_reported_once_by_its_last_line(self, caplog):
+        """Starlette sends the whole traceback as the failure message, then
+        re-raises in the lifespan task: the run names the exception, and
+        asyncio never logs the task's exception as unretrieved."""
+        import gc
+        from contextlib import asynccontextmanager
+
+        from starlette.applications import Starlette
+
+        @asynccontextmanager
+        async def lifespan(app):
+            raise RuntimeError("no database")
+            yield
+
+        # Only the error is kept: the run's task table would keep the task alive.
+        error = run(scenario(Starlette(lifespan=lifespan), lifespan=True), RunConfig()).error
+        gc.collect()  # asyncio logs an unretrieved exception when the task is collected
+        assert error == "LifespanFailed: lifespan startup failed: RuntimeError: no database"
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
     def test_shutdown_runs_after_the_requests(self):
         async def on_request(scope):
             note("request", "state", dict(scope["state"]))
@@ -456,6 +476,32 @@ class TestServerEdges:
         low, high = map(int, ranges.read_text().split()) if ranges.exists() else (1024, 65535)
         # granian gives the port as a string (the ASGI spec says int).
         assert [(host, int(number)) for host, number in told] == [("127.0.0.1", port)] and low <= port <= high
+
+    def test_waiting_for_a_server_that_listens_late(self):
+        """granian binds its port from Rust threads: we wait until something
+        listens there (a socket of ours, listening 0.1 s late, has the
+        connection in its backlog), or give up after the timeout."""
+        import socket
+        import time
+
+        from ctxlab.errors import ServerFailed
+        from ctxlab.servers import _until_listening
+
+        async def late_then_never():
+            with socket.socket() as late, socket.socket() as never:
+                late.bind(("127.0.0.1", 0))
+                never.bind(("127.0.0.1", 0))
+                asyncio.get_running_loop().call_later(0.1, late.listen)
+                await _until_listening(late.getsockname()[1], timeout=30)
+                late.setblocking(False)
+                late.accept()[0].close()  # raises BlockingIOError if nobody connected
+                started = time.monotonic()
+                with pytest.raises(ServerFailed) as failed:
+                    await _until_listening(never.getsockname()[1], timeout=0.2)
+                return str(failed.value), never.getsockname()[1], time.monotonic() - started
+
+        message, port, waited = asyncio.run(late_then_never())
+        assert message == f"nothing listens on port {port} after 0.2s" and waited >= 0.2
 
     def test_concurrent_requests_finish_their_work_before_the_server_stops(self):
         """Concurrent requests are not waited for one by one: stopping the
