@@ -57,6 +57,7 @@ def test_cli_json_matches_the_contract():
     code, document, _ = ctxlab_json("probe", "mixes:starlette_base_pure", "--app-dir", str(APPS))
     assert code == 1
     assert list(document) == ["schema_version", "app", "layers", "verdict", "findings"]
+    assert document["schema_version"] == 1  # DESIGN.md's contract
     assert document["layers"][0] == {
         "name": "Bad",
         "kind": "base_http",
@@ -111,6 +112,8 @@ def test_static_findings_point_at_file_and_line(tmp_path):
         "    loop = asyncio.get_running_loop()\n"
         "    await loop.run_in_executor(None, print)\n"
         "    await loop.run_in_executor(None, copy_context().run, print)\n"
+        "    context = copy_context()\n"
+        "    await loop.run_in_executor(None, context.run, print)\n"
     )
     code, document, _ = ctxlab_json("probe", "svc:app", "--app-dir", str(tmp_path))
     found = [(f["file"], f["line"], f["kind"]) for f in document["findings"]]
@@ -290,11 +293,20 @@ class TestOptionsShapeTheRequest:
 
 def test_static_findings_skip_virtualenvs_and_vendored_code(tmp_path):
     """Only the app's own code is read: a pitfall inside its virtualenv or
-    node_modules belongs to someone else."""
+    node_modules belongs to someone else, though the app imports it."""
     pitfall = "import asyncio\nasync def f():\n    await asyncio.get_running_loop().run_in_executor(None, print)\n"
-    (tmp_path / "svc.py").write_text("from fastapi import FastAPI\napp = FastAPI()\n" + pitfall)
-    for vendored in (".venv/lib", "venv/lib", "python/site-packages", "node_modules/x"):
-        (tmp_path / vendored).mkdir(parents=True)
-        (tmp_path / vendored / "vendored.py").write_text(pitfall)
+    vendored = {".venv/lib": "in_venv", "venv/lib": "in_virtualenv", "python/site-packages": "in_site_packages",
+                "node_modules/x": "in_node_modules", "tests": "in_tests"}  # fmt: skip
+    imports = "import sys\nfrom pathlib import Path\n"
+    for folder, module in vendored.items():
+        (tmp_path / folder).mkdir(parents=True)
+        # Each module leaves a file when imported: proof that the app loaded it.
+        (tmp_path / folder / f"{module}.py").write_text(
+            f"from pathlib import Path\nPath(__file__).with_suffix('.imported').touch()\n{pitfall}"
+        )
+        imports += f"sys.path.insert(0, str(Path(__file__).parent / {folder!r}))\nimport {module}\n"
+    (tmp_path / "svc.py").write_text(imports + "from fastapi import FastAPI\napp = FastAPI()\n" + pitfall)
     code, document, _ = ctxlab_json("probe", "svc:app", "--app-dir", str(tmp_path))
-    assert [(f["file"], f["line"], f["kind"]) for f in document["findings"]] == [("svc.py", 5, "executor-no-copy")]
+    assert sorted(path.stem for path in tmp_path.glob("**/*.imported")) == sorted(vendored.values())
+    line = len(imports.splitlines()) + 5
+    assert [(f["file"], f["line"], f["kind"]) for f in document["findings"]] == [("svc.py", line, "executor-no-copy")]
