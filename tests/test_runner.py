@@ -12,6 +12,12 @@ from ctxlab.runner import run
 from ctxlab.scenario import ClientRequest, Scenario
 
 SERVERS = ["asgi", "uvicorn"]
+EVERY_SERVER = ["asgi", "uvicorn", "hypercorn", "granian"]
+
+
+def installed_or_skip(server):
+    if server != "asgi":
+        pytest.importorskip(server)
 
 
 async def answer(send, status=200, body=b"ok"):
@@ -58,6 +64,42 @@ class TestLifespanState:
         assert [r.value for r in result.records] == [{"from_startup": "pool"}] * 3
 
 
+@pytest.mark.parametrize("server", EVERY_SERVER[1:])
+@pytest.mark.parametrize("lifespan", [True, False])
+def test_a_real_server_runs_the_lifespan_when_asked(server, lifespan):
+    """What the app is sent: the lifespan protocol around the requests when
+    the scenario asks for it; never otherwise, except on hypercorn, which
+    always runs it (its worker_serve starts the lifespan unconditionally)."""
+    installed_or_skip(server)
+    sent = []
+
+    async def app(scope, receive, send):
+        sent.append(scope["type"])
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        else:
+            await answer(send)
+
+    result = run(scenario(app, lifespan=lifespan), RunConfig(server))
+    with_lifespan = lifespan or server == "hypercorn"
+    assert (result.error, sent) == (None, ["lifespan", "http"] if with_lifespan else ["http"])
+
+
+def test_granian_prints_nothing(capfd):
+    """granian logs to stdout when its log is enabled: that would break
+    `--json` on stdout."""
+    installed_or_skip("granian")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await answer(send)
+
+    result = run(scenario(app), RunConfig("granian"))
+    assert (result.error, capfd.readouterr()) == (None, ("", ""))
+
+
 class TestUnexpectedStatus:
     """An answer other than the one the scenario declares breaks the run, on every path."""
 
@@ -65,8 +107,9 @@ class TestUnexpectedStatus:
         if scope["type"] == "http":
             await answer(send, 404, b"no such page")
 
-    @pytest.mark.parametrize("server", SERVERS)
+    @pytest.mark.parametrize("server", EVERY_SERVER)
     def test_sequential(self, server):
+        installed_or_skip(server)
         result = run(scenario(self.app, requests=(ClientRequest(path="/missing"),)), RunConfig(server))
         assert result.error == "UnexpectedResponse: request 1 (GET /missing) answered 404, expected 200: no such page"
 
