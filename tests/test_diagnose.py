@@ -310,3 +310,119 @@ def test_static_findings_skip_virtualenvs_and_vendored_code(tmp_path):
     assert sorted(path.stem for path in tmp_path.glob("**/*.imported")) == sorted(vendored.values())
     line = len(imports.splitlines()) + 5
     assert [(f["file"], f["line"], f["kind"]) for f in document["findings"]] == [("svc.py", line, "executor-no-copy")]
+
+
+LAYERED = """
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount
+
+
+class Outer:  # pure ASGI, passes everything through
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+class Guard:  # answers every request itself
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            return await PlainTextResponse("no", status_code=STATUS)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class Broken:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            raise RuntimeError("broken")
+        await self.app(scope, receive, send)
+
+
+async def lifespan(app):
+    Path(__file__).with_suffix(".started").touch()
+    yield
+
+
+guarded = Starlette(middleware=[Middleware(Outer), Middleware(Guard)])
+mounted_broken = Starlette(
+    middleware=[Middleware(Outer)], routes=[Mount("/sub", app=Starlette(middleware=[Middleware(Broken)]))]
+)
+with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
+"""
+
+
+def layered(tmp_path, status=418):
+    """A module of small apps, named for the test (in-process loads must not share it)."""
+    module = f"layered_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(LAYERED.replace("STATUS", str(status)))
+    return module
+
+
+@pytest.mark.parametrize(
+    "status, hint",
+    [
+        (400, "pass --host with a host it allows"),
+        (401, "pass the credentials it expects with --header 'Authorization: ...'"),
+        (403, "pass the credentials it expects with --header 'Authorization: ...'"),
+        (429, "it limits the rate: raise its limit for the probe or try again later"),
+        (405, "pass --method, --header 'Content-Type: ...' or --data as the route expects"),
+        (418, "pass --path, --method, --header or --data so that it lets the request through"),
+    ],
+)
+def test_the_innermost_layer_that_answered_is_named_with_what_to_pass(tmp_path, status, hint):
+    module = layered(tmp_path, status)
+    diagnosis = diagnose(f"{module}:guarded", app_dir=tmp_path)
+    assert diagnosis.status == status  # what Guard answered
+    assert diagnosis.notes == [f"Guard answered GET /__ctxlab_probe__ with {status}; {hint}"]
+
+
+def test_a_layer_observed_by_one_request_keeps_no_note_from_a_later_failure(tmp_path):
+    """The root's probe request passes Outer; the mount's raises in Broken."""
+    module = layered(tmp_path)
+    layers = {layer.name: layer for layer in diagnose(f"{module}:mounted_broken", app_dir=tmp_path).layers}
+    assert (layers["Outer"].sees_endpoint_values, layers["Outer"].note) == (True, None)
+    assert layers["Broken"].sees_endpoint_values is None
+    assert (
+        layers["Broken"].note
+        == "GET /sub/__ctxlab_probe__ raised RuntimeError in Broken, before the endpoint; not observed"
+    )
+
+
+def test_the_lifespan_runs_only_when_asked(tmp_path):
+    module = layered(tmp_path)
+    started = tmp_path / f"{module}.started"  # the app's own trace of its startup
+    diagnose(f"{module}:with_lifespan", app_dir=tmp_path)
+    assert not started.exists()
+    diagnose(f"{module}:with_lifespan", app_dir=tmp_path, lifespan=True)
+    assert started.exists()
+
+
+def test_a_plain_def_dependency_that_sets_then_resets_is_one_finding(tmp_path):
+    """Set and reset in one call run in the same thread-pool copy: the reset
+    works (only the value is lost); a yield dependency would reset in another."""
+    module = f"plain_dep_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "tenant = ContextVar('tenant')\n"
+        "def plain():\n"
+        "    token = tenant.set('x')\n"
+        "    tenant.reset(token)\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(plain)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 5, "sync-set")]
