@@ -75,7 +75,21 @@ TESTS = {
         "test_servers.py::test_stopping_the_server_closes_a_kept_alive_connection_and_the_port",
         "test_servers.py::test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited",
     ],
-    "diagnose": ["test_diagnose.py"],
+    # Real middleware libraries, in process only (each case runs ctxlab
+    # and the app's own record in two subprocesses): the ones whose code
+    # paths nothing else takes (library layers, Sentry's patch, wrappers,
+    # pure ASGI twins).
+    "diagnose": ["test_diagnose.py"]
+    + [
+        f"test_probe_real_apps.py::test_every_field_matches_what_the_app_recorded[{app}-asgi]"
+        for app in (
+            "otel_fastapi",
+            "sentry_starlette_context",
+            "sentry_asgi_wrapper",
+            "slowapi_trusted",
+            "mounted_subapps",
+        )
+    ],
 }
 
 # Operators left out: swaps no code here could tell apart from a crash
