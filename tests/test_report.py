@@ -220,6 +220,10 @@ class TestText:
             "q w: expected 1, observed <not reached>",
         ]
 
+    def test_a_scenario_is_labelled_with_the_server_loop_and_parser_it_ran_on(self):
+        ran = ScenarioReport("s", Status.PASS, config=RunConfig("uvicorn", "uvloop", "httptools"))
+        assert (ran.server, ran.label) == ("uvicorn", "uvicorn (uvloop, httptools)")
+
 
 def saved(*scenarios, server="asgi"):
     return {"schema_version": 1, "server": server, "scenarios": list(scenarios)}
@@ -330,6 +334,19 @@ class TestLoadReport:
         with pytest.raises(ReportFileError, match=str(path)) as caught:
             load_report(path)
         assert message in str(caught.value)
+
+    def test_a_file_over_the_size_limit_is_refused_before_reading(self, tmp_path):
+        from ctxlab.validate import MAX_BYTES
+
+        path = tmp_path / "huge.json"
+        with path.open("wb") as huge:
+            huge.truncate(MAX_BYTES + 1)  # sparse: no disk, no time
+        with pytest.raises(ReportFileError) as caught:
+            load_report(path)
+        assert str(caught.value) == f"{path} is too large for a ctxlab report ({(MAX_BYTES + 1) // 2**20} MiB)"
+        path.write_text("{}")  # a small file is read (and refused for what it holds)
+        with pytest.raises(ReportFileError, match="no schema_version"):
+            load_report(path)
 
     def test_unreadable(self, tmp_path):
         with pytest.raises(ReportFileError, match=f"cannot read {tmp_path}/missing.json: No such file or directory"):
