@@ -338,11 +338,6 @@ def test_a_busy_port_is_a_clear_server_failure():
 class TestServerEdges:
     """What the transports report when the app or the server does something unusual."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="send_pipelined calls h11's start_next_cycle on a connection the server closed: "
-        "LocalProtocolError instead of a clear ServerFailed (left to the servers/robust branches)",
-    )
     def test_a_crash_closes_a_pipelined_connection(self):
         async def app(scope, receive, send):
             if scope["type"] == "http":
