@@ -98,6 +98,13 @@ class TestUnexpectedStatus:
             else "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error"
         )
 
+    def test_sys_exit_in_a_request_crashes_the_scenario_not_ctxlab(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                raise SystemExit(4)
+
+        assert run(scenario(app), RunConfig()).error == "SystemExit: 4"
+
 
 class TestOrder:
     """Records come in request order, even when the app works on after answering."""
