@@ -239,7 +239,8 @@ class TestLifespanFailures:
         async def app(scope, receive, send):
             raise RuntimeError("lifespan crashed")
 
-        assert run(scenario(app, lifespan=True), RunConfig()).error == "RuntimeError: lifespan crashed"
+        error = run(scenario(app, lifespan=True), RunConfig()).error
+        assert error == "LifespanFailed: lifespan startup failed: RuntimeError: lifespan crashed"
 
     def test_shutdown_runs_after_the_requests(self):
         async def on_request(scope):
@@ -365,7 +366,10 @@ class TestServerEdges:
         error = run(scenario(app), RunConfig()).error
         assert error == "UnexpectedResponse: request 1 (GET /) answered 404, expected 200: " + "x" * 200
 
-    def test_a_failed_shutdown(self):
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_a_failed_shutdown(self, server):
+        # uvicorn itself logs "Application shutdown failed. Exiting." and exits 0:
+        # ctxlab reports it on every server, as in process.
         async def app(scope, receive, send):
             if scope["type"] == "lifespan":
                 while True:
@@ -379,9 +383,42 @@ class TestServerEdges:
                 note("request", "served", True)
                 await answer(send)
 
-        result = run(scenario(app, lifespan=True), RunConfig())
+        result = run(scenario(app, lifespan=True), RunConfig(server))
         assert [r.value for r in result.records] == [True]
         assert result.error == "LifespanFailed: lifespan shutdown failed: pool leaked"
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_an_app_raising_at_shutdown(self, server):
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                await receive()
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+                raise ValueError("boom")
+            await answer(send)
+
+        result = run(scenario(app, lifespan=True), RunConfig(server))
+        assert result.error == "LifespanFailed: lifespan shutdown failed: ValueError: boom"
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_a_starlette_lifespan_raising_at_shutdown(self, server):
+        import contextlib
+
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            yield
+            raise OSError("pool leaked")
+
+        async def endpoint(request):
+            return PlainTextResponse("ok")
+
+        app = Starlette(routes=[Route("/", endpoint)], lifespan=lifespan)
+        result = run(scenario(app, lifespan=True), RunConfig(server))
+        assert result.error == "LifespanFailed: lifespan shutdown failed: OSError: pool leaked"
 
     def test_every_pipelined_request_is_sent(self):
         async def app(scope, receive, send):
