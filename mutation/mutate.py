@@ -19,7 +19,8 @@ every survivor's diff; exit 1 when a module scores below TARGET.
 
 `--again` tests only the survivors of the previous run, while the module
 itself is unchanged: adding tests cannot bring a killed mutant back, so the
-previous kills still count.  Any change to the module starts afresh.
+previous kills still count.  Any change to the module starts afresh.  It
+also finishes an interrupted run (the mutants not yet tested).
 
 `--also PYTHON` (repeatable) runs the tests on that interpreter too, after
 this one: code only some Pythons run (`if sys.version_info < (3, 11)`)
@@ -119,11 +120,15 @@ def prepare(module: str, again: bool) -> tuple[Path, bool]:
     """A fresh copy of the checkout for `module`, and whether its previous
     session can go on (asked for, and the module unchanged since)."""
     tree = SCRATCH / module
-    path = f"ctxlab/{module}.py"
-    resume = again and (tree / SESSION).exists() and (tree / path).read_bytes() == (ROOT / path).read_bytes()
+    clean = (ROOT / f"ctxlab/{module}.py").read_bytes()
+    # The module as the session began (the scratch copy itself may hold a
+    # mutant, if the run was interrupted): the same now, the session goes on.
+    began = tree / "module.py.orig"
+    resume = again and (tree / SESSION).exists() and began.exists() and began.read_bytes() == clean
     if not resume:
         shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True, exist_ok=True)
+    began.write_bytes(clean)
     for name in COPIED:
         source = ROOT / name
         shutil.rmtree(tree / name, ignore_errors=True)
