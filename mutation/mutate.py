@@ -54,6 +54,7 @@ TARGET = 0.90
 TESTS = {
     "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
     "labels": ["test_labels.py", "test_probe.py"],
+    "plain": ["test_plain.py", "test_render.py"],
     "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],
     "scenario": ["test_scenario.py", "test_report.py", "test_runner.py", "test_plugins.py", "test_middleware_order.py"],
     "report": ["test_report.py", "test_middleware_order.py"],
