@@ -349,6 +349,21 @@ class Broken:
         await self.app(scope, receive, send)
 
 
+class Statuses:  # records the status of every answer passing out through it
+    seen = []
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                self.seen.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 async def lifespan(app):
     Path(__file__).with_suffix(".started").touch()
     yield
@@ -359,6 +374,7 @@ mounted_broken = Starlette(
     middleware=[Middleware(Outer)], routes=[Mount("/sub", app=Starlette(middleware=[Middleware(Broken)]))]
 )
 with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
+recorded = Starlette(middleware=[Middleware(Statuses)])
 """
 
 
@@ -426,3 +442,24 @@ def test_a_plain_def_dependency_that_sets_then_resets_is_one_finding(tmp_path):
     )
     findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 5, "sync-set")]
+
+
+def test_the_probe_route_answers_as_a_plain_successful_route(tmp_path):
+    """Layers that act on the status (only on success, say) see the 200 a
+    plain endpoint would send."""
+    module = layered(tmp_path)
+    diagnose(f"{module}:recorded", app_dir=tmp_path)
+    assert sys.modules[module].Statuses.seen == [200]
+
+
+def test_a_starred_call_to_run_in_executor_is_read_without_crashing(tmp_path):
+    module = f"starred_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "from starlette.applications import Starlette\n"
+        "async def job(*args):\n"
+        "    await asyncio.get_running_loop().run_in_executor(*args)\n"
+        "app = Starlette()\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(4, "executor-no-copy")]  # what it runs is unknown: not a copy
