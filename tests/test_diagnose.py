@@ -463,3 +463,42 @@ def test_a_starred_call_to_run_in_executor_is_read_without_crashing(tmp_path):
     )
     findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
     assert [(f.line, f.kind) for f in findings] == [(4, "executor-no-copy")]  # what it runs is unknown: not a copy
+
+
+def test_findings_in_a_package_are_named_from_its_parent_and_through_attributes(tmp_path):
+    """`pkg.main:app`: files are named as the user sees them (pkg/main.py),
+    and a ContextVar reached through another module (`state.tenant.set`) is
+    found."""
+    package = tmp_path / f"pkg_{tmp_path.name}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "state.py").write_text("from contextvars import ContextVar\ntenant = ContextVar('tenant')\n")
+    (package / "main.py").write_text(
+        "from fastapi import Depends, FastAPI\n"
+        "from . import state\n"
+        "def dep():\n"
+        "    state.tenant.set('x')\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(dep)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{package.name}.main:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{package.name}/main.py", 4, "sync-set")]
+
+
+def test_the_app_is_left_as_it_was_found(tmp_path):
+    """The probes spliced in for the run are taken out again: the app
+    builds its own stack on its next request, without them."""
+    module = layered(tmp_path)
+    diagnose(f"{module}:guarded", app_dir=tmp_path)
+    app = sys.modules[module].guarded
+    assert app.middleware_stack is None  # Starlette builds it on the first request
+    assert [m.cls.__name__ for m in app.user_middleware] == ["Outer", "Guard"]
+
+
+def test_the_fix_says_whether_every_layer_was_observed(tmp_path):
+    module = layered(tmp_path)
+    guarded = diagnose(f"{module}:guarded", app_dir=tmp_path)
+    assert guarded.fix.startswith("Nothing to blame among the layers observed")  # Guard answered itself
+    assert diagnose("mixes:fastapi_all_pure", app_dir=APPS).fix.startswith("Nothing to fix")
