@@ -502,3 +502,26 @@ def test_the_fix_says_whether_every_layer_was_observed(tmp_path):
     guarded = diagnose(f"{module}:guarded", app_dir=tmp_path)
     assert guarded.fix.startswith("Nothing to blame among the layers observed")  # Guard answered itself
     assert diagnose("mixes:fastapi_all_pure", app_dir=APPS).fix.startswith("Nothing to fix")
+
+
+def test_a_closure_with_an_unbound_variable_is_still_read(tmp_path):
+    """A factory's `def` dependency whose closure holds a ContextVar and a
+    name bound later (an empty cell, here never bound): the ContextVar is found."""
+    module = f"closure_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "def create_app():\n"
+        "    tenant = ContextVar('tenant')\n"
+        "    def dep():\n"
+        "        tenant.set('x')\n"
+        "        return audit\n"
+        "    app = FastAPI()\n"
+        "    app.get('/', dependencies=[Depends(dep)])(home)\n"
+        "    return app\n"
+        "    audit = None  # never bound\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:create_app", factory=True, app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
