@@ -375,6 +375,8 @@ mounted_broken = Starlette(
 )
 with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
 recorded = Starlette(middleware=[Middleware(Statuses)])
+from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
+wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
 """
 
 
@@ -525,3 +527,11 @@ def test_a_closure_with_an_unbound_variable_is_still_read(tmp_path):
     )
     findings = diagnose(f"{module}:create_app", factory=True, app_dir=tmp_path).findings
     assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
+
+
+def test_a_wildcard_allowed_host_gets_a_host_under_it(tmp_path):
+    """TrustedHostMiddleware allows `*.example.org`: the probe asks as a
+    host under it, and the middleware lets it through."""
+    module = layered(tmp_path)
+    diagnosis = diagnose(f"{module}:wildcard_host", app_dir=tmp_path)
+    assert (diagnosis.status, diagnosis.notes, diagnosis.complete) == (200, [], True)
