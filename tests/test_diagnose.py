@@ -376,6 +376,17 @@ mounted_broken = Starlette(
 with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
 recorded = Starlette(middleware=[Middleware(Statuses)])
 from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
+class FailsUnderSub:  # passes the root's requests, raises for the mount's
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/sub"):
+            raise RuntimeError("not here")
+        await self.app(scope, receive, send)
+
+
+fails_under_mount = Starlette(middleware=[Middleware(FailsUnderSub)], routes=[Mount("/sub", app=Starlette())])
 wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
 """
 
@@ -395,6 +406,8 @@ def layered(tmp_path, status=418):
         (403, "pass the credentials it expects with --header 'Authorization: ...'"),
         (429, "it limits the rate: raise its limit for the probe or try again later"),
         (405, "pass --method, --header 'Content-Type: ...' or --data as the route expects"),
+        (415, "pass --method, --header 'Content-Type: ...' or --data as the route expects"),
+        (422, "pass --method, --header 'Content-Type: ...' or --data as the route expects"),
         (418, "pass --path, --method, --header or --data so that it lets the request through"),
     ],
 )
@@ -535,3 +548,29 @@ def test_a_wildcard_allowed_host_gets_a_host_under_it(tmp_path):
     module = layered(tmp_path)
     diagnosis = diagnose(f"{module}:wildcard_host", app_dir=tmp_path)
     assert (diagnosis.status, diagnosis.notes, diagnosis.complete) == (200, [], True)
+
+
+def test_a_request_that_failed_before_its_endpoint_leaves_the_diagnosis_incomplete(tmp_path):
+    """FailsUnderSub is observed by the root's probe request, then raises on
+    the mount's: every layer has values, yet one request reached no endpoint."""
+    module = layered(tmp_path)
+    diagnosis = diagnose(f"{module}:fails_under_mount", app_dir=tmp_path)
+    assert [layer.sees_endpoint_values for layer in diagnosis.layers] == [True]
+    assert not diagnosis.complete and diagnosis.fix.startswith("Nothing to blame among the layers observed")
+
+
+def test_a_class_dependency_is_no_function_to_scan(tmp_path):
+    """FastAPI's `Depends(SomeClass)`: a class, not a `def` the thread pool
+    runs as such; the scan passes it by."""
+    module = f"class_dep_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from fastapi import Depends, FastAPI\n"
+        "class Paging:\n"
+        "    def __init__(self, page: int = 1):\n"
+        "        self.page = page\n"
+        "app = FastAPI()\n"
+        "@app.get('/')\n"
+        "async def home(paging: Paging = Depends(Paging)):\n"
+        "    return {}\n"
+    )
+    assert diagnose(f"{module}:app", app_dir=tmp_path).findings == []
