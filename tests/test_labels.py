@@ -46,6 +46,16 @@ class TestLabeller:
             seen.append(live.where(record))
         assert seen == label(recorder.records, recorder.tasks)
 
+    def test_a_task_or_a_context_is_looked_up_by_itself(self):
+        """What trace names things by: the label of a task, or of a context."""
+        recorder = record_child_before_parent()
+        labeller = Labeller(recorder.tasks)
+        labeller.number(recorder.records)
+        child, parent = recorder.records
+        assert [labeller.of(parent.task), labeller.of(child.task)] == ["T1", "T2"]
+        assert labeller.of(parent.context) == label(recorder.records, recorder.tasks)[1].context
+        assert labeller.of(object()) is None
+
 
 class TestRecords:
     """Records are numbered from 1 in the order probes ran; contexts name the one they copy."""
