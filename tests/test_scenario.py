@@ -293,3 +293,19 @@ def test_the_default_request_is_immutable():
     assert Scenario(name="a", summary="", build=lambda: None, expect={}).requests == (
         ClientRequest("GET", "/", {}, b"", 200),
     )
+
+
+def test_by_flag_follows_the_running_pythons_flags():
+    """A flag this Python has follows its value; one it lacks counts as off."""
+    from ctxlab.scenario import by_flag
+
+    env = Env.of(RunConfig())
+    has = by_flag("dont_write_bytecode", on="on", off="off")
+    assert has.resolve(env) == ("on" if sys.flags.dont_write_bytecode else "off")
+    assert not hasattr(sys.flags, "no_such_flag")
+    assert by_flag("no_such_flag", on="on", off="off").resolve(env) == "off"
+
+
+def test_the_env_names_the_loop_a_run_uses():
+    """A run that names no loop runs on asyncio's (the runner's default)."""
+    assert (Env.of(RunConfig()).loop, Env.of(RunConfig("uvicorn", "uvloop")).loop) == ("asyncio", "uvloop")
