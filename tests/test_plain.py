@@ -46,3 +46,36 @@ def test_multi_line_cells_stay_in_their_rows():
     PlainConsole(out).print(table)
     # A StringIO names no encoding, so the rule is drawn in ASCII.
     assert out.getvalue().splitlines() == ["a      b", "--------", "one    x", "two", "three  y"]
+
+
+def test_columns_are_as_wide_as_their_widest_cell():
+    """What `ctxlab list` prints, with no Rich at all."""
+    out = io.StringIO()
+    PlainConsole(out).columns(["name", "tags"], [["bad-then-shiny", "middleware"], ["x", ""]])
+    assert out.getvalue() == "name            tags\nbad-then-shiny  middleware\nx\n"
+    assert PlainConsole(io.StringIO()).layout(None, []) == ""
+
+
+def test_what_is_not_a_table_or_text_is_drawn_by_rich():
+    """A string with brackets (and any other renderable) goes to a Rich
+    console on the same stream, drawn as Rich draws it for a file, with
+    markup off: ctxlab prints names and paths literally."""
+    plain_out, rich_out = io.StringIO(), io.StringIO()
+    PlainConsole(plain_out).print("[b]bold[/b] move")
+    Console(file=rich_out, no_color=True, highlight=False, markup=False).print("[b]bold[/b] move")
+    assert plain_out.getvalue() == rich_out.getvalue() == "[b]bold[/b] move\n"
+
+
+def test_plain_drawing_is_for_pipes_and_files_unless_colour_is_forced(monkeypatch):
+    from ctxlab.plain import wanted
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    closed = io.StringIO()
+    closed.close()  # isatty() now raises ValueError
+    assert (wanted(io.StringIO()), wanted(closed), wanted(object())) == (True, False, False)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    assert not wanted(io.StringIO())
+    monkeypatch.delenv("TTY_COMPATIBLE")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert not wanted(io.StringIO())
