@@ -54,6 +54,7 @@ def test_columns_are_as_wide_as_their_widest_cell():
     PlainConsole(out).columns(["name", "tags"], [["bad-then-shiny", "middleware"], ["x", ""]])
     assert out.getvalue() == "name            tags\nbad-then-shiny  middleware\nx\n"
     assert PlainConsole(io.StringIO()).layout(None, []) == ""
+    assert PlainConsole(io.StringIO()).layout(["name", "tags"], []) == "name  tags"  # nothing matched
 
 
 def test_what_is_not_a_table_or_text_is_drawn_by_rich():
