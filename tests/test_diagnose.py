@@ -574,3 +574,21 @@ def test_a_class_dependency_is_no_function_to_scan(tmp_path):
         "    return {}\n"
     )
     assert diagnose(f"{module}:app", app_dir=tmp_path).findings == []
+
+
+def test_a_decorated_def_endpoint_is_scanned_and_ordinary_calls_are_no_finding(tmp_path):
+    """`@app.get` def endpoint: Python numbers its code from the decorator's
+    line, the scan still finds the function; its other calls are no finding."""
+    module = f"def_endpoint_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import FastAPI\n"
+        "tenant = ContextVar('tenant')\n"
+        "app = FastAPI()\n"
+        "@app.get('/')\n"
+        "def home():\n"
+        "    tenant.set(str(len('x')))\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(7, "sync-set")]
