@@ -4,6 +4,7 @@ same order, only laid out without measuring, wrapping or styles."""
 import io
 import re
 
+import pytest
 from conftest import run_named
 from rich.console import Console
 
@@ -80,3 +81,34 @@ def test_plain_drawing_is_for_pipes_and_files_unless_colour_is_forced(monkeypatc
     monkeypatch.delenv("TTY_COMPATIBLE")
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert not wanted(io.StringIO())
+
+
+def test_the_catalog_shows_the_same_words_piped():
+    rich_text, plain_text = drawn_both_ways(lambda console: render.catalog(catalog().values(), console))
+    assert words(plain_text) == words(rich_text) and "bad-then-shiny" in plain_text
+
+
+def test_a_tall_cell_beside_short_ones():
+    assert PlainConsole(io.StringIO()).layout(["a", "b"], [["1\n2\n3", "x"]]) == "a  b\n1  x\n2\n3"
+
+
+def test_a_rich_renderable_is_drawn_by_rich():
+    from rich.tree import Tree
+
+    tree = Tree("root")
+    tree.add("leaf")
+    rich_text, plain_text = drawn_both_ways(lambda console: console.print(tree))
+    assert plain_text == rich_text and "leaf" in plain_text
+
+
+def test_a_reader_that_went_away_is_the_quiet_broken_pipe():
+    """`ctxlab list | head -1`: the write fails; main() ends quietly on a
+    BrokenPipeError without an errno (an errno would make typer exit 1)."""
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError) as caught:
+        PlainConsole(Gone()).columns(["name"], [["x"]])
+    assert caught.value.errno is None
