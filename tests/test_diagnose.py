@@ -386,6 +386,20 @@ class FailsUnderSub:  # passes the root's requests, raises for the mount's
         await self.app(scope, receive, send)
 
 
+class HalfAnswer:  # passes the endpoint's response start on, then fails before its body
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def sending(message):
+            await send(message)
+            if message["type"] == "http.response.start":
+                raise RuntimeError("half")
+
+        await self.app(scope, receive, sending)
+
+
+half_answer = Starlette(middleware=[Middleware(HalfAnswer)])
 fails_under_mount = Starlette(middleware=[Middleware(FailsUnderSub)], routes=[Mount("/sub", app=Starlette())])
 wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
 """
@@ -592,3 +606,11 @@ def test_a_decorated_def_endpoint_is_scanned_and_ordinary_calls_are_no_finding(t
     )
     findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
     assert [(f.line, f.kind) for f in findings] == [(7, "sync-set")]
+
+
+def test_a_layer_that_fails_once_its_response_started_is_told_apart(tmp_path):
+    """The client already has a status line: the failure came after the
+    response started, not before the endpoint."""
+    module = layered(tmp_path)
+    notes = diagnose(f"{module}:half_answer", app_dir=tmp_path).notes
+    assert notes == ["GET /__ctxlab_probe__ raised RuntimeError after the response was sent: half"]
