@@ -25,6 +25,7 @@ __all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version
 Servers = ("asgi", "uvicorn", "hypercorn", "granian")
 # The ASGI spec_version each server puts in its http scopes (none in process).
 ADVERTISED_SPEC = {"uvicorn": "2.3", "hypercorn": "2.1", "granian": "2.3"}
+DEFAULT_TIMEOUT = 10.0  # seconds a scenario may run, unless it says otherwise
 
 
 # -- requests -------------------------------------------------------------
@@ -192,7 +193,7 @@ class Scenario:
     why: str = ""
     fix: str = ""
     source: Path | None = None
-    timeout: float = 10.0
+    timeout: float = DEFAULT_TIMEOUT
 
     def settle(self, config: RunConfig) -> RunConfig:
         """The config this scenario runs with: `concurrency` applies only to
@@ -243,6 +244,7 @@ class Entry:
     tags: tuple[str, ...]
     path: Path
     servers: tuple[str, ...] = Servers
+    timeout: float = DEFAULT_TIMEOUT  # as declared, when a literal
 
 
 def bundled_dir() -> Path:
@@ -290,6 +292,9 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
         }
         if "servers" in keywords:
             fields["servers"] = list(_literal(keywords["servers"], "servers", path))
+        timeout = keywords.get("timeout")
+        if isinstance(timeout, ast.Constant) and isinstance(timeout.value, (int, float)):
+            fields["timeout"] = timeout.value  # how long importing the module may take (engine.run_guarded)
         declared.append(fields)
     return declared
 
