@@ -99,7 +99,7 @@ def run_guarded(entry: Entry, config: RunConfig, worker: isolate.Worker | None =
     doing, timeout = IMPORTING, entry.timeout
     try:
         # None: it cannot be loaded, and run_entry (in the worker) says why.
-        timeout = worker.call(_timeout, entry, deadline=timeout + isolate.GRACE) or entry.timeout
+        timeout = worker.call(_timeout, entry, deadline=timeout + isolate.GRACE, checked=False) or entry.timeout
         doing = ""
         return worker.call(_run_in_fresh_context, entry, config, deadline=timeout + isolate.GRACE)
     except (isolate.TimedOut, isolate.Died) as exc:
