@@ -91,7 +91,7 @@ def run_guarded(entry: Entry, config: RunConfig, worker: isolate.Worker | None =
     if config.server not in entry.servers or missing(config):
         return run_entry(entry, config)  # skipped, without importing anything
     if worker is None:
-        with prepared_worker(config.server) as own:
+        with prepared_worker([entry], config.server) as own:
             return run_guarded(entry, config, own)
     started = time.perf_counter()
     # The module is imported first, in the worker, to learn the scenario's
@@ -111,14 +111,20 @@ def run_guarded(entry: Entry, config: RunConfig, worker: isolate.Worker | None =
                                      config=config)  # fmt: skip
 
 
-def prepared_worker(*servers: str) -> isolate.Worker:
+def prepared_worker(entries: Iterable[Entry], *servers: str) -> isolate.Worker:
     """A worker for `run_guarded` that inherits, already imported, what
-    every scenario needs (and the servers named), instead of importing it
-    again in each worker it may need."""
+    every scenario needs, the servers named and the libraries the bundled
+    `entries` import, instead of importing them again in each worker a run
+    may need.  The modules of scenarios are never imported here (an import
+    that hangs must hang in the worker), nor what a directory of the
+    user's imports: only the bundled scenarios' libraries are known."""
     from ctxlab import isolate, labels, report, runner  # noqa: F401
+    from ctxlab.scenario import bundled_dir
 
     if "uvicorn" in servers:
         import uvicorn  # noqa: F401
+    bundled = bundled_dir()
+    isolate.preload(sorted({name for e in entries if e.path.parent == bundled for name in e.imports}))
     return isolate.Worker()
 
 
@@ -172,7 +178,8 @@ def execute(
 
     results = Report([], servers=tuple(c.server for c in configs), spec_version=configs[0].spec_version)
     try:
-        with prepared_worker(*(c.server for c in configs)) as worker:
+        entries = list(entries)
+        with prepared_worker(entries, *(c.server for c in configs)) as worker:
             for entry in entries:
                 outcomes = [run_guarded(entry, config, worker) for config in configs]
                 results.scenarios.extend(outcomes)

@@ -24,25 +24,34 @@ this sandbox), more than a small scenario's whole run; and each fresh
 child would redo the lazy set-up (imports inside functions, the shared
 HTTP client settings) the previous one did.
 
-Why reusing a process cannot change what the next scenario observes:
+Why reusing a process does not change what the next scenario observes:
 - each scenario runs on a fresh event loop (ctxlab.runner), and in a copy
   of the worker's context (ctxlab.engine), so a ContextVar its factory
   sets is gone afterwards; its module is imported in the worker's own
   context, as the per-scenario children inherited it from the parent
   (values set at import are part of what a scenario shows);
-- after every call the worker compares what a scenario could leave behind
-  in the process with how it was before: threads still alive (a non-daemon
-  thread, an executor never shut down, a pool thread holding thread-locals),
-  the event loop policy, trace and profile hooks,
-  `sys.path`, `os.environ`, the working directory, and modules removed or
-  replaced in `sys.modules`.  On any difference it answers and exits, and
-  the next call gets a fresh worker forked from the untouched parent (the
-  bundled scenarios never trigger this; the hostile ones that leave threads
-  do).
+- after each scenario the worker compares what it could leave behind in
+  the process with how the worker started: threads still alive (a
+  non-daemon thread, an executor never shut down, a pool thread whose own
+  context or thread-locals hold values; threads that are ending get 50 ms
+  to end), the event loop policy, trace and profile hooks, `sys.path`,
+  `os.environ`, the working directory, and modules removed or replaced in
+  `sys.modules`.  On any difference it answers and exits, and the next
+  scenario gets a fresh worker forked from the parent, which has never run
+  a scenario.  Three bundled scenarios leave an idle pool thread behind
+  (sync-to-async-context, executor-thread-leak, thread-inherit-context),
+  so a run --all forks four workers, not one.  Before it forks again the
+  parent imports the libraries (standard library and installed
+  distributions, never a scenario's module) the old worker had imported,
+  so that each new worker does not import them all over again.
 What it cannot see is a library patched in place (a function replaced on a
-class); no bundled scenario does that, and run --all gives the same
+class); no bundled scenario does that: run --all gives the same
 observations, durations aside, in a worker, in a child per scenario and all
-in one process (tests/test_engine.py).
+in one process (tests/test_engine.py, which also shows that a factory's
+ContextVar and a leftover pool thread do not reach the next scenario).
+
+A fresh worker per scenario (a fork of a warm worker) was the other way:
+simpler to trust, but it is the fork that costs here, not the imports.
 
 Where `fork` does not exist (Windows) the work runs in process, unguarded.
 """
@@ -53,7 +62,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from ctxlab.errors import RunFailed
 
@@ -145,7 +154,7 @@ class Worker:
             raise
         if libraries is not None:  # the call changed the process, which has ended
             self.close()
-            _import(libraries)
+            preload(libraries)
         return _result(kind, value)
 
     def close(self) -> None:
@@ -256,27 +265,40 @@ def _traces() -> tuple:
     )
 
 
-def _libraries(names: set[str]) -> list[str]:
-    """Those of the modules `names` that come from the standard library or
-    an installed distribution (not a scenario's own module, nor the user's)."""
+def _libraries(names: Iterable[str]) -> list[str]:
+    """Those of the modules `names` (imported) that come from the standard
+    library or an installed distribution (not a scenario's own module, nor
+    the user's)."""
+    return sorted(name for name in names if _is_library(getattr(sys.modules.get(name), "__file__", None)))
+
+
+def _is_library(file: str | None) -> bool:
     import sysconfig
 
     roots = tuple({sysconfig.get_path(kind) for kind in ("stdlib", "platstdlib", "purelib", "platlib")})
-    return sorted(name for name in names if (getattr(sys.modules.get(name), "__file__", None) or "").startswith(roots))
+    return bool(file) and file.startswith(roots)
 
 
-def _import(names: list[str]) -> None:
-    """Import `names`, modules a worker imported without trouble; one that
-    fails here is left to the worker that needs it."""
+def preload(names: Iterable[str]) -> None:
+    """Import those of the modules `names` that are the standard library's
+    or an installed distribution's, here, so that the workers forked after
+    inherit them.  One that cannot be imported is left to the worker that
+    needs it.  Quietly: a library's warnings on import (starlette's about
+    httpx) are about the scenarios' code, or shown by a worker already."""
     import importlib
+    import importlib.util
     import warnings
 
-    with warnings.catch_warnings():  # the worker has shown them already
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in names:
+            if name in sys.modules:
+                continue
             try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001, S112 - only a head start for the next worker
+                spec = importlib.util.find_spec(name.partition(".")[0])
+                if spec is not None and _is_library(spec.origin):
+                    importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - only a head start for the workers
                 continue
 
 

@@ -245,6 +245,7 @@ class Entry:
     path: Path
     servers: tuple[str, ...] = Servers
     timeout: float = DEFAULT_TIMEOUT  # as declared, when a literal
+    imports: tuple[str, ...] = ()  # the modules its module imports (as it loads or in functions)
 
 
 def bundled_dir() -> Path:
@@ -267,7 +268,7 @@ def read_entries(path: Path) -> list[Entry]:
 
 
 def _entry(path: Path, fields: dict[str, Any]) -> Entry:
-    tuples = {key: tuple(fields[key]) for key in ("tags", "servers") if key in fields}
+    tuples = {key: tuple(fields[key]) for key in ("tags", "servers", "imports") if key in fields}
     return Entry(path=path, **{**fields, **tuples})
 
 
@@ -278,6 +279,14 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
+    # What the module imports, as it loads or in its functions: a run
+    # imports the bundled modules' libraries before it forks its worker
+    # (engine.prepared_worker).
+    nodes = list(ast.walk(tree))
+    imports = sorted(
+        {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+        | {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    )
     declared = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "scenario"):
@@ -295,7 +304,7 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
         timeout = keywords.get("timeout")
         if isinstance(timeout, ast.Constant) and isinstance(timeout.value, (int, float)):
             fields["timeout"] = timeout.value  # how long importing the module may take (engine.run_guarded)
-        declared.append(fields)
+        declared.append({**fields, "imports": imports})
     return declared
 
 
