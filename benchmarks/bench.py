@@ -433,16 +433,19 @@ def main() -> int:
     table.pairs(
         "run --all --json vs import+pytest floor", Pairs(CTXLAB + ["run", "--all", "--json"], run_floor, slow), 1.4
     )
-    snapshot = str(scratch / "snapshot.json")
-    table.pairs("snapshot vs import+pytest floor", Pairs(CTXLAB + ["snapshot", "-o", snapshot], run_floor, slow), 1.4)
-    table.pairs("diff of a snapshot vs import+pytest floor", Pairs(CTXLAB + ["diff", snapshot], run_floor, slow), 1.4)
     in_process = CTXLAB + ["run", "--all", "--json"]
     for server in ("uvicorn", "hypercorn", "granian"):
         on_server = Pairs(CTXLAB + ["run", "--all", "--json", "--server", server], in_process, slow)
         table.pairs(f"run --all --server {server} vs in process", on_server, 1.5)
-    # Both servers: in process (1x) plus uvicorn (its budget, 1.5x).
-    both = Pairs(CTXLAB + ["check", "--server", "both"], in_process, slow)
-    table.pairs("check --server both vs run --all in process", both, 2.5)
+    # Both servers (asgi and uvicorn, snapshot's default too): in process
+    # (1x) plus uvicorn (its budget, 1.5x).  diff runs the snapshot's again.
+    snapshot = str(scratch / "snapshot.json")
+    for figure, command in (
+        ("check --server both", ["check", "--server", "both"]),
+        ("snapshot (both servers)", ["snapshot", "-o", snapshot]),
+        ("diff of that snapshot", ["diff", snapshot]),
+    ):
+        table.pairs(f"{figure} vs run --all in process", Pairs(CTXLAB + command, in_process, slow), 2.5)
     # matrix runs `run --all --json --server both` in each column's environment
     # (built by uv during the warm-up run, then cached): against the same
     # command run twice here, the grid's own cost.
