@@ -82,11 +82,17 @@ def test_spec_version_with_a_real_server_is_refused():
     assert code == 2 and "--spec-version applies to --server asgi only" in err
 
 
+def sigint_as_a_terminal_sends_it():
+    # A shell starts background jobs with SIGINT ignored, and a child
+    # inherits that (a suite run with `&`): give ctxlab Ctrl-C as it gets it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_reports_what_finished_and_exits_130():
     process = subprocess.Popen(
         [sys.executable, "-m", "ctxlab", "run", "fine", "sleeps", "--scenarios", BROKEN, "--server", "uvicorn"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1"}, preexec_fn=sigint_as_a_terminal_sends_it,
     )  # fmt: skip
     deadline = time.monotonic() + 30
     seen = ""
@@ -107,6 +113,7 @@ def test_ctrl_c_with_json_still_prints_the_partial_report(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     time.sleep(3)
     process.send_signal(signal.SIGINT)
@@ -123,7 +130,7 @@ def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
     process = subprocess.Popen(
         [sys.executable, "-m", "ctxlab", "serve", "shiny-then-bad", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, preexec_fn=sigint_as_a_terminal_sends_it,
     )  # fmt: skip
     try:
         first = process.stdout.readline()
