@@ -52,6 +52,9 @@ class Cli:
         def prepare():
             if umask is not None:
                 os.umask(umask)
+            # A shell starts background jobs with SIGINT ignored, and a child
+            # inherits that: give ctxlab Ctrl-C as a terminal sends it.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
