@@ -613,3 +613,30 @@ class TestServerEdges:
             result = run(scenario(app, requests=requests), RunConfig("uvicorn"))
         assert result.error is None
         assert [r.name for r in caplog.records if r.name.startswith("uvicorn")] == []
+
+
+def test_ctrl_c_in_process_cancels_the_scenario_and_lets_it_clean_up():
+    """In the main thread with Python's own Ctrl-C handler (the pytest
+    plugin's case), Ctrl-C cancels the scenario's task: the app sees
+    CancelledError where it waits, then the run raises KeyboardInterrupt."""
+    import os
+    import signal
+
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                await asyncio.sleep(30)
+            except BaseException as exc:
+                seen.append(type(exc).__name__)
+                raise
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the suite's shell did
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(scenario(app, timeout=60))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == ["CancelledError"]
