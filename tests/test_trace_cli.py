@@ -60,8 +60,8 @@ class TestHumanOutput:
         assert seen == [None, "user-1"]  # request 2 really started with request 1's user
         assert code == 1, err
         assert out.count("LEAK") == 1 and "LEAK user  in request 2" in out
-        assert f'keepalive.py:{source_line("keepalive", "found = user.get()")} in endpoint (request 2' in out
-        assert f'keepalive.py:{source_line("keepalive", "user.set(")} in endpoint (request 1' in out
+        assert f"keepalive.py:{source_line('keepalive', 'found = user.get()')} in endpoint (request 2" in out
+        assert f"keepalive.py:{source_line('keepalive', 'user.set(')} in endpoint (request 1" in out
         assert f': "{seen[1]}"' in out
         assert "why   the previous request on this keep-alive connection" in out
         assert "ctxlab explain keepalive-large-body-leak" in out
