@@ -3,6 +3,7 @@ whose requests lose or leak a value."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,28 @@ def test_fails_exactly_the_tests_that_lose_or_leak(suite):
     out = result.stdout.str()
     assert "LOST user" in out and "BaseHTTPMiddleware's call_next" in out
     assert "LEAK tenant  in request 2" in out and "(request 1, thread" in out
+
+
+def test_on_uvloop_too(pytester: pytest.Pytester):
+    """The same suite with every loop a uvloop one (TestClient's portal and
+    anyio's runner): the same tests fail, and the boundaries still name the
+    code that created each task (uvloop's loop gets the task factory too)."""
+    pytest.importorskip("uvloop")
+    on_uvloop = (
+        re.sub(r"TestClient\((\w+)\.app\)", r'TestClient(\1.app, backend_options={"use_uvloop": True})', SUITE)
+        .replace('return "asyncio"', 'return ("asyncio", {"use_uvloop": True})')
+        .replace("    assert executor_leak.seen[-1]", "    assert type(asyncio.get_running_loop()).__module__.startswith('uvloop')\n"
+                 "    assert executor_leak.seen[-1]")
+        .replace("import httpx", "import asyncio\n\nimport httpx", 1)
+    )  # fmt: skip
+    assert on_uvloop.count("use_uvloop") == SUITE.count("TestClient(") + 1  # every client, and anyio
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(FIXTURES)!r})\n")
+    pytester.makepyfile(test_app=on_uvloop)
+    result = pytester.runpytest_subprocess("--ctxlab", "-p", "anyio")
+    result.assert_outcomes(passed=2, failed=4)
+    out = result.stdout.str()
+    assert "BaseHTTPMiddleware's call_next" in out and "ctxlab explain dependency-audit" in out
+    assert "LEAK tenant  in request 2" in out
 
 
 def test_inactive_without_the_option(suite):
