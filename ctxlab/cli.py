@@ -439,11 +439,19 @@ def matrix(
     return matrices.exit_code(grid)
 
 
-def _user_request_checks(path: Optional[str], server: Server, header: Optional[List[str]], command: str) -> list:
-    """What `probe` and `trace` check alike: the path, the server, and the
-    `--header K:V` values, as (name, value) pairs."""
+# An HTTP token (RFC 9110 5.6.2): what a method or a header name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _user_request_checks(
+    path: Optional[str], method: str, server: Server, header: Optional[List[str]], command: str
+) -> list:
+    """What `probe` and `trace` check alike: the path, the method, the server,
+    and the `--header K:V` values, as (name, value) pairs."""
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
+    if not _TOKEN.fullmatch(method):
+        raise UsageError(f"--method expects an HTTP method such as GET or POST, got {method!r}")
     if server not in (Server.asgi, Server.uvicorn):
         raise UsageError(
             f"--server {server.value} is not available for {command}; choose --server asgi or --server uvicorn"
@@ -451,7 +459,7 @@ def _user_request_checks(path: Optional[str], server: Server, header: Optional[L
     headers = []
     for given in header or []:
         name, colon, value = given.partition(":")
-        if not colon or not name.strip():
+        if not colon or not _TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
         headers.append((name.strip(), value.strip()))
     return headers
@@ -505,7 +513,7 @@ def probe_app(
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
-    headers = _user_request_checks(path, server, header, "probe")
+    headers = _user_request_checks(path, method, server, header, "probe")
     from ctxlab.diagnose import diagnose
     from ctxlab.output import OutputFormat
 
@@ -558,7 +566,7 @@ def trace_app(
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
     Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error."""
-    headers = _user_request_checks(path, server, header, "trace")
+    headers = _user_request_checks(path, method, server, header, "trace")
     _writable(output)
     from ctxlab import files, render
     from ctxlab import trace as tracing

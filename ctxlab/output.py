@@ -85,7 +85,15 @@ class JsonEmitter(Emitter):
     """One JSON document on stdout, in the schemas the README documents."""
 
     def _dump(self, document: Any) -> None:
-        print(json.dumps(document, indent=2))
+        import sys
+
+        from ctxlab.terminal import reader_gone
+
+        try:
+            print(json.dumps(document, indent=2))
+            sys.stdout.flush()  # here, not at exit, where a closed pipe could not be told apart
+        except BrokenPipeError:
+            raise reader_gone() from None
 
     def catalog(self, entries: Iterable[Entry]) -> None:
         self._dump(

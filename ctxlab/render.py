@@ -13,6 +13,7 @@ from rich.tree import Tree
 
 from ctxlab.report import Change, Observation, Report, ScenarioReport, Status, by_occurrence, show
 from ctxlab.scenario import Entry, Scenario, describe
+from ctxlab.values import same
 
 if TYPE_CHECKING:
     from ctxlab.diagnose import Diagnosis
@@ -138,9 +139,9 @@ def side_by_side(entry: Entry, asgi: ScenarioReport, uvicorn: ScenarioReport, co
     for key in sorted(in_probe_order, key=lambda k: k[0] or 0):
         a, u = left.get(key), right.get(key)
         cells = [_observed_cell(o) if o else Text("-") for o in (a, u)]
-        if a and u and a.observed == u.observed:
+        if a and u and same(a.observed, u.observed):
             note = Text("")
-        elif a and u and a.expected != u.expected:
+        elif a and u and not same(a.expected, u.expected):
             note, expected_differences = Text("expected", style="yellow"), expected_differences + 1
         else:
             note = Text("unexpected" if a and u else "one side only", style="bold red" if a and u else "dim")

@@ -13,7 +13,7 @@ from ctxlab.config import RunConfig, run_label
 from ctxlab.errors import ReportFileError, ScenarioError
 from ctxlab.labels import Where, label
 from ctxlab.scenario import Env, Scenario, package_version
-from ctxlab.values import NOT_REACHED, jsonable
+from ctxlab.values import NOT_REACHED, jsonable, same
 
 if TYPE_CHECKING:
     from ctxlab.probe import Record
@@ -146,7 +146,7 @@ def _observation(scenario: Scenario, record: Record, where: Where, config: RunCo
         observed=record.value,
         expected=expected,
         naive=naive,
-        match=record.value == expected,
+        match=same(record.value, expected),
         thread=record.thread,
         **asdict(where),
     )
@@ -321,7 +321,7 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
         old_values, new_values = _values(old), _values(new)
         for key in [*old_values, *(k for k in new_values if k not in old_values)]:
             was, now_is = old_values.get(key, "<absent>"), new_values.get(key, "<absent>")
-            if was != now_is:
+            if not same(was, now_is):
                 changes.append(Change(name, server, key[0], key[1], key[2], was, now_is))
     return changes
 

@@ -85,7 +85,9 @@ def run(scenario: Scenario, config: RunConfig = RunConfig()) -> Run:
             run_until_done_or_ctrl_c(loop, asyncio.wait_for(driving, scenario.timeout))
         except asyncio.TimeoutError:
             result.error = f"timed out after {scenario.timeout:g}s"
-        except Exception as exc:  # noqa: BLE001 - a crashing scenario is a result
+        # SystemExit too: an app that calls sys.exit in a request crashes its
+        # scenario (a real server answers 500), it does not end ctxlab.
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a crashing scenario is a result
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             result.duration_ms = (time.perf_counter() - started) * 1000

@@ -304,7 +304,8 @@ def catalog(*extra: Path) -> dict[str, Entry]:
 
     for directory in extra:
         if not directory.is_dir():
-            raise ScenarioError(f"scenario directory {directory} does not exist")
+            why = "is not a directory" if directory.exists() else "does not exist"
+            raise ScenarioError(f"scenario directory {directory} {why}")
     index = Index()
     found: dict[str, Entry] = {}
     try:

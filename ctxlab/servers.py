@@ -98,12 +98,13 @@ async def lifespan(app) -> AsyncIterator[dict[str, Any]]:
         await asyncio.wait({main, answer}, return_when=asyncio.FIRST_COMPLETED)
         if not answer.done():
             answer.cancel()
-            main.result()  # raises what the app raised
+            if main.exception() is not None:  # a Ctrl-C cancelling `main` still raises here
+                raise LifespanFailed(
+                    f"lifespan {message} failed: {type(main.exception()).__name__}: {main.exception()}"
+                )
             raise LifespanFailed(f"the app returned during lifespan {message}")
         if answer.result()["type"] != f"lifespan.{message}.complete":
-            # Starlette sends the whole traceback; its last line says what failed.
-            lines = [line for line in answer.result().get("message", "").splitlines() if line.strip()]
-            raise LifespanFailed(f"lifespan {message} failed: {lines[-1].strip() if lines else 'no reason given'}")
+            raise LifespanFailed(f"lifespan {message} failed: {_last_line(answer.result().get('message', ''))}")
 
     await step("startup")
     try:
@@ -169,7 +170,10 @@ async def uvicorn_server(
         except BaseException:
             await _stop(server, grace=0)  # failing or interrupted: no waiting
             raise
+        before_shutdown = len(errors.records)
         await _stop(server, grace=timeout)
+        if server.lifespan.should_exit:  # uvicorn logs the failure and exits 0; in process it is an error
+            raise LifespanFailed(f"lifespan shutdown failed: {errors.reason(since=before_shutdown)}")
     finally:
         logger.removeHandler(errors)
         logger.propagate = propagate
@@ -205,6 +209,22 @@ class _Collect(logging.Handler):
     def text(self) -> str:
         return "; ".join(record.getMessage() for record in self.records)
 
+    def reason(self, since: int) -> str:
+        """Why uvicorn's lifespan failed, as the in-process run says it: the
+        app's exception, or the message it sent with `*.failed`."""
+        for record in self.records[since:]:
+            if record.exc_info and record.exc_info[1] is not None:
+                return f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            if not record.getMessage().startswith("Application shutdown failed"):
+                return _last_line(record.getMessage())
+        return "no reason given"
+
+
+def _last_line(message: str) -> str:
+    # Starlette sends the whole traceback; its last line says what failed.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
 
 async def send_pipelined(base_url: str, requests, numbers) -> None:
     """Write every request on one connection before reading any answer."""
@@ -226,7 +246,13 @@ async def send_pipelined(base_url: str, requests, numbers) -> None:
             writer.write(head.encode() + b"\r\n" + request.body)
         await writer.drain()
         parser = h11.Connection(h11.CLIENT)
-        for request, number in zip(requests, numbers):
+        for index, (request, number) in enumerate(zip(requests, numbers)):
+            if index:
+                # A server that answered `connection: close` (uvicorn after a 500)
+                # will read none of the requests still in the pipe.
+                if parser.their_state is not h11.DONE:
+                    raise ServerFailed("the server closed the connection mid-pipeline")
+                parser.start_next_cycle()
             # h11 parses a response only after "sending" its request.
             parser.send(h11.Request(method=request.method, target=request.path, headers=[("host", host)]))
             parser.send(h11.EndOfMessage())
@@ -235,7 +261,6 @@ async def send_pipelined(base_url: str, requests, numbers) -> None:
                 raise UnexpectedResponse(
                     f"request {number} ({request.method} {request.path}) answered {status}, expected {request.status}"
                 )
-            parser.start_next_cycle()
     finally:
         writer.close()
 

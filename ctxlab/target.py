@@ -126,6 +126,8 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
         raise TargetError(f"cannot import {module_name!r}: {exc} (searched {app_dir.resolve()} and sys.path)") from None
     except SystemExit as exc:
         raise TargetError(f"importing {module_name!r} called sys.exit({exc.code!r})") from None
+    except KeyboardInterrupt:  # raised by the module: a real Ctrl-C kills the child (SIG_DFL) instead
+        raise TargetError(f"importing {module_name!r} raised KeyboardInterrupt") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attribute):
@@ -141,6 +143,8 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
             asgi = asgi()
         except SystemExit as exc:
             raise TargetError(f"the factory {spec} called sys.exit({exc.code!r})") from None
+        except KeyboardInterrupt:
+            raise TargetError(f"the factory {spec} raised KeyboardInterrupt") from None
         except Exception as exc:  # noqa: BLE001
             raise TargetError(f"calling the factory {spec} failed: {type(exc).__name__}: {exc}") from None
     if not callable(asgi):
@@ -323,7 +327,8 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
     async def call() -> None:
         try:
             await app(scope, receive, send)
-        except Exception as exc:  # noqa: BLE001 - a server logs it; the caller reports it
+        # uvicorn catches BaseException here; all but cancellation, which is ours.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - a server logs it; the caller reports it
             reply.error, reply.after_response = exc, done.is_set()
         finally:
             done.set()

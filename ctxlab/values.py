@@ -38,3 +38,13 @@ def jsonable(value: Any) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError):
         return _ADDRESS.sub("", repr(value))
+
+
+def same(left: Any, right: Any) -> bool:
+    """Whether two reported values are the same value.
+
+    Compared as JSON text rather than with `==`, for which `0` equals
+    `false`, `1` equals `1.0` and NaN differs from itself: a variable that
+    held `True` and now holds `1` has changed, and a report must say so.
+    """
+    return json.dumps(left, sort_keys=True) == json.dumps(right, sort_keys=True)

@@ -442,9 +442,10 @@ class TestText:
 
 
 # -- pipes -----------------------------------------------------------------------------------
-def test_a_closed_pipe_ends_quietly():
+@pytest.mark.parametrize("args", [("run", "--all"), ("run", "--all", "--json")])
+def test_a_closed_pipe_ends_quietly(args):
     """`ctxlab run --all | head -1` stops without a traceback and without claiming drift."""
-    running = Cli("run", "--all")
+    running = Cli(*args)
     first = running.process.stdout.readline()
     running.process.stdout.close()
     try:

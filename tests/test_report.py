@@ -102,6 +102,18 @@ class TestCompare:
         assert report.status is Status.DRIFT
         assert [o.match for o in report.observations] == [expected == observed] == [False]
 
+    @pytest.mark.parametrize(("expected", "observed"), [(False, 0), (True, 1), (1, 1.0), ({"a": [True]}, {"a": [1]})])
+    def test_values_equal_to_python_but_not_the_same_json_are_drift(self, expected, observed):
+        # `0 == False` in Python; a variable that held False and now holds 0 is not what was expected.
+        report = compare(scenario({"p": {"v": expected}}), run(record("p", "v", observed)), RunConfig())
+        assert report.status is Status.DRIFT
+
+    @pytest.mark.parametrize("value", [float("nan"), {"b": 1, "a": 2}, [1, "x", None], False])
+    def test_the_same_value_matches_even_where_python_equality_fails(self, value):
+        # NaN != NaN in Python, yet NaN observed where NaN was expected is a match.
+        report = compare(scenario({"p": {"v": value}}), run(record("p", "v", value)), RunConfig())
+        assert (report.status, [o.match for o in report.observations]) == (Status.PASS, [True])
+
     def test_a_variable_the_scenario_does_not_expect_is_a_declaration_error(self):
         report = compare(scenario({"p": {"v": 1}}), run(record("p", "other", 1)), RunConfig())
         assert report.status is Status.ERROR
@@ -242,6 +254,10 @@ class TestDiff:
         (change,) = diff(saved(entry("a", (1, "p", "v", 1))), saved(entry("a", (1, "p", "v", None))))
         assert (change.scenario, change.server, change.request, change.probe, change.var) == ("a", "asgi", 1, "p", "v")
         assert (change.before, change.after) == (1, None)
+
+    def test_true_becoming_1_is_a_change(self):
+        (change,) = diff(saved(entry("a", (1, "p", "v", True))), saved(entry("a", (1, "p", "v", 1))))
+        assert (change.before, change.after) == (True, 1)
 
     def test_an_extra_occurrence_is_reported(self):
         before = saved(entry("a", (1, "p", "v", 1)))

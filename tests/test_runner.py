@@ -98,6 +98,13 @@ class TestUnexpectedStatus:
             else "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error"
         )
 
+    def test_sys_exit_in_a_request_crashes_the_scenario_not_ctxlab(self):
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                raise SystemExit(4)
+
+        assert run(scenario(app), RunConfig()).error == "SystemExit: 4"
+
 
 class TestOrder:
     """Records come in request order, even when the app works on after answering."""
@@ -232,7 +239,8 @@ class TestLifespanFailures:
         async def app(scope, receive, send):
             raise RuntimeError("lifespan crashed")
 
-        assert run(scenario(app, lifespan=True), RunConfig()).error == "RuntimeError: lifespan crashed"
+        error = run(scenario(app, lifespan=True), RunConfig()).error
+        assert error == "LifespanFailed: lifespan startup failed: RuntimeError: lifespan crashed"
 
     def test_shutdown_runs_after_the_requests(self):
         async def on_request(scope):
@@ -338,11 +346,6 @@ def test_a_busy_port_is_a_clear_server_failure():
 class TestServerEdges:
     """What the transports report when the app or the server does something unusual."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="send_pipelined calls h11's start_next_cycle on a connection the server closed: "
-        "LocalProtocolError instead of a clear ServerFailed (left to the servers/robust branches)",
-    )
     def test_a_crash_closes_a_pipelined_connection(self):
         async def app(scope, receive, send):
             if scope["type"] == "http":
@@ -363,7 +366,10 @@ class TestServerEdges:
         error = run(scenario(app), RunConfig()).error
         assert error == "UnexpectedResponse: request 1 (GET /) answered 404, expected 200: " + "x" * 200
 
-    def test_a_failed_shutdown(self):
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_a_failed_shutdown(self, server):
+        # uvicorn itself logs "Application shutdown failed. Exiting." and exits 0:
+        # ctxlab reports it on every server, as in process.
         async def app(scope, receive, send):
             if scope["type"] == "lifespan":
                 while True:
@@ -377,9 +383,42 @@ class TestServerEdges:
                 note("request", "served", True)
                 await answer(send)
 
-        result = run(scenario(app, lifespan=True), RunConfig())
+        result = run(scenario(app, lifespan=True), RunConfig(server))
         assert [r.value for r in result.records] == [True]
         assert result.error == "LifespanFailed: lifespan shutdown failed: pool leaked"
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_an_app_raising_at_shutdown(self, server):
+        async def app(scope, receive, send):
+            if scope["type"] == "lifespan":
+                await receive()
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+                raise ValueError("boom")
+            await answer(send)
+
+        result = run(scenario(app, lifespan=True), RunConfig(server))
+        assert result.error == "LifespanFailed: lifespan shutdown failed: ValueError: boom"
+
+    @pytest.mark.parametrize("server", SERVERS)
+    def test_a_starlette_lifespan_raising_at_shutdown(self, server):
+        import contextlib
+
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            yield
+            raise OSError("pool leaked")
+
+        async def endpoint(request):
+            return PlainTextResponse("ok")
+
+        app = Starlette(routes=[Route("/", endpoint)], lifespan=lifespan)
+        result = run(scenario(app, lifespan=True), RunConfig(server))
+        assert result.error == "LifespanFailed: lifespan shutdown failed: OSError: pool leaked"
 
     def test_every_pipelined_request_is_sent(self):
         async def app(scope, receive, send):

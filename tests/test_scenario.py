@@ -205,6 +205,11 @@ class TestDiscovery:
         with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'nope'} does not exist"):
             catalog(tmp_path / "nope")
 
+    def test_a_file_given_as_directory_is_named_so(self, tmp_path):
+        (tmp_path / "f.py").write_text("")
+        with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'f.py'} is not a directory"):
+            catalog(tmp_path / "f.py")
+
     def test_private_modules_are_skipped_and_order_is_by_file(self, tmp_path):
         (tmp_path / "_helpers.py").write_text('@scenario("hidden", expect={})\ndef f(): pass\n')
         (tmp_path / "b.py").write_text('@scenario("from-b", expect={})\ndef f(): pass\n')

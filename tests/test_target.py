@@ -71,6 +71,17 @@ def test_an_error_after_the_response_is_reported_as_such():
     assert reply.status == 204 and isinstance(reply.error, ValueError) and reply.after_response
 
 
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()])
+def test_an_app_raising_systemexit_is_a_failed_request_as_on_a_server(raised):
+    # uvicorn catches BaseException around the app and answers 500; ctxlab
+    # must not exit with the app's code.
+    async def app(scope, receive, send):
+        raise raised
+
+    (reply,) = asyncio.run(target.send_all(app, [Request()]))
+    assert reply.error is raised and not reply.after_response
+
+
 def test_wrappers_are_unwrapped_outermost_first():
     app, _ = recording_app()
 
@@ -90,6 +101,7 @@ def test_wrappers_are_unwrapped_outermost_first():
     "source, message",
     [
         ("import sys\nsys.exit('bye')\n", "importing 'broken' called sys.exit('bye')"),
+        ("raise KeyboardInterrupt\n", "importing 'broken' raised KeyboardInterrupt"),
         ("raise RuntimeError('no config')\n", "importing 'broken' failed: RuntimeError: no config"),
         ("app = 3\n", "broken:app is a int, not an ASGI application"),
     ],

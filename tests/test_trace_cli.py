@@ -150,6 +150,10 @@ class TestUsageErrors:
     def test_bad_options(self, tmp_path):
         for args, message in [
             (["--header", "nocolon"], "--header expects K:V"),
+            (["--header", "Bad Name: x"], "--header expects K:V"),
+            (["--header", "X-A: 1\r\nX-Injected: 2"], "--header expects K:V"),
+            (["--method", "G T"], "--method expects an HTTP method"),
+            (["--method", ""], "--method expects an HTTP method"),
             (["--path", "users"], "--path must start with '/'"),
             (["--server", "both"], "--server both"),
             (["-o", str(tmp_path / "missing" / "x.json")], "not a writable directory"),
