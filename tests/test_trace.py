@@ -47,6 +47,17 @@ def line_of(name: str, text: str) -> int:
     return lines[0]
 
 
+def body_leaks_on_asyncio() -> bool:
+    """Whether uvicorn on the asyncio loop starts a request in a copy of
+    the previous one's context after a large body, as the
+    keepalive-large-body-leak scenario documents (measured there): not from
+    Python 3.15, and not on uvicorn 0.39 to 0.44 (a fresh context per request)."""
+    from importlib.metadata import version
+
+    uvicorn = tuple(int(part) for part in version("uvicorn").split(".")[:2])
+    return sys.version_info < (3, 15) and not (0, 39) <= uvicorn < (0, 45)
+
+
 def only(findings: list[dict], kind: str) -> dict:
     assert [f["kind"] for f in findings] == [kind], findings
     return findings[0]
@@ -211,9 +222,10 @@ class TestKeepAlive:
     def test_previous_request_on_the_connection_leaks(self):
         body = b"x" * (300 * 1024)  # past uvicorn's 64 KiB mark: reading is paused until the app reads
         result, seen = traced("keepalive", "uvicorn", method="POST", data=body)
-        # asyncio's loop (what trace runs on) below 3.15 carries the context
-        # across; the app's own record says whether it did this time.
-        assert seen == [None, "user-1"]
+        assert seen == [None, "user-1" if body_leaks_on_asyncio() else None]
+        if seen[1] is None:
+            assert result["findings"] == []
+            return
         finding = only(result["findings"], "leak")
         assert (finding["request"], finding["set"]["request"]) == (2, 1)
         assert (finding["read"]["value"], finding["set"]["value"]) == (seen[1], seen[1])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import ctxlab
+from test_trace import body_leaks_on_asyncio
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP_DIR = ("--app-dir", str(FIXTURES))
@@ -57,6 +58,9 @@ class TestHumanOutput:
             "--method", "POST", "--data", body, *APP_DIR, env={"TRACE_KEEPALIVE_SEEN": str(record)},
         )  # fmt: skip
         seen = [json.loads(line) for line in record.read_text().splitlines()]
+        if not body_leaks_on_asyncio():
+            assert (code, seen) == (0, [None, None])
+            return
         assert seen == [None, "user-1"]  # request 2 really started with request 1's user
         assert code == 1, err
         assert out.count("LEAK") == 1 and "LEAK user  in request 2" in out
