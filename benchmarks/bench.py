@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import compileall
 import contextvars
 import os
 import pty
@@ -227,7 +228,90 @@ def scenario_dir(directory: Path, count: int) -> Path:
     target.mkdir()
     for n in range(count):
         (target / f"generated_{n}.py").write_text(SMALL_SCENARIO.format(n=n))
-    return target
+    return compiled(target)
+
+
+def compiled(*directories: Path) -> Path:
+    """Write the bytecode of the modules in `directories`, as an install
+    does (pip by default, uv with --compile-bytecode: README, Install):
+    under PYTHONDONTWRITEBYTECODE=1, set in many containers (and here),
+    every run would otherwise compile ctxlab's modules again (and the
+    scenarios a run loads), which the baselines, whose libraries have their
+    bytecode, do not pay.  Returns the last directory."""
+    for directory in directories:
+        compileall.compile_dir(directory, quiet=1)
+    return directory
+
+
+APP_MAIN = """
+import asyncio
+from contextvars import ContextVar
+
+from fastapi import Depends, FastAPI
+
+from . import {imports}
+
+user = ContextVar("user", default=None)
+app = FastAPI()
+
+
+def current_user():
+    user.set("alice")  # a `def` dependency: a finding
+    return "alice"
+
+
+@app.get("/")
+def home(name: str = Depends(current_user)):
+    return {{"user": name}}
+
+
+async def offload():
+    return await asyncio.get_running_loop().run_in_executor(None, print)  # a finding
+"""
+
+FILLER = """
+def helper_{n}(x):
+    total = 0
+    for item in range(x):
+        if item % 3 == 0:
+            total += item * {n}
+        else:
+            total -= 1
+    values = [total, x, "{n}"]
+    return sum(values[:2]) + len(str(values))
+
+"""
+
+
+def app_package(directory: Path, lines: int) -> Path:
+    """A FastAPI app in a package of about `lines` lines (modules of 500),
+    with two findings; returns the directory to pass as --app-dir."""
+    root = directory / f"app-{lines}"
+    package = root / "bigapp"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    names = [f"filler_{k}" for k in range(max(1, lines // 500))]
+    for name in names:
+        (package / f"{name}.py").write_text("".join(FILLER.format(n=n) for n in range(50)))
+    (package / "main.py").write_text(APP_MAIN.format(imports=", ".join(names)))
+    return root
+
+
+def scan_seconds(root: Path) -> tuple[float, int]:
+    """CPU seconds of probe's static scan of the app in `root`, and the
+    number of lines of its package."""
+    from ctxlab import diagnose, target
+
+    loaded = target.load("bigapp.main:app", app_dir=root)
+    started = time.process_time()
+    findings = diagnose.scan(loaded)
+    elapsed = time.process_time() - started
+    assert len(findings) == 2, findings
+    lines = sum(len(path.read_text().splitlines()) for path in (root / "bigapp").glob("*.py"))
+    for name in [name for name in sys.modules if name.split(".")[0] == "bigapp"]:
+        del sys.modules[name]  # the next package of that name is another one
+    sys.path.remove(str(root.resolve()))
+    return elapsed, lines
 
 
 # -- in process ----------------------------------------------------------------------------------
@@ -332,6 +416,7 @@ def main() -> int:
     runs, slow = options.runs, max(3, options.runs // 2)
     table = Table(options.judge)
     scratch = Path(tempfile.mkdtemp(prefix="ctxlab-bench-"))
+    compiled(HERE.parent / "ctxlab", HERE.parent / "scenarios")
     ENV["CTXLAB_CACHE"] = str(scratch / "cache")
 
     floor = [PYTHON, str(HERE / "floor_app.py"), "--name", "bench"]
@@ -348,10 +433,28 @@ def main() -> int:
     table.pairs(
         "run --all --json vs import+pytest floor", Pairs(CTXLAB + ["run", "--all", "--json"], run_floor, slow), 1.4
     )
-    on_server = Pairs(
-        CTXLAB + ["run", "--all", "--json", "--server", "uvicorn"], CTXLAB + ["run", "--all", "--json"], slow
+    in_process = CTXLAB + ["run", "--all", "--json"]
+    for server in ("uvicorn", "hypercorn", "granian"):
+        on_server = Pairs(CTXLAB + ["run", "--all", "--json", "--server", server], in_process, slow)
+        table.pairs(f"run --all --server {server} vs in process", on_server, 1.5)
+    # Both servers (asgi and uvicorn, snapshot's default too): in process
+    # (1x) plus uvicorn (its budget, 1.5x).  diff runs the snapshot's again.
+    snapshot = str(scratch / "snapshot.json")
+    for figure, command in (
+        ("check --server both", ["check", "--server", "both"]),
+        ("snapshot (both servers)", ["snapshot", "-o", snapshot]),
+        ("diff of that snapshot", ["diff", snapshot]),
+    ):
+        table.pairs(f"{figure} vs run --all in process", Pairs(CTXLAB + command, in_process, slow), 2.5)
+    # matrix runs `run --all --json --server both` in each column's environment
+    # (built by uv during the warm-up run, then cached): against the same
+    # command run twice here, the grid's own cost.
+    columns = ["--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0"]
+    twice = [PYTHON, "-c", "import subprocess, sys; [subprocess.run(sys.argv[1:]) for _ in range(2)]",
+             *CTXLAB, "run", "--all", "--json", "--server", "both"]  # fmt: skip
+    table.pairs(
+        "matrix of 2 columns vs its column's run, twice", Pairs(CTXLAB + ["matrix", *columns], twice, slow), 1.1
     )
-    table.pairs("run --all --server uvicorn vs in process", on_server, 1.5)
 
     handwritten = HERE / "handwritten"
     seven = CTXLAB + ["run", *SEVEN]
@@ -396,6 +499,12 @@ def main() -> int:
     floor_ns = f"{statistics.median(f for _, f in probes):,.0f} ns var.get()"
     table.absolute(
         "probe() of one plain variable (wall)", statistics.median(p for p, _ in probes), floor_ns, 1000, "ns", spread
+    )
+
+    small, large = (scan_seconds(app_package(scratch, lines)) for lines in (2_000, 32_000))
+    per_10k = (large[0] - small[0]) / (large[1] - small[1]) * 10_000 * 1000
+    table.absolute(
+        "probe static scan, per 10,000 lines (cpu)", per_10k, f"{small[1]:,} vs {large[1]:,} lines", 30, "ms"
     )
 
     table.print()

@@ -248,7 +248,7 @@ def explain(
     entry = engine.select([name], False, [], scenarios)[0]
     (config,) = _configs(server)
     result = engine.run_guarded(entry, config)
-    render.explain(engine.load_or_crash(entry), result, entry.path.read_text(encoding="utf-8"), console())
+    render.explain(engine.load_or_crash(entry, result), result, entry.path.read_text(encoding="utf-8"), console())
     return 0
 
 

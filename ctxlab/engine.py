@@ -16,6 +16,7 @@ from ctxlab.errors import ReportFileError, UsageError
 from ctxlab.scenario import Entry, Servers, catalog, suggest
 
 if TYPE_CHECKING:
+    from ctxlab import isolate
     from ctxlab.report import Change, Report, ScenarioReport
     from ctxlab.scenario import Scenario
 
@@ -78,38 +79,87 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
     return report.compare(scenario, runner.run(scenario, config), config)
 
 
-def run_guarded(entry: Entry, config: RunConfig) -> ScenarioReport:
-    """`run_entry` in a child process that is killed at the scenario's
-    timeout (see ctxlab.isolate): a hang of any kind, even one that blocks
-    the event loop, becomes that scenario's error."""
+def run_guarded(entry: Entry, config: RunConfig, worker: isolate.Worker | None = None) -> ScenarioReport:
+    """`run_entry` in a child process (`worker`, else a worker of its own)
+    that is killed at the scenario's timeout (see ctxlab.isolate): a hang of
+    any kind, even one that blocks the event loop or the module's import,
+    becomes that scenario's error."""
     import time
 
-    # Each child is a fork of this process: what is imported here once, the
-    # children need not import again, scenario after scenario.
-    from ctxlab import isolate, labels, report, runner  # noqa: F401
-    from ctxlab.scenario import load
+    from ctxlab import isolate, report
 
-    if config.server == "uvicorn":
-        import uvicorn  # noqa: F401
-
-    try:
-        timeout = load(entry).timeout
-    except (Exception, SystemExit):  # noqa: BLE001 - run_entry reports why it cannot load
-        return run_entry(entry, config)
+    if config.server not in entry.servers or missing(config):
+        return run_entry(entry, config)  # skipped, without importing anything
+    if worker is None:
+        with prepared_worker([entry], config.server) as own:
+            return run_guarded(entry, config, own)
     started = time.perf_counter()
+    # The module is imported first, in the worker, to learn the scenario's
+    # timeout; the import gets as long as the module's source declares.
+    doing, timeout = IMPORTING, entry.timeout
     try:
-        return isolate.call(lambda: run_entry(entry, config), timeout + isolate.GRACE)
+        # None: it cannot be loaded, and run_entry (in the worker) says why.
+        timeout = worker.call(_timeout, entry, deadline=timeout + isolate.GRACE, checked=False) or entry.timeout
+        doing = ""
+        return worker.call(_run_in_fresh_context, entry, config, deadline=timeout + isolate.GRACE)
     except (isolate.TimedOut, isolate.Died) as exc:
-        why = f"timed out after {timeout:g}s (killed)" if isinstance(exc, isolate.TimedOut) else f"crashed: {exc}"
+        if isinstance(exc, isolate.TimedOut):
+            why = f"timed out after {timeout:g}s{' ' + doing if doing else ''} (killed)"
+        else:
+            why = f"crashed{' ' + doing if doing else ''}: {exc}"
         return report.ScenarioReport(entry.name, report.Status.ERROR, (time.perf_counter() - started) * 1000, why,
                                      config=config)  # fmt: skip
 
 
-def load_or_crash(entry: Entry) -> Scenario:
-    """The entry's Scenario; a module that fails to import is a crash (exit 3)."""
+def prepared_worker(entries: Iterable[Entry], *servers: str) -> isolate.Worker:
+    """A worker for `run_guarded` that inherits, already imported, what
+    every scenario needs, the servers named and the libraries the bundled
+    `entries` import, instead of importing them again in each worker a run
+    may need.  The modules of scenarios are never imported here (an import
+    that hangs must hang in the worker), nor what a directory of the
+    user's imports: only the bundled scenarios' libraries are known."""
+    from ctxlab import isolate, labels, report, runner  # noqa: F401
+    from ctxlab.scenario import bundled_dir
+
+    if "uvicorn" in servers:
+        import uvicorn  # noqa: F401
+    bundled = bundled_dir()
+    isolate.preload(sorted({name for e in entries if e.path.parent == bundled for name in e.imports}))
+    return isolate.Worker()
+
+
+def _timeout(entry: Entry) -> float | None:
+    """The scenario's timeout, its module imported (in the worker's own
+    context: values it sets at import are part of what the scenario shows);
+    None when it cannot be loaded."""
+    from ctxlab.scenario import load
+
+    try:
+        return load(entry).timeout
+    except (Exception, SystemExit):  # noqa: BLE001 - run_entry reports why it cannot load
+        return None
+
+
+def _run_in_fresh_context(entry: Entry, config: RunConfig) -> ScenarioReport:
+    """run_entry in a copy of the current context, so that what the
+    scenario's factory sets there is gone for the next scenario."""
+    import contextvars
+
+    return contextvars.copy_context().run(run_entry, entry, config)
+
+
+IMPORTING = "importing its module"  # what a scenario's error names when its import hung
+
+
+def load_or_crash(entry: Entry, guarded: ScenarioReport | None = None) -> Scenario:
+    """The entry's Scenario; a module that fails to import is a crash (exit
+    3), and so is one whose import hung in `guarded`, its `run_guarded`
+    report (it is not imported here again: it would hang)."""
     from ctxlab.errors import RunFailed
     from ctxlab.scenario import load
 
+    if guarded is not None and guarded.error and guarded.error.endswith(f"{IMPORTING} (killed)"):
+        raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {guarded.error}")
     try:
         return load(entry)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the scenario's own module
@@ -128,11 +178,13 @@ def execute(
 
     results = Report([], servers=tuple(c.server for c in configs), spec_version=configs[0].spec_version)
     try:
-        for entry in entries:
-            outcomes = [run_guarded(entry, config) for config in configs]
-            results.scenarios.extend(outcomes)
-            if progress:
-                progress(entry, outcomes)
+        entries = list(entries)
+        with prepared_worker(entries, *(c.server for c in configs)) as worker:
+            for entry in entries:
+                outcomes = [run_guarded(entry, config, worker) for config in configs]
+                results.scenarios.extend(outcomes)
+                if progress:
+                    progress(entry, outcomes)
     except KeyboardInterrupt:
         results.interrupted = True
     return results

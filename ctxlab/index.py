@@ -21,7 +21,7 @@ from typing import Callable
 from ctxlab import __version__
 
 # Entries are stored as their fields; a ctxlab with other fields reads none.
-FORMAT = f"ctxlab {__version__} index 1"
+FORMAT = f"ctxlab {__version__} index 4"
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Run a scenario, a served app or a user's app in a child process that can
+"""Run scenarios, a served app or a user's app in a child process that can
 always be stopped.
 
 Why a child process and not a watchdog thread: the hangs this guards
@@ -14,18 +14,55 @@ and socket it holds, so the parent can report the timeout, run the next
 scenario, print the report and exit, and Ctrl-C or SIGTERM always reach a
 process that is waiting on nothing but a pipe.
 
-The child inherits the frameworks and scenario modules the parent has
-already imported.  Still, the fork, the child's first writes to memory it
-shares with the parent and its report sent back cost about 15 ms a
-scenario (README, Performance); one long-lived worker per run would not.  Where
-`fork` does not exist (Windows) the work runs in process, unguarded.
+`call` forks a child for one piece of work (probe, trace, serve).  A run of
+many scenarios uses one `Worker` instead: a child forked once, after the
+parent has imported the runner and the frameworks, that runs the scenarios
+one after another and is replaced only when one does not answer in time,
+dies, or leaves the process changed.  A fork per scenario costs about
+15 ms here (a bare `os.fork` of this 50 MB process alone takes ~9 ms in
+this sandbox), more than a small scenario's whole run; and each fresh
+child would redo the lazy set-up (imports inside functions, the shared
+HTTP client settings) the previous one did.
+
+Why reusing a process does not change what the next scenario observes:
+- each scenario runs on a fresh event loop (ctxlab.runner), and in a copy
+  of the worker's context (ctxlab.engine), so a ContextVar its factory
+  sets is gone afterwards; its module is imported in the worker's own
+  context, as the per-scenario children inherited it from the parent
+  (values set at import are part of what a scenario shows);
+- after each scenario the worker compares what it could leave behind in
+  the process with how the worker started: threads still alive (a
+  non-daemon thread, an executor never shut down, a pool thread whose own
+  context or thread-locals hold values; threads that are ending get 50 ms
+  to end), the event loop policy, trace and profile hooks, `sys.path`,
+  `os.environ`, the working directory, and modules removed or replaced in
+  `sys.modules`.  On any difference it answers and exits, and the next
+  scenario gets a fresh worker forked from the parent, which has never run
+  a scenario.  Three bundled scenarios leave an idle pool thread behind
+  (sync-to-async-context, executor-thread-leak, thread-inherit-context),
+  so a run --all forks four workers, not one.  Before it forks again the
+  parent imports the libraries (standard library and installed
+  distributions, never a scenario's module) the old worker had imported,
+  so that each new worker does not import them all over again.
+What it cannot see is a library patched in place (a function replaced on a
+class); no bundled scenario does that: run --all gives the same
+observations, durations aside, in a worker, in a child per scenario and all
+in one process (tests/test_engine.py, which also shows that a factory's
+ContextVar and a leftover pool thread do not reach the next scenario).
+
+A fresh worker per scenario (a fork of a warm worker) was the other way:
+simpler to trust, but it is the fork that costs here, not the imports.
+
+Where `fork` does not exist (Windows) the work runs in process, unguarded.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from typing import Callable, TypeVar
+import sys
+import threading
+from typing import Any, Callable, Iterable, TypeVar
 
 from ctxlab.errors import RunFailed
 
@@ -59,7 +96,7 @@ def call(work: Callable[[], T], deadline: float | None = None, quiet_stdout: boo
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(work, sending, quiet_stdout), daemon=True)
-    child.start()
+    _start(child)
     sending.close()  # so that the child's end is the only one: EOF when it dies
     try:
         if not receiving.poll(deadline):
@@ -70,12 +107,87 @@ def call(work: Callable[[], T], deadline: float | None = None, quiet_stdout: boo
     finally:
         _kill(child)
         receiving.close()
-    if kind == "raise":
-        raise value
-    return value
+    return _result(kind, value)
 
 
-def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
+class Worker:
+    """A forked child that computes calls one after another: `call` as
+    above, without a fork per call.
+
+    It is forked at the first call, from the process as it is then, and
+    replaced when a call times out (killed with its process group), when
+    it dies, when the parent is interrupted during a call, and when a call
+    left the process changed (see the module's docstring).  `close()`, or
+    leaving the `with` block, kills it."""
+
+    def __init__(self) -> None:
+        self._child: Any = None
+        self._pipe: Any = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def call(self, function: Callable[..., T], *args: Any, deadline: float | None = None, checked: bool = True) -> T:
+        """`function(*args)` in the worker: its result, or what it raised.
+        `function` and `args` are pickled, so `function` must be importable.
+        With `checked` False the worker skips looking for changes after this
+        call (about 0.15 ms): for a call that prepares the next, which then
+        answers for both."""
+        if not hasattr(os, "fork"):
+            return function(*args)
+        if self._child is None:
+            self._start()
+        try:
+            self._pipe.send((function, args, checked))
+            if not self._pipe.poll(deadline):
+                raise TimedOut(f"no answer within {deadline:g}s")
+            kind, value, libraries = self._pipe.recv()
+        except (EOFError, BrokenPipeError):
+            death = _death(self._child)
+            self.close()
+            raise Died(death) from None
+        except BaseException:  # a timeout, Ctrl-C, SIGTERM: whatever it was doing is abandoned
+            self.close()
+            raise
+        if libraries is not None:  # the call changed the process, which has ended
+            self.close()
+            preload(libraries)
+        return _result(kind, value)
+
+    def close(self) -> None:
+        """Kill the worker (if any), with its process group."""
+        if self._child is not None:
+            _kill(self._child)
+            self._pipe.close()
+            self._child = self._pipe = None
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._pipe, theirs = context.Pipe()
+        self._child = context.Process(target=_serve, args=(theirs,), daemon=True)
+        _start(self._child)
+        theirs.close()  # so that the child's end is the only one: EOF when it dies
+
+
+def _start(child) -> None:
+    """Fork `child` with the parent's objects frozen (gc.freeze): garbage
+    collections, the child's and the parent's, then leave them alone, and
+    with them the memory pages the two processes share, which every
+    collection would otherwise copy page by page (in this sandbox about a
+    fifth of the CPU time of `run --all`).  They stay frozen: the parent is
+    a command that ends with its run, and what it would collect is small."""
+    import gc
+
+    gc.freeze()
+    child.start()
+
+
+def _become_child(quiet_stdout: bool = False) -> None:
     # Its own process group: the parent decides when it stops, and a
     # terminal's Ctrl-C reaches the parent alone.
     os.setpgid(0, 0)
@@ -83,17 +195,130 @@ def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if quiet_stdout:
         os.dup2(2, 1)
-    try:
-        answer = ("ok", work())
-    except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
-        answer = ("raise", exc)
-    try:
-        sending.send(answer)
-    except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
-        sending.send(("raise", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
+    _become_child(quiet_stdout)
+    _send(sending, *_outcome(work))
     # Threads the app left behind (even non-daemon ones) must not keep the
     # child alive, nor run the parent's atexit handlers.
     os._exit(0)
+
+
+def _serve(pipe) -> None:
+    """The worker's loop: compute each call sent and answer it; end (as
+    `_child` does) when the parent closes its end, or after answering a call
+    that changed the process."""
+    _become_child()
+    before, started_with = _traces(), set(sys.modules)
+    modules = dict(sys.modules)  # as the last check saw them
+    while True:
+        try:
+            function, args, checked = pipe.recv()
+        except EOFError:
+            os._exit(0)
+        kind, value = _outcome(function, *args)
+        changed = False
+        if checked:
+            _let_threads_end(before[0])
+            # A call may import more modules: that changes none it had.
+            changed = _traces() != before or not modules.items() <= sys.modules.items()
+            modules = dict(sys.modules)
+        # None: unchanged; else the libraries it imported, for the parent to
+        # import before it forks the next worker (imported once, not again
+        # in every worker that needs them).
+        _send(pipe, kind, value, _libraries(set(sys.modules) - started_with) if changed else None)
+        if changed:
+            os._exit(0)
+
+
+def _let_threads_end(count: int, wait: float = 0.05) -> None:
+    """Give threads that are ending (AnyIO's workers stop when their event
+    loop's main task ends, a millisecond or two later) a moment to end,
+    until `count` threads are left; an idle pool thread that stays is a
+    change like any other."""
+    import time
+
+    deadline = time.monotonic() + wait
+    for thread in threading.enumerate():
+        if threading.active_count() <= count:
+            break
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _outcome(work: Callable[..., object], *args: object) -> tuple[str, object]:
+    try:
+        return "ok", work(*args)
+    except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
+        return "raise", exc
+
+
+def _send(pipe, kind: str, value: object, *extra: object) -> None:
+    try:
+        pipe.send((kind, value, *extra))
+    except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
+        pipe.send(("raise", RuntimeError(f"{type(exc).__name__}: {exc}"), *extra))
+
+
+def _traces() -> tuple:
+    """What a call could leave behind in the worker that a later call would
+    notice (sys.modules aside: modules removed or replaced are looked for
+    apart)."""
+    import asyncio
+
+    return (
+        threading.active_count(),
+        id(asyncio.get_event_loop_policy()),
+        sys.gettrace(),
+        sys.getprofile(),
+        list(sys.path),
+        dict(os.environ),
+        os.getcwd(),
+    )
+
+
+def _libraries(names: Iterable[str]) -> list[str]:
+    """Those of the modules `names` (imported) that come from the standard
+    library or an installed distribution (not a scenario's own module, nor
+    the user's)."""
+    return sorted(name for name in names if _is_library(getattr(sys.modules.get(name), "__file__", None)))
+
+
+def _is_library(file: str | None) -> bool:
+    import sysconfig
+
+    roots = tuple({sysconfig.get_path(kind) for kind in ("stdlib", "platstdlib", "purelib", "platlib")})
+    return bool(file) and file.startswith(roots)
+
+
+def preload(names: Iterable[str]) -> None:
+    """Import those of the modules `names` that are the standard library's
+    or an installed distribution's, here, so that the workers forked after
+    inherit them.  One that cannot be imported is left to the worker that
+    needs it.  Quietly: a library's warnings on import (starlette's about
+    httpx) are about the scenarios' code, or shown by a worker already."""
+    import importlib
+    import importlib.util
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            if name in sys.modules:
+                continue
+            try:
+                spec = importlib.util.find_spec(name.partition(".")[0])
+                if spec is not None and _is_library(spec.origin):
+                    importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - only a head start for the workers
+                continue
+
+
+def _result(kind: str, value: Any) -> Any:
+    if kind == "raise":
+        raise value
+    return value
 
 
 def _kill(child) -> None:

@@ -25,6 +25,7 @@ __all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version
 Servers = ("asgi", "uvicorn", "hypercorn", "granian")
 # The ASGI spec_version each server puts in its http scopes (none in process).
 ADVERTISED_SPEC = {"uvicorn": "2.3", "hypercorn": "2.1", "granian": "2.3"}
+DEFAULT_TIMEOUT = 10.0  # seconds a scenario may run, unless it says otherwise
 
 
 # -- requests -------------------------------------------------------------
@@ -192,7 +193,7 @@ class Scenario:
     why: str = ""
     fix: str = ""
     source: Path | None = None
-    timeout: float = 10.0
+    timeout: float = DEFAULT_TIMEOUT
 
     def settle(self, config: RunConfig) -> RunConfig:
         """The config this scenario runs with: `concurrency` applies only to
@@ -243,6 +244,8 @@ class Entry:
     tags: tuple[str, ...]
     path: Path
     servers: tuple[str, ...] = Servers
+    timeout: float = DEFAULT_TIMEOUT  # as declared, when a literal
+    imports: tuple[str, ...] = ()  # the modules its module imports (as it loads or in functions)
 
 
 def bundled_dir() -> Path:
@@ -265,7 +268,7 @@ def read_entries(path: Path) -> list[Entry]:
 
 
 def _entry(path: Path, fields: dict[str, Any]) -> Entry:
-    tuples = {key: tuple(fields[key]) for key in ("tags", "servers") if key in fields}
+    tuples = {key: tuple(fields[key]) for key in ("tags", "servers", "imports") if key in fields}
     return Entry(path=path, **{**fields, **tuples})
 
 
@@ -276,6 +279,14 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
+    # What the module imports, as it loads or in its functions: a run
+    # imports the bundled modules' libraries before it forks its worker
+    # (engine.prepared_worker).
+    nodes = list(ast.walk(tree))
+    imports = sorted(
+        {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+        | {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+    )
     declared = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "scenario"):
@@ -290,7 +301,10 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
         }
         if "servers" in keywords:
             fields["servers"] = list(_literal(keywords["servers"], "servers", path))
-        declared.append(fields)
+        timeout = keywords.get("timeout")
+        if isinstance(timeout, ast.Constant) and isinstance(timeout.value, (int, float)):
+            fields["timeout"] = timeout.value  # how long importing the module may take (engine.run_guarded)
+        declared.append({**fields, "imports": imports})
     return declared
 
 

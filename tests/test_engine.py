@@ -208,3 +208,98 @@ def test_a_run_config_is_one_immutable_value():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.server = "uvicorn"
     assert config == RunConfig("asgi", None, None, None, None) and hash(config) == hash(RunConfig())
+
+
+def _observed(reports):
+    """What reports say about each scenario, timings aside."""
+    return {r.name: {k: v for k, v in r.to_json().items() if k != "duration_ms"} for r in reports}
+
+
+def _each_in_a_child_of_its_own(entries, config):
+    # As every run was before the worker: the parent imports each module
+    # (to learn its timeout), then forks a child for the scenario alone.
+    from ctxlab import isolate
+    from ctxlab.scenario import load
+
+    reports = []
+    for entry in entries:
+        load(entry)
+        reports.append(isolate.call(lambda entry=entry: engine.run_entry(entry, config)))
+    return reports
+
+
+def test_a_shared_worker_observes_what_a_child_per_scenario_and_one_process_do():
+    """Scenarios run one after another in one worker process (what every
+    command does) observe exactly what each observes in a fresh child of
+    its own, and what they all observe run in one process: no scenario
+    leaves anything behind that changes the next one's observations."""
+    from ctxlab import isolate
+    from ctxlab.config import settled
+
+    entries = list(engine.entries().values())
+    config = settled(RunConfig("asgi"))
+    in_worker = _observed(engine.execute(entries, [config]).scenarios)
+    per_child = _observed(_each_in_a_child_of_its_own(entries, config))
+    # In a child too, so that nothing the scenarios leave stays in pytest's process.
+    in_one_process = _observed(isolate.call(lambda: [engine.run_entry(entry, config) for entry in entries]))
+    assert in_worker == per_child
+    assert in_worker == in_one_process
+    assert len(in_worker) == len(entries) and {r["status"] for r in in_worker.values()} <= {"pass", "skipped"}
+
+
+LEAKERS = """
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+
+from ctxlab.probe import probe
+from ctxlab.scenario import scenario
+
+var = ContextVar("var", default="default")
+pool = ThreadPoolExecutor(1)  # one thread, shared by the scenarios below and never shut down
+
+
+def answering(before=None):
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            if before:
+                await asyncio.get_running_loop().run_in_executor(pool, before)
+            probe("p", var)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+    return app
+
+
+@scenario("sets-in-its-factory", summary="s", task_per_request=False, expect={"p": {"var": "factory"}})
+def sets_in_its_factory():
+    var.set("factory")  # in the context the runner calls the factory in
+    return answering()
+
+
+@scenario("sets-in-the-pool-thread", summary="s", expect={"p": {"var": "default"}})
+def sets_in_the_pool_thread():
+    return answering(lambda: var.set("pool thread"))  # stays in the thread's own context
+
+
+@scenario("reads-in-the-pool-thread", summary="s", expect={"p": {"var": "default"}})
+def reads_in_the_pool_thread():
+    return answering(lambda: probe("p", var))
+
+
+@scenario("reads-in-its-task", summary="s", task_per_request=False, expect={"p": {"var": "default"}})
+def reads_in_its_task():
+    return answering()
+"""
+
+
+def test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next(tmp_path):
+    """A ContextVar a factory sets, and a pool thread that outlives its
+    scenario with a value in its context: the scenarios after them in the
+    same run observe what they observe alone."""
+    (tmp_path / "leakers.py").write_text(LEAKERS)
+    entries = engine.select(
+        ["sets-in-its-factory", "reads-in-its-task", "sets-in-the-pool-thread", "reads-in-the-pool-thread"],
+        False, [], [tmp_path],
+    )  # fmt: skip
+    report = engine.execute(entries, [RunConfig()])
+    assert [(s.name, s.status, s.error) for s in report.scenarios] == [(e.name, Status.PASS, None) for e in entries]

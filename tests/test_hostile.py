@@ -220,6 +220,17 @@ class TestHangs:
         assert code == 3 and "Traceback" not in err
         assert out.strip().splitlines()[-1].startswith("2 passed, 3 errors")
 
+    def test_a_module_that_never_finishes_importing(self):
+        """An import that hangs is that scenario's error after the timeout
+        its source declares; the rest runs, and explain says so and exits."""
+        code, out, err = cli("run", "import-hangs", "fine", "--json", "--scenarios", str(HOSTILE))
+        assert code == 3, err
+        status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
+        assert status["import-hangs"] == ("error", "timed out after 1s importing its module (killed)")
+        assert status["fine"] == ("pass", None)
+        code, _, err = cli("explain", "import-hangs", "--scenarios", str(HOSTILE))
+        assert code == 3 and "timed out after 1s importing its module" in one_line(err)
+
     def test_explain_of_a_hang_is_an_error_line(self):
         """explain of a hanging scenario shows the timeout, then exits."""
         code, out, err = cli("explain", "async-time-sleep", "--scenarios", str(HOSTILE))
