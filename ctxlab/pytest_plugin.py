@@ -76,7 +76,7 @@ class Recording:
     def track(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give a loop the recorder's task factory (it had none), so tasks
         have parents and origins; taken back when the test ends."""
-        if isinstance(loop, asyncio.BaseEventLoop) and loop.get_task_factory() is None:
+        if loop.get_task_factory() is None:
             loop.set_task_factory(self.tracer.recorder.task_factory)
             self.loops.add(loop)
 
@@ -103,13 +103,8 @@ def _patches(recording: Recording, monkeypatch: pytest.MonkeyPatch) -> None:
             recording.end(sent, token, response.status_code if response is not None else None)
 
     monkeypatch.setattr(httpx.ASGITransport, "handle_async_request", handle_async_request)
-    create_task = asyncio.BaseEventLoop.create_task
-
-    def create_task_tracked(self, coro, **kwargs):
-        recording.track(self)
-        return create_task(self, coro, **kwargs)
-
-    monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", create_task_tracked)
+    for loop_class in _loop_classes():
+        monkeypatch.setattr(loop_class, "create_task", _tracking(loop_class.create_task, recording))
     try:
         from starlette.testclient import _TestClientTransport
     except ImportError:  # no Starlette: httpx alone
@@ -126,6 +121,25 @@ def _patches(recording: Recording, monkeypatch: pytest.MonkeyPatch) -> None:
             recording.end(sent, token, response.status_code if response is not None else None)
 
     monkeypatch.setattr(_TestClientTransport, "handle_request", handle_request)
+
+
+def _loop_classes() -> list[type]:
+    """asyncio's loops and, when installed, uvloop's (a Python subclass of
+    its compiled loop, so its `create_task` can be wrapped too)."""
+    classes: list[type] = [asyncio.BaseEventLoop]
+    try:
+        import uvloop
+    except ImportError:
+        return classes
+    return [*classes, uvloop.Loop]
+
+
+def _tracking(create_task: Any, recording: Recording) -> Any:
+    def create_task_tracked(self, coro, **kwargs):
+        recording.track(self)
+        return create_task(self, coro, **kwargs)
+
+    return create_task_tracked
 
 
 class _Session:

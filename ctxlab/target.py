@@ -10,7 +10,8 @@
 - `serving` / `send_all` send requests through the object's own
   `__call__`, each in a fresh task with an empty context, with the lifespan
   run around them and its state handed to each request as uvicorn does;
-  in process (`server="asgi"`) or through a real uvicorn on 127.0.0.1.
+  in process (`server="asgi"`) or through a real uvicorn on 127.0.0.1,
+  all of one run's requests over one keep-alive connection.
 - `describe_layer` names a middleware entry and its kind.
 
 Nothing here imports a web framework at module level: `ctxlab --help`
@@ -219,17 +220,19 @@ def app_output_to_stderr() -> Iterator[None]:
 
 # -- sending requests as a server would ------------------------------------------------
 class Client:
-    """Sends requests to an app being served (see `serving`)."""
+    """Sends requests to an app being served (see `serving`): in process, or
+    over HTTP with `http`, one client whose keep-alive connection carries
+    every request, as a browser's or a proxy's would."""
 
-    def __init__(self, app: Any, state: dict[str, Any] | None, base_url: str | None, grace: float) -> None:
-        self._app, self._state, self._base_url, self._grace = app, state, base_url, grace
+    def __init__(self, app: Any, state: dict[str, Any] | None, http: Any, grace: float) -> None:
+        self._app, self._state, self._http, self._grace = app, state, http, grace
 
     async def send(self, request: Request) -> Reply:
         """Send one request and wait until the app has finished with it
         (background tasks included, in process)."""
-        if self._base_url is None:
+        if self._http is None:
             return await _in_process(self._app, request, self._state, self._grace)
-        return await _over_http(self._base_url, request)
+        return await _over_http(self._http, request)
 
 
 @contextlib.asynccontextmanager
@@ -247,7 +250,11 @@ async def serving(
     if server == "uvicorn":
         try:
             async with servers.uvicorn_server(app, lifespan=lifespan, options={}, timeout=timeout) as base_url:
-                yield Client(app, None, base_url, timeout)
+                # One client for the whole run: its requests share a
+                # keep-alive connection, where uvicorn can start a request
+                # in a copy of the previous one's context.
+                async with servers.server_client(base_url, timeout) as http:
+                    yield Client(app, None, http, timeout)
         except ServerFailed as exc:
             raise TargetError(str(exc)) from None
         return
@@ -343,15 +350,14 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
     return reply
 
 
-async def _over_http(base_url: str, request: Request) -> Reply:
+async def _over_http(http: Any, request: Request) -> Reply:
     import httpx
 
     headers = dict(request.headers)
     if request.host:
         headers["host"] = request.host
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        try:
-            response = await client.request(request.method, request.path, headers=headers, content=request.body)
-        except httpx.HTTPError as exc:
-            return Reply(error=exc)
+    try:
+        response = await http.request(request.method, request.path, headers=headers, content=request.body)
+    except httpx.HTTPError as exc:
+        return Reply(error=exc)
     return Reply(response.status_code, response.content, headers=list(response.headers.items()))

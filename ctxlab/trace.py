@@ -176,17 +176,19 @@ def trace(
     variables: Sequence[str] = (),
     factory: bool = False,
     app_dir: Path = Path("."),
+    loop: str = "asyncio",
 ) -> TraceResult:
-    """Load the app at `spec`, send it `requests` requests while recording,
-    and find what was lost or leaked.  Raises `target.TargetError` (a
-    CtxlabError) when the app cannot be loaded or served."""
+    """Load the app at `spec`, send it `requests` requests while recording
+    (on an asyncio or a uvloop event loop), and find what was lost or
+    leaked.  Raises `target.TargetError` (a CtxlabError) when the app
+    cannot be loaded or served."""
     from ctxlab import target
 
     with target.app_output_to_stderr():
         loaded = target.load(spec, factory=factory, app_dir=app_dir)
         request = target.Request(method=method, path=path, headers=tuple(headers), body=data)
         result = trace_app(loaded.asgi, [request] * requests, server=server, lifespan=lifespan,
-                           variables=variables, app_dir=app_dir, name=spec)  # fmt: skip
+                           variables=variables, app_dir=app_dir, name=spec, loop=loop)  # fmt: skip
     result.options = {"requests": requests, "path": path, "method": method, "headers": [list(h) for h in headers],
                       "data": data.decode("utf-8", "replace"), "lifespan": lifespan, "vars": list(variables),
                       "factory": factory, "app_dir": str(app_dir)}  # fmt: skip
@@ -296,8 +298,10 @@ def trace_app(
     variables: Sequence[str] = (),
     app_dir: Path = Path("."),
     name: str = "app",
+    loop: str = "asyncio",
 ) -> TraceResult:
-    """Trace `requests` (`target.Request`s) sent to the ASGI object `app`."""
+    """Trace `requests` (`target.Request`s) sent to the ASGI object `app`,
+    on a new event loop of the kind `loop` names (asyncio or uvloop)."""
     from ctxlab import runner, servers, target
 
     recorder = TraceRecorder()
@@ -316,8 +320,8 @@ def trace_app(
                 error = f"{type(reply.error).__name__}: {reply.error}" if reply.error else None
                 sent.append(SentRequest(number, request.method, request.path, reply.status, error))
 
-    with runner.scenario_loop(recorder) as loop, tracer:
-        runner.run_until_done_or_ctrl_c(loop, drive())
+    with runner.scenario_loop(recorder, loop) as running, tracer:
+        runner.run_until_done_or_ctrl_c(running, drive())
     return result_of(tracer, name, server, sent, app_dir)
 
 

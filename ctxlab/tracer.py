@@ -281,7 +281,7 @@ class Tracer:
     def _event(self, op: str, var: ContextVar, value: Any, frame) -> Event:
         task, mark, request = self.recorder.where()
         return Event(
-            next(self._seq), self._request(request), op, var, value, self._app_site(frame), self._site_of(frame),
+            next(self._seq), self._request(request), op, var, value, self._app_site(frame, task), self._site_of(frame),
             task, mark, threading.current_thread().name, code=frame.f_code,
         )  # fmt: skip
 
@@ -295,11 +295,12 @@ class Tracer:
 
     def origin(self) -> Origin:
         """Where a task is being created, and during which request."""
-        frame, frames = sys._getframe(2), []
-        while frame is not None and frame.f_code is not _LOOP_STEP and len(frames) < 12:
-            frames.append((frame.f_code, frame.f_lineno, self._qualname(frame.f_code, frame)))
-            frame = frame.f_back
-        return Origin(self._request(self.recorder.where()[2]), frames)
+        task, _, request = self.recorder.where()
+        frames = [
+            (frame.f_code, frame.f_lineno, self._qualname(frame.f_code, frame))
+            for frame in itertools.islice(_own_frames(sys._getframe(2), task), 12)
+        ]
+        return Origin(self._request(request), frames)
 
     # -- where: the app's own code -------------------------------------------------
     def is_app(self, path: str) -> bool:
@@ -338,14 +339,10 @@ class Tracer:
             name = self._qualnames[code] = getattr(code, "co_qualname", None) or _defining_class(code, frame)
         return name
 
-    def _app_site(self, frame) -> Site:
-        current = frame
-        # A task's frames hang off the event loop's, and beyond those lies
-        # whoever runs the loop: not the task's own code.
-        while current is not None and current.f_code is not _LOOP_STEP:
+    def _app_site(self, frame, task: Any) -> Site:
+        for current in _own_frames(frame, task):
             if self.is_app(current.f_code.co_filename):
                 return self._site_of(current)
-            current = current.f_back
         return self._site_of(frame)
 
     # -- tokens and snapshots ---------------------------------------------------------------
@@ -383,6 +380,20 @@ class Tracer:
         if known is None:
             known = self._reads_snapshot[code] = _iterates_copy(code)
         return known
+
+
+def _own_frames(frame, task: Any) -> Iterable[Any]:
+    """`frame` and its callers, up to the first frame of `task` (the one
+    running, if any).  Beyond it lies whoever runs the event loop, not the
+    task's own code: asyncio's Handle._run, or on uvloop, whose steps run
+    from C, the frame that called run_until_complete (a test, a script)."""
+    coro = task.get_coro() if task is not None else None
+    first = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    while frame is not None and frame.f_code is not _LOOP_STEP:
+        yield frame
+        if frame is first:
+            return
+        frame = frame.f_back
 
 
 _PLAIN = (str, int, float, bool, type(None))

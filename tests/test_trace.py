@@ -3,21 +3,19 @@ app itself observed (its own `seen` list), in process and on uvicorn."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import itertools
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from ctxlab import runner, servers
-from ctxlab.trace import SentRequest, result_of, trace
-from ctxlab.tracer import Tracer, TraceRecorder
+from ctxlab.trace import trace
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SERVERS = ["asgi", "uvicorn"]
+# In process, and on uvicorn with each event loop (uvloop's transports do
+# not capture the context, so what leaks differs: the app's record says).
+SERVERS = ["asgi", "uvicorn", "uvicorn+uvloop"]
 
 
 def app_module(name: str):
@@ -35,7 +33,10 @@ def traced(name: str, server: str = "asgi", **options):
     observed.clear()
     if hasattr(module, "numbers"):  # request numbering starts again with each trace
         module.numbers = itertools.count(1)
-    result = trace(f"trace_apps.{name}:app", server=server, app_dir=FIXTURES, **options)
+    server, _, loop = server.partition("+")
+    if loop:
+        pytest.importorskip(loop)
+    result = trace(f"trace_apps.{name}:app", server=server, app_dir=FIXTURES, loop=loop or "asyncio", **options)
     return result.to_json(), list(observed)
 
 
@@ -44,6 +45,17 @@ def line_of(name: str, text: str) -> int:
     lines = [n for n, line in enumerate(Path(app_module(name).__file__).read_text().splitlines(), 1) if text in line]
     assert len(lines) == 1, (text, lines)
     return lines[0]
+
+
+def body_leaks_on_asyncio() -> bool:
+    """Whether uvicorn on the asyncio loop starts a request in a copy of
+    the previous one's context after a large body, as the
+    keepalive-large-body-leak scenario documents (measured there): not from
+    Python 3.15, and not on uvicorn 0.39 to 0.44 (a fresh context per request)."""
+    from importlib.metadata import version
+
+    uvicorn = tuple(int(part) for part in version("uvicorn").split(".")[:2])
+    return sys.version_info < (3, 15) and not (0, 39) <= uvicorn < (0, 45)
 
 
 def only(findings: list[dict], kind: str) -> dict:
@@ -203,37 +215,29 @@ class TestRecording:
 
 
 class TestKeepAlive:
-    """A real client reuses its connection; uvicorn may start the next request
-    in a copy of the previous one's context."""
+    """`trace --server uvicorn` sends its requests over one keep-alive
+    connection, where uvicorn may start a request in a copy of the previous
+    one's context."""
 
     def test_previous_request_on_the_connection_leaks(self):
-        module = app_module("keepalive")
-        module.seen.clear()
-        recorder = TraceRecorder()
-        tracer = Tracer(recorder)
-        sent = []
-
-        async def drive():
-            recorder.set_root(asyncio.current_task())
-            app = servers.attribute_requests(module.app)
-            async with servers.uvicorn_server(app, lifespan=False, options={}, timeout=5) as url:
-                async with httpx.AsyncClient(base_url=url) as client:  # one keep-alive connection
-                    for number, (method, headers, body) in enumerate(
-                        [("POST", {"x-user": "alice"}, b"x" * (1024 * 1024)), ("GET", {}, b"")], 1
-                    ):
-                        response = await client.request(method, "/", headers=headers, content=body)
-                        while recorder.in_flight:
-                            await asyncio.sleep(0.001)
-                        sent.append(SentRequest(number, method, "/", response.status_code))
-
-        with runner.scenario_loop(recorder) as loop, tracer:
-            runner.run_until_done_or_ctrl_c(loop, drive())
-        result = result_of(tracer, "keepalive", "uvicorn", sent, FIXTURES).to_json()
-        if module.seen != [None, "alice"]:
-            pytest.skip(f"this uvicorn does not leak across keep-alive requests (saw {module.seen})")
+        body = b"x" * (300 * 1024)  # past uvicorn's 64 KiB mark: reading is paused until the app reads
+        result, seen = traced("keepalive", "uvicorn", method="POST", data=body)
+        assert seen == [None, "user-1" if body_leaks_on_asyncio() else None]
+        if seen[1] is None:
+            assert result["findings"] == []
+            return
         finding = only(result["findings"], "leak")
         assert (finding["request"], finding["set"]["request"]) == (2, 1)
-        assert finding["read"]["line"] == line_of("keepalive", "seen.append(user.get")
+        assert (finding["read"]["value"], finding["set"]["value"]) == (seen[1], seen[1])
+        assert finding["read"]["line"] == line_of("keepalive", "found = user.get()")
         assert finding["set"]["line"] == line_of("keepalive", "user.set(")
         assert "previous request on this keep-alive connection" in finding["boundary"]
         assert finding["scenario"] == "keepalive-large-body-leak"
+
+    def test_uvloop_keeps_the_connection_clean(self):
+        result, seen = traced("keepalive", "uvicorn+uvloop", method="POST", data=b"x" * (300 * 1024))
+        assert seen == [None, None] and result["findings"] == []
+
+    def test_in_process_there_is_no_connection(self):
+        result, seen = traced("keepalive", "asgi", method="POST", data=b"x" * (300 * 1024))
+        assert seen == [None, None] and result["findings"] == []

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import ctxlab
+from test_trace import body_leaks_on_asyncio
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP_DIR = ("--app-dir", str(FIXTURES))
@@ -48,6 +49,26 @@ class TestHumanOutput:
         )
         assert code == 1
         assert "created at startup in lifespan" in out and "on uvicorn" in out
+
+    def test_keepalive_leak_on_uvicorn_names_the_previous_request(self, tmp_path):
+        record = tmp_path / "seen.jsonl"  # what the app found in `user`, one line per request
+        body = "x" * (120 * 1024)  # past uvicorn's 64 KiB mark, within one argument's limit
+        code, out, err = ctxlab(
+            "trace", "trace_apps.keepalive:app", "--server", "uvicorn", "--requests", "2",
+            "--method", "POST", "--data", body, *APP_DIR, env={"TRACE_KEEPALIVE_SEEN": str(record)},
+        )  # fmt: skip
+        seen = [json.loads(line) for line in record.read_text().splitlines()]
+        if not body_leaks_on_asyncio():
+            assert (code, seen) == (0, [None, None])
+            return
+        assert seen == [None, "user-1"]  # request 2 really started with request 1's user
+        assert code == 1, err
+        assert out.count("LEAK") == 1 and "LEAK user  in request 2" in out
+        assert f"keepalive.py:{source_line('keepalive', 'found = user.get()')} in endpoint (request 2" in out
+        assert f"keepalive.py:{source_line('keepalive', 'user.set(')} in endpoint (request 1" in out
+        assert f': "{seen[1]}"' in out
+        assert "why   the previous request on this keep-alive connection" in out
+        assert "ctxlab explain keepalive-large-body-leak" in out
 
 
 class TestJson:

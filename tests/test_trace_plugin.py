@@ -92,6 +92,27 @@ def test_fails_exactly_the_tests_that_lose_or_leak(suite):
     assert re.search(r"\n  set +\S+/executor_leak\.py:\d+ in job \(request 1, thread ", out), out
 
 
+def test_on_uvloop_too(suite):
+    """The same suite with every loop a uvloop one (TestClient's portal and
+    anyio's runner): the same tests fail, and the boundaries still name the
+    code that created each task (uvloop's loop gets the task factory too)."""
+    pytest.importorskip("uvloop")
+    on_uvloop = (
+        re.sub(r"TestClient\((\w+)\.app\)", r'TestClient(\1.app, backend_options={"use_uvloop": True})', SUITE)
+        .replace('return "asyncio"', 'return ("asyncio", {"use_uvloop": True})')
+        .replace("    assert executor_leak.seen[-1]", "    assert type(asyncio.get_running_loop()).__module__.startswith('uvloop')\n"
+                 "    assert executor_leak.seen[-1]")
+        .replace("import httpx", "import asyncio\n\nimport httpx", 1)
+    )  # fmt: skip
+    assert on_uvloop.count("use_uvloop") == SUITE.count("TestClient(") + 1  # every client, and anyio
+    suite.makepyfile(test_app=on_uvloop)
+    result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio")
+    result.assert_outcomes(passed=2, failed=4)
+    out = result.stdout.str()
+    assert "BaseHTTPMiddleware's call_next" in out and "ctxlab explain dependency-audit" in out
+    assert "LEAK tenant  in request 2" in out
+
+
 def test_inactive_without_the_option(suite):
     """Only the fixture's own assertion fails: the seed 002 check, one line."""
     result = suite.runpytest_subprocess("-p", "anyio")

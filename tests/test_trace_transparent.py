@@ -23,10 +23,13 @@ def observed(result: report.ScenarioReport) -> list[tuple]:
     return sorted(rows, key=repr)
 
 
+@pytest.mark.parametrize("loop", [None, "uvloop"])
 @pytest.mark.parametrize("name", sorted(ENTRIES))
-def test_tracing_changes_nothing_the_app_observes(name):
+def test_tracing_changes_nothing_the_app_observes(name, loop):
     entry = ENTRIES[name]
-    config = RunConfig(server="asgi" if "asgi" in entry.servers else entry.servers[0])
+    if loop is not None:
+        pytest.importorskip(loop)
+    config = RunConfig(server="asgi" if "asgi" in entry.servers else entry.servers[0], loop=loop)
     untraced = engine.run_entry(entry, config)
     tracer = Tracer(TraceRecorder())
     with tracer:
