@@ -545,10 +545,8 @@ def _sync_functions(route: Any) -> list[tuple[Callable, str]]:
 
 
 def _resolve(node: ast.expr, namespace: dict[str, Any]) -> Any:
-    if isinstance(node, ast.Name):
-        return namespace.get(
-            node.id, getattr(__builtins__, node.id, None) if not isinstance(__builtins__, dict) else None
-        )
+    if isinstance(node, ast.Name):  # no builtin is a ContextVar or a binder: the namespace is enough
+        return namespace.get(node.id)
     if isinstance(node, ast.Attribute):
         owner = _resolve(node.value, namespace)
         return getattr(owner, node.attr, None) if owner is not None else None
