@@ -271,7 +271,7 @@ def serve(
     from ctxlab.errors import ServerFailed
     from ctxlab.output import console
 
-    scenario = engine.load_or_crash(entry)
+    scenario = engine.load_checked(entry)
     out = console()
 
     def ready(url: str) -> None:

@@ -153,17 +153,39 @@ IMPORTING = "importing its module"  # what a scenario's error names when its imp
 
 def load_or_crash(entry: Entry, guarded: ScenarioReport | None = None) -> Scenario:
     """The entry's Scenario; a module that fails to import is a crash (exit
-    3), and so is one whose import hung in `guarded`, its `run_guarded`
-    report (it is not imported here again: it would hang)."""
+    3), and so is one whose import hung or ended the process in `guarded`,
+    its `run_guarded` report (it is not imported here again: it would hang,
+    or end ctxlab)."""
     from ctxlab.errors import RunFailed
     from ctxlab.scenario import load
 
-    if guarded is not None and guarded.error and guarded.error.endswith(f"{IMPORTING} (killed)"):
+    error = guarded.error if guarded is not None else None
+    if error and (error.endswith(f"{IMPORTING} (killed)") or error.startswith(f"crashed {IMPORTING}:")):
         raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {guarded.error}")
     try:
         return load(entry)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the scenario's own module
         raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_checked(entry: Entry) -> Scenario:
+    """`load_or_crash`, for a command that then runs the scenario itself
+    (`serve`): its module is imported first in a child, within the timeout
+    its source declares, so that an import that hangs or ends the process
+    is a crash (exit 3) here, not a hang or a death of ctxlab."""
+    from ctxlab import isolate
+    from ctxlab.errors import RunFailed
+
+    with isolate.Worker() as worker:
+        try:
+            worker.call(_timeout, entry, deadline=entry.timeout + isolate.GRACE, checked=False)
+        except (isolate.TimedOut, isolate.Died) as exc:
+            if isinstance(exc, isolate.TimedOut):
+                why = f"timed out after {entry.timeout:g}s {IMPORTING} (killed)"
+            else:
+                why = f"crashed {IMPORTING}: {exc}"  # the words run_guarded uses
+            raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {why}") from None
+    return load_or_crash(entry)
 
 
 def execute(

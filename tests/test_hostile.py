@@ -233,6 +233,16 @@ class TestHangs:
         assert status["fine"] == ("pass", None)
         code, _, err = cli("explain", "import-hangs", "--scenarios", str(HOSTILE))
         assert code == 3 and "timed out after 1s importing its module" in one_line(err)
+        code, _, err = cli("serve", "import-hangs", "--port", "0", "--scenarios", str(HOSTILE))
+        assert code == 3 and "timed out after 1s importing its module" in one_line(err)
+
+    @pytest.mark.parametrize("command", ["run", "explain", "serve"])
+    def test_a_module_that_ends_the_process_while_importing(self, command):
+        """os._exit at import ends a child, never ctxlab: one line, exit 3."""
+        code, out, err = cli(command, "import-exits", *(["--port", "0"] if command == "serve" else []),
+                             "--scenarios", str(HOSTILE))  # fmt: skip
+        assert code == 3, (out, err)
+        assert "crashed importing its module: exited with status 9" in (out if command == "run" else one_line(err))
 
     def test_explain_of_a_hang_is_an_error_line(self):
         """explain of a hanging scenario shows the timeout, then exits."""
