@@ -7,7 +7,7 @@ import pytest
 
 from ctxlab import engine
 from ctxlab.config import RunConfig
-from ctxlab.errors import UsageError
+from ctxlab.errors import RunFailed, UsageError
 from ctxlab.report import Status
 
 SCENARIOS = """
@@ -303,3 +303,63 @@ def test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next(tmp_path)
     )  # fmt: skip
     report = engine.execute(entries, [RunConfig()])
     assert [(s.name, s.status, s.error) for s in report.scenarios] == [(e.name, Status.PASS, None) for e in entries]
+
+
+# -- the guard: a scenario that hangs or ends its process ------------------------------------
+HOSTILE = Path(__file__).parent / "fixtures" / "hostile_scenarios"
+DIES_WHILE_RUNNING = """
+import os
+
+from ctxlab.scenario import scenario
+
+
+@scenario("dies-while-running", summary="s", tags=["t"], expect={}, timeout=3)
+def dies_while_running():
+    os._exit(7)
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    return engine.entries([HOSTILE])
+
+
+class TestGuard:
+    """What run_guarded, load_or_crash and load_checked say of a scenario
+    whose module or app hangs, or ends the process: read from the fixture's
+    own declarations (a 1 s timeout, os._exit(9) or (7)), not from ctxlab."""
+
+    def test_an_import_that_hangs_is_killed_at_the_declared_timeout(self, hostile):
+        result = engine.run_guarded(hostile["import-hangs"], RunConfig())
+        assert (result.status, result.error) == (Status.ERROR, "timed out after 1s importing its module (killed)")
+        with pytest.raises(
+            RunFailed, match=r"'import-hangs' from .*: timed out after 1s importing its module \(killed\)$"
+        ):
+            engine.load_or_crash(hostile["import-hangs"], result)  # not imported again here: it would hang
+        with pytest.raises(RunFailed, match=r": timed out after 1s importing its module \(killed\)$"):
+            engine.load_checked(hostile["import-hangs"])
+
+    def test_an_import_that_ends_the_process(self, hostile):
+        result = engine.run_guarded(hostile["import-exits"], RunConfig())
+        expected = "crashed importing its module: exited with status 9 without a report"
+        assert (result.status, result.error) == (Status.ERROR, expected)
+        with pytest.raises(RunFailed, match=f": {expected}$"):
+            engine.load_or_crash(hostile["import-exits"], result)  # not imported here: it would end the tests
+        with pytest.raises(RunFailed, match=f": {expected}$"):
+            engine.load_checked(hostile["import-exits"])
+
+    def test_a_run_that_hangs_is_killed_at_its_timeout_and_the_worker_replaced(self, hostile):
+        with engine.prepared_worker([], "asgi") as worker:
+            hung = engine.run_guarded(hostile["async-time-sleep"], RunConfig(), worker)
+            after = engine.run_guarded(hostile["fine"], RunConfig(), worker)
+        assert (hung.status, hung.error) == (Status.ERROR, "timed out after 1s (killed)")
+        assert (after.status, after.error) == (Status.PASS, None)
+
+    def test_a_run_that_ends_the_process(self, tmp_path):
+        (tmp_path / "dies.py").write_text(DIES_WHILE_RUNNING)
+        result = engine.run_guarded(engine.entries([tmp_path])["dies-while-running"], RunConfig())
+        assert (result.status, result.error) == (Status.ERROR, "crashed: exited with status 7 without a report")
+
+    def test_a_module_that_loads_is_loaded(self, hostile):
+        assert engine.load_checked(hostile["fine"]).name == "fine"
+        assert engine.load_or_crash(hostile["fine"], None).name == "fine"
