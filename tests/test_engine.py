@@ -353,6 +353,7 @@ class TestGuard:
             hung = engine.run_guarded(hostile["async-time-sleep"], RunConfig(), worker)
             after = engine.run_guarded(hostile["fine"], RunConfig(), worker)
         assert (hung.status, hung.error) == (Status.ERROR, "timed out after 1s (killed)")
+        assert 1000 <= hung.duration_ms < 60_000  # it waited out the timeout, in milliseconds
         assert (after.status, after.error) == (Status.PASS, None)
 
     def test_a_run_that_ends_the_process(self, tmp_path):
