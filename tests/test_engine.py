@@ -1,13 +1,14 @@
 """What every command runs: selecting scenarios, running each under each
 config, and comparing with a saved report."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ctxlab import engine
 from ctxlab.config import RunConfig
-from ctxlab.errors import RunFailed, UsageError
+from ctxlab.errors import ReportFileError, RunFailed, UsageError
 from ctxlab.report import Status
 
 SCENARIOS = """
@@ -184,6 +185,19 @@ class TestBaseline:
         assert [(c.scenario, c.server, c.var, c.before, c.after) for c in changes] == [
             ("passes", "asgi", "var", "edited", "default"), ("gone", "asgi", "status", "pass", "<not run>"),
         ]  # fmt: skip
+
+    def test_a_baseline_naming_a_scenario_not_in_the_catalog_says_to_pass_scenarios(self, mine, tmp_path):
+        saved = engine.execute(engine.select(["passes"], False, [], mine), [RunConfig("asgi")]).to_json()
+        saved["scenarios"][0]["name"] = "passez"
+        path = tmp_path / "baseline.json"
+        path.write_text(json.dumps(saved))
+        with pytest.raises(ReportFileError, match=r"names scenario 'passez', which is not in the catalog.*passes"):
+            engine.load_baseline(path, mine)
+        with pytest.raises(ReportFileError, match=r"if it came from a directory of your own, pass --scenarios DIR$"):
+            engine.load_baseline(path)
+        saved["scenarios"][0]["name"] = "passes"
+        path.write_text(json.dumps(saved))
+        assert engine.load_baseline(path, mine)["scenarios"][0]["name"] == "passes"
 
     def test_runs_on_other_servers_are_counted_not_compared(self, mine):
         saved = engine.execute(
@@ -364,3 +378,10 @@ class TestGuard:
     def test_a_module_that_loads_is_loaded(self, hostile):
         assert engine.load_checked(hostile["fine"]).name == "fine"
         assert engine.load_or_crash(hostile["fine"], None).name == "fine"
+
+    def test_a_module_that_raises_while_importing(self, hostile):
+        expected = "ImportError: this module is broken on purpose"
+        result = engine.run_guarded(hostile["import-fails"], RunConfig())
+        assert (result.status, result.error) == (Status.ERROR, f"cannot load: {expected}")
+        with pytest.raises(RunFailed, match=f"cannot load 'import-fails' from .*: {expected}$"):
+            engine.load_or_crash(hostile["import-fails"])
