@@ -191,10 +191,27 @@ def _become_child(quiet_stdout: bool = False) -> None:
     # Its own process group: the parent decides when it stops, and a
     # terminal's Ctrl-C reaches the parent alone.
     os.setpgid(0, 0)
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if quiet_stdout:
         os.dup2(2, 1)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this child when the parent dies, even
+    by SIGKILL (`kill -9`, a CI job's timeout): a child busy in a hung
+    scenario never reads the pipe that would tell it, and would run on,
+    alone, for ever.  Elsewhere the pipe's EOF is all there is."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(0)
 
 
 def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:

@@ -256,6 +256,20 @@ class TestHangs:
 
 
 # -- signals -----------------------------------------------------------------------------
+def _ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None  # the process ended while we looked
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def start_and_wait(tmp_path, *args):
     """Start ctxlab and wait until the app under test handles requests."""
     marker = tmp_path / "started"
@@ -271,6 +285,21 @@ def start_and_wait(tmp_path, *args):
 class TestSignals:
     """Ctrl-C and SIGTERM at any moment: the partial report, 130 or 143, and
     nothing left behind."""
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+    def test_kill_9_takes_the_worker_with_it(self, tmp_path):
+        """ctxlab killed outright: its worker, stuck in a scenario that blocks
+        its loop for 120 s, is gone too (the kernel's word, from /proc)."""
+        running = start_and_wait(tmp_path, "run", "blocks-the-loop-long", "--scenarios", str(HOSTILE))
+        parent = running.process.pid
+        children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _ppid(stat) == parent]
+        assert children, "the worker was not found"
+        running.process.kill()
+        running.process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children):
+            assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
+            time.sleep(0.05)
 
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
     def test_during_5000_concurrent_requests(self, tmp_path, signum, code):
