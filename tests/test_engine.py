@@ -2,6 +2,7 @@
 config, and comparing with a saved report."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -372,8 +373,10 @@ class TestGuard:
 
     def test_a_run_that_ends_the_process(self, tmp_path):
         (tmp_path / "dies.py").write_text(DIES_WHILE_RUNNING)
+        started = time.perf_counter()
         result = engine.run_guarded(engine.entries([tmp_path])["dies-while-running"], RunConfig())
         assert (result.status, result.error) == (Status.ERROR, "crashed: exited with status 7 without a report")
+        assert 0 < result.duration_ms <= (time.perf_counter() - started) * 1000  # the time it took, in ms
 
     def test_a_module_that_loads_is_loaded(self, hostile):
         assert engine.load_checked(hostile["fine"]).name == "fine"
