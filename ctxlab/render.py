@@ -163,11 +163,7 @@ def summary_line(report: Report, seconds: float) -> Text:
         (s["errors"], "error" if s["errors"] == 1 else "errors", Status.ERROR),
         (s["skipped"], "skipped", Status.SKIPPED),
     ]
-    text = Text()
-    for count, word, status in parts:
-        if count:
-            text.append(", " if text else "")
-            text.append(f"{count} {word}", style=STATUS_STYLE[status])
+    text = _counts((count, word, STATUS_STYLE[status]) for count, word, status in parts)
     text.append(f"{' ' if text else 'nothing ran '}in {seconds:.2f}s")
     if report.interrupted:
         text.append(" (interrupted)", style="bold red")
@@ -497,11 +493,7 @@ def trace_view(result) -> list[Text | Tree]:
         (s["leaked"], "leaked", "leak"),
         (s["reset_errors"], "reset error(s)", "reset-error"),
     ]
-    line = Text()
-    for count, word, kind in counts:
-        if count:
-            line.append(", " if line else "")
-            line.append(f"{count} {word}", style=TRACE_STYLE[kind])
+    line = _counts((count, word, TRACE_STYLE[kind]) for count, word, kind in counts)
     line.append(f"{' in' if line else 'no finding in'} {s['requests']} request(s), {s['events']} events")
     view.append(line)
     return view
@@ -517,3 +509,13 @@ def trace_changes(found, console: Console) -> None:
         console.print(table)
     console.print(Text(f"{len(found)} change(s) since the saved trace" if found else "no changes since the saved trace",
                        style="bold red" if found else "green"))  # fmt: skip
+
+
+def _counts(parts: Iterable[tuple[int, str, str]]) -> Text:
+    """`2 passed, 1 drifted`: the counts that are not zero, each in its style."""
+    text = Text()
+    for count, word, style in parts:
+        if count:
+            text.append(", " if text else "")
+            text.append(f"{count} {word}", style=style)
+    return text
