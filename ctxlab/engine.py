@@ -103,12 +103,20 @@ def run_guarded(entry: Entry, config: RunConfig, worker: isolate.Worker | None =
         doing = ""
         return worker.call(_run_in_fresh_context, entry, config, deadline=timeout + isolate.GRACE)
     except (isolate.TimedOut, isolate.Died) as exc:
-        if isinstance(exc, isolate.TimedOut):
-            why = f"timed out after {timeout:g}s{' ' + doing if doing else ''} (killed)"
-        else:
-            why = f"crashed{' ' + doing if doing else ''}: {exc}"
+        why = _guard_failure(exc, timeout, doing)
         return report.ScenarioReport(entry.name, report.Status.ERROR, (time.perf_counter() - started) * 1000, why,
                                      config=config)  # fmt: skip
+
+
+def _guard_failure(exc: isolate.RunFailed, timeout: float, doing: str) -> str:
+    """What a scenario's error says when its child was killed at `timeout`
+    (TimedOut) or died (Died), while `doing` (importing its module) or
+    running it."""
+    from ctxlab import isolate
+
+    if isinstance(exc, isolate.TimedOut):
+        return f"timed out after {timeout:g}s{' ' + doing if doing else ''} (killed)"
+    return f"crashed{' ' + doing if doing else ''}: {exc}"
 
 
 def prepared_worker(entries: Iterable[Entry], *servers: str) -> isolate.Worker:
@@ -180,10 +188,7 @@ def load_checked(entry: Entry) -> Scenario:
         try:
             worker.call(_timeout, entry, deadline=entry.timeout + isolate.GRACE, checked=False)
         except (isolate.TimedOut, isolate.Died) as exc:
-            if isinstance(exc, isolate.TimedOut):
-                why = f"timed out after {entry.timeout:g}s {IMPORTING} (killed)"
-            else:
-                why = f"crashed {IMPORTING}: {exc}"  # the words run_guarded uses
+            why = _guard_failure(exc, entry.timeout, IMPORTING)
             raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {why}") from None
     return load_or_crash(entry)
 

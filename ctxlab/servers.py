@@ -98,10 +98,9 @@ async def lifespan(app) -> AsyncIterator[dict[str, Any]]:
         await asyncio.wait({main, answer}, return_when=asyncio.FIRST_COMPLETED)
         if not answer.done():
             answer.cancel()
-            if main.exception() is not None:  # a Ctrl-C cancelling `main` still raises here
-                raise LifespanFailed(
-                    f"lifespan {message} failed: {type(main.exception()).__name__}: {main.exception()}"
-                )
+            raised = main.exception()  # a Ctrl-C cancelling `main` still raises here
+            if raised is not None:
+                raise LifespanFailed(f"lifespan {message} failed: {type(raised).__name__}: {raised}")
             raise LifespanFailed(f"the app returned during lifespan {message}")
         if answer.result()["type"] != f"lifespan.{message}.complete":
             raise LifespanFailed(f"lifespan {message} failed: {_last_line(answer.result().get('message', ''))}")
