@@ -10,6 +10,7 @@ import pytest
 from conftest import ctxlab, ctxlab_json
 
 from ctxlab.diagnose import diagnose
+from ctxlab.target import TargetError
 
 APPS = Path(__file__).parent / "fixtures" / "user_apps"
 sys.path.insert(0, str(APPS))
@@ -205,6 +206,19 @@ class TestWhatTheAppDoesCannotSpoilTheOutput:
         self.write(tmp_path, "import sys\nsys.exit(3)\n")
         code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path))
         assert code == 2 and out == "" and err.strip() == "ctxlab: error: importing 'noisy' called sys.exit(3)"
+
+    def test_a_middleware_that_fails_as_it_is_built_is_one_line(self, tmp_path):
+        """Starlette builds the stack on the first request, outside its error
+        handling: the app cannot answer any request, and the user is told why."""
+        self.write(tmp_path,
+            "from starlette.middleware import Middleware\n"
+            "class NeedsSettings:\n"
+            "    def __init__(self, app):\n"
+            "        raise KeyError('SETTINGS_URL')\n"
+            "app = Starlette(middleware=[Middleware(NeedsSettings)])\n")  # fmt: skip
+        code, out, err = ctxlab("probe", "noisy:app", "--app-dir", str(tmp_path))
+        assert (code, out) == (2, "")
+        assert err == "ctxlab: error: building the middleware of the app failed: KeyError: 'SETTINGS_URL'\n"
 
     def test_a_thread_or_an_endless_background_task_does_not_keep_ctxlab(self, tmp_path):
         self.write(tmp_path,
@@ -402,6 +416,19 @@ class HalfAnswer:  # passes the endpoint's response start on, then fails before 
 half_answer = Starlette(middleware=[Middleware(HalfAnswer)])
 fails_under_mount = Starlette(middleware=[Middleware(FailsUnderSub)], routes=[Mount("/sub", app=Starlette())])
 wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
+
+
+class NeedsSettings:  # fails when its app builds the stack, as a middleware missing its settings does
+    def __init__(self, app):
+        raise RuntimeError("SETTINGS_URL is not set")
+
+
+# The root's stack builds, the mount's fails: the splicing stops midway.
+refused_under_mount = Starlette(
+    middleware=[Middleware(Outer)], routes=[Mount("/sub", app=Starlette(middleware=[Middleware(NeedsSettings)]))]
+)
+inner_wrapper = Outer(refused_under_mount)
+outer_wrapper = Outer(inner_wrapper)
 """
 
 
@@ -524,6 +551,22 @@ def test_the_app_is_left_as_it_was_found(tmp_path):
     app = sys.modules[module].guarded
     assert app.middleware_stack is None  # Starlette builds it on the first request
     assert [m.cls.__name__ for m in app.user_middleware] == ["Outer", "Guard"]
+
+
+def test_an_app_that_fails_midway_through_the_splicing_is_left_as_it_was_found(tmp_path):
+    """The root app's stack is built and probed, then the mount's fails to
+    build (the app's own middleware raises): the app's error is named, and
+    the probes already in the app's objects are taken out."""
+    module = layered(tmp_path)
+    with pytest.raises(TargetError) as raised:
+        diagnose(f"{module}:outer_wrapper", app_dir=tmp_path)
+    assert str(raised.value) == (
+        "building the middleware of the app mounted at /sub failed: RuntimeError: SETTINGS_URL is not set"
+    )
+    app = sys.modules[module]
+    assert app.outer_wrapper.app is app.inner_wrapper  # as the module built them
+    assert app.inner_wrapper.app is app.refused_under_mount
+    assert app.refused_under_mount.middleware_stack is None  # Starlette builds it on the first request
 
 
 def test_the_fix_says_whether_every_layer_was_observed(tmp_path):
