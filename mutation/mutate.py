@@ -77,6 +77,47 @@ TESTS = {
         "test_servers.py::test_stopping_the_server_closes_a_kept_alive_connection_and_the_port",
         "test_servers.py::test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited",
     ],
+    # The worker and the per-call child: in process first, then the CLI
+    # where only a whole process shows it (Ctrl-C, kill -9, a thread left
+    # behind, the app's prints kept off stdout).
+    "isolate": [
+        "test_engine.py",
+        "test_hostile.py::TestSignals",
+        "test_hostile.py::TestProbeTargets",
+        "test_hostile.py::TestHangs::test_a_non_daemon_thread_does_not_keep_ctxlab_alive",
+        "test_hostile.py::TestHangs::test_probe_of_a_factory_that_never_returns",
+        "test_hostile.py::TestHangs::test_a_module_that_ends_the_process_while_importing",
+    ],
+    # What the CLI prints, seen as a user's terminal or pipe gets it.
+    "terminal": [
+        "test_plain.py",
+        "test_hostile.py::TestText::test_markup_in_names_summaries_and_probes_is_literal",
+        "test_hostile.py::TestText::test_a_terminal_that_cannot_show_arrows_gets_ascii",
+        "test_hostile.py::TestText::test_list_never_cuts_a_name",
+        "test_hostile.py::test_a_closed_pipe_ends_quietly",
+    ],
+    "files": [
+        "test_cli.py::test_output_file_holds_the_json_report",
+        "test_cli.py::test_unwritable_output_is_refused_before_running",
+        "test_cli.py::test_output_into_a_missing_directory_is_refused",
+        "test_hostile.py::TestOutputFiles",
+        "test_hostile.py::TestSignals::test_interrupted_output_file_is_not_written",
+    ],
+    "validate": ["test_report.py", "test_hostile.py::TestMalformedFiles"],
+    # The quick checks first; the grids build and run real environments.
+    "matrix": [
+        "test_ci.py::test_matrix_refuses_bad_columns",
+        "test_ci.py::test_matrix_needs_two_columns",
+        "test_ci.py::test_matrix_says_when_a_python_is_not_available",
+        "test_ci.py::test_matrix_column_may_choose_the_python_and_how_to_serve",
+        "test_ci.py::test_matrix_rows_line_up_when_columns_serve_differently",
+        "test_ci.py::test_matrix_refuses_an_unknown_serving_choice",
+        "test_hostile.py::TestMatrix::test_each_checkout_has_its_own_shim",
+        "test_ci.py::test_matrix_grid_over_two_uvicorn_versions",
+        "test_hostile.py::TestMatrix::test_drift_in_any_column_exits_1",
+        "test_hostile.py::TestMatrix::test_an_uninstallable_column_is_an_error_cell",
+        "test_hostile.py::TestText::test_requirement_extras_are_printed_literally",
+    ],
     # Real middleware libraries, in process only (each case runs ctxlab
     # and the app's own record in two subprocesses): the ones whose code
     # paths nothing else takes (library layers, Sentry's patch, wrappers,
