@@ -576,6 +576,53 @@ def test_the_fix_says_whether_every_layer_was_observed(tmp_path):
     assert diagnose("mixes:fastapi_all_pure", app_dir=APPS).fix.startswith("Nothing to fix")
 
 
+def test_the_fix_names_each_kind_of_culprit_with_its_own_remedy():
+    """mixes' Fresh runs the inner app in an empty context (pure ASGI), Bad
+    is a BaseHTTPMiddleware: each gets the sentence for its kind, and only that."""
+    isolating = diagnose("mixes:starlette_isolating", app_dir=APPS).fix
+    assert isolating == "Fresh run(s) the inner app in another context: values do not cross it."
+    child_task = diagnose("mixes:starlette_base_pure", app_dir=APPS).fix
+    assert child_task.startswith("Bad run(s) the rest of the app in a child task (BaseHTTPMiddleware)")
+    assert "another context" not in child_task
+
+
+def test_an_own_module_that_is_not_utf8_does_not_hide_the_modules_after_it(tmp_path):
+    """A legacy module in Latin-1 (Python reads its coding line) is imported
+    before the one holding the pitfall: the pitfall is still found."""
+    prefix = f"latin_{tmp_path.name}"
+    (tmp_path / f"{prefix}_legacy.py").write_bytes("# -*- coding: latin-1 -*-\nGREETING = 'café'\n".encode("latin-1"))
+    (tmp_path / f"{prefix}_jobs.py").write_text(
+        "import asyncio\nasync def later():\n    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+    )
+    (tmp_path / f"{prefix}.py").write_text(
+        f"import {prefix}_legacy\nimport {prefix}_jobs\nfrom starlette.applications import Starlette\napp = Starlette()\n"
+    )
+    findings = diagnose(f"{prefix}:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{prefix}_jobs.py", 3, "executor-no-copy")]
+
+
+def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
+    """A `def` dependency generated at import (compiled under the module's
+    own file name, as code generators do, at a line the file does not have):
+    inspect cannot show its source, so it is skipped; the rest is still read."""
+    module = f"generated_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "tenant = ContextVar('tenant')\n"
+        "generated = {}\n"
+        "exec(compile('\\n' * 100 + 'def made():\\n    tenant.set(1)\\n', __file__, 'exec'), globals(), generated)\n"
+        "def written():\n"
+        "    tenant.set(2)\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(generated['made']), Depends(written)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 7, "sync-set")]
+
+
 def test_a_closure_with_an_unbound_variable_is_still_read(tmp_path):
     """A factory's `def` dependency whose closure holds a ContextVar and a
     name bound later (an empty cell, here never bound): the ContextVar is found."""
