@@ -389,6 +389,9 @@ mounted_broken = Starlette(
 )
 with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
 recorded = Starlette(middleware=[Middleware(Statuses)])
+recorded_with_a_broken_mount = Starlette(
+    middleware=[Middleware(Statuses)], routes=[Mount("/sub", app=Starlette(middleware=[Middleware(Broken)]))]
+)
 from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 class FailsUnderSub:  # passes the root's requests, raises for the mount's
     def __init__(self, app):
@@ -506,6 +509,39 @@ def test_the_probe_route_answers_as_a_plain_successful_route(tmp_path):
     module = layered(tmp_path)
     diagnose(f"{module}:recorded", app_dir=tmp_path)
     assert sys.modules[module].Statuses.seen == [200]
+
+
+def test_the_status_is_the_first_probe_requests_the_roots(tmp_path):
+    """Without --path the root is probed first, then each mount: the
+    diagnosis' status is what the root answered (the app's own record),
+    not what the mount's failing request got."""
+    module = layered(tmp_path)
+    diagnosis = diagnose(f"{module}:recorded_with_a_broken_mount", app_dir=tmp_path)
+    # The root's probe, then the mount's error page (its own ServerErrorMiddleware answers 500).
+    assert sys.modules[module].Statuses.seen == [200, 500]
+    assert diagnosis.status == 200 and not diagnosis.reached_endpoints
+
+
+def test_a_set_on_something_else_does_not_hide_the_contextvar_after_it(tmp_path):
+    """A `def` dependency sets a threading.Event (also `.set()`), then a
+    ContextVar: the ContextVar's set is still found."""
+    module = f"event_dep_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import threading\n"
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "ready = threading.Event()\n"
+        "tenant = ContextVar('tenant')\n"
+        "def dep():\n"
+        "    ready.set()\n"
+        "    tenant.set('x')\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(dep)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 8, "sync-set")]
 
 
 def test_a_starred_call_to_run_in_executor_is_read_without_crashing(tmp_path):
