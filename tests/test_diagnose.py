@@ -332,7 +332,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
 
 class Outer:  # pure ASGI, passes everything through
@@ -389,6 +389,11 @@ mounted_broken = Starlette(
 )
 with_lifespan = Starlette(lifespan=__import__("contextlib").asynccontextmanager(lifespan))
 recorded = Starlette(middleware=[Middleware(Statuses)])
+async def fails(request):
+    raise RuntimeError("the endpoint failed")
+
+
+failing_endpoint = Starlette(middleware=[Middleware(Outer)], routes=[Route("/fails", fails)])
 recorded_with_a_broken_mount = Starlette(
     middleware=[Middleware(Statuses)], routes=[Mount("/sub", app=Starlette(middleware=[Middleware(Broken)]))]
 )
@@ -520,6 +525,14 @@ def test_the_status_is_the_first_probe_requests_the_roots(tmp_path):
     # The root's probe, then the mount's error page (its own ServerErrorMiddleware answers 500).
     assert sys.modules[module].Statuses.seen == [200, 500]
     assert diagnosis.status == 200 and not diagnosis.reached_endpoints
+
+
+def test_an_endpoint_that_raises_before_answering_is_not_said_to_have_answered(tmp_path):
+    """The endpoint raises before sending anything: the note says it
+    raised, not that it raised after its response."""
+    module = layered(tmp_path)
+    diagnosis = diagnose(f"{module}:failing_endpoint", app_dir=tmp_path, path="/fails")
+    assert diagnosis.notes == ["GET /fails raised RuntimeError: the endpoint failed"]
 
 
 def test_a_set_on_something_else_does_not_hide_the_contextvar_after_it(tmp_path):
