@@ -5,6 +5,7 @@ no traceback, no clobbered or half-written file and no process left behind
 
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -48,10 +49,12 @@ class Cli:
     """A running `ctxlab` in its own session, so that whatever it leaves
     behind can be found, and killed, by session id."""
 
-    def __init__(self, *args, umask=None, stdout=subprocess.PIPE, **env):
+    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, **env):
         def prepare():
             if umask is not None:
                 os.umask(umask)
+            if file_size_limit is not None:  # `ulimit -f`: a write past it fails with EFBIG
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
             # A shell starts background jobs with SIGINT ignored, and a child
             # inherits that: give ctxlab Ctrl-C as a terminal sends it.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -185,6 +188,41 @@ class TestOutputFiles:
         assert code == 0, err
         assert '"schema_version": 1' in out
         assert os.path.islink("/dev/stdout") and os.readlink("/dev/stdout") == before
+
+    def test_a_directory_or_a_path_through_a_file_is_refused(self, tmp_path):
+        """-o naming a directory, or a path whose parent is a file: one line, exit 2."""
+        (tmp_path / "reports").mkdir()
+        (tmp_path / "notes").write_text("keep me")
+        code, _, err = cli("run", "bad-only", "-o", str(tmp_path / "reports"))
+        assert code == 2 and one_line(err) == f"ctxlab: error: cannot write {tmp_path / 'reports'}: it is a directory"
+        code, _, err = cli("run", "bad-only", "-o", str(tmp_path / "notes" / "r.json"))
+        assert (
+            code == 2
+            and one_line(err) == f"ctxlab: error: cannot write {tmp_path / 'notes' / 'r.json'}: Not a directory"
+        )
+        assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
+        assert (tmp_path / "notes").read_text() == "keep me"
+
+    def test_a_write_that_fails_midway_leaves_no_file(self, tmp_path):
+        """A file-size limit (`ulimit -f`) stops the write: one line, exit 2,
+        the old report kept and no temporary file left beside it."""
+        target = tmp_path / "r.json"
+        target.write_text("keep me")
+        code, _, err = cli("run", "bad-only", "-o", str(target), file_size_limit=100)
+        assert code == 2 and one_line(err) == f"ctxlab: error: cannot write {target}: File too large"
+        assert os.listdir(tmp_path) == ["r.json"] and target.read_text() == "keep me"
+
+    def test_dev_stdout_redirected_to_a_file_is_written_into_that_file(self, tmp_path):
+        """`ctxlab run -o /dev/stdout > out.txt`: the report goes into the
+        shell's file (opened for writing, as `tee /dev/stdout` does), which
+        is never replaced by another file."""
+        shells = tmp_path / "out.txt"
+        with shells.open("w") as stdout:
+            inode = os.fstat(stdout.fileno()).st_ino
+            code, _, err = cli("run", "bad-only", "-o", "/dev/stdout", stdout=stdout)
+        assert code == 0, err
+        assert shells.stat().st_ino == inode and os.listdir(tmp_path) == ["out.txt"]
+        assert '"schema_version": 1' in shells.read_text()
 
     def test_snapshot_into_a_read_only_file_is_refused(self, tmp_path):
         """snapshot -o refuses a read-only file before running anything."""
