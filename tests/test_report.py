@@ -352,8 +352,7 @@ class TestLoadReport:
         assert message in str(caught.value)
 
     def test_a_file_over_the_size_limit_is_refused_before_reading(self, tmp_path):
-        from ctxlab.validate import MAX_BYTES
-
+        MAX_BYTES = 64 * 2**20  # the limit README gives: "over 64 MiB"
         path = tmp_path / "huge.json"
         with path.open("wb") as huge:
             huge.truncate(MAX_BYTES + 1)  # sparse: no disk, no time
@@ -364,6 +363,22 @@ class TestLoadReport:
             at_the_limit.truncate(MAX_BYTES)  # the limit itself is allowed: read, and refused for what it holds
         with pytest.raises(ReportFileError, match="is not JSON"):
             load_report(path)
+
+    @pytest.mark.parametrize(
+        "server, shown",
+        [
+            ("x" * 38, "'" + "x" * 38 + "'"),  # 40 characters: shown whole
+            ("x" * 39, "'" + "x" * 36 + "..."),  # 41: the first 37 and an ellipsis
+        ],
+    )
+    def test_a_long_wrong_value_is_shown_cut_to_40_characters(self, tmp_path, server, shown):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps({"schema_version": 1, "server": server, "scenarios": []}))
+        with pytest.raises(ReportFileError) as caught:
+            load_report(path)
+        assert str(caught.value) == (
+            f"{path} is a malformed ctxlab report: server is {shown}, expected one of asgi, uvicorn, both"
+        )
 
     def test_unreadable(self, tmp_path):
         with pytest.raises(ReportFileError, match=f"cannot read {tmp_path}/missing.json: No such file or directory"):
