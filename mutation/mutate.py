@@ -52,7 +52,13 @@ TARGET = 0.90
 # file is mostly about something else).  Subprocess tests are listed where
 # the module's code runs only in the CLI process (Ctrl-C, serve).
 TESTS = {
-    "config": ["test_engine.py", "test_report.py", "test_scenario.py"],
+    "config": [
+        "test_engine.py",
+        "test_report.py",
+        "test_scenario.py",
+        "test_servers.py::test_the_default_loop_and_parser_are_what_uvicorn_standard_picks",
+        "test_servers.py::test_a_choice_that_is_not_installed_is_skipped_with_the_reason",
+    ],
     "labels": ["test_labels.py", "test_probe.py"],
     "plain": ["test_plain.py", "test_render.py"],
     "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],

@@ -1,6 +1,7 @@
 """Real uvicorn on loopback, --server both, --spec-version, and cleanup."""
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 from conftest import ctxlab, ctxlab_json, run_named
 
 from ctxlab import config
-from ctxlab.config import RunConfig, installed, settled
+from ctxlab.config import RunConfig, settled
 from ctxlab.engine import run_entry
 from ctxlab.scenario import Env, catalog
 from ctxlab.servers import uvicorn_server
@@ -161,11 +162,12 @@ def test_check_passes_on_every_server_and_loop(serving):
 
 
 def test_the_default_loop_and_parser_are_what_uvicorn_standard_picks():
+    # What is importable here, asked of Python itself, not of ctxlab.
+    uvloop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    httptools = "httptools" if importlib.util.find_spec("httptools") else "h11"
     uvicorn = settled(RunConfig("uvicorn"))
-    assert (uvicorn.loop, uvicorn.http) == (
-        "uvloop" if installed("uvloop") else "asyncio",
-        "httptools" if installed("httptools") else "h11",
-    )
+    assert (uvicorn.loop, uvicorn.http) == (uvloop, httptools)
+    assert (settled(RunConfig("granian")).loop, settled(RunConfig("granian")).http) == (uvloop, None)
     assert settled(RunConfig("asgi")).loop == "asyncio" and settled(RunConfig("hypercorn")).http is None
     assert settled(RunConfig("uvicorn", "asyncio", "h11")) == RunConfig("uvicorn", "asyncio", "h11")
 
