@@ -235,6 +235,9 @@ class TestText:
     def test_a_scenario_is_labelled_with_the_server_loop_and_parser_it_ran_on(self):
         ran = ScenarioReport("s", Status.PASS, config=RunConfig("uvicorn", "uvloop", "httptools"))
         assert (ran.server, ran.label) == ("uvicorn", "uvicorn (uvloop, httptools)")
+        # In process the loop is no choice of the user's: the tables say "asgi" alone.
+        assert ScenarioReport("s", Status.PASS, config=RunConfig("asgi", "asyncio")).label == "asgi"
+        assert ScenarioReport("s", Status.PASS, config=RunConfig("hypercorn")).label == "hypercorn"
 
 
 def saved(*scenarios, server="asgi"):
