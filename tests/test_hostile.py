@@ -117,15 +117,17 @@ class TestOutputFiles:
         assert code == 1, err
         assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
-    def test_a_read_only_file_is_refused_and_kept(self, tmp_path):
-        """A read-only target is refused before running (exit 2), even for root."""
+    @pytest.mark.parametrize("mode", [0o444, 0o555])
+    def test_a_read_only_file_is_refused_and_kept(self, tmp_path, mode):
+        """A read-only target is refused before running (exit 2), even for
+        root, and even if it may be executed."""
         target = tmp_path / "r.json"
         target.write_text("keep me")
-        target.chmod(0o444)
+        target.chmod(mode)
         code, out, err = cli("run", "bad-only", "-o", str(target))
         assert code == 2 and out == ""
         assert "read-only" in one_line(err)
-        assert target.read_text() == "keep me" and stat.S_IMODE(target.stat().st_mode) == 0o444
+        assert target.read_text() == "keep me" and stat.S_IMODE(target.stat().st_mode) == mode
 
     def test_a_symlink_is_written_through(self, tmp_path):
         """-o through a symlink writes the file it points to and keeps the link."""
