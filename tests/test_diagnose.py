@@ -424,6 +424,15 @@ class HalfAnswer:  # passes the endpoint's response start on, then fails before 
 half_answer = Starlette(middleware=[Middleware(HalfAnswer)])
 fails_under_mount = Starlette(middleware=[Middleware(FailsUnderSub)], routes=[Mount("/sub", app=Starlette())])
 wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
+trusted_mount = Starlette(
+    routes=[
+        Mount(
+            "/api",
+            app=Starlette(),
+            middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["api.example.com"])],
+        )
+    ]
+)
 
 
 class NeedsSettings:  # fails when its app builds the stack, as a middleware missing its settings does
@@ -701,6 +710,16 @@ def test_a_wildcard_allowed_host_gets_a_host_under_it(tmp_path):
     module = layered(tmp_path)
     diagnosis = diagnose(f"{module}:wildcard_host", app_dir=tmp_path)
     assert (diagnosis.status, diagnosis.notes, diagnosis.complete) == (200, [], True)
+
+
+def test_a_host_a_mounts_own_middleware_allows_is_asked_for(tmp_path):
+    """TrustedHostMiddleware given to a Mount (around the mounted app, in no
+    app's own middleware list): the probe asks as the host it allows, and
+    it lets the request through."""
+    module = layered(tmp_path)
+    diagnosis = diagnose(f"{module}:trusted_mount", app_dir=tmp_path)
+    assert (diagnosis.notes, diagnosis.complete) == ([], True)
+    assert [(layer.name, layer.sees_endpoint_values) for layer in diagnosis.layers] == [("TrustedHostMiddleware", True)]
 
 
 def test_a_request_that_failed_before_its_endpoint_leaves_the_diagnosis_incomplete(tmp_path):
