@@ -630,6 +630,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     fit_streams()
     try:
+        if sys.stdout is None:  # started with stdout closed (`ctxlab list >&-`): Python gives None
+            raise UsageError("stdout is closed; redirect it (> /dev/null) to run without output")
         code = app(standalone_mode=False)
     except CtxlabError as exc:
         print(f"ctxlab: error: {exc}", file=sys.stderr)

@@ -25,8 +25,9 @@ BUNDLED_NAME_LENGTH = 40  # longer than any name a user must type
 
 
 def environ(**extra):
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120", **extra}
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
     env.pop("FORCE_COLOR", None)
+    env.update(extra)
     return {name: value for name, value in env.items() if value is not None}
 
 
@@ -49,8 +50,10 @@ class Cli:
     """A running `ctxlab` in its own session, so that whatever it leaves
     behind can be found, and killed, by session id."""
 
-    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, **env):
+    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, close_stdout=False, **env):
         def prepare():
+            if close_stdout:  # as `>&-` does
+                os.close(1)
             if umask is not None:
                 os.umask(umask)
             if file_size_limit is not None:  # `ulimit -f`: a write past it fails with EFBIG
@@ -310,10 +313,10 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def start_and_wait(tmp_path, *args):
+def start_and_wait(tmp_path, *args, **env):
     """Start ctxlab and wait until the app under test handles requests."""
     marker = tmp_path / "started"
-    running = Cli(*args, CTXLAB_TEST_MARKER=str(marker))
+    running = Cli(*args, CTXLAB_TEST_MARKER=str(marker), **env)
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert running.process.poll() is None, running.process.communicate()
@@ -359,14 +362,17 @@ class TestSignals:
         code, _, err = running.finish(timeout=5)
         assert code == 130 and "Traceback" not in err
 
-    def test_interrupted_output_file_is_not_written(self, tmp_path):
+    @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
+    def test_interrupted_output_file_is_not_written(self, tmp_path, colors):
         """An interrupted run writes no -o file (it would look complete) and
-        says so, printing the path literally."""
+        says so, printing the path literally (not even coloured as a path)."""
         target = tmp_path / "[bold]report.json"
-        running = start_and_wait(tmp_path, "run", "many-slow-requests", "--scenarios", str(HOSTILE), "-o", str(target))
+        running = start_and_wait(
+            tmp_path, "run", "many-slow-requests", "--scenarios", str(HOSTILE), "-o", str(target), **colors
+        )
         running.process.send_signal(signal.SIGINT)
         code, _, err = running.finish(timeout=5)
-        assert code == 130 and f"{target} not written" in one_line(err)
+        assert code == 130 and one_line(err) == f"interrupted: {target} not written"
         assert sorted(os.listdir(tmp_path)) == ["started"]
 
     def test_sigterm_during_serve(self, tmp_path):
@@ -492,6 +498,25 @@ class TestText:
         assert out.isascii() and "ShinyMiddleware -> BadMiddleware -> app" in out
         code, out, err = cli("explain", "bad-then-shiny", **env)
         assert code == 0 and out.isascii(), err
+
+    def test_a_terminal_that_can_show_arrows_gets_them(self):
+        """A UTF-8 terminal gets the arrows themselves."""
+        code, out, err = cli("run", "bad-then-shiny", PYTHONIOENCODING="utf-8")
+        assert code == 0 and "ShinyMiddleware → BadMiddleware → app" in out, err
+
+    @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"TERM": "dumb"}])
+    def test_what_an_ascii_terminal_cannot_show_is_replaced(self, env):
+        """A name the user typed with an accent comes back with `?` for it,
+        the stream's own replacement, on stderr as on stdout."""
+        code, _, err = cli("run", "café", **env)
+        assert code == 2 and one_line(err) == "ctxlab: error: unknown scenario 'caf?'; see 'ctxlab list'"
+
+    @pytest.mark.parametrize("args", [("list",), ("run", "bad-only", "--json")])
+    def test_a_closed_stdout_is_one_line(self, args):
+        """`ctxlab list >&-`: nowhere to print; one line, exit 2."""
+        code, _, err = cli(*args, stdout=None, close_stdout=True)
+        assert code == 2
+        assert one_line(err) == "ctxlab: error: stdout is closed; redirect it (> /dev/null) to run without output"
 
     def test_list_never_cuts_a_name(self):
         """At any terminal width every scenario name appears whole."""
