@@ -187,7 +187,7 @@ def _start(child) -> None:
     child.start()
 
 
-def _become_child(quiet_stdout: bool = False) -> None:
+def _become_child(quiet_stdout: bool) -> None:
     # Its own process group: the parent decides when it stops, and a
     # terminal's Ctrl-C reaches the parent alone.
     os.setpgid(0, 0)
@@ -225,8 +225,9 @@ def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
 def _serve(pipe) -> None:
     """The worker's loop: compute each call sent and answer it; end (as
     `_child` does) when the parent closes its end, or after answering a call
-    that changed the process."""
-    _become_child()
+    that changed the process.  What the scenarios print goes to stderr:
+    stdout is the parent's, for the report (`run --json` is one document)."""
+    _become_child(quiet_stdout=True)
     before, started_with = _traces(), set(sys.modules)
     modules = dict(sys.modules)  # as the last check saw them
     while True:

@@ -2,6 +2,7 @@
 config, and comparing with a saved report."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -339,6 +340,61 @@ def hostile():
     return engine.entries([HOSTILE])
 
 
+KILLS_ITSELF = """
+import os
+import signal
+
+from ctxlab.scenario import scenario
+
+
+@scenario("killed-while-running", summary="s", tags=["t"], expect={}, timeout=3)
+def killed_while_running():
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+# Two scenarios of one module, each writing down the process it runs in.
+WRITE_THEIR_PID = """
+import os
+
+from ctxlab.scenario import scenario
+
+
+def answering():
+    with open(LOG, "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+@scenario("first-pid", summary="s", expect={})
+def first_pid():
+    return answering()
+
+
+@scenario("second-pid", summary="s", expect={})
+def second_pid():
+    return answering()
+"""
+
+
+def test_importing_a_scenarios_module_does_not_cost_a_new_worker(tmp_path):
+    """A module imported is no change to the worker (only modules removed
+    or replaced are): both scenarios run in the same worker, which is not
+    this process (their own record of os.getpid())."""
+    log = tmp_path / "pids.log"
+    (tmp_path / "pids.py").write_text(WRITE_THEIR_PID.replace("LOG", repr(str(log))))
+    entries = engine.select(["first-pid", "second-pid"], False, [], [tmp_path])
+    report = engine.execute(entries, [RunConfig()])
+    assert [s.status for s in report.scenarios] == [Status.PASS, Status.PASS]
+    first, second = log.read_text().split()
+    assert first == second != str(os.getpid())
+
+
 class TestGuard:
     """What run_guarded, load_or_crash and load_checked say of a scenario
     whose module or app hangs, or ends the process: read from the fixture's
@@ -377,6 +433,11 @@ class TestGuard:
         result = engine.run_guarded(engine.entries([tmp_path])["dies-while-running"], RunConfig())
         assert (result.status, result.error) == (Status.ERROR, "crashed: exited with status 7 without a report")
         assert 0 < result.duration_ms <= (time.perf_counter() - started) * 1000  # the time it took, in ms
+
+    def test_a_run_killed_by_a_signal_names_the_signal(self, tmp_path):
+        (tmp_path / "killed.py").write_text(KILLS_ITSELF)
+        result = engine.run_guarded(engine.entries([tmp_path])["killed-while-running"], RunConfig())
+        assert (result.status, result.error) == (Status.ERROR, "crashed: killed by SIGKILL")  # what it sent itself
 
     def test_a_module_that_loads_is_loaded(self, hostile):
         assert engine.load_checked(hostile["fine"]).name == "fine"

@@ -625,6 +625,16 @@ class TestMatrix:
         assert (theirs / "ctxlab").resolve() == (other / "ctxlab").resolve()
 
 
+# -- scenarios that print ------------------------------------------------------------------------
+def test_a_scenario_that_prints_keeps_stdout_json():
+    """run --json: what a scenario's app prints goes to stderr, so stdout
+    holds one JSON document, as for probe."""
+    code, out, err = cli("run", "prints", "--json", "--scenarios", str(HOSTILE))
+    assert code == 0, err
+    assert [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
+    assert "hello from the factory" in err and "hello from the endpoint" in err
+
+
 # -- probe targets -------------------------------------------------------------------------------
 
 
