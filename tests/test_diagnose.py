@@ -681,6 +681,46 @@ def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 7, "sync-set")]
 
 
+def test_a_lambda_dependency_is_passed_by(tmp_path):
+    """`Depends(lambda: ...)` written on a line of its own: no `def` to read
+    (its source line is an assignment), and the `def` after it is still read."""
+    module = f"lambda_dep_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "tenant = ContextVar('tenant')\n"
+        "settings = Depends(lambda: {'region': 'eu'})\n"
+        "def dep():\n"
+        "    tenant.set('x')\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[settings, Depends(dep)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
+
+
+def test_a_dependency_indented_with_a_tab_is_read(tmp_path):
+    """A factory's `def` dependency, the module indented with tabs."""
+    module = f"tabs_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from fastapi import Depends, FastAPI\n"
+        "def create_app():\n"
+        "\ttenant = ContextVar('tenant')\n"
+        "\tdef dep():\n"
+        "\t\ttenant.set('x')\n"
+        "\tapp = FastAPI()\n"
+        "\tapp.get('/', dependencies=[Depends(dep)])(home)\n"
+        "\treturn app\n"
+        "async def home():\n"
+        "\treturn {}\n"
+    )
+    findings = diagnose(f"{module}:create_app", factory=True, app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
+
+
 def test_a_closure_with_an_unbound_variable_is_still_read(tmp_path):
     """A factory's `def` dependency whose closure holds a ContextVar and a
     name bound later (an empty cell, here never bound): the ContextVar is found."""
