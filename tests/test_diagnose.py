@@ -701,6 +701,25 @@ def test_a_lambda_dependency_is_passed_by(tmp_path):
     assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
 
 
+def test_a_lambda_whose_line_does_not_parse_alone_is_passed_by(tmp_path):
+    """A lambda dependency on a one-line `else:` clause: its source, the
+    line alone, is no Python by itself; it is passed by."""
+    module = f"else_lambda_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import os\n"
+        "from fastapi import Depends, FastAPI\n"
+        "if os.environ.get('REGION_US'):\n"
+        "    region = lambda: 'us'\n"
+        "else: region = lambda: 'eu'\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(region)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    diagnosis = diagnose(f"{module}:app", app_dir=tmp_path)
+    assert (diagnosis.findings, diagnosis.complete) == ([], True)
+
+
 def test_a_dependency_indented_with_a_tab_is_read(tmp_path):
     """A factory's `def` dependency, the module indented with tabs."""
     module = f"tabs_{tmp_path.name}"

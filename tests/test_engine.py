@@ -427,11 +427,13 @@ class TestGuard:
         assert 1000 <= hung.duration_ms < 60_000  # it waited out the timeout, in milliseconds
         assert (after.status, after.error) == (Status.PASS, None)
 
-    def test_a_run_that_ends_the_process(self, tmp_path):
-        (tmp_path / "dies.py").write_text(DIES_WHILE_RUNNING)
+    @pytest.mark.parametrize("status", [7, 0])
+    def test_a_run_that_ends_the_process(self, tmp_path, status):
+        (tmp_path / "dies.py").write_text(DIES_WHILE_RUNNING.replace("_exit(7)", f"_exit({status})"))
         started = time.perf_counter()
         result = engine.run_guarded(engine.entries([tmp_path])["dies-while-running"], RunConfig())
-        assert (result.status, result.error) == (Status.ERROR, "crashed: exited with status 7 without a report")
+        expected = f"crashed: exited with status {status} without a report"  # even 0: it never answered
+        assert (result.status, result.error) == (Status.ERROR, expected)
         assert 0 < result.duration_ms <= (time.perf_counter() - started) * 1000  # the time it took, in ms
 
     def test_a_run_killed_by_a_signal_names_the_signal(self, tmp_path):
