@@ -85,15 +85,21 @@ TESTS = {
     ],
     # The worker and the per-call child: in process first, then the CLI
     # where only a whole process shows it (Ctrl-C, kill -9, a thread left
-    # behind, the app's prints kept off stdout).
+    # behind, the app's prints kept off stdout).  The quick runs first, the
+    # run of every scenario three ways last: most mutants fail the first.
     "isolate": [
-        "test_engine.py",
+        "test_engine.py::TestExecute",
+        "test_engine.py::test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next",
+        "test_engine.py::test_importing_a_scenarios_module_does_not_cost_a_new_worker",
+        "test_engine.py::TestGuard",
+        "test_engine.py::TestBaseline",
         "test_hostile.py::TestSignals",
         "test_hostile.py::TestProbeTargets",
         "test_hostile.py::test_a_scenario_that_prints_keeps_stdout_json",
         "test_hostile.py::TestHangs::test_a_non_daemon_thread_does_not_keep_ctxlab_alive",
         "test_hostile.py::TestHangs::test_probe_of_a_factory_that_never_returns",
         "test_hostile.py::TestHangs::test_a_module_that_ends_the_process_while_importing",
+        "test_engine.py::test_a_shared_worker_observes_what_a_child_per_scenario_and_one_process_do",
     ],
     # What the CLI prints, seen as a user's terminal or pipe gets it.
     "terminal": [
