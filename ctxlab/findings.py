@@ -54,6 +54,7 @@ def analyse(
     boundaries = Boundaries(origins, label, where, is_app)
     history: dict[Any, _History] = {}
     findings: dict[tuple, Finding] = {}
+    requests: dict[tuple, set[int | None]] = {}  # the requests each finding lists, to look up
 
     def add(kind: str, read: Event, set_: Event | None) -> None:
         # The same pitfall in every request is one finding, listing them;
@@ -62,7 +63,9 @@ def analyse(
         key = (kind, read.var, read.site.path, read.site.line, set_site)
         if key not in findings:
             findings[key] = getattr(boundaries, kind.replace("-", "_"))(read, set_)
-        if read.request not in findings[key].requests:
+            requests[key] = set()
+        if read.request not in requests[key]:
+            requests[key].add(read.request)
             findings[key].requests.append(read.request)
 
     for event in events:
