@@ -659,6 +659,23 @@ def test_an_own_module_that_is_not_utf8_does_not_hide_the_modules_after_it(tmp_p
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{prefix}_jobs.py", 3, "executor-no-copy")]
 
 
+def test_an_own_module_whose_file_is_gone_is_passed_by(tmp_path):
+    """A module imported, then its file removed (code replaced under a
+    running app): nothing to read there; the modules after it are read."""
+    prefix = f"gone_{tmp_path.name}"
+    (tmp_path / f"{prefix}_old.py").write_text("VERSION = 1\n")
+    (tmp_path / f"{prefix}_jobs.py").write_text(
+        "import asyncio\nasync def later():\n    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+    )
+    (tmp_path / f"{prefix}.py").write_text(
+        f"import os\nimport {prefix}_old\nos.remove({prefix}_old.__file__)\nimport {prefix}_jobs\n"
+        "from starlette.applications import Starlette\napp = Starlette()\n"
+    )
+    findings = diagnose(f"{prefix}:app", app_dir=tmp_path).findings
+    assert not (tmp_path / f"{prefix}_old.py").exists()
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{prefix}_jobs.py", 3, "executor-no-copy")]
+
+
 def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
     """A `def` dependency generated at import (compiled under the module's
     own file name, as code generators do, at a line the file does not have):
