@@ -305,16 +305,34 @@ def reads_in_the_pool_thread():
 @scenario("reads-in-its-task", summary="s", task_per_request=False, expect={"p": {"var": "default"}})
 def reads_in_its_task():
     return answering()
+
+
+@scenario("replaces-a-module", summary="s", expect={"p": {"var": "default"}})
+def replaces_a_module():
+    import sys
+    import types
+
+    sys.modules["string"] = types.ModuleType("string")  # an empty stand-in, for whoever imports it next
+    return answering()
+
+
+@scenario("imports-that-module", summary="s", task_per_request=False, expect={"p": {"var": "the real one"}})
+def imports_that_module():
+    import string
+
+    var.set("the real one" if hasattr(string, "ascii_letters") else "the stand-in")
+    return answering()
 """
 
 
 def test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next(tmp_path):
-    """A ContextVar a factory sets, and a pool thread that outlives its
-    scenario with a value in its context: the scenarios after them in the
-    same run observe what they observe alone."""
+    """A ContextVar a factory sets, a pool thread that outlives its
+    scenario with a value in its context, a module replaced in sys.modules:
+    the scenarios after them in the same run observe what they observe alone."""
     (tmp_path / "leakers.py").write_text(LEAKERS)
     entries = engine.select(
-        ["sets-in-its-factory", "reads-in-its-task", "sets-in-the-pool-thread", "reads-in-the-pool-thread"],
+        ["sets-in-its-factory", "reads-in-its-task", "sets-in-the-pool-thread", "reads-in-the-pool-thread",
+         "replaces-a-module", "imports-that-module"],
         False, [], [tmp_path],
     )  # fmt: skip
     report = engine.execute(entries, [RunConfig()])
