@@ -370,7 +370,7 @@ def killed_while_running():
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
-# Two scenarios of one module, each writing down the process it runs in.
+# Three scenarios of one module, each writing down the process it runs in.
 WRITE_THEIR_PID = """
 import os
 
@@ -397,20 +397,26 @@ def first_pid():
 @scenario("second-pid", summary="s", expect={})
 def second_pid():
     return answering()
+
+
+@scenario("third-pid", summary="s", expect={})
+def third_pid():
+    return answering()
 """
 
 
 def test_importing_a_scenarios_module_does_not_cost_a_new_worker(tmp_path):
     """A module imported is no change to the worker (only modules removed
-    or replaced are): both scenarios run in the same worker, which is not
-    this process (their own record of os.getpid())."""
+    or replaced are), nor is importing nothing new: the three scenarios run
+    in the same worker, which is not this process (their own record of
+    os.getpid())."""
     log = tmp_path / "pids.log"
     (tmp_path / "pids.py").write_text(WRITE_THEIR_PID.replace("LOG", repr(str(log))))
-    entries = engine.select(["first-pid", "second-pid"], False, [], [tmp_path])
+    entries = engine.select(["first-pid", "second-pid", "third-pid"], False, [], [tmp_path])
     report = engine.execute(entries, [RunConfig()])
-    assert [s.status for s in report.scenarios] == [Status.PASS, Status.PASS]
-    first, second = log.read_text().split()
-    assert first == second != str(os.getpid())
+    assert [s.status for s in report.scenarios] == [Status.PASS] * 3
+    first, second, third = log.read_text().split()
+    assert first == second == third != str(os.getpid())
 
 
 class TestGuard:
