@@ -698,6 +698,30 @@ def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 7, "sync-set")]
 
 
+def test_a_class_endpoint_is_no_function_to_scan(tmp_path):
+    """Starlette's `HTTPEndpoint` class as a route's endpoint: its methods
+    run as methods, not as a `def` endpoint in the thread pool; the scan
+    passes it by, and reads the `def` endpoint beside it."""
+    module = f"class_endpoint_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "from contextvars import ContextVar\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.endpoints import HTTPEndpoint\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "tenant = ContextVar('tenant')\n"
+        "class Things(HTTPEndpoint):\n"
+        "    async def get(self, request):\n"
+        "        return PlainTextResponse('things')\n"
+        "def plain(request):\n"
+        "    tenant.set('x')\n"
+        "    return PlainTextResponse('plain')\n"
+        "app = Starlette(routes=[Route('/things', Things), Route('/plain', plain)])\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(11, "sync-set")]
+
+
 def test_a_lambda_dependency_is_passed_by(tmp_path):
     """`Depends(lambda: ...)` written on a line of its own: no `def` to read
     (its source line is an assignment), and the `def` after it is still read."""
