@@ -698,6 +698,21 @@ def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 7, "sync-set")]
 
 
+def test_run_in_executor_called_with_keywords_is_read(tmp_path):
+    """`run_in_executor(executor=None, func=job)`: no positional argument
+    to look at, and no copy of the context either: a finding."""
+    module = f"keywords_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "from starlette.applications import Starlette\n"
+        "async def job():\n"
+        "    await asyncio.get_running_loop().run_in_executor(executor=None, func=print)\n"
+        "app = Starlette()\n"
+    )
+    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
+    assert [(f.line, f.kind) for f in findings] == [(4, "executor-no-copy")]
+
+
 def test_a_class_endpoint_is_no_function_to_scan(tmp_path):
     """Starlette's `HTTPEndpoint` class as a route's endpoint: its methods
     run as methods, not as a `def` endpoint in the thread pool; the scan
@@ -724,7 +739,8 @@ def test_a_class_endpoint_is_no_function_to_scan(tmp_path):
 
 def test_a_lambda_dependency_is_passed_by(tmp_path):
     """`Depends(lambda: ...)` written on a line of its own: no `def` to read
-    (its source line is an assignment), and the `def` after it is still read."""
+    (its source line is an assignment), and the `def` beside it is still
+    read (the scan meets the lambda first: FastAPI's list read from its end)."""
     module = f"lambda_dep_{tmp_path.name}"
     (tmp_path / f"{module}.py").write_text(
         "from contextvars import ContextVar\n"
@@ -734,7 +750,7 @@ def test_a_lambda_dependency_is_passed_by(tmp_path):
         "def dep():\n"
         "    tenant.set('x')\n"
         "app = FastAPI()\n"
-        "@app.get('/', dependencies=[settings, Depends(dep)])\n"
+        "@app.get('/', dependencies=[Depends(dep), settings])\n"
         "async def home():\n"
         "    return {}\n"
     )
