@@ -2,6 +2,7 @@
 match what the apps' own middleware really saw."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -423,7 +424,21 @@ class HalfAnswer:  # passes the endpoint's response start on, then fails before 
 
 half_answer = Starlette(middleware=[Middleware(HalfAnswer)])
 fails_under_mount = Starlette(middleware=[Middleware(FailsUnderSub)], routes=[Mount("/sub", app=Starlette())])
-wildcard_host = Starlette(middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])])
+class Hosts:  # records the Host header of every request passing in through it
+    seen = []
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.seen.append(dict(scope["headers"])[b"host"].decode())
+        await self.app(scope, receive, send)
+
+
+wildcard_host = Starlette(
+    middleware=[Middleware(Hosts), Middleware(TrustedHostMiddleware, allowed_hosts=["*.example.org"])]
+)
 trusted_mount = Starlette(
     routes=[
         Mount(
@@ -659,6 +674,21 @@ def test_an_own_module_that_is_not_utf8_does_not_hide_the_modules_after_it(tmp_p
     assert [(f.file, f.line, f.kind) for f in findings] == [(f"{prefix}_jobs.py", 3, "executor-no-copy")]
 
 
+def test_an_own_module_saved_with_a_byte_order_mark_does_not_stop_the_scan(tmp_path):
+    """Python imports a UTF-8 file that starts with a byte order mark (as
+    some Windows editors save it); read as plain UTF-8 its text does not
+    parse.  The scan goes on: the other module's pitfall is found."""
+    prefix = f"bom_{tmp_path.name}"
+    pitfall = "import asyncio\nasync def later():\n    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+    (tmp_path / f"{prefix}_windows.py").write_bytes(b"\xef\xbb\xbf" + pitfall.encode())
+    (tmp_path / f"{prefix}_jobs.py").write_text(pitfall)
+    (tmp_path / f"{prefix}.py").write_text(
+        f"import {prefix}_windows\nimport {prefix}_jobs\nfrom starlette.applications import Starlette\napp = Starlette()\n"
+    )
+    findings = diagnose(f"{prefix}:app", app_dir=tmp_path).findings
+    assert (f"{prefix}_jobs.py", 3, "executor-no-copy") in [(f.file, f.line, f.kind) for f in findings]
+
+
 def test_an_own_module_whose_file_is_gone_is_passed_by(tmp_path):
     """A module imported, then its file removed (code replaced under a
     running app): nothing to read there; the modules after it are read."""
@@ -826,6 +856,8 @@ def test_a_wildcard_allowed_host_gets_a_host_under_it(tmp_path):
     module = layered(tmp_path)
     diagnosis = diagnose(f"{module}:wildcard_host", app_dir=tmp_path)
     assert (diagnosis.status, diagnosis.notes, diagnosis.complete) == (200, [], True)
+    (host,) = sys.modules[module].Hosts.seen  # what the app was asked as: a host name, no wildcard left
+    assert re.fullmatch(r"[a-z0-9-]+\.example\.org", host), host
 
 
 def test_a_host_a_mounts_own_middleware_allows_is_asked_for(tmp_path):
