@@ -460,10 +460,11 @@ class TestGuard:
         assert (result.status, result.error) == (Status.ERROR, expected)
         assert 0 < result.duration_ms <= (time.perf_counter() - started) * 1000  # the time it took, in ms
 
-    def test_a_run_killed_by_a_signal_names_the_signal(self, tmp_path):
-        (tmp_path / "killed.py").write_text(KILLS_ITSELF)
+    @pytest.mark.parametrize("signal", ["SIGKILL", "SIGHUP"])  # SIGHUP: number 1, the lowest
+    def test_a_run_killed_by_a_signal_names_the_signal(self, tmp_path, signal):
+        (tmp_path / "killed.py").write_text(KILLS_ITSELF.replace("SIGKILL", signal))
         result = engine.run_guarded(engine.entries([tmp_path])["killed-while-running"], RunConfig())
-        assert (result.status, result.error) == (Status.ERROR, "crashed: killed by SIGKILL")  # what it sent itself
+        assert (result.status, result.error) == (Status.ERROR, f"crashed: killed by {signal}")  # what it sent itself
 
     def test_a_module_that_loads_is_loaded(self, hostile):
         assert engine.load_checked(hostile["fine"]).name == "fine"
