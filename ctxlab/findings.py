@@ -230,8 +230,15 @@ class Boundaries:
         reader = _chain(get.mark)
         who = self.who(get)
         previous = f"request {set_.request}"
-        if self._own_thread_context(get) and set_.mark is get.mark:
-            boundary = (f"the executor job ran in the worker thread's own context (no copy_context), which still "
+        if get.task is None and set_.mark is get.mark and self._is_thread(get.mark):
+            # With 3.14's thread_inherit_context the thread's context is a
+            # copy of the one that started it, and kept as long as the thread.
+            context = (
+                "the worker thread's own context"
+                if get.mark.parent is None
+                else f"the worker thread's context (a copy of {self.label(get.mark.parent)}, made as it started)"
+            )
+            boundary = (f"the executor job ran in {context} (no copy_context), which still "
                         f"holds what {previous} set there")  # fmt: skip
             return Finding("leak", get, set_, boundary,
                            "Run each job in a copy (`loop.run_in_executor(pool, contextvars.copy_context().run, job)`), "
