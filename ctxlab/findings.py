@@ -106,8 +106,11 @@ class _History:
             producer = self.by_value.get(key)
             if producer is not None and producer.request is not None:
                 return "leak", get, producer
-        ours = self.by_request.get(get.request, [])
-        open_set = next((s for s in reversed(ours) if s.seq not in self.reset), None)
+        open_set = None
+        for set_ in reversed(self.by_request.get(get.request, ())):
+            if set_.seq not in self.reset:
+                open_set = set_
+                break
         # Lost means the reading context never received the set: a get in the
         # setter's own context that sees another value was changed by code
         # the hooks cannot see (a set made from C), not by a boundary.
