@@ -81,6 +81,9 @@ class PlainConsole:
 
         try:
             self.file.write(text)
+            # Now, as a terminal would show it: `| tee` sees each scenario
+            # as it finishes, and a Ctrl-C loses nothing already printed.
+            self.file.flush()
         except BrokenPipeError:
             raise terminal.reader_gone() from None
 
