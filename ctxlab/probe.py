@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import itertools
 import sys
 import threading
@@ -147,7 +148,16 @@ class Recorder:
     @property
     def records(self) -> list[Record]:
         """Every record so far, in the order they were made."""
-        return [self._record(seq, row) for seq, row in enumerate(list(self._rows), 1)]
+        rows, collecting = list(self._rows), gc.isenabled()
+        # Thousands of new objects at once would start collections that
+        # walk the whole heap (a run's tasks, coroutines, requests), and can
+        # free nothing here.
+        gc.disable()
+        try:
+            return [self._record(seq, row) for seq, row in enumerate(rows, 1)]
+        finally:
+            if collecting:
+                gc.enable()
 
     def _place(self, mark: ContextMark) -> tuple[int, str]:
         """The number of a mark new to this recorder, and the name of the
