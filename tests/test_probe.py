@@ -1,6 +1,7 @@
 """The recorder: labels, unset vs None vs raised, no mixing between requests."""
 
 import asyncio
+import gc
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -251,3 +252,20 @@ def test_threads_recording_at_once_lose_nothing_and_number_in_order(live):
         assert {(r.task, r.context.owner.name) for r in mine} == {(None, name)}
     if live:
         assert sorted(passed, key=lambda r: r.seq) == records
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_reading_the_records_leaves_the_garbage_collector_as_it_was(collecting):
+    """`Recorder.records` pauses the collector while it builds the records:
+    afterwards it is on or off as before."""
+    recorder = Recorder()
+    previous, was = activate(recorder), gc.isenabled()
+    try:
+        probe("here", var_with_default)
+        (gc.enable if collecting else gc.disable)()
+        (record,) = recorder.records
+        assert (record.probe, record.var, record.value) == ("here", "var_with_default", None)
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+        activate(previous)
