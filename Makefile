@@ -18,7 +18,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The trace tests again on the Pythons of the other recorder: sys.setprofile
+# The trace tests again on the Pythons of the other recorder: ContextVar's methods replaced
 # (3.10) and sys.monitoring (3.12); each Python that is installed gets a
 # throwaway virtualenv of its own.
 RECORDER_PYTHONS ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python)) \

@@ -6,7 +6,7 @@ baselines measured in the same run (interleaved runs, medians).
 - 1,000 requests, one after another, to a FastAPI app with three
   middleware and two dependencies, in process: traced (recording and
   analysis) vs the same requests untraced.  Budget 1.5x on Python 3.12+
-  (sys.monitoring), 3x on 3.10/3.11 (sys.setprofile).
+  (sys.monitoring), 3x on 3.10/3.11 (ContextVar methods replaced).
 - A suite of 200 tests, each sending a request through Starlette's
   TestClient: `pytest --ctxlab` vs plain pytest.  Budget 1.5x on 3.12+.
 
@@ -190,7 +190,7 @@ def main() -> int:
         failed += verdict == "OVER"
         shown = f"<= {limit}x {verdict}" if limit else "(no budget before 3.12)"
         print(f"{figure:<{width}}  {ours:>7.3f}s  {theirs:>7.3f}s  {value:>5.2f}x  {shown}")
-    recorder = "sys.monitoring" if NEW_RECORDER else "sys.setprofile"
+    recorder = "sys.monitoring" if NEW_RECORDER else "ContextVar methods replaced"
     print(f"python {sys.version.split()[0]} ({recorder}), {os.cpu_count()} cores, {runs} interleaved runs, medians")
     return 1 if failed else 0
 

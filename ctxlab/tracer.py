@@ -4,14 +4,20 @@ reset that Python code makes, with where it happened.
 Python 3.12+ uses `sys.monitoring`: a CALL event reports calls of C
 methods such as `ContextVar.get`, and a call site that is not a ContextVar
 method answers DISABLE, so after its first call it costs nothing.  Python
-3.10 and 3.11 use `sys.setprofile` and `threading.setprofile`, whose
-`c_call` events report the same calls (bound to their variable).
+3.10 and 3.11 have no such hook (a profile hook runs for every call the app
+makes, which alone triples the cost of a request), so while a trace runs
+ContextVar's own methods and `contextvars.copy_context` are replaced by
+functions that tell the recorder and then make the original call (see
+`_replace_methods`).
 
-Neither hook sees the arguments or the result of a C call, so the values
-are read around it: a get's value is the variable's value at the call, a
-set's is its value once the call returned.  Calls made from C (a
-`Context.run(var.set, x)`) are not seen at all.  Hooks never fire inside
-their own callbacks, so what the recorder reads is not recorded.
+The monitoring hook does not see the arguments or the result of a C call,
+so on every Python the values are read around the call: a get's value is
+the variable's value at the call, a set's is its value once the call
+returned.  Calls made from C (a `Context.run(var.set, x)`) are not seen on
+3.12+; on 3.10 and 3.11 they are (C looks the method up like Python code
+does).  What the recorder itself reads is never recorded: hooks do not fire
+inside their callbacks, and the replacements pass ctxlab's own variables
+straight through.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dis
+import gc
 import itertools
 import os
 import sys
@@ -41,6 +48,7 @@ _copy_context = contextvars.copy_context
 _LOOP_STEP = asyncio.events.Handle._run.__code__
 _CTXLAB = str(Path(__file__).resolve().parent) + os.sep
 _CTXLAB_SCENARIOS = _CTXLAB + "scenarios" + os.sep  # bundled scenarios in a wheel are app code
+_QUALIFIED_CODE = sys.version_info >= (3, 11)  # code objects know their Class.method
 
 
 def _library_roots() -> list[str]:
@@ -52,7 +60,7 @@ def _library_roots() -> list[str]:
     return sorted((str(Path(root).resolve()) + os.sep for root in roots), key=len, reverse=True)
 
 
-@dataclass
+@dataclass(slots=True)  # a trace makes thousands
 class Site:
     """Where an event happened: the app's innermost frame, or the library's
     own frame when no app code is on the stack."""
@@ -62,7 +70,7 @@ class Site:
     function: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """One get, set or reset (a snapshot read is a get with `snapshot`)."""
 
@@ -93,11 +101,7 @@ class Origin:
     """How a task came to be: who created it, from where, and when."""
 
     request: int | None
-    frames: list[tuple[Any, int, str]]  # (code, line, qualified name), innermost first
-
-    @property
-    def stack(self) -> list[Site]:
-        return [Site(code.co_filename, line, name) for code, line, name in self.frames]
+    stack: list[Site]  # innermost first
 
 
 class TraceRecorder(Recorder):
@@ -133,6 +137,7 @@ class Tracer:
         self._app_code: dict[str, bool] = {}
         self._reads_snapshot: dict[Any, bool] = {}
         self._qualnames: dict[Any, str] = {}
+        self._sites: dict[tuple[int, int], tuple[Any, Site]] = {}  # (id(code), offset) -> (code, site)
         self._owners: dict[str, str] = {}
         self._pending: dict[int, Event] = {}  # thread id -> its set/reset in progress
         self.roots = _library_roots()
@@ -164,9 +169,13 @@ class Tracer:
             # Call sites disabled by an earlier trace must report again.
             monitoring.restart_events()
         else:
-            hook = self._profile_hook()
-            threading.setprofile(hook)
-            sys.setprofile(hook)
+            _replace_methods(self._wrappers())
+        # The events a trace keeps make the collector run full collections,
+        # and each walks every object of the app and its libraries: on the
+        # FastAPI benchmark, a third of the cost of tracing.  What exists
+        # when the trace starts is set aside until it stops (gc.freeze); any
+        # of it that becomes garbage meanwhile is collected after that.
+        gc.freeze()
 
     def stop(self) -> None:
         if self._tool is not None:
@@ -174,8 +183,8 @@ class Tracer:
             sys.monitoring.free_tool_id(self._tool)
             self._tool = None
         else:
-            sys.setprofile(None)
-            threading.setprofile(None)  # type: ignore[arg-type]
+            _replace_methods(_ORIGINALS)
+        gc.unfreeze()
 
     def __enter__(self) -> Tracer:
         self.start()
@@ -187,17 +196,20 @@ class Tracer:
     # -- the hooks -----------------------------------------------------------
     def _on_call(self, code, offset, callable_, arg0):
         if callable_ is _GET or callable_ is _SET or callable_ is _RESET:
-            self._before(callable_.__name__, arg0, sys._getframe(1))
+            var = arg0
         elif type(callable_) is _BUILTIN:
-            owner = callable_.__self__
-            if type(owner) is ContextVar:
-                self._before(callable_.__name__, owner, sys._getframe(1))
-            elif callable_ is _copy_context:
+            var = callable_.__self__
+            if type(var) is not ContextVar:
+                if callable_ is not _copy_context or not self._iterates_copy(code):
+                    return sys.monitoring.DISABLE
                 self._snapshot(sys._getframe(1))
-            else:
-                return sys.monitoring.DISABLE
+                return None
         else:
             return sys.monitoring.DISABLE
+        if self._wanted.get(var) is False and self._private(var, code):
+            return sys.monitoring.DISABLE
+        self._before(callable_.__name__, var, sys._getframe(1))
+        return None
 
     def _on_return(self, code, offset, callable_, arg0):
         if self._pending:
@@ -207,26 +219,56 @@ class Tracer:
         if self._pending:
             self._after(True)
 
-    def _profile_hook(self):
-        """The sys.setprofile callback: it runs for every Python call and
-        return too, so it is a plain function with everything it needs in
-        its own locals, and answers those events after one comparison."""
-        before, after, snapshot, pending = self._before, self._after, self._snapshot, self._pending
+    def _wrappers(self) -> dict[str, Any]:
+        """What replaces ContextVar's get, set and reset, and copy_context,
+        while a 3.10 or 3.11 trace runs: each tells the recorder, then makes
+        the original call.  A profile hook would see the same calls, but it
+        runs for every call the app makes, and that alone costs up to 3x on
+        a FastAPI app; these run only for ContextVar calls."""
+        before, after, snapshot, wanted = self._before, self._after, self._snapshot, self._wanted
 
-        def profile(frame, event, arg, builtin=_BUILTIN, contextvar=ContextVar, copy_context=_copy_context):
-            if event == "c_call":
-                if type(arg) is builtin:
-                    owner = arg.__self__
-                    if type(owner) is contextvar:
-                        before(arg.__name__, owner, frame)
-                    elif arg is copy_context:
-                        snapshot(frame)
-            elif pending and event != "call" and event != "return":
-                after(event == "c_exception")
+        def get(var, *default):
+            if wanted.get(var) is not False:  # ctxlab's own variables are never recorded
+                before("get", var, sys._getframe(1))
+            return _GET(var, *default)
 
-        return profile
+        def changing(op: str, method):
+            def change(var, argument):
+                if wanted.get(var) is False:
+                    return method(var, argument)
+                before(op, var, sys._getframe(1))
+                try:
+                    result = method(var, argument)
+                except BaseException:
+                    after(True)
+                    raise
+                after(False)
+                return result
+
+            change.__name__ = change.__qualname__ = op
+            return change
+
+        def copy_context():
+            snapshot(sys._getframe(1))
+            return _copy_context()
+
+        return {
+            "get": get,
+            "set": changing("set", _SET),
+            "reset": changing("reset", _RESET),
+            "copy_context": copy_context,
+        }
 
     # -- recording -----------------------------------------------------------------
+    def _private(self, var: ContextVar, code) -> bool:
+        """A call site of ctxlab's own bookkeeping (its probe recorder's
+        variables, from its own modules): no such call is ever recorded."""
+        return (
+            var.name.startswith("ctxlab.")
+            and code.co_filename.startswith(_CTXLAB)
+            and not self.is_app(code.co_filename)
+        )
+
     def _wants(self, var: ContextVar) -> bool:
         wanted = self._wanted.get(var)
         if wanted is None:
@@ -236,10 +278,11 @@ class Tracer:
         return wanted
 
     def _before(self, op: str, var: ContextVar, frame) -> None:
-        if op not in ("get", "set", "reset") or not self._wants(var):
+        wanted = self._wanted.get(var)
+        if not (wanted or (wanted is None and self._wants(var))) or op not in ("get", "set", "reset"):
             return
-        value = var.get(_MISSING)
-        event = self._event(op, var, _shown(value), frame)
+        value = _GET(var, _MISSING)  # the original: on 3.10/3.11 var.get is ours
+        event = self._event(op, var, value if type(value) in _PLAIN else _shown(value), frame)
         if op == "get":
             self.events.append(event)
             return
@@ -252,7 +295,7 @@ class Tracer:
         event = self._pending.pop(threading.get_ident(), None)
         if event is None or (raised and event.op == "set"):  # a set that raised changed nothing
             return
-        value = event.var.get(_MISSING)
+        value = _GET(event.var, _MISSING)
         event.value = _shown(value)
         if raised:
             event.raised = self._reset_error(event)
@@ -268,7 +311,7 @@ class Tracer:
             return
         owner = self.owner(frame.f_code.co_filename)
         for var in self.should_hold(self._request(self.recorder.where()[2]), owner):
-            value = var.get(_MISSING)
+            value = _GET(var, _MISSING)
             event = self._event("get", var, _shown(value), frame)
             event.snapshot = True
             self.events.append(event)
@@ -280,8 +323,9 @@ class Tracer:
 
     def _event(self, op: str, var: ContextVar, value: Any, frame) -> Event:
         task, mark, request = self.recorder.where()
+        caller = self._site_of(frame)
         return Event(
-            next(self._seq), self._request(request), op, var, value, self._app_site(frame, task), self._site_of(frame),
+            next(self._seq), self._request(request), op, var, value, self._app_site(frame, task, caller), caller,
             task, mark, threading.current_thread().name, code=frame.f_code,
         )  # fmt: skip
 
@@ -296,11 +340,13 @@ class Tracer:
     def origin(self) -> Origin:
         """Where a task is being created, and during which request."""
         task, _, request = self.recorder.where()
-        frames = [
-            (frame.f_code, frame.f_lineno, self._qualname(frame.f_code, frame))
-            for frame in itertools.islice(_own_frames(sys._getframe(2), task), 12)
-        ]
-        return Origin(self._request(request), frames)
+        stack = []
+        # Up to the app's own frame: what made the task lies below it.
+        for frame in _own_frames(sys._getframe(2), task):
+            stack.append(self._site_of(frame))
+            if len(stack) == 12 or self.is_app(frame.f_code.co_filename):
+                break
+        return Origin(self._request(request), stack)
 
     # -- where: the app's own code -------------------------------------------------
     def is_app(self, path: str) -> bool:
@@ -328,22 +374,39 @@ class Tracer:
         return real
 
     def _site_of(self, frame) -> Site:
+        """The site `frame` is at, made once per code object and position:
+        a frame's line number is found by scanning its code's line table,
+        which costs most in the long functions of event loops and servers."""
         code = frame.f_code
-        return Site(code.co_filename, frame.f_lineno or code.co_firstlineno, self._qualname(code, frame))
+        key = (id(code), frame.f_lasti)  # a code object's hash reads all its bytecode on 3.12
+        known = self._sites.get(key)
+        if known is None or known[0] is not code:
+            name = code.co_qualname if _QUALIFIED_CODE else self._qualname(code, frame)
+            known = self._sites[key] = (code, Site(code.co_filename, frame.f_lineno or code.co_firstlineno, name))
+        return known[1]
 
     def _qualname(self, code, frame) -> str:
-        """`Class.method`: code objects carry it from 3.11; on 3.10 it is
-        found once per code object, from the class of `self` or `cls`."""
+        """`Class.method` on 3.10 (later code objects carry it), found once
+        per code object from the class of `self` or `cls`."""
         name = self._qualnames.get(code)
         if name is None:
-            name = self._qualnames[code] = getattr(code, "co_qualname", None) or _defining_class(code, frame)
+            name = self._qualnames[code] = _defining_class(code, frame)
         return name
 
-    def _app_site(self, frame, task: Any) -> Site:
-        for current in _own_frames(frame, task):
-            if self.is_app(current.f_code.co_filename):
-                return self._site_of(current)
-        return self._site_of(frame)
+    def _app_site(self, frame, task: Any, caller: Site) -> Site:
+        """The innermost frame of the app's own code, or `caller` (the
+        site of `frame`) when that is the app's or no frame is.  Walks as
+        `_own_frames` does, inline: a library's read (OpenTelemetry's
+        context, in FastAPI) passes every frame of the request."""
+        app_code, first, current = self._app_code, _first_frame(task), frame
+        while current is not None and current.f_code is not _LOOP_STEP:
+            path = current.f_code.co_filename
+            if app_code.get(path) or (path not in app_code and self.is_app(path)):
+                return caller if current is frame else self._site_of(current)
+            if current is first:
+                break
+            current = current.f_back
+        return caller
 
     # -- tokens and snapshots ---------------------------------------------------------------
     def _token_set(self, var: ContextVar, frame) -> Event | None:
@@ -382,18 +445,47 @@ class Tracer:
         return known
 
 
+_ORIGINALS = {"get": _GET, "set": _SET, "reset": _RESET, "copy_context": _copy_context}
+
+
+def _replace_methods(functions: dict[str, Any]) -> None:
+    """Put `functions` in place of ContextVar's methods and of
+    `contextvars.copy_context` (3.10 and 3.11 only).
+
+    ContextVar is a C type whose attributes cannot be set, but its
+    dictionary can be reached through the garbage collector's referents and
+    changed, as long as the type is then told (PyType_Modified) so that the
+    interpreter drops the lookups it cached.  Only CPython versions that
+    no longer change (3.10 and 3.11) do this; 3.12+ use sys.monitoring.
+    Code that took `from contextvars import copy_context` before the trace
+    keeps the original: its snapshots go unseen.
+    """
+    import ctypes
+
+    methods = gc.get_referents(ContextVar.__dict__)[0]
+    for name in ("get", "set", "reset"):
+        methods[name] = functions[name]
+    ctypes.pythonapi.PyType_Modified(ctypes.py_object(ContextVar))
+    contextvars.copy_context = functions["copy_context"]
+
+
 def _own_frames(frame, task: Any) -> Iterable[Any]:
     """`frame` and its callers, up to the first frame of `task` (the one
     running, if any).  Beyond it lies whoever runs the event loop, not the
     task's own code: asyncio's Handle._run, or on uvloop, whose steps run
     from C, the frame that called run_until_complete (a test, a script)."""
-    coro = task.get_coro() if task is not None else None
-    first = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    first = _first_frame(task)
     while frame is not None and frame.f_code is not _LOOP_STEP:
         yield frame
         if frame is first:
             return
         frame = frame.f_back
+
+
+def _first_frame(task: Any) -> Any:
+    """The frame of `task`'s own coroutine (None for no task)."""
+    coro = task.get_coro() if task is not None else None
+    return getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -44,3 +44,69 @@ def test_the_tracer_was_on_while_the_scenario_ran():
     with tracer:
         engine.run_entry(ENTRIES["bad-only"], RunConfig())
     assert {"get", "set"} <= {event.op for event in tracer.events}
+
+
+def test_stopping_puts_everything_back():
+    """What a trace changes in the process (3.10/3.11: ContextVar's methods
+    and copy_context; 3.12+: a sys.monitoring tool; all: the objects it set
+    aside from the garbage collector) is as before once it stops."""
+    import contextvars
+    import gc
+    import sys
+    import weakref
+
+    methods = (contextvars.ContextVar.get, contextvars.ContextVar.set, contextvars.ContextVar.reset)
+    copy_context = contextvars.copy_context
+    tools = [sys.monitoring.get_tool(tool) for tool in range(6)] if sys.version_info >= (3, 12) else []
+
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.me = cycle
+    collected = []
+    weakref.finalize(cycle, collected.append, True)
+    with Tracer(TraceRecorder()):
+        del cycle  # garbage while the trace holds it aside
+        gc.collect()
+    gc.collect()
+    assert collected == [True]
+    assert (contextvars.ContextVar.get, contextvars.ContextVar.set, contextvars.ContextVar.reset) == methods
+    assert contextvars.copy_context is copy_context
+    assert [sys.monitoring.get_tool(tool) for tool in range(6)] == tools if tools else True
+
+
+def test_a_traced_variable_answers_as_an_untraced_one():
+    """get, set and reset through the tracer: same values, same tokens,
+    same exceptions."""
+    import contextvars
+
+    var = contextvars.ContextVar("answers")
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        with pytest.raises(LookupError):
+            var.get()
+        assert var.get("default") == "default"
+        token = var.set("a")
+        assert type(token) is contextvars.Token and token.var is var and var.get() == "a"
+        var.reset(token)
+        with pytest.raises(RuntimeError):
+            var.reset(token)
+        assert var.get(None) is None
+    ops = [(e.op, e.value) for e in tracer.events]
+    assert ops == [("get", "<unset>"), ("get", "<unset>"), ("set", "a"), ("get", "a"), ("reset", "<unset>"),
+                   ("reset", "<unset>"), ("get", "<unset>")]  # fmt: skip
+
+
+def test_calls_made_from_c_are_seen_before_3_12_only():
+    """`ctx.run(var.set, x)`: C calls the method.  sys.monitoring (3.12+)
+    reports calls made by Python code only; on 3.10/3.11 the tracer's own
+    ContextVar methods are what C calls."""
+    import contextvars
+    import sys
+
+    var = contextvars.ContextVar("from_c")
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(var.set, "x")
+    assert [e.op for e in tracer.events] == (["set"] if sys.version_info < (3, 12) else [])
