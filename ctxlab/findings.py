@@ -106,8 +106,11 @@ class _History:
             producer = self.by_value.get(key)
             if producer is not None and producer.request is not None:
                 return "leak", get, producer
-        ours = self.by_request.get(get.request, [])
-        open_set = next((s for s in reversed(ours) if s.seq not in self.reset), None)
+        open_set = None
+        for set_ in reversed(self.by_request.get(get.request, ())):
+            if set_.seq not in self.reset:
+                open_set = set_
+                break
         # Lost means the reading context never received the set: a get in the
         # setter's own context that sees another value was changed by code
         # the hooks cannot see (a set made from C), not by a boundary.
@@ -230,8 +233,15 @@ class Boundaries:
         reader = _chain(get.mark)
         who = self.who(get)
         previous = f"request {set_.request}"
-        if self._own_thread_context(get) and set_.mark is get.mark:
-            boundary = (f"the executor job ran in the worker thread's own context (no copy_context), which still "
+        if get.task is None and set_.mark is get.mark and self._is_thread(get.mark):
+            # With 3.14's thread_inherit_context the thread's context is a
+            # copy of the one that started it, and kept as long as the thread.
+            context = (
+                "the worker thread's own context"
+                if get.mark.parent is None
+                else f"the worker thread's context (a copy of {self.label(get.mark.parent)}, made as it started)"
+            )
+            boundary = (f"the executor job ran in {context} (no copy_context), which still "
                         f"holds what {previous} set there")  # fmt: skip
             return Finding("leak", get, set_, boundary,
                            "Run each job in a copy (`loop.run_in_executor(pool, contextvars.copy_context().run, job)`), "

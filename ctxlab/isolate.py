@@ -168,10 +168,16 @@ class Worker:
         import multiprocessing
 
         context = multiprocessing.get_context("fork")
-        self._pipe, theirs = context.Pipe()
-        self._child = context.Process(target=_serve, args=(theirs,), daemon=True)
-        _start(self._child)
-        theirs.close()  # so that the child's end is the only one: EOF when it dies
+        ours, theirs = context.Pipe()
+        child = context.Process(target=_serve, args=(theirs,), daemon=True)
+        try:
+            _start(child)
+        except BaseException:  # never started: nothing to kill later
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # so that the child's end is the only one: EOF when it dies
+        self._child, self._pipe = child, ours
 
 
 def _start(child) -> None:
@@ -183,6 +189,14 @@ def _start(child) -> None:
     a command that ends with its run, and what it would collect is small."""
     import gc
 
+    from ctxlab.terminal import reader_gone
+
+    try:
+        # multiprocessing flushes stdout before it forks, so a reader that
+        # went away (`ctxlab run --all | head -1`) may show here first.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise reader_gone() from None
     gc.freeze()
     child.start()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import cache
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -53,9 +54,7 @@ class PlainConsole:
 
     def print(self, *objects: Any, **options: Any) -> None:
         """Print like Console.print: tables and texts here, the rest by Rich."""
-        from rich.table import Table
-        from rich.text import Text
-
+        Table, Text = _rich_types()  # noqa: N806 - the classes themselves
         drawn = []
         for item in objects:
             if isinstance(item, Table):
@@ -77,11 +76,14 @@ class PlainConsole:
             self._write(" ".join(drawn) + "\n")
 
     def _write(self, text: str) -> None:
-        from ctxlab import terminal
-
         try:
             self.file.write(text)
+            # Now, as a terminal would show it: `| tee` sees each scenario
+            # as it finishes, and a Ctrl-C loses nothing already printed.
+            self.file.flush()
         except BrokenPipeError:
+            from ctxlab import terminal  # here, not on every write: a run writes a few lines per scenario
+
             raise terminal.reader_gone() from None
 
     def rich(self) -> Any:
@@ -129,6 +131,17 @@ class PlainConsole:
             if number == 0 and header and rule:
                 lines.append(self.rule * (sum(widths) + len(GAP) * (count - 1)))
         return "\n".join(lines)
+
+
+@cache
+def _rich_types() -> tuple[type, type]:
+    """Rich's Table and Text, imported once, when first drawn (an import
+    statement costs about a microsecond each time, and a run prints a few
+    lines per scenario)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    return Table, Text
 
 
 def _plain(cell: Any) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import itertools
 import sys
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine
 
-from ctxlab.values import UNSET, jsonable, raised
+from ctxlab.values import PLAIN, UNSET, jsonable, raised
 
 __all__ = ["UNSET", "attempt", "note", "probe", "raised"]
 
@@ -52,6 +53,14 @@ class ContextMark:
         self.order = next(self._counter)
         self.home = home
 
+
+_running_loop = asyncio._get_running_loop  # None outside a loop, where get_running_loop raises
+if sys.version_info >= (3, 12):
+    # C code from 3.12; from 3.14 the current task is kept in the thread's
+    # state, and the table below stays empty.
+    _current_task = asyncio.current_task
+else:  # Python code before: the table it reads costs a probe a tenth less
+    _current_task = asyncio.tasks._current_tasks.get
 
 _context_mark: contextvars.ContextVar[ContextMark] = contextvars.ContextVar("ctxlab.context")
 _request_number: contextvars.ContextVar[int] = contextvars.ContextVar("ctxlab.request")
@@ -90,7 +99,7 @@ class TaskInfo:
     context: contextvars.Context | None = None  # the task's own context, where knowable
 
 
-@dataclass(slots=True)  # a run keeps thousands: less memory, and less for the GC to walk
+@dataclass(slots=True)
 class Record:
     """One (probe, variable) reading, where and when it was made."""
 
@@ -104,17 +113,73 @@ class Record:
     thread: str
 
 
-@dataclass
 class Recorder:
-    """Collects the records of one scenario run (one event loop)."""
+    """Collects the records of one scenario run (one event loop).
 
-    records: list[Record] = field(default_factory=list)
-    tasks: dict[asyncio.Task, TaskInfo] = field(default_factory=dict)
-    in_flight: set[int] = field(default_factory=set)
-    on_record: Callable[[Record], None] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _order: Iterator[int] = field(default_factory=itertools.count)
-    _root: asyncio.Task | None = None
+    A probe runs inside the app's requests, so what it costs matters (the
+    budget is 1 µs).  Each record is kept as a tuple of plain values:
+    (place, request, probe, variable, value), where `place` numbers the
+    context mark it was made under, which says the task too (`where()`
+    returns a mark owned by the current task, or thread), and the thread
+    it ran in.  It becomes a `Record` when read.  The garbage collector
+    stops tracking a tuple of plain values at its first collection;
+    records holding their task and mark were walked again by every
+    collection, about a third of a probe's cost in a long run.
+
+    Probes record from several threads at once (a pool's threads) with no
+    lock: `list.append` and `dict.setdefault` happen whole under the GIL
+    of the CPython builds ctxlab supports (a free-threaded build is not
+    one of them).  A record's number is its place in `_rows`, as it was
+    when a lock numbered them.  Only with `on_record` (serve) does a probe
+    take a lock, to number each record as it passes it on.
+    """
+
+    def __init__(self, on_record: Callable[[Record], None] | None = None) -> None:
+        self.tasks: dict[asyncio.Task, TaskInfo] = {}
+        self.in_flight: set[int] = set()
+        self.on_record = on_record
+        self._rows: list[tuple] = []
+        self._places: dict[ContextMark, tuple[int, str]] = {}  # mark -> (place, thread name)
+        self._marks: dict[int, tuple[ContextMark, str]] = {}  # place -> (mark, thread name)
+        self._lock = threading.Lock()
+        self._order = itertools.count()
+        self._root: asyncio.Task | None = None
+
+    @property
+    def records(self) -> list[Record]:
+        """Every record so far, in the order they were made."""
+        rows, collecting = list(self._rows), gc.isenabled()
+        # Thousands of new objects at once would start collections that
+        # walk the whole heap (a run's tasks, coroutines, requests), and can
+        # free nothing here.
+        gc.disable()
+        try:
+            return [self._record(seq, row) for seq, row in enumerate(rows, 1)]
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _place(self, mark: ContextMark) -> tuple[int, str]:
+        """The number of a mark new to this recorder, and the name of the
+        thread it is owned by or runs its owner.  A name is read once per
+        mark: a thread renamed, or a loop run by another thread, after its
+        first record here keeps the first name."""
+        place = (id(mark), threading.current_thread().name)  # id: unique while the mark is kept here
+        self._marks[place[0]] = (mark, place[1])
+        return self._places.setdefault(mark, place)
+
+    def _record(self, seq: int, row: tuple) -> Record:
+        place, request, probe, var, value = row
+        mark, thread = self._marks[place]
+        task = None if isinstance(mark.owner, threading.Thread) else mark.owner
+        return Record(seq, request, probe, var, value, task, mark, thread)
+
+    def _pass_on(self, row: tuple) -> None:
+        """Keep `row` and give its record to `on_record`, numbered."""
+        with self._lock:
+            self._rows.append(row)
+            record = self._record(len(self._rows), row)
+        self.on_record(record)
 
     # -- task tracking ---------------------------------------------------
     def task_factory(
@@ -154,16 +219,14 @@ class Recorder:
 
     # -- recording -------------------------------------------------------
     def where(self) -> tuple[asyncio.Task | None, ContextMark, int | None]:
-        """The current task, context mark and request number, for `add`.
+        """The current task, context mark and request number of a record.
 
         Marks the current context first when it is new to us, or a copy of
         a context owned by another task or thread.  One probe call asks
         once and records several variables with the answer.
         """
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # a worker thread: no event loop here
-            task = None
+        loop = _running_loop()
+        task = _current_task(loop) if loop is not None else None  # None: a worker thread, no loop here
         owner = task if task is not None else threading.current_thread()
         mark = _context_mark.get(None)
         if mark is None or mark.owner is not owner or (mark.home and not self._at_home(task)):
@@ -183,17 +246,6 @@ class Recorder:
         info = self.tasks.get(task) if task is not None else None
         return info is None or info.context is None or _is_current(info.context)
 
-    def add(self, probe: str, var: str, value: Any, where: tuple[asyncio.Task | None, ContextMark, int | None]) -> None:
-        """Record that probe `probe` saw `value` in `var`, at `where` (from
-        `where()`), and pass the record to `on_record` if one is set."""
-        task, mark, request = where
-        thread = threading.current_thread().name
-        with self._lock:
-            record = Record(len(self.records) + 1, request, probe, var, jsonable(value), task, mark, thread)
-            self.records.append(record)
-        if self.on_record is not None:
-            self.on_record(record)
-
 
 _active: Recorder | None = None
 
@@ -210,20 +262,38 @@ def probe(label: str, *variables: contextvars.ContextVar) -> None:
     recorder = _active
     if recorder is None:
         return
-    where = recorder.where()
+    # The recorder's bookkeeping is done here rather than in a method of
+    # its own: a Python call costs a tenth of a probe on 3.10.
+    _, mark, request = recorder.where()
+    place, _ = recorder._places.get(mark) or recorder._place(mark)
     for var in variables:
         try:
             value = var.get()
         except LookupError:
             value = UNSET
-        recorder.add(label, var.name, value, where)
+        if value is not None and type(value) not in PLAIN:  # the common values need no call
+            value = jsonable(value)
+        if recorder.on_record is None:
+            recorder._rows.append((place, request, label, var.name, value))
+        else:
+            recorder._pass_on((place, request, label, var.name, value))
 
 
 def note(label: str, name: str, value: Any) -> None:
     """Record a computed value (a count, a log line) under `name`."""
-    recorder = _active
-    if recorder is not None:
-        recorder.add(label, name, value, recorder.where())
+    probe(label, _Given(name, value))
+
+
+class _Given:
+    """A computed value, given to probe() as a variable that holds it."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name, self.value = name, value
+
+    def get(self) -> Any:
+        return self.value
 
 
 def attempt(label: str, name: str, action: Callable[[], Any]) -> Any:

@@ -16,8 +16,9 @@ NOT_REACHED = "<not reached>"  # an expected probe that never ran
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 # Values the JSON round trip gives back unchanged (floats too: repr round-trips
 # exactly, NaN and infinity included).  Exact types only: a subclass (an IntEnum
-# member) still goes through JSON, which turns it into the plain value.
-_PLAIN = frozenset({str, int, float, bool})
+# member) still goes through JSON, which turns it into the plain value.  probe()
+# checks it itself before calling jsonable.
+PLAIN = frozenset({str, int, float, bool})
 # Values whose `==` never disagrees with their JSON text, given the same type
 # (floats do: NaN).
 _EXACT = frozenset({str, int, bool, type(None)})
@@ -33,7 +34,7 @@ def jsonable(value: Any) -> Any:
 
     Memory addresses are dropped so that two runs can be compared.
     """
-    if value is None or type(value) in _PLAIN:
+    if value is None or type(value) in PLAIN:
         return value  # what the JSON round trip would return, without it
     if isinstance(value, BaseException):
         return raised(type(value).__name__, _ADDRESS.sub("", str(value)))

@@ -1,7 +1,9 @@
 """The recorder: labels, unset vs None vs raised, no mixing between requests."""
 
 import asyncio
+import gc
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 
@@ -211,3 +213,59 @@ def test_httpx_asgi_transport_used_bare_runs_every_request_in_the_callers_task(a
     assert result.status == "pass", result.error
     first, second = result.observations
     assert (first.task, first.context) == (second.task, second.context) != (None, None)
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["run", "serve"])
+def test_threads_recording_at_once_lose_nothing_and_number_in_order(live):
+    """Probes take no lock (ctxlab.probe.Recorder): threads switching as
+    often as the interpreter allows still leave every record, numbered
+    1..N once each, each thread's in its own order, in its own context;
+    `serve`'s live records (on_record) carry the numbers a run's have."""
+    threads, calls = 8, 500
+    passed = []
+    recorder = Recorder(on_record=passed.append if live else None)
+    together = threading.Barrier(threads)  # all of them running at once, none reused
+
+    def work(n):
+        together.wait()
+        for i in range(calls):
+            var.set((n, i))
+            probe("step", var)
+
+    previous, interval = activate(recorder), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="probing") as pool:
+            list(pool.map(lambda n: copy_context().run(work, n), range(threads)))
+    finally:
+        sys.setswitchinterval(interval)
+        activate(previous)
+    records = recorder.records
+    assert [r.seq for r in records] == list(range(1, threads * calls + 1))
+    by_thread = {}
+    for record in records:
+        by_thread.setdefault(record.thread, []).append(record)
+    assert sorted(by_thread) == [f"probing_{n}" for n in range(threads)]
+    for name, mine in by_thread.items():
+        (n,) = {r.value[0] for r in mine}
+        assert [r.value for r in mine] == [[n, i] for i in range(calls)]  # a tuple reads back as JSON's list
+        assert {(r.task, r.context.owner.name) for r in mine} == {(None, name)}
+    if live:
+        assert sorted(passed, key=lambda r: r.seq) == records
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_reading_the_records_leaves_the_garbage_collector_as_it_was(collecting):
+    """`Recorder.records` pauses the collector while it builds the records:
+    afterwards it is on or off as before."""
+    recorder = Recorder()
+    previous, was = activate(recorder), gc.isenabled()
+    try:
+        probe("here", var_with_default)
+        (gc.enable if collecting else gc.disable)()
+        (record,) = recorder.records
+        assert (record.probe, record.var, record.value) == ("here", "var_with_default", None)
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+        activate(previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,14 @@ import pytest
 pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Python 3.14's thread_inherit_context: a pool thread starts in a copy of
+# the context that started it, so trace_log's pool job logs the request's
+# trace id (the suite's own assertion checks what the app logged).
+INHERITS = bool(getattr(sys.flags, "thread_inherit_context", 0))
 
 SUITE = """
+import sys
+
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -60,7 +67,8 @@ def test_fixture_gives_events_and_findings(ctxlab_trace):
 
 def test_no_log_line_in_a_request_says_no_trace(ctxlab_trace):
     TestClient(trace_log.app).get("/", headers={"x-trace-id": "abc"})
-    assert "[no-trace] in a pool job" in trace_log.lines  # what the app itself logged
+    inherits = bool(getattr(sys.flags, "thread_inherit_context", 0))
+    assert ("[no-trace] in a pool job" in trace_log.lines) != inherits  # what the app itself logged
     assert "<unset>" not in ctxlab_trace.values("trace_id")
 """
 
@@ -78,14 +86,16 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_fails_exactly_the_tests_that_lose_or_leak(suite):
     result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio")
-    result.assert_outcomes(passed=2, failed=4)
-    failed = {line.split("::")[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
-    assert failed == {
+    losing = {
         "test_audit_loses_the_user",
         "test_sync_dependency_value_is_lost",
         "test_executor_job_leaks_into_the_next_request",
-        "test_no_log_line_in_a_request_says_no_trace",
     }
+    if not INHERITS:  # the pool job's log line lost the trace id
+        losing.add("test_no_log_line_in_a_request_says_no_trace")
+    result.assert_outcomes(passed=6 - len(losing), failed=len(losing))
+    failed = {line.split("::")[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
+    assert failed == losing
     out = result.stdout.str()
     assert "LOST user" in out and "BaseHTTPMiddleware's call_next" in out
     assert "LEAK tenant  in request 2" in out
@@ -107,14 +117,15 @@ def test_on_uvloop_too(suite):
     assert on_uvloop.count("use_uvloop") == SUITE.count("TestClient(") + 1  # every client, and anyio
     suite.makepyfile(test_app=on_uvloop)
     result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio")
-    result.assert_outcomes(passed=2, failed=4)
+    result.assert_outcomes(passed=3 if INHERITS else 2, failed=3 if INHERITS else 4)
     out = result.stdout.str()
     assert "BaseHTTPMiddleware's call_next" in out and "ctxlab explain dependency-audit" in out
     assert "LEAK tenant  in request 2" in out
 
 
 def test_inactive_without_the_option(suite):
-    """Only the fixture's own assertion fails: the seed 002 check, one line."""
+    """Only the fixture's own assertion fails: the seed 002 check, one line
+    (where the pool job lost the trace id)."""
     result = suite.runpytest_subprocess("-p", "anyio")
-    result.assert_outcomes(passed=5, failed=1)
-    assert 'assert "<unset>" not in' in result.stdout.str()
+    result.assert_outcomes(passed=6 if INHERITS else 5, failed=0 if INHERITS else 1)
+    assert ('assert "<unset>" not in' in result.stdout.str()) != INHERITS
