@@ -565,7 +565,8 @@ def trace_app(
 ) -> int:
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
-    Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error."""
+    Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error
+    (also: every request failed and no ContextVar was used)."""
     headers = _user_request_checks(path, method, server, header, "trace")
     _writable(output)
     from ctxlab import files, render
@@ -585,6 +586,12 @@ def trace_app(
         return result.to_json(), [] if as_json else render.trace_view(result)
 
     document, view = _on_the_users_app(traced, target, timeout, "tracing")
+    failed = [r for r in document["requests"] if r["status"] is None or r["status"] >= 500]
+    if len(failed) == len(document["requests"]) and not document["events"]:
+        # "No finding" would pass CI on an app that cannot serve at all.
+        first = failed[0]["error"] or f"status {failed[0]['status']}"
+        raise UsageError(f"every request to {target} failed (request 1: {first}) and no ContextVar was used: "
+                         "there is nothing to trace; check the app and --path")  # fmt: skip
     if output is not None:
         files.write(output, json.dumps(document, indent=2) + "\n")
     found = tracing.changes(before, document) if before is not None else None

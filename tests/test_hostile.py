@@ -658,6 +658,18 @@ class TestProbeTargets:
         code, out, err = cli("probe", "threads:app", "--app-dir", str(APPS))
         assert code == 0 and "Traceback" not in err
 
+    @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+    def test_trace_of_an_app_that_never_answers(self, server, tmp_path):
+        """A middleware that cannot be built fails every request: one line,
+        exit 2 (not "no finding", exit 0), and no report file."""
+        report = tmp_path / "trace.json"
+        code, out, err = cli(
+            "trace", "middleware_fails:app", "--app-dir", str(APPS), "--server", server, "-o", str(report)
+        )
+        assert code == 2 and "every request to middleware_fails:app failed" in one_line(err)
+        assert ("this middleware cannot be built" in err) == (server == "asgi")  # uvicorn answers 500 itself
+        assert out == "" and not report.exists()
+
     def test_a_lifespan_that_fails(self):
         """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
         code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
