@@ -139,6 +139,9 @@ TESTS = {
     # and the app's own record in two subprocesses): the ones whose code
     # paths nothing else takes (library layers, Sentry's patch, wrappers,
     # pure ASGI twins).
+    # The recorder of `ctxlab trace` on 3.11 (sys.monitoring's side needs
+    # --also with a 3.12 virtualenv); the subprocess suites come last.
+    "tracer": ["test_trace.py", "test_trace_transparent.py", "test_trace_cli.py", "test_trace_plugin.py"],
     "diagnose": ["test_diagnose.py"]
     + [
         f"test_probe_real_apps.py::test_every_field_matches_what_the_app_recorded[{app}-asgi]"
