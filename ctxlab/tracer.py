@@ -395,17 +395,10 @@ class Tracer:
 
     def _app_site(self, frame, task: Any, caller: Site) -> Site:
         """The innermost frame of the app's own code, or `caller` (the
-        site of `frame`) when that is the app's or no frame is.  Walks as
-        `_own_frames` does, inline: a library's read (OpenTelemetry's
-        context, in FastAPI) passes every frame of the request."""
-        app_code, first, current = self._app_code, _first_frame(task), frame
-        while current is not None and current.f_code is not _LOOP_STEP:
-            path = current.f_code.co_filename
-            if app_code.get(path) or (path not in app_code and self.is_app(path)):
+        site of `frame`) when that is the app's or no frame is."""
+        for current in _own_frames(frame, task):
+            if self.is_app(current.f_code.co_filename):
                 return caller if current is frame else self._site_of(current)
-            if current is first:
-                break
-            current = current.f_back
         return caller
 
     # -- tokens and snapshots ---------------------------------------------------------------
@@ -474,18 +467,13 @@ def _own_frames(frame, task: Any) -> Iterable[Any]:
     running, if any).  Beyond it lies whoever runs the event loop, not the
     task's own code: asyncio's Handle._run, or on uvloop, whose steps run
     from C, the frame that called run_until_complete (a test, a script)."""
-    first = _first_frame(task)
+    coro = task.get_coro() if task is not None else None
+    first = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
     while frame is not None and frame.f_code is not _LOOP_STEP:
         yield frame
         if frame is first:
             return
         frame = frame.f_back
-
-
-def _first_frame(task: Any) -> Any:
-    """The frame of `task`'s own coroutine (None for no task)."""
-    coro = task.get_coro() if task is not None else None
-    return getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
 
 
 _PLAIN = (str, int, float, bool, type(None))
