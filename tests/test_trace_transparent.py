@@ -110,3 +110,28 @@ def test_calls_made_from_c_are_seen_before_3_12_only():
     with tracer:
         contextvars.copy_context().run(var.set, "x")
     assert [e.op for e in tracer.events] == (["set"] if sys.version_info < (3, 12) else [])
+
+
+def test_a_reset_names_the_set_whose_token_it_was_given():
+    """The hooks never see the token: the reset's set is found among the
+    caller's own sets, past a later set of the same variable elsewhere."""
+    import contextvars
+
+    var = contextvars.ContextVar("matched")
+
+    def inner():
+        var.set("inner")  # a later set by other code, its token dropped
+
+    def outer():
+        token = var.set("outer")
+        inner()
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        outer()
+    outer_set, inner_set = [e for e in tracer.events if e.op == "set"]
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert (outer_set.value, inner_set.value) == ("outer", "inner")
+    assert reset.token_set is outer_set
+    assert [e.seq for e in tracer.events] == [1, 2, 3]  # numbered from 1, as the JSON shows them
