@@ -74,6 +74,8 @@ def test_stopping_puts_everything_back():
     assert (contextvars.ContextVar.get, contextvars.ContextVar.set, contextvars.ContextVar.reset) == methods
     assert contextvars.copy_context is copy_context
     assert [sys.monitoring.get_tool(tool) for tool in range(6)] == tools if tools else True
+    # The tool it used asks for no event any more.
+    assert all(sys.monitoring.get_events(tool) == 0 for tool, name in enumerate(tools) if name is None)
 
 
 def test_a_traced_variable_answers_as_an_untraced_one():
@@ -127,11 +129,25 @@ def test_a_reset_names_the_set_whose_token_it_was_given():
         inner()
         var.reset(token)
 
+    def reset_elsewhere(token):  # as a dependency's teardown does
+        var.reset(token)
+
     tracer = Tracer(TraceRecorder())
     with tracer:
         outer()
-    outer_set, inner_set = [e for e in tracer.events if e.op == "set"]
-    (reset,) = [e for e in tracer.events if e.op == "reset"]
+        reset_elsewhere(var.set("given away"))
+    outer_set, inner_set, given_set = [e for e in tracer.events if e.op == "set"]
+    first_reset, second_reset = [e for e in tracer.events if e.op == "reset"]
     assert (outer_set.value, inner_set.value) == ("outer", "inner")
-    assert reset.token_set is outer_set
-    assert [e.seq for e in tracer.events] == [1, 2, 3]  # numbered from 1, as the JSON shows them
+    assert first_reset.token_set is outer_set
+    assert second_reset.token_set is given_set  # no set of its own function: the latest of the variable
+    assert [e.seq for e in tracer.events] == [1, 2, 3, 4, 5]  # numbered from 1, as the JSON shows them
+
+
+def test_a_library_file_belongs_to_its_top_level_package():
+    """Which library set a variable decides the snapshot reads it owes."""
+    import starlette.middleware.base
+
+    tracer = Tracer(TraceRecorder())
+    assert tracer.owner(starlette.middleware.base.__file__) == "starlette"
+    assert tracer.owner(__file__) == "app"
