@@ -130,7 +130,9 @@ class PlainConsole:
             if pieces is None:
                 lines.append(self.rule * _span(widths))
             else:
-                lines.append(GAP.join(_aligned(piece or "", width, justify) for piece, width, justify in pieces).rstrip())
+                lines.append(
+                    GAP.join(_aligned(piece or "", width, justify) for piece, width, justify in pieces).rstrip()
+                )
         return "\n".join(lines)
 
 
