@@ -180,3 +180,45 @@ def test_what_does_not_fit_the_window_is_folded_by_rich(width):
         rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), width)  # noqa: B023
         assert our_text == rich_text
         assert max(len(SGR.sub("", row)) for row in our_text.splitlines()) <= width
+
+
+def on_a_terminal(*args, columns):
+    """`ctxlab ARGS` with stdout a terminal `columns` wide: (exit code, what it showed)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None), env.pop("FORCE_COLOR", None)
+    process = subprocess.Popen([sys.executable, "-m", "ctxlab", *args], stdout=secondary, env=env)
+    os.close(secondary)
+    shown = b""
+    try:
+        while chunk := os.read(primary, 65536):
+            shown += chunk
+    except OSError:  # the terminal closed with the command
+        pass
+    os.close(primary)
+    return process.wait(timeout=120), shown.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("columns", [200, 50])
+def test_ctxlab_on_a_terminal_shows_what_it_pipes_in_colour(columns):
+    """The command itself on a terminal: the words it pipes, in colour,
+    every line within the window (at 50 columns Rich folds the tables, so
+    words of one row share lines: only the lines' width is compared)."""
+    from conftest import ctxlab
+
+    code, shown = on_a_terminal("run", "bad-then-shiny", columns=columns)
+    _, piped, _ = ctxlab("run", "bad-then-shiny")
+    assert code == 0 and "\x1b[32m" in shown  # a match, in green
+    plain = SGR.sub("", shown)
+    assert max(map(len, plain.splitlines())) <= columns
+    if columns == 200:
+
+        def timeless(text):
+            return words(re.sub(r"\d+ ms|in [\d.]+s", "", text))  # durations differ from run to run
+
+        assert timeless(plain) == timeless(piped)
