@@ -130,7 +130,9 @@ def styled_words(text):
 
 
 def terminal(width, file=None):
-    return Console(file=file or io.StringIO(), width=width, force_terminal=True, highlight=False, markup=False)
+    """A colour terminal, whatever NO_COLOR or TERM say where the tests run."""
+    return Console(file=file or io.StringIO(), width=width, force_terminal=True, color_system="standard",
+                   no_color=False, highlight=False, markup=False)  # fmt: skip
 
 
 def drawn_on_terminals(draw, width=400):
