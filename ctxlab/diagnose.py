@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextvars
+import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass, field
@@ -507,8 +508,9 @@ def _own_files(loaded: targets.Target) -> dict[Path, str]:
         if parts & {".venv", "venv", "site-packages", "node_modules", "tests", "test", "__pycache__"}:
             continue
         try:
-            sources[path] = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+            # As Python reads it: a PEP 263 coding line, a byte order mark.
+            sources[path] = importlib.util.decode_source(path.read_bytes())
+        except (SyntaxError, UnicodeDecodeError, OSError):  # an encoding Python would refuse too
             continue
     return sources
 

@@ -920,3 +920,40 @@ def test_a_layer_that_fails_once_its_response_started_is_told_apart(tmp_path):
     module = layered(tmp_path)
     notes = diagnose(f"{module}:half_answer", app_dir=tmp_path).notes
     assert notes == ["GET /__ctxlab_probe__ raised RuntimeError after the response was sent: half"]
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n" + text).encode("latin-1"), id="latin-1"),
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="byte-order-mark"),
+    ],
+)
+def test_an_own_module_in_the_encoding_python_reads_is_scanned(tmp_path, encoded):
+    """A module Python imports (a PEP 263 coding line, or a UTF-8 byte order
+    mark as some Windows editors save) is scanned like any other: its own
+    pitfalls are found at their lines (the coding line counts as one)."""
+    (tmp_path / "legacy.py").write_bytes(
+        encoded(
+            "import asyncio\n"
+            "from contextvars import ContextVar\n"
+            "GREETING = 'café'\n"
+            "tenant = ContextVar('tenant')\n"
+            "def pick():\n"
+            "    tenant.set(GREETING)\n"
+            "async def later():\n"
+            "    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+        )
+    )
+    (tmp_path / "shop.py").write_text(
+        "from fastapi import Depends, FastAPI\n"
+        "from legacy import pick\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(pick)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    code, document, err = ctxlab_json("probe", "shop:app", "--app-dir", str(tmp_path))
+    first = 2 if encoded("").startswith(b"#") else 1
+    found = [(f["file"], f["line"], f["kind"]) for f in document["findings"]]
+    assert found == [("legacy.py", first + 5, "sync-set"), ("legacy.py", first + 7, "executor-no-copy")], err
