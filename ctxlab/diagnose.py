@@ -312,7 +312,7 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
     for route in routes:
         if isinstance(route, Mount):
             full = prefix + route.path
-            holder, current, base = route, route.app, getattr(route, "_base_app", route.app)
+            holder, current, base = route, route.app, _mounted(getattr(route, "_base_app", route.app))
             while current is not base and hasattr(current, "app"):
                 probes.allowed_hosts += list(getattr(current, "allowed_hosts", []) or [])
                 probes.outside(holder, _described(targets.describe_object(current), full, type(current)))
@@ -329,6 +329,21 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
                 _splice_routes(probes, base.routes, full)
         elif probes.path is not None and hasattr(route, "endpoint") and hasattr(route, "app"):
             probes.setattr(route, "app", _RouteLeaf(route.app, probes))
+
+
+def _mounted(app: Any) -> Any:
+    """The Starlette app or router inside middleware wrapped around a mounted
+    app by hand (`Mount("/v2", app=TrustedHostMiddleware(v2))`), whose
+    layers are then the mount's like those of `Mount(middleware=...)`;
+    `app` itself when there is none to probe inside (StaticFiles, a WSGI app)."""
+    inner = app
+    while not _probeable(inner) and hasattr(inner, "app"):
+        inner = inner.app
+    return inner if _probeable(inner) else app
+
+
+def _probeable(app: Any) -> bool:
+    return targets.is_starlette(app) or hasattr(app, "routes")
 
 
 def splice(target: targets.Target, path: str | None) -> tuple[_Probes, Any]:
@@ -528,7 +543,7 @@ def _routes(app: Any) -> list[Any]:
     found = []
     for route in getattr(app, "routes", []):
         if isinstance(route, Mount):
-            found += _routes(getattr(route, "_base_app", route.app))
+            found += _routes(_mounted(getattr(route, "_base_app", route.app)))
         elif hasattr(route, "endpoint"):
             found.append(route)
     return found
