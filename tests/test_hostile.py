@@ -254,6 +254,16 @@ class TestHangs:
         assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
         assert status["fine"] == ("pass", None)
 
+    def test_a_process_pool_in_a_scenario_works(self):
+        """A scenario worker may start processes: a ProcessPoolExecutor in the
+        endpoint computes (2**10 is 1024), and neither the worker nor the
+        pool's processes outlive ctxlab."""
+        code, out, err = cli("run", "process-pool", "fine", "--json", "--scenarios", str(HOSTILE))
+        assert code == 0, err
+        scenarios = json.loads(out)["scenarios"]
+        assert [(s["status"], s["error"]) for s in scenarios] == [("pass", None), ("pass", None)]
+        assert [o["observed"] for o in scenarios[0]["observations"]] == [1024]
+
     def test_a_non_daemon_thread_does_not_keep_ctxlab_alive(self):
         """An app that leaves a thread running still lets ctxlab exit."""
         code, out, err = cli("run", "starts-a-thread", "fine", "--json", "--scenarios", str(HOSTILE))
@@ -652,6 +662,18 @@ class TestProbeTargets:
         assert code == 0, err
         assert json.loads(out)["app"] == "prints:app"
         assert "hello from import" in err
+
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_an_app_that_computes_in_a_process_pool(self, command):
+        """probe and trace run the app in a child that may start processes:
+        the endpoint answers and nothing is left behind."""
+        code, out, err = cli(command, "process_pool:app", "--app-dir", str(APPS), "--path", "/power", "--json")
+        assert code == 0 and "Traceback" not in err, err
+        document = json.loads(out)
+        if command == "trace":
+            assert document["requests"][0]["status"] == 200
+        else:
+            assert [layer["sees_endpoint_values"] for layer in document["layers"]] == [True]
 
     def test_a_module_that_starts_a_thread(self):
         """A non-daemon thread started at import does not keep ctxlab alive."""
