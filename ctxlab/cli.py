@@ -6,6 +6,7 @@ Importing this module must stay cheap and framework-free: `ctxlab list` and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -635,29 +636,71 @@ def main() -> None:
     from ctxlab.terminal import fit_streams
 
     signal.signal(signal.SIGTERM, _terminate)
+    _stand_in_for_closed_streams()
     fit_streams()
     try:
         if sys.stdout is None:  # started with stdout closed (`ctxlab list >&-`): Python gives None
             raise UsageError("stdout is closed; redirect it (> /dev/null) to run without output")
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # here, where a failure can still be told (at exit it cannot)
     except CtxlabError as exc:
-        print(f"ctxlab: error: {exc}", file=sys.stderr)
+        _say(f"ctxlab: error: {exc}")
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         code = 130
     except BrokenPipeError:
         # The reader went away (`ctxlab run --all | head -1`): stop quietly,
         # with the status of a process that SIGPIPE ended, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard(sys.stdout)
         code = 141
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _FULL:
+            raise
+        # stdout cannot take the output (`> /dev/full`, a full disk, `ulimit
+        # -f`, a terminal gone): ctxlab's own files fail as CtxlabErrors.
+        _discard(sys.stdout)
+        _say(f"ctxlab: error: cannot write to stdout: {exc.strerror}")
+        code = 2
     except Exception as exc:
         if not _is_click_error(exc):
             raise
-        print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
+        _say(f"ctxlab: error: {exc.format_message()}")
         code = exc.exit_code
     if _terminated:  # also where Ctrl-C is the normal way to stop (serve)
         code = 143
     _exit(code or 0)
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Started with stdin or stderr closed (`2>&-`): /dev/null takes its
+    descriptor.  Else the next file ctxlab opens (a worker's pipe) would
+    get it, what an app prints to stderr would go into that pipe, and
+    ctxlab's own error lines would go to stdout."""
+    for fd, name, mode in ((0, "stdin", "r"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+
+
+def _discard(stream) -> None:
+    """What `stream` still buffers goes nowhere, so that Python's own flush
+    at exit cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def _say(line: str) -> None:
+    """The error line on stderr, if stderr can take it: when it cannot
+    (`2> /dev/full`), the exit code alone must tell."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        _discard(sys.stderr)
 
 
 def _exit(code: int) -> None:

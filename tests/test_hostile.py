@@ -50,10 +50,13 @@ class Cli:
     """A running `ctxlab` in its own session, so that whatever it leaves
     behind can be found, and killed, by session id."""
 
-    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, close_stdout=False, **env):
+    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 close_stdout=False, close_stderr=False, **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
+            if close_stderr:  # as `2>&-` does
+                os.close(2)
             if umask is not None:
                 os.umask(umask)
             if file_size_limit is not None:  # `ulimit -f`: a write past it fails with EFBIG
@@ -63,7 +66,7 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
             env=environ(**env), start_new_session=True, preexec_fn=prepare,
         )  # fmt: skip
 
@@ -77,7 +80,7 @@ class Cli:
         left = session_processes(self.process.pid)
         self.kill()
         assert not left, f"processes left behind: {left}"
-        return self.process.returncode, out or "", err
+        return self.process.returncode, out or "", err or ""
 
     def kill(self):
         try:
@@ -527,6 +530,34 @@ class TestText:
         code, _, err = cli(*args, stdout=None, close_stdout=True)
         assert code == 2
         assert one_line(err) == "ctxlab: error: stdout is closed; redirect it (> /dev/null) to run without output"
+
+    @pytest.mark.parametrize(
+        "args", [("list",), ("--version",), ("run", "bad-only"), ("run", "bad-only", "--json"), ("explain", "bad-only")]
+    )
+    def test_a_full_stdout_is_one_line(self, args):
+        """`ctxlab list > /dev/full`: the output cannot be written; one line
+        on stderr, exit 2 (not a traceback and exit 1, which reads as drift)."""
+        with open("/dev/full", "w") as full:
+            code, _, err = cli(*args, stdout=full)
+        assert code == 2
+        assert one_line(err) == "ctxlab: error: cannot write to stdout: No space left on device"
+
+    def test_a_full_stderr_keeps_the_exit_code(self):
+        """`ctxlab run nosuch 2> /dev/full`: the error line cannot be shown,
+        the exit code still says usage error (2), not drift."""
+        with open("/dev/full", "w") as full:
+            code, out, _ = cli("run", "no-such-scenario", stderr=full)
+        assert code == 2 and out == ""
+
+    def test_a_closed_stderr(self):
+        """`ctxlab run ... 2>&-`: what a scenario prints (sent to stderr)
+        goes nowhere; it never reaches the worker's pipe, which took the
+        free descriptor 2 (the scenario timed out), nor stdout; and an error
+        line does not land on stdout either."""
+        code, out, _ = cli("run", "prints", "--json", "--scenarios", str(HOSTILE), stderr=None, close_stderr=True)
+        assert code == 0 and [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
+        code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
+        assert code == 2 and out == ""
 
     def test_list_never_cuts_a_name(self):
         """At any terminal width every scenario name appears whole."""
