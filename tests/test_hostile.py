@@ -211,6 +211,29 @@ class TestOutputFiles:
         assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
         assert (tmp_path / "notes").read_text() == "keep me"
 
+    def test_a_dangling_symlink_names_the_missing_directory(self, tmp_path):
+        """-o through a symlink into a directory that does not exist names
+        that directory, not the link's own (which is writable)."""
+        link = tmp_path / "report.json"
+        link.symlink_to(tmp_path / "gone" / "report.json")
+        code, _, err = cli("trace", "threads:app", "--app-dir", str(APPS), "-o", str(link))
+        assert code == 2
+        assert one_line(err) == f"ctxlab: error: cannot write {link}: {tmp_path / 'gone'} is not a writable directory"
+        assert os.listdir(tmp_path) == ["report.json"] and link.is_symlink()
+
+    def test_dev_stdout_into_a_closed_pipe_ends_quietly(self):
+        """`ctxlab snapshot -o /dev/stdout | head -1` (snapshot prints nothing
+        else): the reader went away, as when the report is printed: quietly,
+        141, not a usage error."""
+        running = Cli("snapshot", "-o", "/dev/stdout")
+        running.process.stdout.close()
+        try:
+            code = running.process.wait(60)
+            err = running.process.stderr.read()
+        finally:
+            running.kill()
+        assert err == "" and code == 141
+
     def test_a_write_that_fails_midway_leaves_no_file(self, tmp_path):
         """A file-size limit (`ulimit -f`) stops the write: one line, exit 2,
         the old report kept and no temporary file left beside it."""
