@@ -295,9 +295,11 @@ def serve(
 
 
 def _is_saved_trace(path: Path) -> bool:
+    from ctxlab.validate import read_limited
+
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        document = json.loads(read_limited(path, "a ctxlab file"))
+    except (OSError, UnicodeDecodeError, ValueError):  # TooLarge is a ValueError
         return False  # the snapshot reader says what is wrong with it
     return isinstance(document, dict) and "events" in document and "options" in document
 

@@ -234,12 +234,12 @@ class Report:
 # -- saved reports: snapshot and diff ---------------------------------------------
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
-    from ctxlab.validate import MAX_BYTES, problem
+    from ctxlab.validate import TooLarge, problem, read_limited
 
     try:
-        if path.is_file() and path.stat().st_size > MAX_BYTES:
-            raise ReportFileError(f"{path} is too large for a ctxlab report ({path.stat().st_size // 2**20} MiB)")
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path, "a ctxlab report")
+    except TooLarge as exc:
+        raise ReportFileError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if not text.strip():

@@ -211,8 +211,12 @@ def load_trace(path: Path) -> dict[str, Any]:
     comparing it cannot crash."""
     import json
 
+    from ctxlab.validate import TooLarge, read_limited
+
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(read_limited(path, "a saved trace"))
+    except TooLarge as exc:
+        raise TraceFileError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:

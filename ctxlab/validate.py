@@ -4,7 +4,9 @@ crash or a drift (exit 1) half-way through `diff` or `check`."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 STATUSES = ("pass", "drift", "error", "skipped")
@@ -12,6 +14,24 @@ SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 # Read no file bigger than this: a snapshot of every scenario on every
 # server is well under a megabyte, and json.loads of 200 MB takes gigabytes.
 MAX_BYTES = 64 * 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A file past MAX_BYTES."""
+
+
+def read_limited(path: Path, what: str) -> str:
+    """The UTF-8 text of `path` (`what` it should hold, for the message),
+    read no further than MAX_BYTES: a device (`/dev/zero`) has no size to
+    check first, and would be read for ever.  Raises OSError,
+    UnicodeDecodeError or TooLarge."""
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    if size > MAX_BYTES or len(data) > MAX_BYTES:
+        shown = f"{size // 2**20} MiB" if size > MAX_BYTES else f"over {MAX_BYTES // 2**20} MiB"
+        raise TooLarge(f"{path} is too large for {what} ({shown})")
+    return data.decode("utf-8")
 
 
 def _is_int(value: Any) -> bool:

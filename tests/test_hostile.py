@@ -495,6 +495,25 @@ class TestMalformedFiles:
         code, _, err = cli("diff", str(path), timeout=30)
         assert code == 2 and "too large" in one_line(err)
 
+    @pytest.mark.parametrize("args", [("diff", "/dev/zero"), ("check", "--baseline", "/dev/zero")])
+    def test_an_endless_device_is_refused_after_64_mib(self, args):
+        """/dev/zero has no size to check before reading: it is read up to
+        the limit, then refused (it was read for ever, memory growing)."""
+        code, out, err = cli(*args, timeout=60)
+        assert code == 2 and out == ""
+        assert one_line(err) == "ctxlab: error: /dev/zero is too large for a ctxlab report (over 64 MiB)"
+
+    @pytest.mark.parametrize("baseline", ["/dev/zero", "huge"])
+    def test_a_trace_baseline_too_large_is_refused(self, tmp_path, baseline):
+        """trace --baseline has the same limit as a snapshot (it had none)."""
+        if baseline == "huge":
+            baseline = tmp_path / "huge.json"
+            with baseline.open("wb") as handle:
+                handle.truncate(200 * 1024 * 1024)
+        code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--baseline", str(baseline))
+        assert code == 2 and out == ""
+        assert "is too large for a saved trace" in one_line(err)
+
     def test_a_scenario_only_scenarios_provides(self, tmp_path):
         """A snapshot naming a scenario from --scenarios says to pass --scenarios."""
         path = tmp_path / "snap.json"
