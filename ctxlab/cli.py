@@ -245,11 +245,13 @@ def explain(
         raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
     from ctxlab import engine, render
     from ctxlab.output import console
+    from ctxlab.scenario import read_source
 
     entry = engine.select([name], False, [], scenarios)[0]
     (config,) = _configs(server)
     result = engine.run_guarded(entry, config)
-    render.explain(engine.load_or_crash(entry, result), result, entry.path.read_text(encoding="utf-8"), console())
+    source = read_source(entry.path)
+    render.explain(engine.load_or_crash(entry, result), result, source, console())
     return 0
 
 

@@ -272,11 +272,19 @@ def _entry(path: Path, fields: dict[str, Any]) -> Entry:
     return Entry(path=path, **{**fields, **tuples})
 
 
+def read_source(path: Path) -> str:
+    """A module's source as Python reads it: in the encoding its PEP 263
+    coding line names, or UTF-8 with or without a byte order mark."""
+    import importlib.util
+
+    return importlib.util.decode_source(path.read_bytes())
+
+
 def _declared_fields(path: Path) -> list[dict[str, Any]]:
     """Each `@scenario(...)` call's literal fields in one module (JSON-ready:
     the catalog index stores them)."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(read_source(path), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
     # What the module imports, as it loads or in its functions: a run
@@ -338,7 +346,8 @@ def catalog(*extra: Path) -> dict[str, Entry]:
 
 
 def _modules_in(directory: Path) -> list[Path]:
-    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_")]
+    # Regular files only: a FIFO named x.py would be waited on for ever.
+    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_") and path.is_file()]
 
 
 ENTRY_POINT_GROUP = "ctxlab.scenarios"

@@ -439,6 +439,19 @@ def report_with(**changes):
     return document
 
 
+SCENARIO = """
+from ctxlab.scenario import scenario
+
+
+@scenario("{name}", summary="{summary}", expect={{}})
+def build():
+    async def app(scope, receive, send):
+        await send({{"type": "http.response.start", "status": 200, "headers": []}})
+        await send({{"type": "http.response.body", "body": b""}})
+
+    return app
+"""
+
 MALFORMED = {
     "server is a number": report_with(server=5),
     "unknown server": report_with(server="iis"),
@@ -513,6 +526,33 @@ class TestMalformedFiles:
         code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--baseline", str(baseline))
         assert code == 2 and out == ""
         assert "is too large for a saved trace" in one_line(err)
+
+    @pytest.mark.parametrize(
+        "encoded",
+        [
+            pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n" + text).encode("latin-1"), id="latin-1"),
+            pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="byte-order-mark"),
+        ],
+    )
+    def test_a_scenario_module_in_an_encoding_python_reads(self, tmp_path, encoded):
+        """A scenario module Python imports (a PEP 263 coding line, a byte
+        order mark) is listed, run and explained (list refused it)."""
+        (tmp_path / "legacy.py").write_bytes(encoded(SCENARIO.format(name="legacy", summary="café crème")))
+        args = ("--scenarios", str(tmp_path))
+        code, out, err = cli("list", "--json", *args)
+        assert code == 0, err
+        assert {"name": "legacy", "summary": "café crème"}.items() <= json.loads(out)[-1].items()
+        code, out, err = cli("run", "legacy", "--json", *args)
+        assert code == 0 and json.loads(out)["scenarios"][0]["status"] == "pass", err
+        code, out, err = cli("explain", "legacy", *args, PYTHONIOENCODING="utf-8")
+        assert code == 0 and "café crème" in out, err
+
+    def test_a_fifo_among_the_scenario_modules_is_passed_by(self, tmp_path):
+        """A FIFO named like a module is not a module: it is not waited on."""
+        os.mkfifo(tmp_path / "pipe.py")
+        (tmp_path / "real.py").write_text(SCENARIO.format(name="real", summary="s"))
+        code, out, err = cli("list", "--json", "--scenarios", str(tmp_path), timeout=30)
+        assert code == 0 and json.loads(out)[-1]["name"] == "real", err
 
     def test_a_scenario_only_scenarios_provides(self, tmp_path):
         """A snapshot naming a scenario from --scenarios says to pass --scenarios."""
