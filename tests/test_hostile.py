@@ -641,6 +641,18 @@ class TestText:
         code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
         assert code == 2 and out == ""
 
+    @pytest.mark.parametrize("cache", ["file", "/dev/null"])
+    def test_a_cache_that_is_not_a_directory_is_done_without(self, tmp_path, cache):
+        """CTXLAB_CACHE naming a file: the catalog index is a cache, and
+        list works without it (it was a traceback), and leaves the file be."""
+        if cache == "file":
+            cache = tmp_path / "cache"
+            cache.write_text("keep me")
+        (tmp_path / "fresh.py").write_text(SCENARIO.format(name="fresh", summary="s"))  # never indexed
+        code, out, err = cli("list", "--scenarios", str(tmp_path), CTXLAB_CACHE=str(cache))
+        assert code == 0 and "fresh" in out and err == ""
+        assert cache == "/dev/null" or cache.read_text() == "keep me"
+
     def test_list_never_cuts_a_name(self):
         """At any terminal width every scenario name appears whole."""
         _, rows, _ = ctxlab("list", "--json")
