@@ -5,6 +5,7 @@ no traceback, no clobbered or half-written file and no process left behind
 
 import json
 import os
+import re
 import resource
 import signal
 import stat
@@ -652,6 +653,15 @@ class TestText:
         code, out, err = cli("list", "--scenarios", str(tmp_path), CTXLAB_CACHE=str(cache))
         assert code == 0 and "fresh" in out and err == ""
         assert cache == "/dev/null" or cache.read_text() == "keep me"
+
+    @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
+    def test_a_one_column_terminal_keeps_words_whole(self, colors):
+        """COLUMNS=1 (set by mistake): explain, drawn by Rich, wrapped every
+        word down to a letter a line; it wraps at 40 columns at the least."""
+        code, out, err = cli("explain", "bad-only", COLUMNS="1", **colors)
+        assert code == 0, err
+        words = set(re.sub(r"\x1b\[[0-9;]*m", "", out).split())
+        assert {"bad-only", "BaseHTTPMiddleware", "BadMiddleware"} <= words
 
     def test_list_never_cuts_a_name(self):
         """At any terminal width every scenario name appears whole."""
