@@ -325,8 +325,11 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     from ctxlab.index import Index
 
     for directory in extra:
-        if not directory.is_dir():
-            why = "is not a directory" if directory.exists() else "does not exist"
+        try:
+            why = None if directory.is_dir() else "is not a directory" if directory.exists() else "does not exist"
+        except OSError as exc:  # a name too long, which is_dir() does not answer with False
+            why = f"cannot be read: {exc.strerror}"
+        if why:
             raise ScenarioError(f"scenario directory {directory} {why}")
     index = Index()
     found: dict[str, Entry] = {}

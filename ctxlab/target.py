@@ -116,8 +116,12 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise TargetError(f"expected MODULE:ATTR such as 'myapp.main:app', got {spec!r}")
-    if not app_dir.is_dir():
-        raise TargetError(f"--app-dir {app_dir} is not a directory")
+    try:
+        why = None if app_dir.is_dir() else "is not a directory"
+    except OSError as exc:  # a name too long, which is_dir() does not answer with False
+        why = f"cannot be read: {exc.strerror}"
+    if why:
+        raise TargetError(f"--app-dir {app_dir} {why}")
     if str(app_dir.resolve()) not in sys.path:
         sys.path.insert(0, str(app_dir.resolve()))
     try:

@@ -564,6 +564,22 @@ class TestMalformedFiles:
 
 
 # -- text ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (("list", "--scenarios"), "scenario directory {name} cannot be read: File name too long"),
+        (("probe", "threads:app", "--app-dir"), "--app-dir {name} cannot be read: File name too long"),
+        (("trace", "threads:app", "--app-dir"), "--app-dir {name} cannot be read: File name too long"),
+    ],
+)
+def test_a_directory_name_too_long(args, said):
+    """A directory name past the system's limit is one line, exit 2 (a traceback)."""
+    name = "d" * 300
+    code, out, err = cli(*args, name)
+    assert code == 2 and out == ""
+    assert one_line(err) == "ctxlab: error: " + said.format(name=name)
+
+
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
