@@ -25,6 +25,7 @@ from ctxlab.errors import CtxlabError, UsageError
 
 if TYPE_CHECKING:
     from ctxlab.config import RunConfig
+    from ctxlab.report import Report
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected; 130 interrupted (Ctrl-C);
@@ -220,15 +221,24 @@ def run(
     emitter = OutputFormat.chosen(as_json).emitter()
     started = time.perf_counter()
     results = engine.execute(entries, _configs(server, loop, http, spec_version, concurrency), emitter.progress)
-    if output is not None and results.interrupted:
-        # A file missing scenarios would read as a complete report later.
-        console(stderr=True).print(f"interrupted: {output} not written")
-    elif output is not None:
-        from ctxlab import files
-
-        files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
+    if output is not None:
+        _write_unless_interrupted(output, results, lambda: json.dumps(results.to_json(), indent=2) + "\n")
     emitter.report(results, time.perf_counter() - started)
     return results.exit_code
+
+
+def _write_unless_interrupted(path: Path, results: Report, text: Callable[[], str]) -> None:
+    """Write `text()` to `path`, unless the run was interrupted: a file
+    missing scenarios would read later as a complete report (a snapshot
+    would diff as removals, a JUnit file as a passing check)."""
+    if results.interrupted:
+        from ctxlab.output import console
+
+        console(stderr=True).print(f"interrupted: {path} not written")
+        return
+    from ctxlab import files
+
+    files.write(path, text())
 
 
 @app.command(cls=PlainCommand)
@@ -333,14 +343,12 @@ def check(
     show = partial(render.check_line, console=out)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
-        from ctxlab import files
-
-        files.write(junit, report.junit(results))
+        _write_unless_interrupted(junit, results, lambda: report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in report.github_annotations(results):
             print(line)
     code = results.exit_code
-    if before is not None:
+    if before is not None and not results.interrupted:  # the missing runs would show as removed
         found, not_compared = engine.baseline_changes(before, results)
         if not_compared:
             out.print(Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim"))
@@ -371,11 +379,9 @@ def snapshot(
 
     _writable(output)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
+    _write_unless_interrupted(output, results, lambda: json.dumps(results.to_json(), indent=2) + "\n")
     if results.interrupted:
-        return 130  # a partial snapshot would diff as removals: write none
-    from ctxlab import files
-
-    files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
+        return 130
     s = results.summary
     console(stderr=True).print(
         f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "

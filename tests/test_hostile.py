@@ -399,14 +399,19 @@ class TestSignals:
         code, _, err = running.finish(timeout=5)
         assert code == 130 and "Traceback" not in err
 
+    @pytest.mark.parametrize(
+        "command",
+        [("run", "many-slow-requests", "-o"), ("snapshot", "--server", "asgi", "-o"), ("check", "--junit")],
+        ids=["run", "snapshot", "check"],
+    )
     @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
-    def test_interrupted_output_file_is_not_written(self, tmp_path, colors):
-        """An interrupted run writes no -o file (it would look complete) and
-        says so, printing the path literally (not even coloured as a path)."""
+    def test_interrupted_output_file_is_not_written(self, tmp_path, colors, command):
+        """An interrupted run writes no -o, snapshot or JUnit file (it would
+        look complete: a JUnit file of the scenarios that finished reads as
+        a passing check) and says so, printing the path literally (not even
+        coloured as a path)."""
         target = tmp_path / "[bold]report.json"
-        running = start_and_wait(
-            tmp_path, "run", "many-slow-requests", "--scenarios", str(HOSTILE), "-o", str(target), **colors
-        )
+        running = start_and_wait(tmp_path, *command, str(target), "--scenarios", str(HOSTILE), **colors)
         running.process.send_signal(signal.SIGINT)
         code, _, err = running.finish(timeout=5)
         assert code == 130 and one_line(err) == f"interrupted: {target} not written"
