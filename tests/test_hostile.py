@@ -756,6 +756,27 @@ class TestMatrix:
         cells = {row["name"]: row["cells"] for row in json.loads(out)["scenarios"]}
         assert [c["status"] for c in cells["always-drifts"]] == ["drift", "drift"]
 
+    def test_interrupted_while_building_an_environment(self, tmp_path):
+        """SIGTERM while a column's environment is built (the installer has
+        started processes of its own, as venv's ensurepip or uv's
+        interpreter query): 143, the installer's processes are gone too
+        (they outlived ctxlab, writing into the deleted directory), and no
+        half-built environment is left in the cache."""
+        running = Cli("matrix", "--with", "uvicorn==0.40.0", "--with", "uvicorn==0.41.0", "--server", "asgi",
+                      CTXLAB_CACHE=str(tmp_path))  # fmt: skip
+        ctxlab_pid, deadline = running.process.pid, time.monotonic() + 120
+        while not [
+            pid for pid in session_processes(ctxlab_pid) if _ppid(Path(f"/proc/{pid}/stat")) not in (None, 1, ctxlab_pid)
+            and pid != ctxlab_pid
+        ]:  # fmt: skip
+            assert running.process.poll() is None and time.monotonic() < deadline, "no installer process was seen"
+            time.sleep(0.02)
+        running.process.send_signal(signal.SIGTERM)
+        code, _, err = running.finish(timeout=10)
+        assert code == 143 and "Traceback" not in err
+        time.sleep(0.5)  # what an orphaned installer would still write
+        assert not list((tmp_path / "envs").iterdir())
+
     def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
         """A column that cannot be installed is an error with the installer's
         reason; the other columns still run and matrix exits 1."""
