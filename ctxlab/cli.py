@@ -145,8 +145,12 @@ ScenariosOption = Annotated[
 TargetArgument = Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")]
 FactoryOption = Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")]
 AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")]
+# At most a day: the wait is given to poll() in milliseconds, an int (inf overflowed it).
 TimeoutOption = Annotated[
-    float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+    float,
+    typer.Option(
+        "--timeout", min=0.1, max=86400, metavar="SECONDS", help="Give up on an app that does not answer by then."
+    ),
 ]
 
 

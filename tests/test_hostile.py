@@ -585,6 +585,15 @@ def test_a_directory_name_too_long(args, said):
     assert one_line(err) == "ctxlab: error: " + said.format(name=name)
 
 
+@pytest.mark.parametrize("command", ["probe", "trace"])
+@pytest.mark.parametrize("seconds", ["inf", "1e309"])
+def test_an_endless_timeout_is_refused(command, seconds):
+    """--timeout inf overflowed the wait (a traceback): at most a day."""
+    code, out, err = cli(command, "threads:app", "--app-dir", str(APPS), "--timeout", seconds)
+    assert code == 2 and out == ""
+    assert one_line(err) == "ctxlab: error: Invalid value for '--timeout': Input should be less than or equal to 86400"
+
+
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
