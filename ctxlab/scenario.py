@@ -335,7 +335,11 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
     try:
         plugins = index.plugins(plugin_modules)
-        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in extra for p in _modules_in(d))]:
+        # A directory given twice (`--scenarios x --scenarios ./x`), or the
+        # bundled one again, is read once.
+        directories = {directory.resolve(): directory for directory in extra}
+        directories.pop(bundled_dir().resolve(), None)
+        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in directories.values() for p in _modules_in(d))]:
             for fields in index.entries(path, _declared_fields):
                 entry = _entry(path, fields)
                 if entry.name in found:

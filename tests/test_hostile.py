@@ -553,6 +553,23 @@ class TestMalformedFiles:
         code, out, err = cli("explain", "legacy", *args, PYTHONIOENCODING="utf-8")
         assert code == 0 and "café crème" in out, err
 
+    def test_a_scenario_directory_given_twice_is_read_once(self):
+        """`--scenarios x --scenarios ./x/`, or the bundled directory again,
+        is no clash of each scenario with itself ("declared twice: hangs.py
+        and hangs.py")."""
+        bundled = Path(__file__).parent.parent / "scenarios"
+        again = (
+            "--scenarios",
+            str(HOSTILE),
+            "--scenarios",
+            f"{HOSTILE}/../{HOSTILE.name}/",
+            "--scenarios",
+            str(bundled),
+        )
+        code, out, err = cli("run", "fine", "bad-only", "--json", *again)
+        assert code == 0, err
+        assert [s["name"] for s in json.loads(out)["scenarios"]] == ["fine", "bad-only"]
+
     def test_a_fifo_among_the_scenario_modules_is_passed_by(self, tmp_path):
         """A FIFO named like a module is not a module: it is not waited on."""
         os.mkfifo(tmp_path / "pipe.py")
