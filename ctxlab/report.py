@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -327,6 +328,16 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
 
 
 # -- CI formats ------------------------------------------------------------------------
+# Characters XML 1.0 cannot hold, even escaped: a name or an app's
+# exception message with a control character made a file no CI could parse.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """`text` with each character XML cannot hold spelled as Python does (\\x01)."""
+    return _NOT_XML.sub(lambda found: repr(found.group())[1:-1], text)
+
+
 def junit(report: Report) -> str:
     """JUnit XML: a testcase per scenario (and server); drift is a failure
     listing the differing rows, a crash is an error."""
@@ -349,16 +360,16 @@ def junit(report: Report) -> str:
             suite,
             "testcase",
             classname=f"ctxlab.{result.server}",
-            name=result.name,
+            name=_xml_text(result.name),
             time=f"{result.duration_ms / 1000:.3f}",
         )
         if result.status is Status.DRIFT:
             failure = ET.SubElement(case, "failure", message=f"{len(result.drifted)} observation(s) drifted")
-            failure.text = "\n".join(drift_line(o) for o in result.drifted)
+            failure.text = _xml_text("\n".join(drift_line(o) for o in result.drifted))
         elif result.status is Status.ERROR:
-            ET.SubElement(case, "error", message=result.error or "error")
+            ET.SubElement(case, "error", message=_xml_text(result.error or "error"))
         elif result.status is Status.SKIPPED:
-            ET.SubElement(case, "skipped", message=result.error or "skipped")
+            ET.SubElement(case, "skipped", message=_xml_text(result.error or "skipped"))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -611,6 +611,31 @@ def test_an_endless_timeout_is_refused(command, seconds):
     assert one_line(err) == "ctxlab: error: Invalid value for '--timeout': Input should be less than or equal to 86400"
 
 
+CONTROL_CHARACTERS = """
+from ctxlab.scenario import scenario
+
+
+@scenario("bell-\\x07", summary="s", expect={})
+def raises():
+    raise ValueError("bad byte \\x00, then \\x1b[31m")
+"""
+
+
+def test_junit_of_control_characters_is_well_formed(tmp_path):
+    """A scenario name or an app's exception message holding characters XML
+    1.0 cannot hold (\\x00, escape codes): the JUnit file still parses (CI
+    rejected it), those characters spelled as Python does."""
+    import xml.etree.ElementTree as ET
+
+    (tmp_path / "control.py").write_text(CONTROL_CHARACTERS)
+    junit = tmp_path / "junit.xml"
+    code, _, err = cli("check", "--junit", str(junit), "--scenarios", str(tmp_path))
+    assert code == 3, err
+    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name").startswith("bell"))
+    assert case.get("name") == "bell-\\x07"
+    assert case.find("error").get("message") == "ValueError: bad byte \\x00, then \\x1b[31m"
+
+
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
