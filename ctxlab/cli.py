@@ -311,11 +311,11 @@ def serve(
 
 
 def _is_saved_trace(path: Path) -> bool:
-    from ctxlab.validate import read_limited
+    from ctxlab.validate import read_json
 
     try:
-        document = json.loads(read_limited(path, "a ctxlab file"))
-    except (OSError, UnicodeDecodeError, ValueError):  # TooLarge is a ValueError
+        document = read_json(path, "a ctxlab file")
+    except (OSError, UnicodeDecodeError, ValueError):  # Unusable and JSONDecodeError are ValueErrors
         return False  # the snapshot reader says what is wrong with it
     return isinstance(document, dict) and "events" in document and "options" in document
 

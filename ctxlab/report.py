@@ -235,20 +235,18 @@ class Report:
 # -- saved reports: snapshot and diff ---------------------------------------------
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
-    from ctxlab.validate import TooLarge, problem, read_limited
+    from ctxlab.validate import Unusable, problem, read_json
 
     try:
-        text = read_limited(path, "a ctxlab report")
-    except TooLarge as exc:
+        document = read_json(path, "a ctxlab report")
+    except Unusable as exc:
         raise ReportFileError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        if not exc.doc.strip():
+            raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'") from None
+        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not text.strip():
-        raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
     if document["schema_version"] != SCHEMA_VERSION:

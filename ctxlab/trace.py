@@ -211,11 +211,11 @@ def load_trace(path: Path) -> dict[str, Any]:
     comparing it cannot crash."""
     import json
 
-    from ctxlab.validate import TooLarge, read_limited
+    from ctxlab.validate import Unusable, read_json
 
     try:
-        document = json.loads(read_limited(path, "a saved trace"))
-    except TooLarge as exc:
+        document = read_json(path, "a saved trace")
+    except Unusable as exc:
         raise TraceFileError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -4,6 +4,7 @@ crash or a drift (exit 1) half-way through `diff` or `check`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,22 +17,45 @@ SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 MAX_BYTES = 64 * 1024 * 1024
 
 
-class TooLarge(ValueError):
-    """A file past MAX_BYTES."""
+# Nest no deeper than this: Python's JSON parser, and everything that
+# walks a document, recurses; a report's values are a few levels deep.
+MAX_DEPTH = 200
 
 
-def read_limited(path: Path, what: str) -> str:
-    """The UTF-8 text of `path` (`what` it should hold, for the message),
+class Unusable(ValueError):
+    """A file too large, or nested too deep, to read; the message says which."""
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document in `path` (`what` it should hold, for the message),
     read no further than MAX_BYTES: a device (`/dev/zero`) has no size to
     check first, and would be read for ever.  Raises OSError,
-    UnicodeDecodeError or TooLarge."""
+    UnicodeDecodeError, json.JSONDecodeError or Unusable."""
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     if size > MAX_BYTES or len(data) > MAX_BYTES:
         shown = f"{size // 2**20} MiB" if size > MAX_BYTES else f"over {MAX_BYTES // 2**20} MiB"
-        raise TooLarge(f"{path} is too large for {what} ({shown})")
-    return data.decode("utf-8")
+        raise Unusable(f"{path} is too large for {what} ({shown})")
+    too_deep = Unusable(f"{path} nests deeper than {MAX_DEPTH} levels; {what} never does")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    if _deeper_than(document, MAX_DEPTH):
+        raise too_deep
+    return document
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    pending = [(document, 1)]  # not recursive: that is the point
+    while pending:
+        value, depth = pending.pop()
+        if depth > limit:
+            return True
+        inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending += [(item, depth + 1) for item in inner]
+    return False
 
 
 def _is_int(value: Any) -> bool:

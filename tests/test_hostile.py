@@ -522,6 +522,24 @@ class TestMalformedFiles:
         assert code == 2 and out == ""
         assert one_line(err) == "ctxlab: error: /dev/zero is too large for a ctxlab report (over 64 MiB)"
 
+    @pytest.mark.parametrize(
+        "args, what",
+        [
+            (("diff",), "a ctxlab report"),
+            (("check", "--baseline"), "a ctxlab report"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "--baseline"), "a saved trace"),
+        ],
+    )
+    def test_a_file_nested_too_deep(self, tmp_path, args, what):
+        """50,000 nested lists, in a value of an otherwise good snapshot:
+        Python's JSON parser recursed out (a traceback, exit 1, which reads
+        as drift).  One line, exit 2."""
+        path = tmp_path / "deep.json"
+        path.write_text(json.dumps(report_with()).replace("null}]}]", "[" * 50_000 + "]" * 50_000 + "}]}]"))
+        code, out, err = cli(*args, str(path))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {path} nests deeper than 200 levels; {what} never does"
+
     @pytest.mark.parametrize("baseline", ["/dev/zero", "huge"])
     def test_a_trace_baseline_too_large_is_refused(self, tmp_path, baseline):
         """trace --baseline has the same limit as a snapshot (it had none)."""
