@@ -454,18 +454,16 @@ def matrix(
     return matrices.exit_code(grid)
 
 
-# An HTTP token (RFC 9110 5.6.2): what a method or a header name may be made of.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def _user_request_checks(
     path: Optional[str], method: str, server: Server, header: Optional[List[str]], command: str
 ) -> list:
     """What `probe` and `trace` check alike: the path, the method, the server,
     and the `--header K:V` values, as (name, value) pairs."""
+    from ctxlab.validate import TOKEN
+
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise UsageError(f"--method expects an HTTP method such as GET or POST, got {method!r}")
     if server not in (Server.asgi, Server.uvicorn):
         raise UsageError(
@@ -474,7 +472,7 @@ def _user_request_checks(
     headers = []
     for given in header or []:
         name, colon, value = given.partition(":")
-        if not colon or not _TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
+        if not colon or not TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
         headers.append((name.strip(), value.strip()))
     return headers

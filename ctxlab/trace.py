@@ -211,7 +211,7 @@ def load_trace(path: Path) -> dict[str, Any]:
     comparing it cannot crash."""
     import json
 
-    from ctxlab.validate import Unusable, read_json
+    from ctxlab.validate import Unusable, read_json, trace_problem
 
     try:
         document = read_json(path, "a saved trace")
@@ -227,10 +227,9 @@ def load_trace(path: Path) -> dict[str, Any]:
         raise TraceFileError(
             f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
         )
-    options = document["options"]
-    needed = {"requests", "path", "method", "headers", "data", "lifespan", "vars", "factory", "app_dir"}
-    if not isinstance(options, dict) or not needed <= options.keys() or not isinstance(document.get("findings"), list):
-        raise TraceFileError(f"{path} is a malformed trace: its options or findings are incomplete")
+    wrong = trace_problem(document)
+    if wrong:
+        raise TraceFileError(f"{path} is a malformed trace: {wrong}")
     return document
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 STATUSES = ("pass", "drift", "error", "skipped")
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
@@ -65,6 +65,70 @@ def _is_int(value: Any) -> bool:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# An HTTP token (RFC 9110 5.6.2): what a method or a header name may be made of.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _are(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(test(item) for item in value)
+
+
+def _has(**tests: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: (
+        isinstance(value, dict) and all(key in value and test(value[key]) for key, test in tests.items())
+    )
+
+
+def _is_finding(value: Any) -> bool:
+    place = _has(file=_is_str, function=_is_str)
+    return _has(kind=_is_str, var=_is_str, read=place)(value) and (value.get("set") is None or place(value["set"]))
+
+
+# What `trace --baseline` and `diff` use of a saved trace, what each must
+# be, and how to say it; a field's object is checked before its fields.
+_TRACE_FIELDS = {
+    "app": (_is_str, "MODULE:ATTR"),
+    "server": (lambda value: value in ("asgi", "uvicorn"), "asgi or uvicorn"),
+    "options": (lambda value: isinstance(value, dict), "an object"),
+    "options.requests": (lambda value: _is_int(value) and value >= 1, "a number of requests"),
+    "options.path": (lambda value: _is_str(value) and value.startswith("/"), "a path starting with /"),
+    "options.method": (lambda value: _is_str(value) and TOKEN.fullmatch(value) is not None, "an HTTP method"),
+    "options.headers": (
+        _are(lambda pair: isinstance(pair, list) and len(pair) == 2 and all(map(_is_str, pair))),
+        "a list of [name, value] pairs",
+    ),
+    "options.data": (_is_str, "a string"),
+    "options.lifespan": (_is_bool, "true or false"),
+    "options.vars": (_are(_is_str), "a list of variable names"),
+    "options.factory": (_is_bool, "true or false"),
+    "options.app_dir": (_is_str, "a directory"),
+    "events": (
+        _are(_has(request=_is_int, op=_is_str, var=_is_str, file=_is_str, function=_is_str, value=lambda value: True)),
+        "a list of events (request, op, var, file, function, value)",
+    ),
+    "findings": (_are(_is_finding), "a list of findings (kind, var, read and set with file and function)"),
+}
+
+
+def trace_problem(document: dict[str, Any]) -> str | None:
+    """What is wrong with a saved trace's fields, in a few words; None if nothing."""
+    for key, (valid, expected) in _TRACE_FIELDS.items():
+        value: Any = document
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not valid(value):
+            return f"{key} is {_shown(value)}, expected {expected}"
+    return None
 
 
 def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:

@@ -478,6 +478,18 @@ MALFORMED = {
 REFUSED_BEFORE = {"scenarios is an object", "name is a list"}
 
 
+TRACE_APPS = FIXTURES / "trace_apps"
+
+
+@pytest.fixture(scope="module")
+def saved_trace(tmp_path_factory):
+    """A trace saved as a user saves one: `trace --json -o FILE`."""
+    path = tmp_path_factory.mktemp("saved") / "trace.json"
+    code, _, err = cli("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--json", "-o", str(path))
+    assert code == 0, err
+    return path
+
+
 class TestMalformedFiles:
     """A snapshot or baseline that cannot be used: one line, exit 2, never 1."""
 
@@ -497,6 +509,44 @@ class TestMalformedFiles:
         path.write_text(json.dumps(MALFORMED[case]))
         code, out, err = cli("check", "--baseline", str(path))
         assert code == 2 and out == "" and str(path) in one_line(err)
+
+    @pytest.mark.parametrize(
+        "field, value, said",
+        [
+            ("app", 5, "app is 5, expected MODULE:ATTR"),
+            ("events", [1, 2], "events is [1, 2], expected a list of events"),
+            ("events", [{}], "events is [{}], expected a list of events"),
+            ("findings", ["lost"], "findings is ['lost'], expected a list of findings"),
+            ("options", [], "options is [], expected an object"),
+            ("options.requests", "two", "options.requests is 'two', expected a number of requests"),
+            ("options.path", 5, "options.path is 5, expected a path starting with /"),
+            ("options.method", "G E T", "options.method is 'G E T', expected an HTTP method"),
+            ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
+            ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),
+            ("options.app_dir", 5, "options.app_dir is 5, expected a directory"),
+        ],
+    )
+    @pytest.mark.parametrize("command", ["diff", "baseline"])
+    def test_a_saved_trace_with_a_wrong_field(self, tmp_path, saved_trace, command, field, value, said):
+        """A saved trace is checked field by field as a snapshot is (these
+        were tracebacks, exit 1, which reads as a change): one line naming
+        the field, exit 2."""
+        document = json.loads(saved_trace.read_text())
+        *parents, last = field.split(".")
+        holder = document
+        for part in parents:
+            holder = holder[part]
+        holder[last] = value
+        path = tmp_path / "trace.json"
+        path.write_text(json.dumps(document))
+        args = (
+            ("diff", str(path))
+            if command == "diff"
+            else ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--baseline", str(path))
+        )
+        code, out, err = cli(*args)
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: {path} is a malformed trace: {said}")
 
     def test_a_truncated_snapshot(self, tmp_path):
         """Half a snapshot is not JSON: one line, exit 2."""
