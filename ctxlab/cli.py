@@ -311,11 +311,12 @@ def serve(
 
 
 def _is_saved_trace(path: Path) -> bool:
+    from ctxlab.errors import ReportFileError
     from ctxlab.validate import read_json
 
     try:
-        document = read_json(path, "a ctxlab file")
-    except (OSError, UnicodeDecodeError, ValueError):  # Unusable and JSONDecodeError are ValueErrors
+        document = read_json(path, "a ctxlab file", ReportFileError)
+    except (OSError, UnicodeDecodeError, ValueError, ReportFileError):
         return False  # the snapshot reader says what is wrong with it
     return isinstance(document, dict) and "events" in document and "options" in document
 

@@ -235,12 +235,10 @@ class Report:
 # -- saved reports: snapshot and diff ---------------------------------------------
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
-    from ctxlab.validate import Unusable, problem, read_json
+    from ctxlab.validate import problem, read_json
 
     try:
-        document = read_json(path, "a ctxlab report")
-    except Unusable as exc:
-        raise ReportFileError(str(exc)) from None
+        document = read_json(path, "a ctxlab report", ReportFileError)
     except json.JSONDecodeError as exc:
         if not exc.doc.strip():
             raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'") from None

@@ -211,12 +211,10 @@ def load_trace(path: Path) -> dict[str, Any]:
     comparing it cannot crash."""
     import json
 
-    from ctxlab.validate import Unusable, read_json, trace_problem
+    from ctxlab.validate import read_json, trace_problem
 
     try:
-        document = read_json(path, "a saved trace")
-    except Unusable as exc:
-        raise TraceFileError(str(exc)) from None
+        document = read_json(path, "a saved trace", TraceFileError)
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:

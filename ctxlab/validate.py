@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ctxlab.errors import CtxlabError
+
 STATUSES = ("pass", "drift", "error", "skipped")
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 # Read no file bigger than this: a snapshot of every scenario on every
@@ -22,22 +24,19 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 200
 
 
-class Unusable(ValueError):
-    """A file too large, or nested too deep, to read; the message says which."""
-
-
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str, unusable: type[CtxlabError]) -> Any:
     """The JSON document in `path` (`what` it should hold, for the message),
     read no further than MAX_BYTES: a device (`/dev/zero`) has no size to
     check first, and would be read for ever.  Raises OSError,
-    UnicodeDecodeError, json.JSONDecodeError or Unusable."""
+    UnicodeDecodeError, json.JSONDecodeError, or `unusable` for a file too
+    large or nested too deep."""
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     if size > MAX_BYTES or len(data) > MAX_BYTES:
         shown = f"{size // 2**20} MiB" if size > MAX_BYTES else f"over {MAX_BYTES // 2**20} MiB"
-        raise Unusable(f"{path} is too large for {what} ({shown})")
-    too_deep = Unusable(f"{path} nests deeper than {MAX_DEPTH} levels; {what} never does")
+        raise unusable(f"{path} is too large for {what} ({shown})")
+    too_deep = unusable(f"{path} nests deeper than {MAX_DEPTH} levels; {what} never does")
     try:
         document = json.loads(data.decode("utf-8"))
     except RecursionError:
