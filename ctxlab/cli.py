@@ -439,9 +439,11 @@ def matrix(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The same scenarios across framework versions: a scenario x environment grid."""
+    from ctxlab import engine
     from ctxlab import matrix as matrices
     from ctxlab.output import OutputFormat, console
 
+    engine.entries(scenarios)  # a bad --scenarios directory is a usage error, before any build
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
     columns = [matrices.parse_column(text) for text in with_]
     if len(columns) < 2:

@@ -896,6 +896,16 @@ class TestMatrix:
         time.sleep(0.5)  # what an orphaned installer would still write
         assert not list((tmp_path / "envs").iterdir())
 
+    def test_a_bad_scenario_directory_is_refused_before_any_build(self, tmp_path):
+        """--scenarios naming no directory: one line, exit 2, before minutes
+        of building environments (each column found out on its own)."""
+        missing = tmp_path / "missing"
+        code, out, err = cli("matrix", "--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0",
+                             "--scenarios", str(missing), CTXLAB_CACHE=str(tmp_path / "cache"))  # fmt: skip
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: scenario directory {missing} does not exist"
+        assert not (tmp_path / "cache" / "envs").exists()
+
     def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
         """A column that cannot be installed is an error with the installer's
         reason; the other columns still run and matrix exits 1."""
