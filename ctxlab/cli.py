@@ -236,13 +236,17 @@ def _write_unless_interrupted(path: Path, results: Report, text: Callable[[], st
     missing scenarios would read later as a complete report (a snapshot
     would diff as removals, a JUnit file as a passing check)."""
     if results.interrupted:
-        from ctxlab.output import console
-
-        console(stderr=True).print(f"interrupted: {path} not written")
+        _not_written(path)
         return
     from ctxlab import files
 
     files.write(path, text())
+
+
+def _not_written(path: Path) -> None:
+    from ctxlab.output import console
+
+    console(stderr=True).print(f"interrupted: {path} not written")
 
 
 @app.command(cls=PlainCommand)
@@ -601,7 +605,12 @@ def trace_app(
         )  # fmt: skip
         return result.to_json(), [] if as_json else render.trace_view(result)
 
-    document, view = _on_the_users_app(traced, target, timeout, "tracing")
+    try:
+        document, view = _on_the_users_app(traced, target, timeout, "tracing")
+    except KeyboardInterrupt:  # and SIGTERM: say so, as run -o does
+        if output is not None:
+            _not_written(output)
+        raise
     failed = [r for r in document["requests"] if r["status"] is None or r["status"] >= 500]
     if len(failed) == len(document["requests"]) and not document["events"]:
         # "No finding" would pass CI on an app that cannot serve at all.

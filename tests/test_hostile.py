@@ -417,6 +417,16 @@ class TestSignals:
         assert code == 130 and one_line(err) == f"interrupted: {target} not written"
         assert sorted(os.listdir(tmp_path)) == ["started"]
 
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+    def test_trace_interrupted_says_its_file_is_not_written(self, tmp_path, signum, code):
+        """trace -o interrupted mid-request: no file, and it says so, as run -o does."""
+        target = tmp_path / "trace.json"
+        running = start_and_wait(tmp_path, "trace", "slow:app", "--app-dir", str(APPS), "-o", str(target))
+        running.process.send_signal(signum)
+        got, out, err = running.finish(timeout=5)
+        assert got == code and out == "" and one_line(err) == f"interrupted: {target} not written"
+        assert sorted(os.listdir(tmp_path)) == ["started"]
+
     def test_sigterm_during_serve(self, tmp_path):
         """serve stops on SIGTERM with 143."""
         running = Cli("serve", "bad-only", "--port", "0")
