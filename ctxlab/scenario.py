@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import stat
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -325,10 +326,7 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     from ctxlab.index import Index
 
     for directory in extra:
-        try:
-            why = None if directory.is_dir() else "is not a directory" if directory.exists() else "does not exist"
-        except OSError as exc:  # a name too long, which is_dir() does not answer with False
-            why = f"cannot be read: {exc.strerror}"
+        why = not_a_directory(directory)
         if why:
             raise ScenarioError(f"scenario directory {directory} {why}")
     index = Index()
@@ -350,6 +348,18 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     finally:
         index.save()  # what was read stays read, even when a name clashes
     return found
+
+
+def not_a_directory(path: Path) -> str | None:
+    """Why `path` is no directory to read, in a few words; None if it is one.
+    Not Path.is_dir(): it answers a name too long with False on 3.13 and
+    raises on 3.11, where this says what the system said."""
+    try:
+        return None if stat.S_ISDIR(path.stat().st_mode) else "is not a directory"
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
 
 
 def _modules_in(directory: Path) -> list[Path]:
