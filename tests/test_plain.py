@@ -160,15 +160,50 @@ def test_a_drifted_row_is_red_on_a_terminal():
 
 
 def test_a_terminal_table_is_laid_out_as_piped_output_is():
-    table = render._table("n", "name")
+    """Right- and left-justified columns, a cell with blank lines, and a
+    window exactly as wide as the table: the piped layout, in colour."""
+    table = render._table("n", "name", "note")
     table.columns[0].justify = "right"
-    table.add_row("7", render.Text("seven", style="cyan"))
-    table.add_row("10", "ten\nand more")
-    piped, on_terminal = io.StringIO(), terminal(80)
+    table.add_row("7", render.Text("seven", style="cyan"), "odd")
+    table.add_row("10", "ten\n\nand more\n", "even")
+    piped, on_terminal = io.StringIO(), terminal(len("10  and more  even"))
     PlainConsole(piped).print(table)
     TerminalConsole(on_terminal).print(table)
     assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
-    assert piped.getvalue().splitlines() == [" n  name", "-" * 12, " 7  seven", "10  ten", "    and more"]
+    assert piped.getvalue().splitlines() == [
+        " n  name      note",
+        "-" * 18,
+        " 7  seven     odd",
+        "10  ten       even",
+        "",
+        "    and more",
+        "",
+    ]
+    assert "\x1b[36mseven\x1b[0m" in on_terminal.file.getvalue()
+
+
+def test_the_catalog_on_a_wide_terminal_is_the_piped_one_in_colour():
+    """An unboxed table (the catalog) gets no rule on a terminal either."""
+    entries = catalog().values()
+    piped, on_terminal = io.StringIO(), terminal(400)
+    render.catalog(entries, PlainConsole(piped))
+    render.catalog(entries, TerminalConsole(on_terminal))
+    assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
+
+
+def test_what_ctxlab_does_not_lay_out_is_drawn_by_rich_on_a_terminal():
+    """A tree, a panel with or without a title, a titled table, a text with
+    a tab (Rich expands it): exactly as Rich draws them."""
+    from rich.panel import Panel
+    from rich.tree import Tree
+
+    tree = Tree("root")
+    tree.add("leaf")
+    titled = render._table("a", title="expectations")
+    titled.add_row("1")
+    for item in (tree, Panel("why"), Panel("fix", title="the fix"), titled, render.Text("a\tb", style="dim")):
+        rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), 80)  # noqa: B023
+        assert our_text == rich_text
 
 
 @pytest.mark.parametrize("width", [20, 45])
