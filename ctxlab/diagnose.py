@@ -635,9 +635,14 @@ def scan(loaded: targets.Target) -> list[Finding]:
                         "thread-pool copy of the context, so they are lost when it returns; make it `async def`.")  # fmt: skip
     for path, source in sources.items():
         tree = _parsed(source, path) if "run_in_executor" in source else None
+        pools = _process_pools(tree) if tree else set()
         for node in ast.walk(tree) if tree else ():
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "run_in_executor":
-                if "copy_context" not in ast.unparse(node) and not _runs_in_context(node):
+                if (
+                    "copy_context" not in ast.unparse(node)
+                    and not _runs_in_context(node)
+                    and not _sends_to_a_process_pool(node, pools)
+                ):
                     add(path, node.lineno, "executor-no-copy",
                         "run_in_executor without copy_context(): the job runs in the worker thread's own "
                         "context and sees none of the caller's ContextVars; submit copy_context().run.")  # fmt: skip
@@ -657,6 +662,32 @@ def _closure(function: Callable) -> dict[str, Any]:
         except ValueError:  # an empty cell
             continue
     return values
+
+
+def _is_process_pool(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Call) and "ProcessPoolExecutor" in ast.unparse(node.func)
+
+
+def _process_pools(tree: ast.Module) -> set[str]:
+    """Names the module binds to a ProcessPoolExecutor (`with ... as pool`,
+    `pool = ...`, `self.pool = ...`): a job sent there runs in another
+    process, where no context of this one can follow it (a Context cannot
+    be pickled), so copy_context() is no fix and the call no finding."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.withitem) and node.optional_vars and _is_process_pool(node.context_expr):
+            names.add(ast.unparse(node.optional_vars))
+        elif isinstance(node, ast.Assign) and _is_process_pool(node.value):
+            names.update(ast.unparse(target) for target in node.targets)
+        elif isinstance(node, ast.AnnAssign) and _is_process_pool(node.value):
+            names.add(ast.unparse(node.target))
+    return names
+
+
+def _sends_to_a_process_pool(call: ast.Call, pools: set[str]) -> bool:
+    keywords = [keyword.value for keyword in call.keywords if keyword.arg == "executor"]
+    executor = (call.args or keywords or [None])[0]
+    return executor is not None and (_is_process_pool(executor) or ast.unparse(executor) in pools)
 
 
 def _runs_in_context(call: ast.Call) -> bool:

@@ -957,3 +957,41 @@ def test_an_own_module_in_the_encoding_python_reads_is_scanned(tmp_path, encoded
     first = 2 if encoded("").startswith(b"#") else 1
     found = [(f["file"], f["line"], f["kind"]) for f in document["findings"]]
     assert found == [("legacy.py", first + 5, "sync-set"), ("legacy.py", first + 7, "executor-no-copy")], err
+
+
+def test_run_in_executor_on_a_process_pool_is_no_finding(tmp_path):
+    """A job sent to a ProcessPoolExecutor runs in another process: the
+    advice to submit copy_context().run cannot be followed there (Python
+    refuses to pickle a Context, checked below), so only the thread pools'
+    calls are findings."""
+    import contextvars
+    import pickle
+
+    with pytest.raises(TypeError, match="Context"):
+        pickle.dumps(contextvars.copy_context())
+    module = f"pools_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "from concurrent import futures\n"
+        "from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor\n"
+        "from starlette.applications import Starlette\n"
+        "shared = futures.ProcessPoolExecutor()\n"
+        "class Jobs:\n"
+        "    def __init__(self):\n"
+        "        self.pool: ProcessPoolExecutor = ProcessPoolExecutor()\n"
+        "    async def run(self):\n"
+        "        loop = asyncio.get_running_loop()\n"
+        "        await loop.run_in_executor(self.pool, print)\n"
+        "        await loop.run_in_executor(shared, print)\n"
+        "        await loop.run_in_executor(executor=ProcessPoolExecutor(), func=print)\n"
+        "        with ProcessPoolExecutor() as pool, ThreadPoolExecutor() as threads:\n"
+        "            await loop.run_in_executor(pool, print)\n"
+        "            await loop.run_in_executor(threads, print)\n"
+        "        await loop.run_in_executor(None, print)\n"
+        "app = Starlette()\n"
+    )
+    code, document, err = ctxlab_json("probe", f"{module}:app", "--app-dir", str(tmp_path))
+    assert [(f["line"], f["kind"]) for f in document["findings"]] == [
+        (16, "executor-no-copy"),
+        (17, "executor-no-copy"),
+    ]
