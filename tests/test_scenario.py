@@ -183,6 +183,19 @@ class TestDiscovery:
         assert second.servers == Scenario(name="b", summary="", build=print, expect={}).servers
         assert {"asgi", "uvicorn"} <= set(second.servers)
 
+    def test_the_libraries_a_module_imports_are_read_from_the_source(self, tmp_path):
+        """What a run imports before it forks its worker: every absolute
+        import, in the module's functions too; never a relative one (a
+        sibling of the module, not a library)."""
+        module = tmp_path / "m.py"
+        module.write_text(
+            "import httpx, json as j\nfrom starlette.routing import Route\nfrom . import sibling\n"
+            "from .helpers import x\n"
+            '@scenario("a", expect={})\ndef a():\n    from fastapi import FastAPI\n'
+        )
+        (entry,) = read_entries(module)
+        assert entry.imports == ("fastapi", "httpx", "json", "starlette.routing")
+
     @pytest.mark.parametrize(
         ("source", "message"),
         [
