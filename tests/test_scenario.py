@@ -200,6 +200,7 @@ class TestDiscovery:
         ("source", "message"),
         [
             ('@scenario(summary="s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first"),
+            ('@scenario("a", "s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first, the rest by"),
             (
                 '@scenario("a", summary=SUMMARY, expect={})\ndef f(): pass\n',
                 "m.py:1: the scenario's summary must be a literal",
