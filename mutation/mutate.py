@@ -142,9 +142,15 @@ TESTS = {
     # The recorder of `ctxlab trace` on 3.11 (sys.monitoring's side needs
     # --also with a 3.12 virtualenv); the subprocess suites come last.
     "tracer": ["test_trace.py", "test_trace_transparent.py", "test_trace_cli.py", "test_trace_plugin.py"],
-    # What a trace found, judged from the recorder's events: the same suites
-    # (the in-process findings first, the CLI and the plugin last).
-    "findings": ["test_trace.py", "test_trace_transparent.py", "test_trace_cli.py", "test_trace_plugin.py"],
+    # What a trace found, judged from the recorder's events: hand-made
+    # events first, then the trace suites (the CLI and the plugin last).
+    "findings": [
+        "test_findings.py",
+        "test_trace.py",
+        "test_trace_transparent.py",
+        "test_trace_cli.py",
+        "test_trace_plugin.py",
+    ],
     "diagnose": ["test_diagnose.py"]
     + [
         f"test_probe_real_apps.py::test_every_field_matches_what_the_app_recorded[{app}-asgi]"
