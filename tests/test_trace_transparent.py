@@ -144,6 +144,30 @@ def test_a_reset_names_the_set_whose_token_it_was_given():
     assert [e.seq for e in tracer.events] == [1, 2, 3, 4, 5]  # numbered from 1, as the JSON shows them
 
 
+def test_a_reset_is_matched_by_the_tokens_of_its_own_variable():
+    """The function holds a token of another variable too, whose old value
+    is not the one this reset restores: only the reset variable's own
+    token tells which of its sets the reset undoes."""
+    import contextvars
+
+    var = contextvars.ContextVar("matched")
+    other = contextvars.ContextVar("other")
+
+    def both():
+        token = var.set("first")
+        other_token = other.set("y")
+        var.set("second")  # a later set, its token dropped
+        var.reset(token)
+        other.reset(other_token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:  # `other` had a value before: its token's old value is "before", `var`'s none
+        contextvars.copy_context().run(lambda: (other.set("before"), both()))
+    first_set = next(e for e in tracer.events if e.op == "set" and e.value == "first")
+    reset = next(e for e in tracer.events if e.op == "reset" and e.var is var)
+    assert reset.token_set is first_set
+
+
 def test_a_library_file_belongs_to_its_top_level_package():
     """Which library set a variable decides the snapshot reads it owes."""
     import starlette.middleware.base
