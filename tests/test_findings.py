@@ -146,3 +146,39 @@ def test_a_thread_copied_from_another_requests_context_leaks():
     case.event("set", "ada", request_1, 1, 20)
     case.event("get", "ada", case.context(threading.Thread(name="worker"), parent=request_1), 2, 30)
     assert only(case, "leak").boundary == "thread worker runs in a copy of C1, where request 1 set the value"
+
+
+def test_a_copy_taken_between_two_sets_misses_the_later_one():
+    """T1 sets "a", starts T2 (a copy), sets "b": T2 reads "a", and the set
+    it never received is the later one, "b"."""
+    case = Case()
+    request = case.context(case.task("T1"))
+    case.event("set", "a", request, 1, 20)
+    child = case.context(case.task("T2"), parent=request)
+    later = case.event("set", "b", request, 1, 21)
+    case.event("get", "a", child, 1, 30)
+    finding = only(case, "lost")
+    assert finding.set is later
+
+
+def test_a_reset_whose_token_no_set_made_is_named_by_its_context():
+    """The reset raised ValueError and no set of this trace made its token."""
+    case = Case()
+    context = case.context(case.task("T1"))
+    case.event("reset", "<unset>", context, 1, 20, raised="ValueError: <Token> was created in a different Context")
+    finding = only(case, "reset-error")
+    assert (finding.set, finding.boundary) == (None, "the token was created in another context than C1")
+    assert finding.scenario == "reset-wrong-context"
+
+
+def test_one_read_missing_two_different_sets_is_two_findings():
+    """Request 1 sets at line 20, request 2 at line 21; each then reads in
+    a copy taken before its set, at the same line 30: two pitfalls."""
+    case = Case()
+    for request, line in ((1, 20), (2, 21)):
+        context = case.context(case.task(f"T{request}", request=request))
+        child = case.context(case.task(f"T{request}b", request=request), parent=context)
+        case.event("set", f"user-{request}", context, request, line)
+        case.event("get", "<unset>", child, request, 30)
+    findings = case.findings()
+    assert [(f.kind, f.set.site.line, f.requests) for f in findings] == [("lost", 20, [1]), ("lost", 21, [2])]
