@@ -267,3 +267,12 @@ class TestKeepAlive:
     def test_in_process_there_is_no_connection(self):
         result, seen = traced("keepalive", "asgi", method="POST", data=b"x" * (300 * 1024))
         assert seen == [None, None] and result["findings"] == []
+
+
+def test_a_copy_that_is_run_is_no_snapshot_read():
+    """The endpoint passes copy_context().run to the executor: the job
+    reads the user in the copy (the app's record), and nothing iterated
+    the copy, so the trace has no snapshot reads and no finding."""
+    result, seen = traced("copy_run")
+    assert seen == ["ada", "ada"]
+    assert [e for e in result["events"] if e.get("snapshot")] == [] and result["findings"] == []
