@@ -82,6 +82,7 @@ TESTS = {
         "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
         "test_servers.py::test_stopping_the_server_closes_a_kept_alive_connection_and_the_port",
         "test_servers.py::test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited",
+        "test_servers.py::test_an_installed_sniffio_still_imports_after_an_in_process_run",
     ],
     # The worker and the per-call child: in process first, then the CLI
     # where only a whole process shows it (Ctrl-C, kill -9, a thread left
