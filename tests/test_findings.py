@@ -182,3 +182,34 @@ def test_one_read_missing_two_different_sets_is_two_findings():
         case.event("get", "<unset>", child, request, 30)
     findings = case.findings()
     assert [(f.kind, f.set.site.line, f.requests) for f in findings] == [("lost", 20, [1]), ("lost", 21, [2])]
+
+
+def test_a_thread_in_a_copy_of_another_context_is_no_executor_without_copy():
+    """The thread runs in a copy of C2 (some task's), which never had
+    request 1's set in C1: separate contexts, not a job run without a copy."""
+    case = Case()
+    request = case.context(case.task("T1"))
+    other = case.context(case.task("T2"))
+    case.event("set", "ada", request, 1, 20)
+    case.event("get", "<unset>", case.context(threading.Thread(name="worker"), parent=other), 1, 30)
+    finding = only(case, "lost")
+    assert finding.boundary == (
+        "thread worker (C3) and T1 (C1) run in separate contexts; neither receives the other's sets"
+    )
+
+
+def test_a_token_reset_twice_is_named_as_such():
+    """The second reset of one token raised RuntimeError (the token's own set is known)."""
+    case = Case()
+    context = case.context(case.task("T1"))
+    set_ = case.event("set", "ada", context, 1, 20)
+    case.event("reset", "<unset>", context, 1, 21, token_set=set_)
+    case.event(
+        "reset", "<unset>", context, 1, 22, token_set=set_, raised="RuntimeError: <Token> has already been used once"
+    )
+    finding = only(case, "reset-error")
+    assert (finding.read.site.line, finding.set) == (22, set_)
+    assert (finding.boundary, finding.scenario) == (
+        "the token had already been used by an earlier reset",
+        "reset-twice",
+    )

@@ -4,6 +4,8 @@ on as without it."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from ctxlab import engine, report
@@ -76,6 +78,29 @@ def test_stopping_puts_everything_back():
     assert [sys.monitoring.get_tool(tool) for tool in range(6)] == tools if tools else True
     # The tool it used asks for no event any more.
     assert all(sys.monitoring.get_events(tool) == 0 for tool, name in enumerate(tools) if name is None)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_the_last_free_monitoring_tool_id_is_the_one_used():
+    """Other tools (a debugger, coverage, a profiler) hold every id but the
+    last: the trace takes that one, and sees a set."""
+    import contextvars
+
+    monitoring = sys.monitoring
+    taken = [tool for tool in range(5) if monitoring.get_tool(tool) is None]
+    for tool in taken:
+        monitoring.use_tool_id(tool, "another tool")
+    try:
+        var = contextvars.ContextVar("watched")
+        tracer = Tracer(TraceRecorder())
+        with tracer:
+            used = monitoring.get_tool(5)
+            contextvars.copy_context().run(lambda: var.set("x"))
+    finally:
+        for tool in taken:
+            monitoring.free_tool_id(tool)
+    assert used == "ctxlab trace"
+    assert [(e.op, e.value) for e in tracer.events] == [("set", "x")]
 
 
 def test_a_traced_variable_answers_as_an_untraced_one():
