@@ -213,3 +213,14 @@ def test_a_token_reset_twice_is_named_as_such():
         "the token had already been used by an earlier reset",
         "reset-twice",
     )
+
+
+def test_a_set_reset_before_a_read_is_no_loss():
+    """T1 sets, then resets with that set's token (the variable is unset
+    again), then T2 in a copy reads it unset: nothing was lost."""
+    case = Case()
+    request = case.context(case.task("T1"))
+    set_ = case.event("set", "ada", request, 1, 20)
+    case.event("reset", "<unset>", request, 1, 21, token_set=set_)
+    case.event("get", "<unset>", case.context(case.task("T2"), parent=request), 1, 30)
+    assert case.findings() == []
