@@ -224,3 +224,24 @@ def test_a_set_reset_before_a_read_is_no_loss():
     case.event("reset", "<unset>", request, 1, 21, token_set=set_)
     case.event("get", "<unset>", case.context(case.task("T2"), parent=request), 1, 30)
     assert case.findings() == []
+
+
+def test_a_task_started_in_a_threads_copy_is_named_not_the_thread():
+    """A thread copied C1 before T1 set, and started T2 there: T2 reads
+    nothing, and the copy it runs in is T2's (the thread is in between)."""
+    case = Case()
+    request = case.context(case.task("T1"))
+    thread = case.context(threading.Thread(name="worker"), parent=request)
+    case.event("set", "ada", request, 1, 20)
+    case.event("get", "<unset>", case.context(case.task("T2"), parent=thread), 1, 30)
+    assert only(case, "lost").boundary == "T2 runs in a copy of C1 taken before T1 set the value"
+
+
+def test_a_value_set_at_startup_is_no_leak():
+    """Startup (no request) set the value every request then reads: it
+    belongs to no other request, so nothing leaked."""
+    case = Case()
+    startup = case.context(case.task("T1", request=None))
+    case.event("set", "prod", startup, None, 5)
+    case.event("get", "prod", case.context(case.task("T2"), parent=startup), 1, 30)
+    assert case.findings() == []
