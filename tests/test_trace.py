@@ -117,18 +117,16 @@ class TestLost:
         assert finding["set"]["line"] == line_of("executor_lost", "request_id.set(")
         assert finding["set"]["value"] == "req-1" and finding["set"]["request"] == 1
 
-    def test_task_the_app_starts_inside_dispatch(self, server):
+    @pytest.mark.parametrize("name", ["dispatch_task", "dispatch_loop_task"])
+    def test_task_the_app_starts_inside_dispatch(self, server, name):
         """Created by the app's own code in dispatch, below call_next's frames:
         the boundary names dispatch, not call_next."""
-        result, seen = traced("dispatch_task", server)
+        result, seen = traced(name, server)
         assert seen == [None, None]
         finding = only(result["findings"], "lost")
-        assert finding["set"]["line"] == line_of("dispatch_task", 'user.set("alice")')
+        assert finding["set"]["line"] == line_of(name, 'user.set("alice")')
         boundary = finding["boundary"]
-        assert (
-            f"created in Loader.dispatch (trace_apps/dispatch_task.py:{line_of('dispatch_task', 'create_task')})"
-            in boundary
-        )
+        assert f"created in Loader.dispatch (trace_apps/{name}.py:{line_of(name, 'create_task')})" in boundary
         assert "call_next" not in boundary
 
     def test_consumer_task_created_at_startup(self, server):
