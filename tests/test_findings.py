@@ -245,3 +245,33 @@ def test_a_value_set_at_startup_is_no_leak():
     case.event("set", "prod", startup, None, 5)
     case.event("get", "prod", case.context(case.task("T2"), parent=startup), 1, 30)
     assert case.findings() == []
+
+
+def test_a_token_made_in_a_thread_and_reset_in_a_task_names_both():
+    """A thread's copy set (made the token); T1 reset it in its own context."""
+    case = Case()
+    request = case.context(case.task("T1"))
+    set_ = case.event("set", "ada", case.context(threading.Thread(name="worker"), parent=request), 1, 20)
+    case.event(
+        "reset",
+        "<unset>",
+        request,
+        1,
+        21,
+        token_set=set_,
+        raised="ValueError: <Token> was created in a different Context",
+    )
+    finding = only(case, "reset-error")
+    assert finding.boundary == "the token was created in C2 (thread worker) and reset in C1 (T1)"
+    assert finding.scenario == "reset-wrong-context"
+
+
+def test_a_value_equal_to_the_requests_own_set_is_no_leak_in_any_key_order():
+    """Request 2 set {"b": 2, "a": 1} itself; reading {"a": 1, "b": 2} (what
+    request 1 set, an equal dict) shows nothing another request set."""
+    case = Case()
+    case.event("set", {"a": 1, "b": 2}, case.context(case.task("T1")), 1, 20)
+    context = case.context(case.task("T2", request=2))
+    case.event("set", {"b": 2, "a": 1}, context, 2, 20)
+    case.event("get", {"a": 1, "b": 2}, context, 2, 30)
+    assert case.findings() == []
