@@ -6,8 +6,14 @@ Parsing every scenario source with `ast` is most of what `ctxlab list` does
 once the interpreter is up, and grows with the catalog (a `--scenarios`
 directory of hundreds).  A module is read again when its size or
 modification time (nanoseconds) differs from the indexed ones, so a scenario
-edited in place shows at once, bundled or the user's own.  The index is a
-convenience: when it cannot be read or written, modules are parsed as before.
+edited in place shows at once, bundled or the user's own.
+
+The index is one small file per directory of scenarios (and one per Python
+environment for its plugins), so a command reads only the directories it
+lists: a single file for every directory ever listed grew with each
+`--scenarios` a user or a test suite ever passed, until reading it cost
+more than parsing the bundled scenarios.  The index is a convenience: when
+a file cannot be read or written, modules are parsed as before.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ctxlab import __version__
 
 # Entries are stored as their fields; a ctxlab with other fields reads none.
-FORMAT = f"ctxlab {__version__} index 4"
+FORMAT = f"ctxlab {__version__} index 5"
 
 
 def cache_dir() -> Path:
@@ -31,19 +38,23 @@ def cache_dir() -> Path:
 
 
 class Index:
-    """Indexed entry fields per module path; `save()` writes it back when a
+    """Indexed entry fields per module, read and written one directory's
+    file at a time; `save()` writes back the files of directories where a
     module had to be read."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or cache_dir() / "catalog-index.json"
-        self.changed = False
-        try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            document = {}
-        usable = isinstance(document, dict) and document.get("format") == FORMAT
-        self.modules: dict[str, list] = document.get("modules", {}) if usable else {}
-        self.plugin_modules: dict[str, list] = document.get("plugins", {}) if usable else {}
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or cache_dir() / "catalog-index"
+        self.directories: dict[str, dict[str, Any]] = {}  # directory -> module file name -> [stamp, fields]
+        self.changed: set[str] = set()
+
+    def file(self, kind: str, key: str) -> Path:
+        """Where the index of `key` (a directory, or a Python prefix for
+        `kind` "plugins") is kept."""
+        # zlib's checksums, not hashlib (whose import alone costs ~3 ms of a
+        # 150 ms `ctxlab list`): two keys sharing a name would only take
+        # turns at one file, since each file says whose it is.
+        raw = key.encode(errors="surrogateescape")
+        return self.root / f"{kind}-{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}.json"
 
     def entries(self, module: Path, read: Callable[[Path], list[dict]]) -> list[dict]:
         """The entry fields of `module`: indexed while its file is unchanged,
@@ -52,13 +63,15 @@ class Index:
             status = module.stat()
         except OSError:
             return read(module)  # let the reader say what is wrong
-        key, stamp = str(module.resolve()), [status.st_mtime_ns, status.st_size]
-        indexed = self.modules.get(key)
-        if indexed is not None and indexed[0] == stamp:
+        resolved = module.resolve()
+        directory, stamp = str(resolved.parent), [status.st_mtime_ns, status.st_size]
+        modules = self._modules(directory)
+        indexed = modules.get(resolved.name)
+        if isinstance(indexed, list) and len(indexed) == 2 and indexed[0] == stamp:
             return indexed[1]
         fields = read(module)
-        self.modules[key] = [stamp, fields]
-        self.changed = True
+        modules[resolved.name] = [stamp, fields]
+        self.changed.add(directory)
         return fields
 
     def plugins(self, find: Callable[[], list[Path]]) -> list[Path]:
@@ -67,26 +80,46 @@ class Index:
         adds or removes its .dist-info directory there.  Kept per Python
         environment, since each has its own plugins."""
         stamp = [[entry, _mtime(entry)] for entry in sys.path]
-        indexed = self.plugin_modules.get(sys.prefix)
-        if indexed is not None and indexed[0] == stamp and all(map(os.path.exists, indexed[1])):
-            return [Path(path) for path in indexed[1]]
+        path = self.file("plugins", sys.prefix)
+        indexed = self._read(path, sys.prefix) or {}
+        known = indexed.get("paths")
+        if indexed.get("stamp") == stamp and isinstance(known, list) and all(map(os.path.exists, known)):
+            return [Path(path) for path in known]
         paths = find()
-        self.plugin_modules[sys.prefix] = [stamp, [str(path) for path in paths]]
-        self.changed = True
+        self._write(path, {"key": sys.prefix, "stamp": stamp, "paths": [str(path) for path in paths]})
         return paths
 
     def save(self) -> None:
-        """Write the index if it changed; replace the file whole or not at all."""
-        if not self.changed:
-            return
-        # Modules deleted since (a generated directory, an old checkout) go.
-        self.modules = {key: value for key, value in self.modules.items() if os.path.exists(key)}
-        text = json.dumps({"format": FORMAT, "modules": self.modules, "plugins": self.plugin_modules})
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        """Write back each directory's file that changed (modules deleted
+        since go); each is replaced whole or not at all."""
+        for directory in self.changed:
+            modules = {name: value for name, value in self.directories[directory].items()
+                       if os.path.exists(os.path.join(directory, name))}  # fmt: skip
+            self._write(self.file("scenarios", directory), {"key": directory, "modules": modules})
+        self.changed.clear()
+
+    def _modules(self, directory: str) -> dict[str, Any]:
+        if directory not in self.directories:
+            indexed = self._read(self.file("scenarios", directory), directory) or {}
+            modules = indexed.get("modules")
+            self.directories[directory] = modules if isinstance(modules, dict) else {}
+        return self.directories[directory]
+
+    def _read(self, path: Path, key: str) -> dict[str, Any] | None:
+        """The document at `path` if it is this ctxlab's index of `key`."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, self.path)
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        usable = isinstance(document, dict) and document.get("format") == FORMAT and document.get("key") == key
+        return document if usable else None
+
+    def _write(self, path: Path, document: dict[str, Any]) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps({"format": FORMAT, **document}), encoding="utf-8")
+            os.replace(temporary, path)
         except OSError:
             temporary.unlink(missing_ok=True)
 

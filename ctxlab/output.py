@@ -122,8 +122,8 @@ class JsonEmitter(Emitter):
 
 
 class TableEmitter(Emitter):
-    """Rich tables on stdout (colour only on a terminal); the same tables
-    drawn plainly, and faster, when stdout is not a terminal."""
+    """Tables on stdout, laid out by ctxlab.plain: styled on a terminal,
+    plain when stdout is not one."""
 
     def __init__(self) -> None:
         import sys
@@ -131,7 +131,7 @@ class TableEmitter(Emitter):
         from ctxlab import plain
 
         self.plain = plain.wanted(sys.stdout)
-        self.console = plain.PlainConsole() if self.plain else console()
+        self.console = plain.PlainConsole() if self.plain else plain.TerminalConsole(console())
 
     @property
     def render(self):

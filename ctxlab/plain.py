@@ -1,12 +1,19 @@
-"""Drawing for output that is not a terminal (a pipe, a file, a CI log).
+"""Drawing the views' tables without Rich's layout.
 
-The views in ctxlab.render build Rich tables and texts; a terminal gets
-them drawn by Rich, which measures every cell, wraps to the window and
-styles.  Piped output has no colour and no window to fit, and Rich's layout
-was most of the time `ctxlab run --all` spent printing, so the same tables
-are laid out here directly: the same rows, columns and cells, each column
-as wide as its widest line, nothing wrapped or cut.  Anything else (a tree,
-a panel, source code, markup) is handed to Rich unchanged.
+The views in ctxlab.render build Rich tables and texts.  Rich draws a
+table by measuring every cell, wrapping it to the window and styling it
+(about 2 ms per scenario of `ctxlab run --all`, most of its printing time),
+while ctxlab's tables are small grids of short cells.  So they are laid out
+here directly: the same rows, columns and cells, each column as wide as its
+widest line, nothing wrapped or cut.
+- `PlainConsole`, for output that is not a terminal (a pipe, a file, a CI
+  log): no colour, no window to fit.
+- `TerminalConsole`, for a terminal: the same layout with the cells'
+  styles, written through Rich (which knows the terminal's colours); a
+  table wider than the window, or a text that would wrap, is left to Rich,
+  which folds it to fit.
+Anything else (a tree, a panel, source code, markup) is handed to Rich
+unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from functools import cache
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -117,20 +124,95 @@ class PlainConsole:
         """Cells (which may hold several lines) in columns as wide as their
         widest line; `rule` draws a line under the header."""
         cells = [[cell.split("\n") for cell in row] for row in ([header] if header else []) + rows]
-        count = len(cells[0]) if cells else 0
-        widths = [max(len(line) for row in cells for line in row[i]) for i in range(count)]
-        right = right or [False] * count
+        widths = _widths(cells, len)
         lines = []
-        for number, row in enumerate(cells):
-            for index in range(max(len(cell) for cell in row)):
-                parts = []
-                for cell, width, justify_right in zip(row, widths, right):
-                    text = cell[index] if index < len(cell) else ""
-                    parts.append(text.rjust(width) if justify_right else text.ljust(width))
-                lines.append(GAP.join(parts).rstrip())
-            if number == 0 and header and rule:
-                lines.append(self.rule * (sum(widths) + len(GAP) * (count - 1)))
+        for pieces in _arranged(cells, widths, right, rule=bool(header and rule)):
+            if pieces is None:
+                lines.append(self.rule * _span(widths))
+            else:
+                lines.append(
+                    GAP.join(_aligned(piece or "", width, justify) for piece, width, justify in pieces).rstrip()
+                )
         return "\n".join(lines)
+
+
+class TerminalConsole(PlainConsole):
+    """What ctxlab.render uses of a Rich Console, on a terminal: tables laid
+    out here with their cells' styles, and texts that fit on a line, are
+    turned into Rich segments and written by `rich` (one print each);
+    everything else is printed by `rich` itself."""
+
+    def __init__(self, rich: Any) -> None:
+        super().__init__(rich.file)
+        self._rich = rich
+
+    @property
+    def width(self) -> int:
+        return self._rich.width
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """Print like Console.print."""
+        segments = self._segments(objects[0], self.width) if len(objects) == 1 and not options else None
+        if segments is None:
+            self._rich.print(*objects, **options)
+        else:
+            from rich.segment import Segments
+
+            self._rich.print(Segments(segments), soft_wrap=True)
+
+    def _segments(self, item: Any, width: int) -> list | None:
+        """`item` drawn as Rich segments, or None where Rich must draw it to
+        fit in `width` (the window's, read once: Rich reads the environment
+        and asks the terminal each time)."""
+        Table, Text = _rich_types()  # noqa: N806 - the classes themselves
+        if isinstance(item, Text):
+            fits = item.cell_len <= width and not any(c in item.plain for c in "\n\t")
+            return self._rendered(item, item.end) if fits else None
+        if isinstance(item, Table) and not item.title:
+            return self.table_segments(item, width)
+        return None
+
+    def table_segments(self, table: Table, width: int) -> list | None:
+        """A Rich table's header and rows in columns, as segments; None if
+        it is wider than `width` (Rich then folds its cells to fit)."""
+        from rich.segment import Segment
+
+        Text = _rich_types()[1]  # noqa: N806
+        columns = table.columns
+        header = [Text(_plain(c.header), style=table.header_style or "") for c in columns] if table.show_header else []
+        rows = [[column._cells[row] for column in columns] for row in range(table.row_count)]
+        cells = [[_lines(Text, cell) for cell in row] for row in ([header] if header else []) + rows]
+        widths = _widths(cells, lambda text: text.cell_len)
+        if _span(widths) > width:
+            return None
+        right = [column.justify == "right" for column in columns]
+        segments = []
+        for pieces in _arranged(cells, widths, right, rule=bool(header) and table.box is not None):
+            if pieces is None:
+                segments.append(Segment(self.rule * _span(widths)))
+            for number, (piece, width, justify_right) in enumerate(pieces or ()):
+                fill = width - (piece.cell_len if piece is not None else 0)
+                if number:
+                    segments.append(Segment(GAP))
+                if justify_right:
+                    segments.append(Segment(" " * fill))
+                if piece is not None:
+                    segments.extend(self._rendered(piece))
+                if not justify_right and number < len(pieces) - 1:
+                    segments.append(Segment(" " * fill))
+            segments.append(Segment.line())
+        return segments
+
+    def _rendered(self, text: Any, end: str = "") -> list:
+        """`text`, then `end`, as Rich segments.  Text.render leaves out the
+        text's own style when it has no spans (Rich's own drawing joins the
+        text into lines first, which turns that style into a span)."""
+        from rich.segment import Segment
+
+        segments = list(text.render(self._rich))
+        if text.style and not text.spans:
+            segments = list(Segment.apply_style(segments, self._rich.get_style(text.style)))
+        return [*segments, Segment(end)] if end else segments
 
 
 @cache
@@ -146,3 +228,38 @@ def _rich_types() -> tuple[type, type]:
 
 def _plain(cell: Any) -> str:
     return cell.plain if hasattr(cell, "plain") else str(cell)
+
+
+def _lines(text_class: type, cell: Any) -> list:
+    """A cell as a list of Rich Texts, one per line."""
+    text = cell if isinstance(cell, text_class) else text_class(str(cell))
+    return text.split("\n", allow_blank=True) if "\n" in text.plain else [text]
+
+
+def _widths(cells: list[list[list[Any]]], width_of: Callable[[Any], int]) -> list[int]:
+    """Each column's width: its widest line."""
+    return [max(width_of(line) for row in cells for line in row[i]) for i in range(len(cells[0]))] if cells else []
+
+
+def _span(widths: list[int]) -> int:
+    """How wide columns of these widths are, with the gaps between them."""
+    return sum(widths) + len(GAP) * (len(widths) - 1)
+
+
+def _arranged(
+    cells: list[list[list[Any]]], widths: list[int], right: list[bool] | None, rule: bool
+) -> Iterator[list[tuple[Any, int, bool]] | None]:
+    """The lines of a grid of cells (each a list of lines), the first row
+    its header: each line as (its piece of each cell, or None where that cell
+    has no more lines; the column's width; right-justified?), and None for
+    the rule under the header if `rule`."""
+    right = right or [False] * len(widths)
+    for number, row in enumerate(cells):
+        for index in range(max(len(cell) for cell in row)):
+            yield [(cell[index] if index < len(cell) else None, width, r) for cell, width, r in zip(row, widths, right)]
+        if number == 0 and rule:
+            yield None
+
+
+def _aligned(text: str, width: int, right: bool) -> str:
+    return text.rjust(width) if right else text.ljust(width)

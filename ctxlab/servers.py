@@ -66,7 +66,8 @@ async def asgi_client(app) -> AsyncIterator[httpx.AsyncClient]:
 def _sniffio_known_absent() -> None:
     """Where sniffio is not installed (anyio 4 no longer needs it), make
     importing it fail at once, as it fails anyway.  httpx.ASGITransport
-    asks whether trio is running by importing sniffio on every request,
+    (and httpcore, on a real server) asks whether trio is running by
+    importing sniffio on every request,
     and a failed import searches every directory of sys.path again: a
     quarter of a small request's time here (~80 µs of ~350).  A None in
     sys.modules raises the same ModuleNotFoundError at once, and
@@ -83,6 +84,7 @@ async def server_client(base_url: str, timeout: float | None) -> AsyncIterator[h
     """A client for a server of ours on 127.0.0.1, over plain HTTP, with
     `timeout` (the scenario's: httpx's own 5 s turned a slow, loaded machine
     into errors)."""
+    _sniffio_known_absent()  # httpcore imports it on every request too
     async with httpx.AsyncClient(base_url=base_url, verify=_plain_http(), timeout=timeout) as client:
         yield client
 

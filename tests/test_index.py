@@ -19,7 +19,7 @@ def test_an_edit_in_place_shows_at_once(tmp_path, monkeypatch):
     module = scenarios / "mine.py"
     module.write_text(MODULE.format(summary="first"))
     assert catalog(scenarios)["mine"].summary == "first"
-    assert (tmp_path / "cache" / "catalog-index.json").is_file()
+    assert Index(tmp_path / "cache" / "catalog-index").file("scenarios", str(scenarios)).is_file()
 
     stat = module.stat()
     module.write_text(MODULE.format(summary="other"))  # same size
@@ -40,19 +40,51 @@ def test_an_unchanged_module_is_not_parsed_again(tmp_path):
         reads.append(path)
         return [{"name": "mine", "summary": "s", "tags": ["x"]}]
 
-    index = Index(tmp_path / "index.json")
+    index = Index(tmp_path / "index")
     index.entries(module, read)
     index.save()
-    assert Index(tmp_path / "index.json").entries(module, read) == [{"name": "mine", "summary": "s", "tags": ["x"]}]
+    assert Index(tmp_path / "index").entries(module, read) == [{"name": "mine", "summary": "s", "tags": ["x"]}]
     assert reads == [module]
 
 
+def test_a_listing_reads_only_the_index_of_the_directories_it_lists(tmp_path):
+    """Each directory has its own index file: listing many other
+    directories before costs a plain `ctxlab list` nothing."""
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    for directory in (ours, other):
+        directory.mkdir()
+        (directory / "mine.py").write_text(MODULE.format(summary=directory.name))
+    index = Index(tmp_path / "index")
+    for directory in (ours, other):
+        index.entries(directory / "mine.py", lambda path: [{"summary": path.parent.name}])
+    index.save()
+    other_file = index.file("scenarios", str(other))
+    other_file.write_text("{not json")  # a file read now would make `other` parsed again
+    reads = []
+    later = Index(tmp_path / "index")
+    assert later.entries(ours / "mine.py", reads.append) == [{"summary": "ours"}] and reads == []
+    later.save()
+    assert other_file.read_text() == "{not json"  # neither read nor written
+
+
 def test_a_broken_or_foreign_index_is_ignored(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv("CTXLAB_CACHE", str(cache))
-    for text in ("{not json", json.dumps({"format": "another", "modules": {}}), "[]"):
-        (cache / "catalog-index.json").write_text(text)
+    from ctxlab.index import FORMAT
+    from ctxlab.scenario import bundled_dir
+
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path / "cache"))
+    module = catalog()["bad-then-shiny"].path
+    stamp = [module.stat().st_mtime_ns, module.stat().st_size]
+    index_file = Index().file("scenarios", str(bundled_dir()))
+    assert index_file.is_file()
+    for text in (
+        "{not json",
+        json.dumps({"format": "another", "key": str(bundled_dir()), "modules": {}}),
+        # another directory's index (a clash of names), saying the module declares nothing
+        json.dumps({"format": FORMAT, "key": "/another/directory", "modules": {module.name: [stamp, []]}}),
+        json.dumps({"format": FORMAT, "key": str(bundled_dir()), "modules": {module.name: 7}}),
+        "[]",
+    ):
+        index_file.write_text(text)
         assert "bad-then-shiny" in catalog()
 
 

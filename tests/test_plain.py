@@ -9,7 +9,7 @@ from conftest import run_named
 from rich.console import Console
 
 from ctxlab import render
-from ctxlab.plain import PlainConsole
+from ctxlab.plain import PlainConsole, TerminalConsole
 from ctxlab.scenario import catalog
 
 
@@ -112,3 +112,113 @@ def test_a_reader_that_went_away_is_the_quiet_broken_pipe():
     with pytest.raises(BrokenPipeError) as caught:
         PlainConsole(Gone()).columns(["name"], [["x"]])
     assert caught.value.errno is None
+
+
+# -- on a terminal ---------------------------------------------------------------------------------
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def styled_words(text):
+    """Each word and the terminal style (SGR codes) it is drawn in."""
+    found, style = [], ""
+    for number, piece in enumerate(SGR.split(text)):
+        if number % 2:
+            style = "" if piece in ("", "0") else piece
+        else:
+            found += [(word, style) for word in words(piece)]
+    return found
+
+
+def terminal(width, file=None):
+    return Console(file=file or io.StringIO(), width=width, force_terminal=True, highlight=False, markup=False)
+
+
+def drawn_on_terminals(draw, width=400):
+    """What Rich draws and what TerminalConsole draws, on equal terminals."""
+    rich, ours = terminal(width), terminal(width)
+    draw(rich)
+    draw(TerminalConsole(ours))
+    return rich.file.getvalue(), ours.file.getvalue()
+
+
+@pytest.mark.parametrize("name", ["bad-then-shiny", "executor-no-copy", "dependency-audit"])
+def test_a_run_on_a_terminal_shows_the_words_in_the_styles_rich_gives_them(name):
+    entry = catalog()[name]
+    result = run_named(name)
+    rich_text, our_text = drawn_on_terminals(lambda console: render.outcomes(entry, [result], console))
+    assert styled_words(our_text) == styled_words(rich_text)
+    assert ("✓", "32") in styled_words(our_text)  # a match, green as Rich draws it
+
+
+def test_a_drifted_row_is_red_on_a_terminal():
+    table = render.observation_table([])
+    table.add_row("1", "probe", render.Text("✗ null", style="bold red"), "1", "C1")
+    rich_text, our_text = drawn_on_terminals(lambda console: console.print(table))
+    assert ("✗", "1;31") in styled_words(our_text) and styled_words(our_text) == styled_words(rich_text)
+
+
+def test_a_terminal_table_is_laid_out_as_piped_output_is():
+    table = render._table("n", "name")
+    table.columns[0].justify = "right"
+    table.add_row("7", render.Text("seven", style="cyan"))
+    table.add_row("10", "ten\nand more")
+    piped, on_terminal = io.StringIO(), terminal(80)
+    PlainConsole(piped).print(table)
+    TerminalConsole(on_terminal).print(table)
+    assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
+    assert piped.getvalue().splitlines() == [" n  name", "-" * 12, " 7  seven", "10  ten", "    and more"]
+
+
+@pytest.mark.parametrize("width", [20, 45])
+def test_what_does_not_fit_the_window_is_folded_by_rich(width):
+    """A table wider than the terminal, or a line longer than it: Rich
+    draws it, fitted to the window, exactly as without ctxlab's layout."""
+    table = render._table("probe / var", "observed")
+    table.add_row("endpoint.after", '{"random_int": 424242424242424242}')
+    line = render.Text("a summary longer than the terminal is wide, " * 2, style="dim")
+    for item in (table, line):
+        rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), width)  # noqa: B023
+        assert our_text == rich_text
+        assert max(len(SGR.sub("", row)) for row in our_text.splitlines()) <= width
+
+
+def on_a_terminal(*args, columns):
+    """`ctxlab ARGS` with stdout a terminal `columns` wide: (exit code, what it showed)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None), env.pop("FORCE_COLOR", None)
+    process = subprocess.Popen([sys.executable, "-m", "ctxlab", *args], stdout=secondary, env=env)
+    os.close(secondary)
+    shown = b""
+    try:
+        while chunk := os.read(primary, 65536):
+            shown += chunk
+    except OSError:  # the terminal closed with the command
+        pass
+    os.close(primary)
+    return process.wait(timeout=120), shown.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("columns", [200, 50])
+def test_ctxlab_on_a_terminal_shows_what_it_pipes_in_colour(columns):
+    """The command itself on a terminal: the words it pipes, in colour,
+    every line within the window (at 50 columns Rich folds the tables, so
+    words of one row share lines: only the lines' width is compared)."""
+    from conftest import ctxlab
+
+    code, shown = on_a_terminal("run", "bad-then-shiny", columns=columns)
+    _, piped, _ = ctxlab("run", "bad-then-shiny")
+    assert code == 0 and "\x1b[32m" in shown  # a match, in green
+    plain = SGR.sub("", shown)
+    assert max(map(len, plain.splitlines())) <= columns
+    if columns == 200:
+
+        def timeless(text):
+            return words(re.sub(r"\d+ ms|in [\d.]+s", "", text))  # durations differ from run to run
+
+        assert timeless(plain) == timeless(piped)
