@@ -130,7 +130,10 @@ def styled_words(text):
 
 
 def terminal(width, file=None):
-    return Console(file=file or io.StringIO(), width=width, force_terminal=True, highlight=False, markup=False)
+    # In colour whatever NO_COLOR says where the tests run (`make mutate` sets it).
+    return Console(
+        file=file or io.StringIO(), width=width, force_terminal=True, no_color=False, highlight=False, markup=False
+    )
 
 
 def drawn_on_terminals(draw, width=400):
