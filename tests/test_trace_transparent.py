@@ -193,6 +193,25 @@ def test_a_reset_is_matched_by_the_tokens_of_its_own_variable():
     assert reset.token_set is first_set
 
 
+def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
+    """The token was made before the trace, in another context: the reset
+    raises the ValueError Python gives it, and is recorded as raised with
+    no set of its own."""
+    import contextvars
+
+    var = contextvars.ContextVar("early")
+    token = contextvars.copy_context().run(var.set, "made before the trace")
+    caught = []
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        try:
+            var.reset(token)
+        except ValueError as error:
+            caught.append(error)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
+
+
 def test_a_library_file_belongs_to_its_top_level_package():
     """Which library set a variable decides the snapshot reads it owes."""
     import starlette.middleware.base
