@@ -172,6 +172,39 @@ def test_a_terminal_table_is_laid_out_as_piped_output_is():
     assert piped.getvalue().splitlines() == [" n  name", "-" * 12, " 7  seven", "10  ten", "    and more"]
 
 
+def test_every_column_but_the_last_is_filled_to_its_width_on_a_terminal():
+    """Three columns: each cell starts where its header does, as piped."""
+    table = render._table("n", "name", "where")
+    table.add_row("7", "seven", "x")
+    table.add_row("10", "ten", "y")
+    piped, on_terminal = io.StringIO(), terminal(80)
+    PlainConsole(piped).print(table)
+    TerminalConsole(on_terminal).print(table)
+    lines = SGR.sub("", on_terminal.file.getvalue()).splitlines()
+    assert "\n".join(lines) + "\n" == piped.getvalue()
+    column = lines[0].index("where")
+    assert [line[column] for line in lines[2:]] == ["x", "y"]
+
+
+def test_a_table_with_no_header_has_no_rule_on_a_terminal():
+    table = render._table("n", "name", show_header=False)
+    table.add_row("7", "seven")
+    table.add_row("10", "ten")
+    piped, on_terminal = io.StringIO(), terminal(80)
+    PlainConsole(piped).print(table)
+    TerminalConsole(on_terminal).print(table)
+    assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
+    assert len(piped.getvalue().splitlines()) == 2  # the two rows, nothing between
+
+
+def test_a_titled_table_keeps_its_title_on_a_terminal():
+    """A titled table is left to Rich, which draws the title above it."""
+    table = render._table("n", "name", title="seen")
+    table.add_row("7", "seven")
+    rich_text, our_text = drawn_on_terminals(lambda console: console.print(table))
+    assert our_text == rich_text and "seen" in SGR.sub("", our_text)
+
+
 @pytest.mark.parametrize("width", [20, 45])
 def test_what_does_not_fit_the_window_is_folded_by_rich(width):
     """A table wider than the terminal, or a line longer than it: Rich
