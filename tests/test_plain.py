@@ -186,6 +186,19 @@ def test_every_column_but_the_last_is_filled_to_its_width_on_a_terminal():
     assert [line[column] for line in lines[2:]] == ["x", "y"]
 
 
+def test_a_table_as_wide_as_the_window_and_a_blank_line_in_a_cell_are_laid_out_as_piped():
+    table = render._table("n", "name")
+    table.add_row("7", "ten\n\nmore\n")  # blank lines stay, the last one too, as Rich keeps them
+    piped = io.StringIO()
+    PlainConsole(piped).print(table)
+    width = max(len(line) for line in piped.getvalue().splitlines())
+    on_terminal = terminal(width)
+    TerminalConsole(on_terminal).print(table)
+    shown = [line.rstrip() for line in SGR.sub("", on_terminal.file.getvalue()).splitlines()]  # as a terminal shows it
+    assert shown == piped.getvalue().splitlines()
+    assert [line.strip() for line in shown[2:]] == ["7  ten", "", "more", ""]
+
+
 def test_a_table_with_no_header_has_no_rule_on_a_terminal():
     table = render._table("n", "name", show_header=False)
     table.add_row("7", "seven")
