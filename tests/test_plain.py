@@ -199,6 +199,13 @@ def test_a_table_as_wide_as_the_window_and_a_blank_line_in_a_cell_are_laid_out_a
     assert [line.strip() for line in shown[2:]] == ["7  ten", "", "more", ""]
 
 
+@pytest.mark.parametrize("text", ["name\tvalue", "first\nsecond"])
+def test_a_line_with_a_tab_or_a_newline_is_drawn_as_rich_draws_it(text):
+    line = render.Text(text, style="dim")
+    rich_text, our_text = drawn_on_terminals(lambda console: console.print(line))
+    assert our_text == rich_text
+
+
 def test_a_table_with_no_header_has_no_rule_on_a_terminal():
     table = render._table("n", "name", show_header=False)
     table.add_row("7", "seven")
