@@ -274,3 +274,13 @@ def test_a_copy_that_is_run_is_no_snapshot_read():
     result, seen = traced("copy_run")
     assert seen == ["ada", "ada"]
     assert [e for e in result["events"] if e.get("snapshot")] == [] and result["findings"] == []
+
+
+def test_a_snapshot_the_app_reads_is_read_once_per_request():
+    """The endpoint iterates a copy_context() once per request (calling
+    sorted and len on the way): one snapshot read of `user` each time, with
+    the value the snapshot held."""
+    result, seen = traced("snapshot_reader")
+    assert seen == [["user"], ["user"]]
+    snapshots = [(e["request"], e["var"], e["value"]) for e in result["events"] if e.get("snapshot")]
+    assert snapshots == [(1, "user", "ada"), (2, "user", "ada")]

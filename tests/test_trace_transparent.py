@@ -5,6 +5,7 @@ on as without it."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,12 @@ def test_a_library_file_belongs_to_its_top_level_package():
     tracer = Tracer(TraceRecorder())
     assert tracer.owner(starlette.middleware.base.__file__) == "starlette"
     assert tracer.owner(__file__) == "app"
+
+
+def test_a_library_file_reached_through_a_symlink_is_still_the_librarys(tmp_path):
+    """A package linked into another directory (as some installers do) is
+    the library's own code, not the app's."""
+    import starlette.middleware
+
+    (tmp_path / "linked").symlink_to(Path(starlette.middleware.__file__).parent)
+    assert Tracer(TraceRecorder()).owner(str(tmp_path / "linked" / "base.py")) == "starlette"
