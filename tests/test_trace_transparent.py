@@ -213,6 +213,27 @@ def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
     assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
 
 
+def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watched_one():
+    """structlog's bind_contextvars sets every key's variable on one line:
+    watching only the user, both binds of it are seen, though the same line
+    also sets a request id that nobody watches."""
+    import contextvars
+
+    import structlog
+
+    def bind_twice():
+        for user in ("alice", "bob"):
+            structlog.contextvars.bind_contextvars(request_id="r1", user=user)
+
+    tracer = Tracer(TraceRecorder(), variables=["structlog_user"])
+    with tracer:
+        contextvars.copy_context().run(bind_twice)
+    assert [(e.op, e.var.name, e.value) for e in tracer.events] == [
+        ("set", "structlog_user", "alice"),
+        ("set", "structlog_user", "bob"),
+    ]
+
+
 def test_a_library_file_belongs_to_its_top_level_package():
     """Which library set a variable decides the snapshot reads it owes."""
     import starlette.middleware.base
