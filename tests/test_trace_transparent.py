@@ -194,6 +194,29 @@ def test_a_reset_is_matched_by_the_tokens_of_its_own_variable():
     assert reset.token_set is first_set
 
 
+def test_a_later_set_elsewhere_with_the_same_old_value_is_not_the_tokens():
+    """Another function set the variable later, in a fresh context where it
+    was unset too: the reset still names its own function's set."""
+    import contextvars
+
+    var = contextvars.ContextVar("own")
+
+    def elsewhere():
+        var.set("elsewhere")
+
+    def outer():
+        token = var.set("outer")
+        contextvars.Context().run(elsewhere)
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(outer)
+    outer_set = next(e for e in tracer.events if e.op == "set" and e.value == "outer")
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert reset.token_set is outer_set
+
+
 def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
     """The token was made before the trace, in another context: the reset
     raises the ValueError Python gives it, and is recorded as raised with
