@@ -257,6 +257,21 @@ def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watch
     ]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's code objects carry no qualified name")
+def test_a_site_names_its_function_as_python_qualifies_it():
+    import contextvars
+
+    var = contextvars.ContextVar("named")
+
+    def nested():
+        var.set("x")
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(nested)
+    assert [e.site.function for e in tracer.events] == [nested.__qualname__]
+
+
 def test_a_library_file_belongs_to_its_top_level_package():
     """Which library set a variable decides the snapshot reads it owes."""
     import starlette.middleware.base
