@@ -194,6 +194,27 @@ def test_a_reset_is_matched_by_the_tokens_of_its_own_variable():
     assert reset.token_set is first_set
 
 
+def test_a_set_of_another_variable_in_the_same_function_is_not_the_tokens():
+    """`other` was unset too when the function set it, after `var`: the
+    reset of `var`'s token names `var`'s set."""
+    import contextvars
+
+    var = contextvars.ContextVar("mine")
+    other = contextvars.ContextVar("another")
+
+    def both():
+        token = var.set("mine")
+        other.set("another")
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(both)
+    mine = next(e for e in tracer.events if e.op == "set" and e.var is var)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert reset.token_set is mine
+
+
 def test_a_later_set_elsewhere_with_the_same_old_value_is_not_the_tokens():
     """Another function set the variable later, in a fresh context where it
     was unset too: the reset still names its own function's set."""
