@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from ctxlab import __version__
 
 # Entries are stored as their fields; a ctxlab with other fields reads none.
 FORMAT = f"ctxlab {__version__} index 5"
+STALE = 30 * 24 * 3600  # seconds a directory's file is kept unwritten
 
 
 def cache_dir() -> Path:
@@ -91,12 +93,30 @@ class Index:
 
     def save(self) -> None:
         """Write back each directory's file that changed (modules deleted
-        since go); each is replaced whole or not at all."""
+        since go); each is replaced whole or not at all.  Making a new file
+        also removes those not written for STALE seconds: the directories
+        of test runs and benchmarks come and go, and nothing else would."""
+        new = False
         for directory in self.changed:
             modules = {name: value for name, value in self.directories[directory].items()
                        if os.path.exists(os.path.join(directory, name))}  # fmt: skip
-            self._write(self.file("scenarios", directory), {"key": directory, "modules": modules})
+            path = self.file("scenarios", directory)
+            new = new or not path.exists()
+            self._write(path, {"key": directory, "modules": modules})
         self.changed.clear()
+        if new:
+            self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        # A directory still in use whose file goes is only parsed again.
+        oldest = time.time() - STALE
+        try:
+            with os.scandir(self.root) as found:
+                for entry in found:
+                    if entry.name.startswith("scenarios-") and entry.stat().st_mtime < oldest:
+                        os.unlink(entry.path)
+        except OSError:
+            pass
 
     def _modules(self, directory: str) -> dict[str, Any]:
         if directory not in self.directories:

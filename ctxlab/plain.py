@@ -190,16 +190,18 @@ class TerminalConsole(PlainConsole):
         for pieces in _arranged(cells, widths, right, rule=bool(header) and table.box is not None):
             if pieces is None:
                 segments.append(Segment(self.rule * _span(widths)))
-            for number, (piece, width, justify_right) in enumerate(pieces or ()):
-                fill = width - (piece.cell_len if piece is not None else 0)
+            placed = [(piece.cell_len if piece is not None else 0, piece, *column) for piece, *column in pieces or ()]
+            # Nothing after the last piece with text, as piped lines are stripped.
+            last = max((number for number, (length, *_) in enumerate(placed) if length), default=-1)
+            for number, (length, piece, width, justify_right) in enumerate(placed[: last + 1]):
                 if number:
                     segments.append(Segment(GAP))
                 if justify_right:
-                    segments.append(Segment(" " * fill))
+                    segments.append(Segment(" " * (width - length)))
                 if piece is not None:
                     segments.extend(self._rendered(piece))
-                if not justify_right and number < len(pieces) - 1:
-                    segments.append(Segment(" " * fill))
+                if not justify_right and number < last:
+                    segments.append(Segment(" " * (width - length)))
             segments.append(Segment.line())
         return segments
 

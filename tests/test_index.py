@@ -3,6 +3,7 @@ again as soon as it is edited, and never trusted over the source."""
 
 import json
 import os
+import time
 
 from conftest import ctxlab_json
 
@@ -109,3 +110,27 @@ def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
     install(site, "team-payments")
     code, rows, _ = ctxlab_json("list", "--tag", "team", env=env)
     assert code == 0 and [row["name"] for row in rows] == ["team-payments"]
+
+
+def test_files_of_directories_not_listed_for_a_month_go_when_a_new_one_is_made(tmp_path):
+    """Test runs and benchmarks list directories that then vanish: their
+    index files would pile up in the cache for ever."""
+    old, recent, new = (tmp_path / name for name in ("old", "recent", "new"))
+    index = Index(tmp_path / "index")
+    for directory in (old, recent, new):
+        directory.mkdir()
+        (directory / "mine.py").write_text(MODULE.format(summary="s"))
+    for directory in (old, recent):
+        index.entries(directory / "mine.py", lambda path: [])
+    index.save()
+    month_ago = time.time() - 31 * 24 * 3600
+    os.utime(index.file("scenarios", str(old)), (month_ago, month_ago))
+    (recent / "mine.py").write_text(MODULE.format(summary="edited"))
+    rewritten = Index(tmp_path / "index")
+    rewritten.entries(recent / "mine.py", lambda path: [])
+    rewritten.save()  # a file rewritten, none made: nothing removed
+    assert index.file("scenarios", str(old)).exists()
+    later = Index(tmp_path / "index")
+    later.entries(new / "mine.py", lambda path: [])
+    later.save()
+    assert [index.file("scenarios", str(d)).exists() for d in (old, recent, new)] == [False, True, True]

@@ -130,10 +130,9 @@ def styled_words(text):
 
 
 def terminal(width, file=None):
-    # In colour whatever NO_COLOR says where the tests run (`make mutate` sets it).
-    return Console(
-        file=file or io.StringIO(), width=width, force_terminal=True, no_color=False, highlight=False, markup=False
-    )
+    """A colour terminal, whatever NO_COLOR or TERM say where the tests run."""
+    return Console(file=file or io.StringIO(), width=width, height=25, force_terminal=True, color_system="standard",
+                   no_color=False, highlight=False, markup=False)  # fmt: skip
 
 
 def drawn_on_terminals(draw, width=400):
@@ -161,68 +160,50 @@ def test_a_drifted_row_is_red_on_a_terminal():
 
 
 def test_a_terminal_table_is_laid_out_as_piped_output_is():
-    table = render._table("n", "name")
+    """Right- and left-justified columns, a cell with blank lines, and a
+    window exactly as wide as the table: the piped layout, in colour."""
+    table = render._table("n", "name", "note")
     table.columns[0].justify = "right"
-    table.add_row("7", render.Text("seven", style="cyan"))
-    table.add_row("10", "ten\nand more")
-    piped, on_terminal = io.StringIO(), terminal(80)
+    table.add_row("7", render.Text("seven", style="cyan"), "odd")
+    table.add_row("10", "ten\n\nand more\n", "even")
+    piped, on_terminal = io.StringIO(), terminal(len("10  and more  even"))
     PlainConsole(piped).print(table)
     TerminalConsole(on_terminal).print(table)
     assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
-    assert piped.getvalue().splitlines() == [" n  name", "-" * 12, " 7  seven", "10  ten", "    and more"]
+    assert piped.getvalue().splitlines() == [
+        " n  name      note",
+        "-" * 18,
+        " 7  seven     odd",
+        "10  ten       even",
+        "",
+        "    and more",
+        "",
+    ]
+    assert "\x1b[36mseven\x1b[0m" in on_terminal.file.getvalue()
 
 
-def test_every_column_but_the_last_is_filled_to_its_width_on_a_terminal():
-    """Three columns: each cell starts where its header does, as piped."""
-    table = render._table("n", "name", "where")
-    table.add_row("7", "seven", "x")
-    table.add_row("10", "ten", "y")
-    piped, on_terminal = io.StringIO(), terminal(80)
-    PlainConsole(piped).print(table)
-    TerminalConsole(on_terminal).print(table)
-    lines = SGR.sub("", on_terminal.file.getvalue()).splitlines()
-    assert "\n".join(lines) + "\n" == piped.getvalue()
-    column = lines[0].index("where")
-    assert [line[column] for line in lines[2:]] == ["x", "y"]
-
-
-def test_a_table_as_wide_as_the_window_and_a_blank_line_in_a_cell_are_laid_out_as_piped():
-    table = render._table("n", "name")
-    table.add_row("7", "ten\n\nmore\n")  # blank lines stay, the last one too, as Rich keeps them
-    piped = io.StringIO()
-    PlainConsole(piped).print(table)
-    width = max(len(line) for line in piped.getvalue().splitlines())
-    on_terminal = terminal(width)
-    TerminalConsole(on_terminal).print(table)
-    shown = [line.rstrip() for line in SGR.sub("", on_terminal.file.getvalue()).splitlines()]  # as a terminal shows it
-    assert shown == piped.getvalue().splitlines()
-    assert [line.strip() for line in shown[2:]] == ["7  ten", "", "more", ""]
-
-
-@pytest.mark.parametrize("text", ["name\tvalue", "first\nsecond"])
-def test_a_line_with_a_tab_or_a_newline_is_drawn_as_rich_draws_it(text):
-    line = render.Text(text, style="dim")
-    rich_text, our_text = drawn_on_terminals(lambda console: console.print(line))
-    assert our_text == rich_text
-
-
-def test_a_table_with_no_header_has_no_rule_on_a_terminal():
-    table = render._table("n", "name", show_header=False)
-    table.add_row("7", "seven")
-    table.add_row("10", "ten")
-    piped, on_terminal = io.StringIO(), terminal(80)
-    PlainConsole(piped).print(table)
-    TerminalConsole(on_terminal).print(table)
+def test_the_catalog_on_a_wide_terminal_is_the_piped_one_in_colour():
+    """An unboxed table (the catalog) gets no rule on a terminal either."""
+    entries = catalog().values()
+    piped, on_terminal = io.StringIO(), terminal(400)
+    render.catalog(entries, PlainConsole(piped))
+    render.catalog(entries, TerminalConsole(on_terminal))
     assert SGR.sub("", on_terminal.file.getvalue()) == piped.getvalue()
-    assert len(piped.getvalue().splitlines()) == 2  # the two rows, nothing between
 
 
-def test_a_titled_table_keeps_its_title_on_a_terminal():
-    """A titled table is left to Rich, which draws the title above it."""
-    table = render._table("n", "name", title="seen")
-    table.add_row("7", "seven")
-    rich_text, our_text = drawn_on_terminals(lambda console: console.print(table))
-    assert our_text == rich_text and "seen" in SGR.sub("", our_text)
+def test_what_ctxlab_does_not_lay_out_is_drawn_by_rich_on_a_terminal():
+    """A tree, a panel with or without a title, a titled table, a text with
+    a tab (Rich expands it): exactly as Rich draws them."""
+    from rich.panel import Panel
+    from rich.tree import Tree
+
+    tree = Tree("root")
+    tree.add("leaf")
+    titled = render._table("a", title="expectations")
+    titled.add_row("1")
+    for item in (tree, Panel("why"), Panel("fix", title="the fix"), titled, render.Text("a\tb", style="dim")):
+        rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), 80)  # noqa: B023
+        assert our_text == rich_text
 
 
 @pytest.mark.parametrize("width", [20, 45])
@@ -268,7 +249,7 @@ def test_ctxlab_on_a_terminal_shows_what_it_pipes_in_colour(columns):
     from conftest import ctxlab
 
     code, shown = on_a_terminal("run", "bad-then-shiny", columns=columns)
-    _, piped, _ = ctxlab("run", "bad-then-shiny")
+    _, piped, _ = ctxlab("run", "bad-then-shiny", env={"TERM": "xterm-256color"})  # as on the terminal
     assert code == 0 and "\x1b[32m" in shown  # a match, in green
     plain = SGR.sub("", shown)
     assert max(map(len, plain.splitlines())) <= columns
