@@ -48,20 +48,22 @@ mutate: $(STAMP)
 	$(BIN)/python mutation/mutate.py $(MODULE) $(if $(AGAIN),--again) $(foreach python,$(ALSO),--also $(python))
 
 # The oldest declared version of every runtime dependency (uv's
-# lowest-direct resolution), then the scenarios and the CLI tests on them.
-# Only the runtime floors are declared ones: pytest comes at its newest, and
-# the optional libraries behind some scenarios stay out (those skip).
+# lowest-direct resolution), then the scenarios, the CLI tests and probe's
+# on them (Starlette before 0.33 gives a mounted app its path without the
+# mount's prefix).  Only the runtime floors are declared ones: pytest and
+# the two middleware libraries probe's fixture apps use come at their
+# newest, and the optional libraries behind some scenarios stay out (those skip).
 FLOORS := .venv-floors
 floors: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
 	rm -rf $(FLOORS)
 	$(BIN)/uv venv --quiet --python $(PYTHON) $(FLOORS)
 	VIRTUAL_ENV=$(FLOORS) $(BIN)/uv pip install --quiet --resolution lowest-direct -e .
-	VIRTUAL_ENV=$(FLOORS) $(BIN)/uv pip install --quiet pytest
+	VIRTUAL_ENV=$(FLOORS) $(BIN)/uv pip install --quiet pytest asgi-correlation-id itsdangerous
 	$(FLOORS)/bin/ctxlab --version
 	$(FLOORS)/bin/ctxlab list > /dev/null
 	$(FLOORS)/bin/ctxlab check --server both
-	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_independent.py
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_independent.py tests/test_diagnose.py
 
 # Tests and `ctxlab check` on Python 3.14 (flag off and on) and 3.15 in a
 # Debian chroot (needs root; not part of CI).  FORKY=DIR to place it elsewhere.

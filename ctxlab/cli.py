@@ -6,6 +6,7 @@ Importing this module must stay cheap and framework-free: `ctxlab list` and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from ctxlab.errors import CtxlabError, UsageError
 
 if TYPE_CHECKING:
     from ctxlab.config import RunConfig
+    from ctxlab.report import Report
 
 EXIT_CODES = """Exit codes: 0 all observations match expectations; 1 drift; 2 usage error;
 3 a scenario crashed or timed out; 5 nothing selected; 130 interrupted (Ctrl-C);
@@ -143,8 +145,12 @@ ScenariosOption = Annotated[
 TargetArgument = Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")]
 FactoryOption = Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")]
 AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")]
+# At most a day: the wait is given to poll() in milliseconds, an int (inf overflowed it).
 TimeoutOption = Annotated[
-    float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Give up on an app that does not answer by then.")
+    float,
+    typer.Option(
+        "--timeout", min=0.1, max=86400, metavar="SECONDS", help="Give up on an app that does not answer by then."
+    ),
 ]
 
 
@@ -219,15 +225,28 @@ def run(
     emitter = OutputFormat.chosen(as_json).emitter()
     started = time.perf_counter()
     results = engine.execute(entries, _configs(server, loop, http, spec_version, concurrency), emitter.progress)
-    if output is not None and results.interrupted:
-        # A file missing scenarios would read as a complete report later.
-        console(stderr=True).print(f"interrupted: {output} not written")
-    elif output is not None:
-        from ctxlab import files
-
-        files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
+    if output is not None:
+        _write_unless_interrupted(output, results, lambda: json.dumps(results.to_json(), indent=2) + "\n")
     emitter.report(results, time.perf_counter() - started)
     return results.exit_code
+
+
+def _write_unless_interrupted(path: Path, results: Report, text: Callable[[], str]) -> None:
+    """Write `text()` to `path`, unless the run was interrupted: a file
+    missing scenarios would read later as a complete report (a snapshot
+    would diff as removals, a JUnit file as a passing check)."""
+    if results.interrupted:
+        _not_written(path)
+        return
+    from ctxlab import files
+
+    files.write(path, text())
+
+
+def _not_written(path: Path) -> None:
+    from ctxlab.output import console
+
+    console(stderr=True).print(f"interrupted: {path} not written")
 
 
 @app.command(cls=PlainCommand)
@@ -244,11 +263,13 @@ def explain(
         raise UsageError("explain runs on one server: --server asgi, uvicorn, hypercorn or granian")
     from ctxlab import engine, render
     from ctxlab.output import console
+    from ctxlab.scenario import read_source
 
     entry = engine.select([name], False, [], scenarios)[0]
     (config,) = _configs(server)
     result = engine.run_guarded(entry, config)
-    render.explain(engine.load_or_crash(entry, result), result, entry.path.read_text(encoding="utf-8"), console())
+    source = read_source(entry.path)
+    render.explain(engine.load_or_crash(entry, result), result, source, console())
     return 0
 
 
@@ -294,9 +315,12 @@ def serve(
 
 
 def _is_saved_trace(path: Path) -> bool:
+    from ctxlab.errors import ReportFileError
+    from ctxlab.validate import read_json
+
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        document = read_json(path, "a ctxlab file", ReportFileError)
+    except (OSError, UnicodeDecodeError, ValueError, ReportFileError):
         return False  # the snapshot reader says what is wrong with it
     return isinstance(document, dict) and "events" in document and "options" in document
 
@@ -328,14 +352,12 @@ def check(
     show = partial(render.check_line, console=out)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
-        from ctxlab import files
-
-        files.write(junit, report.junit(results))
+        _write_unless_interrupted(junit, results, lambda: report.junit(results))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in report.github_annotations(results):
             print(line)
     code = results.exit_code
-    if before is not None:
+    if before is not None and not results.interrupted:  # the missing runs would show as removed
         found, not_compared = engine.baseline_changes(before, results)
         if not_compared:
             out.print(Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim"))
@@ -366,11 +388,9 @@ def snapshot(
 
     _writable(output)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http))
+    _write_unless_interrupted(output, results, lambda: json.dumps(results.to_json(), indent=2) + "\n")
     if results.interrupted:
-        return 130  # a partial snapshot would diff as removals: write none
-    from ctxlab import files
-
-    files.write(output, json.dumps(results.to_json(), indent=2) + "\n")
+        return 130
     s = results.summary
     console(stderr=True).print(
         f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
@@ -423,9 +443,11 @@ def matrix(
     scenarios: ScenariosOption = None,
 ) -> int:
     """The same scenarios across framework versions: a scenario x environment grid."""
+    from ctxlab import engine
     from ctxlab import matrix as matrices
     from ctxlab.output import OutputFormat, console
 
+    engine.entries(scenarios)  # a bad --scenarios directory is a usage error, before any build
     extra = [arg for directory in scenarios or [] for arg in ("--scenarios", str(directory.resolve()))]
     columns = [matrices.parse_column(text) for text in with_]
     if len(columns) < 2:
@@ -439,18 +461,16 @@ def matrix(
     return matrices.exit_code(grid)
 
 
-# An HTTP token (RFC 9110 5.6.2): what a method or a header name may be made of.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def _user_request_checks(
     path: Optional[str], method: str, server: Server, header: Optional[List[str]], command: str
 ) -> list:
     """What `probe` and `trace` check alike: the path, the method, the server,
     and the `--header K:V` values, as (name, value) pairs."""
+    from ctxlab.validate import TOKEN
+
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise UsageError(f"--method expects an HTTP method such as GET or POST, got {method!r}")
     if server not in (Server.asgi, Server.uvicorn):
         raise UsageError(
@@ -459,7 +479,7 @@ def _user_request_checks(
     headers = []
     for given in header or []:
         name, colon, value = given.partition(":")
-        if not colon or not _TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
+        if not colon or not TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
         headers.append((name.strip(), value.strip()))
     return headers
@@ -585,7 +605,12 @@ def trace_app(
         )  # fmt: skip
         return result.to_json(), [] if as_json else render.trace_view(result)
 
-    document, view = _on_the_users_app(traced, target, timeout, "tracing")
+    try:
+        document, view = _on_the_users_app(traced, target, timeout, "tracing")
+    except KeyboardInterrupt:  # and SIGTERM: say so, as run -o does
+        if output is not None:
+            _not_written(output)
+        raise
     failed = [r for r in document["requests"] if r["status"] is None or r["status"] >= 500]
     if len(failed) == len(document["requests"]) and not document["events"]:
         # "No finding" would pass CI on an app that cannot serve at all.
@@ -635,29 +660,71 @@ def main() -> None:
     from ctxlab.terminal import fit_streams
 
     signal.signal(signal.SIGTERM, _terminate)
+    _stand_in_for_closed_streams()
     fit_streams()
     try:
         if sys.stdout is None:  # started with stdout closed (`ctxlab list >&-`): Python gives None
             raise UsageError("stdout is closed; redirect it (> /dev/null) to run without output")
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # here, where a failure can still be told (at exit it cannot)
     except CtxlabError as exc:
-        print(f"ctxlab: error: {exc}", file=sys.stderr)
+        _say(f"ctxlab: error: {exc}")
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):  # click turns Ctrl-C into Abort
         code = 130
     except BrokenPipeError:
         # The reader went away (`ctxlab run --all | head -1`): stop quietly,
         # with the status of a process that SIGPIPE ended, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard(sys.stdout)
         code = 141
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _FULL:
+            raise
+        # stdout cannot take the output (`> /dev/full`, a full disk, `ulimit
+        # -f`, a terminal gone): ctxlab's own files fail as CtxlabErrors.
+        _discard(sys.stdout)
+        _say(f"ctxlab: error: cannot write to stdout: {exc.strerror}")
+        code = 2
     except Exception as exc:
         if not _is_click_error(exc):
             raise
-        print(f"ctxlab: error: {exc.format_message()}", file=sys.stderr)
+        _say(f"ctxlab: error: {exc.format_message()}")
         code = exc.exit_code
     if _terminated:  # also where Ctrl-C is the normal way to stop (serve)
         code = 143
     _exit(code or 0)
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Started with stdin or stderr closed (`2>&-`): /dev/null takes its
+    descriptor.  Else the next file ctxlab opens (a worker's pipe) would
+    get it, what an app prints to stderr would go into that pipe, and
+    ctxlab's own error lines would go to stdout."""
+    for fd, name, mode in ((0, "stdin", "r"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+
+
+def _discard(stream) -> None:
+    """What `stream` still buffers goes nowhere, so that Python's own flush
+    at exit cannot fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def _say(line: str) -> None:
+    """The error line on stderr, if stderr can take it: when it cannot
+    (`2> /dev/full`), the exit code alone must tell."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        _discard(sys.stderr)
 
 
 def _exit(code: int) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextvars
+import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass, field
@@ -311,7 +312,7 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
     for route in routes:
         if isinstance(route, Mount):
             full = prefix + route.path
-            holder, current, base = route, route.app, getattr(route, "_base_app", route.app)
+            holder, current, base = route, route.app, _mounted(getattr(route, "_base_app", route.app))
             while current is not base and hasattr(current, "app"):
                 probes.allowed_hosts += list(getattr(current, "allowed_hosts", []) or [])
                 probes.outside(holder, _described(targets.describe_object(current), full, type(current)))
@@ -336,6 +337,21 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
             # Any other route that took the request reached its endpoint:
             # Route, WebSocketRoute, or a route class of the app's own.
             probes.setattr(route, "app", _RouteLeaf(route.app, probes))
+
+
+def _mounted(app: Any) -> Any:
+    """The Starlette app or router inside middleware wrapped around a mounted
+    app by hand (`Mount("/v2", app=TrustedHostMiddleware(v2))`), whose
+    layers are then the mount's like those of `Mount(middleware=...)`;
+    `app` itself when there is none to probe inside (StaticFiles, a WSGI app)."""
+    inner = app
+    while not _probeable(inner) and hasattr(inner, "app"):
+        inner = inner.app
+    return inner if _probeable(inner) else app
+
+
+def _probeable(app: Any) -> bool:
+    return targets.is_starlette(app) or hasattr(app, "routes")
 
 
 def splice(target: targets.Target, path: str | None) -> tuple[_Probes, Any]:
@@ -515,8 +531,9 @@ def _own_files(loaded: targets.Target) -> dict[Path, str]:
         if parts & {".venv", "venv", "site-packages", "node_modules", "tests", "test", "__pycache__"}:
             continue
         try:
-            sources[path] = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+            # As Python reads it: a PEP 263 coding line, a byte order mark.
+            sources[path] = importlib.util.decode_source(path.read_bytes())
+        except (SyntaxError, UnicodeDecodeError, OSError):  # an encoding Python would refuse too
             continue
     return sources
 
@@ -534,7 +551,7 @@ def _routes(app: Any) -> list[Any]:
     found = []
     for route in getattr(app, "routes", []):
         if isinstance(route, Mount):
-            found += _routes(getattr(route, "_base_app", route.app))
+            found += _routes(_mounted(getattr(route, "_base_app", route.app)))
         elif hasattr(route, "endpoint"):
             found.append(route)
     return found
@@ -626,9 +643,14 @@ def scan(loaded: targets.Target) -> list[Finding]:
                         "thread-pool copy of the context, so they are lost when it returns; make it `async def`.")  # fmt: skip
     for path, source in sources.items():
         tree = _parsed(source, path) if "run_in_executor" in source else None
+        pools = _process_pools(tree) if tree else set()
         for node in ast.walk(tree) if tree else ():
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "run_in_executor":
-                if "copy_context" not in ast.unparse(node) and not _runs_in_context(node):
+                if (
+                    "copy_context" not in ast.unparse(node)
+                    and not _runs_in_context(node)
+                    and not _sends_to_a_process_pool(node, pools)
+                ):
                     add(path, node.lineno, "executor-no-copy",
                         "run_in_executor without copy_context(): the job runs in the worker thread's own "
                         "context and sees none of the caller's ContextVars; submit copy_context().run.")  # fmt: skip
@@ -648,6 +670,32 @@ def _closure(function: Callable) -> dict[str, Any]:
         except ValueError:  # an empty cell
             continue
     return values
+
+
+def _is_process_pool(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Call) and "ProcessPoolExecutor" in ast.unparse(node.func)
+
+
+def _process_pools(tree: ast.Module) -> set[str]:
+    """Names the module binds to a ProcessPoolExecutor (`with ... as pool`,
+    `pool = ...`, `self.pool = ...`): a job sent there runs in another
+    process, where no context of this one can follow it (a Context cannot
+    be pickled), so copy_context() is no fix and the call no finding."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.withitem) and node.optional_vars and _is_process_pool(node.context_expr):
+            names.add(ast.unparse(node.optional_vars))
+        elif isinstance(node, ast.Assign) and _is_process_pool(node.value):
+            names.update(ast.unparse(target) for target in node.targets)
+        elif isinstance(node, ast.AnnAssign) and _is_process_pool(node.value):
+            names.add(ast.unparse(node.target))
+    return names
+
+
+def _sends_to_a_process_pool(call: ast.Call, pools: set[str]) -> bool:
+    keywords = [keyword.value for keyword in call.keywords if keyword.arg == "executor"]
+    executor = (call.args or keywords or [None])[0]
+    return executor is not None and (_is_process_pool(executor) or ast.unparse(executor) in pools)
 
 
 def _runs_in_context(call: ast.Call) -> bool:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ctxlab.errors import OutputFileError as OutputError
+from ctxlab.terminal import reader_gone
 
 
 def _reason(exc: OSError) -> str:
@@ -32,8 +33,20 @@ def _mode(path: Path) -> int | None:
         return path.stat().st_mode
     except FileNotFoundError:
         return None
+    except BrokenPipeError:
+        if _is_stdout(path):  # `ctxlab snapshot -o /dev/stdout | head -1`: as when stdout is printed to
+            raise reader_gone() from None
+        raise OutputError(f"cannot write {path}: Broken pipe") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _is_stdout(path: Path) -> bool:
+    try:
+        named, stdout = os.stat(path), os.fstat(1)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (stdout.st_dev, stdout.st_ino)
 
 
 def check_writable(path: Path) -> None:
@@ -49,7 +62,9 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"cannot write {path}: it is read-only")
     parent = path.resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {path}: {path.parent} is not a writable directory")
+        # A dangling symlink's target is what would be written: name its directory.
+        where = path.parent if path.parent.resolve() == parent else parent
+        raise OutputError(f"cannot write {path}: {where} is not a writable directory")
 
 
 def _written_through(path: Path, mode: int | None) -> bool:
@@ -70,8 +85,20 @@ def write(path: Path, text: str) -> None:
                 stream.write(text)  # close() flushes: ENOSPC surfaces here
         else:
             _replace(path.resolve(), text, mode)
+    except BrokenPipeError:
+        if _is_stdout(path):  # `ctxlab snapshot -o /dev/stdout | head -1`: as when stdout is printed to
+            raise reader_gone() from None
+        raise OutputError(f"cannot write {path}: Broken pipe") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _is_stdout(path: Path) -> bool:
+    try:
+        named, stdout = os.stat(path), os.fstat(1)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (stdout.st_dev, stdout.st_ino)
 
 
 def _umask() -> int:

@@ -18,6 +18,7 @@ a file cannot be read or written, modules are parsed as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -140,8 +141,9 @@ class Index:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary.write_text(json.dumps({"format": FORMAT, **document}), encoding="utf-8")
             os.replace(temporary, path)
-        except OSError:
-            temporary.unlink(missing_ok=True)
+        except OSError:  # a cache: without it the next run reads the modules again
+            with contextlib.suppress(OSError):  # CTXLAB_CACHE may be a file: no temporary there either
+                temporary.unlink()
 
 
 def _mtime(entry: str) -> int | None:

@@ -202,10 +202,17 @@ def _start(child) -> None:
 
 
 def _become_child(quiet_stdout: bool) -> None:
+    import multiprocessing
+
     # Its own process group: the parent decides when it stops, and a
     # terminal's Ctrl-C reaches the parent alone.
     os.setpgid(0, 0)
     _die_with_parent()
+    # multiprocessing marks the child daemonic, as the parent asked, so that
+    # the parent's exit ends it; a daemonic process may not start processes,
+    # and an app's ProcessPoolExecutor would fail.  Its children are in its
+    # process group, which the parent kills with it: nothing is orphaned.
+    multiprocessing.current_process().daemon = False
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if quiet_stdout:

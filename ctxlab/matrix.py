@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -146,8 +147,27 @@ def python_for(column: Column) -> str:
     return interpreters[max(supported, key=version_key)]
 
 
+def _captured(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(command, capture_output=True, text=True), with the
+    child in a process group of its own that is killed whole if ctxlab is
+    interrupted: subprocess.run kills only the child, and the processes it
+    started (ensurepip under venv, uv's builds) would go on writing into an
+    environment already deleted."""
+    # os.setpgrp, not a new session: the processes stay in ctxlab's session,
+    # where a terminal's hangup, or a test looking for leftovers, finds them.
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=os.setpgrp
+    ) as process:
+        try:
+            out, err = process.communicate()
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = _captured(command)
     if done.returncode != 0:
         raise MatrixError(f"cannot build the environment for {what}: {explanation(done.stderr or done.stdout)}")
 
@@ -227,7 +247,7 @@ def run_column(column: Column, server: str, extra: list[str], progress=print) ->
     options = {"server": server, **column.options}
     serving = [arg for option, value in options.items() for arg in (f"--{option}", value)]
     command = [str(env / "bin" / "python"), "-m", "ctxlab", "run", "--all", "--json", *serving, *extra]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(_shim())})
+    done = _captured(command, env={**os.environ, "PYTHONPATH": str(_shim())})
     try:
         column.report = json.loads(done.stdout) if done.returncode in (0, 1, 3) else {}
     except json.JSONDecodeError:

@@ -10,8 +10,9 @@ widest line, nothing wrapped or cut.
   log): no colour, no window to fit.
 - `TerminalConsole`, for a terminal: the same layout with the cells'
   styles, written through Rich (which knows the terminal's colours); a
-  table wider than the window, or a text that would wrap, is left to Rich,
-  which folds it to fit.
+  table wider than the window has its widest columns narrowed and their
+  lines folded (by Rich's own wrapping of a text) to fit; a text that would
+  wrap is left to Rich.
 Anything else (a tree, a panel, source code, markup) is handed to Rich
 unchanged.
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 GAP = "  "  # between columns, as Rich leaves between unboxed columns
+NARROWEST = 6  # a column folded to fit a terminal is no narrower (Rich draws tables that need more)
 
 
 def wanted(stream: TextIO) -> bool:
@@ -173,8 +175,10 @@ class TerminalConsole(PlainConsole):
         return None
 
     def table_segments(self, table: Table, width: int) -> list | None:
-        """A Rich table's header and rows in columns, as segments; None if
-        it is wider than `width` (Rich then folds its cells to fit)."""
+        """A Rich table's header and rows in columns, as segments.  A table
+        wider than `width` has its widest wrappable columns narrowed and
+        their lines folded as Rich folds them; None if even that cannot make
+        it fit (Rich then draws it)."""
         from rich.segment import Segment
 
         Text = _rich_types()[1]  # noqa: N806
@@ -184,7 +188,10 @@ class TerminalConsole(PlainConsole):
         cells = [[_lines(Text, cell) for cell in row] for row in ([header] if header else []) + rows]
         widths = _widths(cells, lambda text: text.cell_len)
         if _span(widths) > width:
-            return None
+            cells = self._folded(cells, widths, [not column.no_wrap for column in columns], width)
+            if cells is None:
+                return None
+            widths = _widths(cells, lambda text: text.cell_len)
         right = [column.justify == "right" for column in columns]
         segments = []
         for pieces in _arranged(cells, widths, right, rule=bool(header) and table.box is not None):
@@ -204,6 +211,28 @@ class TerminalConsole(PlainConsole):
                     segments.append(Segment(" " * (width - length)))
             segments.append(Segment.line())
         return segments
+
+    def _folded(self, cells: list, widths: list[int], wrappable: list[bool], width: int) -> list | None:
+        """The cells with the widest wrappable columns narrowed, one column
+        a character at a time, until the table fits `width` (none narrower
+        than NARROWEST), each line longer than its column folded as Rich
+        folds it (at spaces, or inside a word longer than the column); None
+        if the columns that may wrap cannot be narrowed enough."""
+        narrowed = list(widths)
+        for _ in range(_span(widths) - width):
+            candidates = [i for i, w in enumerate(narrowed) if wrappable[i] and w > NARROWEST]
+            if not candidates:
+                return None
+            narrowed[max(candidates, key=narrowed.__getitem__)] -= 1
+        folded = []
+        for row in cells:
+            folded.append([])
+            for lines, most in zip(row, narrowed):
+                folded[-1].append(
+                    [part for line in lines
+                     for part in (line.wrap(self._rich, most, overflow="fold") if line.cell_len > most else [line])]
+                )  # fmt: skip
+        return folded
 
     def _rendered(self, text: Any, end: str = "") -> list:
         """`text`, then `end`, as Rich segments.  Text.render leaves out the

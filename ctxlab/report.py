@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -234,20 +235,16 @@ class Report:
 # -- saved reports: snapshot and diff ---------------------------------------------
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
     """A saved report, checked enough that diffing it cannot crash."""
-    from ctxlab.validate import MAX_BYTES, problem
+    from ctxlab.validate import problem, read_json
 
     try:
-        if path.is_file() and path.stat().st_size > MAX_BYTES:
-            raise ReportFileError(f"{path} is too large for a ctxlab report ({path.stat().st_size // 2**20} MiB)")
-        text = path.read_text(encoding="utf-8")
+        document = read_json(path, "a ctxlab report", ReportFileError)
+    except json.JSONDecodeError as exc:
+        if not exc.doc.strip():
+            raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'") from None
+        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not text.strip():
-        raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
     if document["schema_version"] != SCHEMA_VERSION:
@@ -327,6 +324,16 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
 
 
 # -- CI formats ------------------------------------------------------------------------
+# Characters XML 1.0 cannot hold, even escaped: a name or an app's
+# exception message with a control character made a file no CI could parse.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """`text` with each character XML cannot hold spelled as Python does (\\x01)."""
+    return _NOT_XML.sub(lambda found: repr(found.group())[1:-1], text)
+
+
 def junit(report: Report) -> str:
     """JUnit XML: a testcase per scenario (and server); drift is a failure
     listing the differing rows, a crash is an error."""
@@ -349,16 +356,16 @@ def junit(report: Report) -> str:
             suite,
             "testcase",
             classname=f"ctxlab.{result.server}",
-            name=result.name,
+            name=_xml_text(result.name),
             time=f"{result.duration_ms / 1000:.3f}",
         )
         if result.status is Status.DRIFT:
             failure = ET.SubElement(case, "failure", message=f"{len(result.drifted)} observation(s) drifted")
-            failure.text = "\n".join(drift_line(o) for o in result.drifted)
+            failure.text = _xml_text("\n".join(drift_line(o) for o in result.drifted))
         elif result.status is Status.ERROR:
-            ET.SubElement(case, "error", message=result.error or "error")
+            ET.SubElement(case, "error", message=_xml_text(result.error or "error"))
         elif result.status is Status.SKIPPED:
-            ET.SubElement(case, "skipped", message=result.error or "skipped")
+            ET.SubElement(case, "skipped", message=_xml_text(result.error or "skipped"))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import stat
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -272,11 +273,19 @@ def _entry(path: Path, fields: dict[str, Any]) -> Entry:
     return Entry(path=path, **{**fields, **tuples})
 
 
+def read_source(path: Path) -> str:
+    """A module's source as Python reads it: in the encoding its PEP 263
+    coding line names, or UTF-8 with or without a byte order mark."""
+    import importlib.util
+
+    return importlib.util.decode_source(path.read_bytes())
+
+
 def _declared_fields(path: Path) -> list[dict[str, Any]]:
     """Each `@scenario(...)` call's literal fields in one module (JSON-ready:
     the catalog index stores them)."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(read_source(path), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenarios from {path}: {exc}") from None
     # What the module imports, as it loads or in its functions: a run
@@ -317,14 +326,18 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     from ctxlab.index import Index
 
     for directory in extra:
-        if not directory.is_dir():
-            why = "is not a directory" if directory.exists() else "does not exist"
+        why = not_a_directory(directory)
+        if why:
             raise ScenarioError(f"scenario directory {directory} {why}")
     index = Index()
     found: dict[str, Entry] = {}
     try:
         plugins = index.plugins(plugin_modules)
-        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in extra for p in _modules_in(d))]:
+        # A directory given twice (`--scenarios x --scenarios ./x`), or the
+        # bundled one again, is read once.
+        directories = {directory.resolve(): directory for directory in extra}
+        directories.pop(bundled_dir().resolve(), None)
+        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in directories.values() for p in _modules_in(d))]:
             for fields in index.entries(path, _declared_fields):
                 entry = _entry(path, fields)
                 if entry.name in found:
@@ -337,8 +350,21 @@ def catalog(*extra: Path) -> dict[str, Entry]:
     return found
 
 
+def not_a_directory(path: Path) -> str | None:
+    """Why `path` is no directory to read, in a few words; None if it is one.
+    Not Path.is_dir(): it answers a name too long with False on 3.13 and
+    raises on 3.11, where this says what the system said."""
+    try:
+        return None if stat.S_ISDIR(path.stat().st_mode) else "is not a directory"
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+
+
 def _modules_in(directory: Path) -> list[Path]:
-    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_")]
+    # Regular files only: a FIFO named x.py would be waited on for ever.
+    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_") and path.is_file()]
 
 
 ENTRY_POINT_GROUP = "ctxlab.scenarios"

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed
-from ctxlab.scenario import suggest
+from ctxlab.scenario import not_a_directory, suggest
 
 __all__ = [
     "Client",
@@ -116,8 +116,9 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise TargetError(f"expected MODULE:ATTR such as 'myapp.main:app', got {spec!r}")
-    if not app_dir.is_dir():
-        raise TargetError(f"--app-dir {app_dir} is not a directory")
+    why = not_a_directory(app_dir)
+    if why:
+        raise TargetError(f"--app-dir {app_dir} {why}")
     if str(app_dir.resolve()) not in sys.path:
         sys.path.insert(0, str(app_dir.resolve()))
     try:

@@ -81,6 +81,13 @@ def stream(stderr: bool = False) -> TextIO:
     return chosen if can_show(chosen, "→✓✗") else AsciiStream(chosen)
 
 
+# Narrower than this (COLUMNS=1, a width set by mistake), Rich would wrap
+# every word, down to a letter a line: the terminal's own wrapping reads better.
+NARROWEST = 40
+
+
 def console(stderr: bool = False, file: TextIO | None = None):
     """A Rich console on stdout (or stderr, or `file`) that prints text literally."""
-    return _console_class()(file=file or stream(stderr), highlight=False, markup=False)
+    made = _console_class()(file=file or stream(stderr), highlight=False, markup=False)
+    made.width = max(made.width, NARROWEST)
+    return made

@@ -211,8 +211,10 @@ def load_trace(path: Path) -> dict[str, Any]:
     comparing it cannot crash."""
     import json
 
+    from ctxlab.validate import read_json, trace_problem
+
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = read_json(path, "a saved trace", TraceFileError)
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:
@@ -223,10 +225,9 @@ def load_trace(path: Path) -> dict[str, Any]:
         raise TraceFileError(
             f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"
         )
-    options = document["options"]
-    needed = {"requests", "path", "method", "headers", "data", "lifespan", "vars", "factory", "app_dir"}
-    if not isinstance(options, dict) or not needed <= options.keys() or not isinstance(document.get("findings"), list):
-        raise TraceFileError(f"{path} is a malformed trace: its options or findings are incomplete")
+    wrong = trace_problem(document)
+    if wrong:
+        raise TraceFileError(f"{path} is a malformed trace: {wrong}")
     return document
 
 

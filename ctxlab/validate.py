@@ -4,14 +4,57 @@ crash or a drift (exit 1) half-way through `diff` or `check`."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ctxlab.errors import CtxlabError
 
 STATUSES = ("pass", "drift", "error", "skipped")
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 # Read no file bigger than this: a snapshot of every scenario on every
 # server is well under a megabyte, and json.loads of 200 MB takes gigabytes.
 MAX_BYTES = 64 * 1024 * 1024
+
+
+# Nest no deeper than this: Python's JSON parser, and everything that
+# walks a document, recurses; a report's values are a few levels deep.
+MAX_DEPTH = 200
+
+
+def read_json(path: Path, what: str, unusable: type[CtxlabError]) -> Any:
+    """The JSON document in `path` (`what` it should hold, for the message),
+    read no further than MAX_BYTES: a device (`/dev/zero`) has no size to
+    check first, and would be read for ever.  Raises OSError,
+    UnicodeDecodeError, json.JSONDecodeError, or `unusable` for a file too
+    large or nested too deep."""
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    if size > MAX_BYTES or len(data) > MAX_BYTES:
+        shown = f"{size // 2**20} MiB" if size > MAX_BYTES else f"over {MAX_BYTES // 2**20} MiB"
+        raise unusable(f"{path} is too large for {what} ({shown})")
+    too_deep = unusable(f"{path} nests deeper than {MAX_DEPTH} levels; {what} never does")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    if _deeper_than(document, MAX_DEPTH):
+        raise too_deep
+    return document
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    pending = [(document, 1)]  # not recursive: that is the point
+    while pending:
+        value, depth = pending.pop()
+        if depth > limit:
+            return True
+        inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending += [(item, depth + 1) for item in inner]
+    return False
 
 
 def _is_int(value: Any) -> bool:
@@ -21,6 +64,70 @@ def _is_int(value: Any) -> bool:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# An HTTP token (RFC 9110 5.6.2): what a method or a header name may be made of.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _are(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(test(item) for item in value)
+
+
+def _has(**tests: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: (
+        isinstance(value, dict) and all(key in value and test(value[key]) for key, test in tests.items())
+    )
+
+
+def _is_finding(value: Any) -> bool:
+    place = _has(file=_is_str, function=_is_str)
+    return _has(kind=_is_str, var=_is_str, read=place)(value) and (value.get("set") is None or place(value["set"]))
+
+
+# What `trace --baseline` and `diff` use of a saved trace, what each must
+# be, and how to say it; a field's object is checked before its fields.
+_TRACE_FIELDS = {
+    "app": (_is_str, "MODULE:ATTR"),
+    "server": (lambda value: value in ("asgi", "uvicorn"), "asgi or uvicorn"),
+    "options": (lambda value: isinstance(value, dict), "an object"),
+    "options.requests": (lambda value: _is_int(value) and value >= 1, "a number of requests"),
+    "options.path": (lambda value: _is_str(value) and value.startswith("/"), "a path starting with /"),
+    "options.method": (lambda value: _is_str(value) and TOKEN.fullmatch(value) is not None, "an HTTP method"),
+    "options.headers": (
+        _are(lambda pair: isinstance(pair, list) and len(pair) == 2 and all(map(_is_str, pair))),
+        "a list of [name, value] pairs",
+    ),
+    "options.data": (_is_str, "a string"),
+    "options.lifespan": (_is_bool, "true or false"),
+    "options.vars": (_are(_is_str), "a list of variable names"),
+    "options.factory": (_is_bool, "true or false"),
+    "options.app_dir": (_is_str, "a directory"),
+    "events": (
+        _are(_has(request=_is_int, op=_is_str, var=_is_str, file=_is_str, function=_is_str, value=lambda value: True)),
+        "a list of events (request, op, var, file, function, value)",
+    ),
+    "findings": (_are(_is_finding), "a list of findings (kind, var, read and set with file and function)"),
+}
+
+
+def trace_problem(document: dict[str, Any]) -> str | None:
+    """What is wrong with a saved trace's fields, in a few words; None if nothing."""
+    for key, (valid, expected) in _TRACE_FIELDS.items():
+        value: Any = document
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not valid(value):
+            return f"{key} is {_shown(value)}, expected {expected}"
+    return None
 
 
 def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:

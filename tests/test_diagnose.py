@@ -1019,3 +1019,78 @@ def test_a_route_with_no_app_to_probe_leaves_the_layers_unobserved(tmp_path):
     assert sys.modules[module].seen["endpoint"][1] == "acme"
     assert (diagnosis.status, diagnosis.complete) == (200, False)
     assert [(layer.name, layer.sees_endpoint_values) for layer in diagnosis.layers] == [("Audit", None)]
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n" + text).encode("latin-1"), id="latin-1"),
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="byte-order-mark"),
+    ],
+)
+def test_an_own_module_in_the_encoding_python_reads_is_scanned(tmp_path, encoded):
+    """A module Python imports (a PEP 263 coding line, or a UTF-8 byte order
+    mark as some Windows editors save) is scanned like any other: its own
+    pitfalls are found at their lines (the coding line counts as one)."""
+    (tmp_path / "legacy.py").write_bytes(
+        encoded(
+            "import asyncio\n"
+            "from contextvars import ContextVar\n"
+            "GREETING = 'café'\n"
+            "tenant = ContextVar('tenant')\n"
+            "def pick():\n"
+            "    tenant.set(GREETING)\n"
+            "async def later():\n"
+            "    await asyncio.get_running_loop().run_in_executor(None, print)\n"
+        )
+    )
+    (tmp_path / "shop.py").write_text(
+        "from fastapi import Depends, FastAPI\n"
+        "from legacy import pick\n"
+        "app = FastAPI()\n"
+        "@app.get('/', dependencies=[Depends(pick)])\n"
+        "async def home():\n"
+        "    return {}\n"
+    )
+    code, document, err = ctxlab_json("probe", "shop:app", "--app-dir", str(tmp_path))
+    first = 2 if encoded("").startswith(b"#") else 1
+    found = [(f["file"], f["line"], f["kind"]) for f in document["findings"]]
+    assert found == [("legacy.py", first + 5, "sync-set"), ("legacy.py", first + 7, "executor-no-copy")], err
+
+
+def test_run_in_executor_on_a_process_pool_is_no_finding(tmp_path):
+    """A job sent to a ProcessPoolExecutor runs in another process: the
+    advice to submit copy_context().run cannot be followed there (Python
+    refuses to pickle a Context, checked below), so only the thread pools'
+    calls are findings."""
+    import contextvars
+    import pickle
+
+    with pytest.raises(TypeError, match="Context"):
+        pickle.dumps(contextvars.copy_context())
+    module = f"pools_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio\n"
+        "from concurrent import futures\n"
+        "from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor\n"
+        "from starlette.applications import Starlette\n"
+        "shared = futures.ProcessPoolExecutor()\n"
+        "class Jobs:\n"
+        "    def __init__(self):\n"
+        "        self.pool: ProcessPoolExecutor = ProcessPoolExecutor()\n"
+        "    async def run(self):\n"
+        "        loop = asyncio.get_running_loop()\n"
+        "        await loop.run_in_executor(self.pool, print)\n"
+        "        await loop.run_in_executor(shared, print)\n"
+        "        await loop.run_in_executor(executor=ProcessPoolExecutor(), func=print)\n"
+        "        with ProcessPoolExecutor() as pool, ThreadPoolExecutor() as threads:\n"
+        "            await loop.run_in_executor(pool, print)\n"
+        "            await loop.run_in_executor(threads, print)\n"
+        "        await loop.run_in_executor(None, print)\n"
+        "app = Starlette()\n"
+    )
+    code, document, err = ctxlab_json("probe", f"{module}:app", "--app-dir", str(tmp_path))
+    assert [(f["line"], f["kind"]) for f in document["findings"]] == [
+        (16, "executor-no-copy"),
+        (17, "executor-no-copy"),
+    ]

@@ -5,6 +5,7 @@ no traceback, no clobbered or half-written file and no process left behind
 
 import json
 import os
+import re
 import resource
 import signal
 import stat
@@ -50,10 +51,13 @@ class Cli:
     """A running `ctxlab` in its own session, so that whatever it leaves
     behind can be found, and killed, by session id."""
 
-    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, close_stdout=False, **env):
+    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 close_stdout=False, close_stderr=False, **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
+            if close_stderr:  # as `2>&-` does
+                os.close(2)
             if umask is not None:
                 os.umask(umask)
             if file_size_limit is not None:  # `ulimit -f`: a write past it fails with EFBIG
@@ -63,7 +67,7 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
             env=environ(**env), start_new_session=True, preexec_fn=prepare,
         )  # fmt: skip
 
@@ -77,7 +81,7 @@ class Cli:
         left = session_processes(self.process.pid)
         self.kill()
         assert not left, f"processes left behind: {left}"
-        return self.process.returncode, out or "", err
+        return self.process.returncode, out or "", err or ""
 
     def kill(self):
         try:
@@ -208,6 +212,29 @@ class TestOutputFiles:
         assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
         assert (tmp_path / "notes").read_text() == "keep me"
 
+    def test_a_dangling_symlink_names_the_missing_directory(self, tmp_path):
+        """-o through a symlink into a directory that does not exist names
+        that directory, not the link's own (which is writable)."""
+        link = tmp_path / "report.json"
+        link.symlink_to(tmp_path / "gone" / "report.json")
+        code, _, err = cli("trace", "threads:app", "--app-dir", str(APPS), "-o", str(link))
+        assert code == 2
+        assert one_line(err) == f"ctxlab: error: cannot write {link}: {tmp_path / 'gone'} is not a writable directory"
+        assert os.listdir(tmp_path) == ["report.json"] and link.is_symlink()
+
+    def test_dev_stdout_into_a_closed_pipe_ends_quietly(self):
+        """`ctxlab snapshot -o /dev/stdout | head -1` (snapshot prints nothing
+        else): the reader went away, as when the report is printed: quietly,
+        141, not a usage error."""
+        running = Cli("snapshot", "-o", "/dev/stdout")
+        running.process.stdout.close()
+        try:
+            code = running.process.wait(60)
+            err = running.process.stderr.read()
+        finally:
+            running.kill()
+        assert err == "" and code == 141
+
     def test_a_write_that_fails_midway_leaves_no_file(self, tmp_path):
         """A file-size limit (`ulimit -f`) stops the write: one line, exit 2,
         the old report kept and no temporary file left beside it."""
@@ -253,6 +280,16 @@ class TestHangs:
         status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
         assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
         assert status["fine"] == ("pass", None)
+
+    def test_a_process_pool_in_a_scenario_works(self):
+        """A scenario worker may start processes: a ProcessPoolExecutor in the
+        endpoint computes (2**10 is 1024), and neither the worker nor the
+        pool's processes outlive ctxlab."""
+        code, out, err = cli("run", "process-pool", "fine", "--json", "--scenarios", str(HOSTILE))
+        assert code == 0, err
+        scenarios = json.loads(out)["scenarios"]
+        assert [(s["status"], s["error"]) for s in scenarios] == [("pass", None), ("pass", None)]
+        assert [o["observed"] for o in scenarios[0]["observations"]] == [1024]
 
     def test_a_non_daemon_thread_does_not_keep_ctxlab_alive(self):
         """An app that leaves a thread running still lets ctxlab exit."""
@@ -362,17 +399,32 @@ class TestSignals:
         code, _, err = running.finish(timeout=5)
         assert code == 130 and "Traceback" not in err
 
+    @pytest.mark.parametrize(
+        "command",
+        [("run", "many-slow-requests", "-o"), ("snapshot", "--server", "asgi", "-o"), ("check", "--junit")],
+        ids=["run", "snapshot", "check"],
+    )
     @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
-    def test_interrupted_output_file_is_not_written(self, tmp_path, colors):
-        """An interrupted run writes no -o file (it would look complete) and
-        says so, printing the path literally (not even coloured as a path)."""
+    def test_interrupted_output_file_is_not_written(self, tmp_path, colors, command):
+        """An interrupted run writes no -o, snapshot or JUnit file (it would
+        look complete: a JUnit file of the scenarios that finished reads as
+        a passing check) and says so, printing the path literally (not even
+        coloured as a path)."""
         target = tmp_path / "[bold]report.json"
-        running = start_and_wait(
-            tmp_path, "run", "many-slow-requests", "--scenarios", str(HOSTILE), "-o", str(target), **colors
-        )
+        running = start_and_wait(tmp_path, *command, str(target), "--scenarios", str(HOSTILE), **colors)
         running.process.send_signal(signal.SIGINT)
         code, _, err = running.finish(timeout=5)
         assert code == 130 and one_line(err) == f"interrupted: {target} not written"
+        assert sorted(os.listdir(tmp_path)) == ["started"]
+
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+    def test_trace_interrupted_says_its_file_is_not_written(self, tmp_path, signum, code):
+        """trace -o interrupted mid-request: no file, and it says so, as run -o does."""
+        target = tmp_path / "trace.json"
+        running = start_and_wait(tmp_path, "trace", "slow:app", "--app-dir", str(APPS), "-o", str(target))
+        running.process.send_signal(signum)
+        got, out, err = running.finish(timeout=5)
+        assert got == code and out == "" and one_line(err) == f"interrupted: {target} not written"
         assert sorted(os.listdir(tmp_path)) == ["started"]
 
     def test_sigterm_during_serve(self, tmp_path):
@@ -403,6 +455,19 @@ def report_with(**changes):
     return document
 
 
+SCENARIO = """
+from ctxlab.scenario import scenario
+
+
+@scenario("{name}", summary="{summary}", expect={{}})
+def build():
+    async def app(scope, receive, send):
+        await send({{"type": "http.response.start", "status": 200, "headers": []}})
+        await send({{"type": "http.response.body", "body": b""}})
+
+    return app
+"""
+
 MALFORMED = {
     "server is a number": report_with(server=5),
     "unknown server": report_with(server="iis"),
@@ -421,6 +486,18 @@ MALFORMED = {
 }
 
 REFUSED_BEFORE = {"scenarios is an object", "name is a list"}
+
+
+TRACE_APPS = FIXTURES / "trace_apps"
+
+
+@pytest.fixture(scope="module")
+def saved_trace(tmp_path_factory):
+    """A trace saved as a user saves one: `trace --json -o FILE`."""
+    path = tmp_path_factory.mktemp("saved") / "trace.json"
+    code, _, err = cli("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--json", "-o", str(path))
+    assert code == 0, err
+    return path
 
 
 class TestMalformedFiles:
@@ -443,6 +520,44 @@ class TestMalformedFiles:
         code, out, err = cli("check", "--baseline", str(path))
         assert code == 2 and out == "" and str(path) in one_line(err)
 
+    @pytest.mark.parametrize(
+        "field, value, said",
+        [
+            ("app", 5, "app is 5, expected MODULE:ATTR"),
+            ("events", [1, 2], "events is [1, 2], expected a list of events"),
+            ("events", [{}], "events is [{}], expected a list of events"),
+            ("findings", ["lost"], "findings is ['lost'], expected a list of findings"),
+            ("options", [], "options is [], expected an object"),
+            ("options.requests", "two", "options.requests is 'two', expected a number of requests"),
+            ("options.path", 5, "options.path is 5, expected a path starting with /"),
+            ("options.method", "G E T", "options.method is 'G E T', expected an HTTP method"),
+            ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
+            ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),
+            ("options.app_dir", 5, "options.app_dir is 5, expected a directory"),
+        ],
+    )
+    @pytest.mark.parametrize("command", ["diff", "baseline"])
+    def test_a_saved_trace_with_a_wrong_field(self, tmp_path, saved_trace, command, field, value, said):
+        """A saved trace is checked field by field as a snapshot is (these
+        were tracebacks, exit 1, which reads as a change): one line naming
+        the field, exit 2."""
+        document = json.loads(saved_trace.read_text())
+        *parents, last = field.split(".")
+        holder = document
+        for part in parents:
+            holder = holder[part]
+        holder[last] = value
+        path = tmp_path / "trace.json"
+        path.write_text(json.dumps(document))
+        args = (
+            ("diff", str(path))
+            if command == "diff"
+            else ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--baseline", str(path))
+        )
+        code, out, err = cli(*args)
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: {path} is a malformed trace: {said}")
+
     def test_a_truncated_snapshot(self, tmp_path):
         """Half a snapshot is not JSON: one line, exit 2."""
         path = tmp_path / "snap.json"
@@ -459,6 +574,87 @@ class TestMalformedFiles:
         code, _, err = cli("diff", str(path), timeout=30)
         assert code == 2 and "too large" in one_line(err)
 
+    @pytest.mark.parametrize("args", [("diff", "/dev/zero"), ("check", "--baseline", "/dev/zero")])
+    def test_an_endless_device_is_refused_after_64_mib(self, args):
+        """/dev/zero has no size to check before reading: it is read up to
+        the limit, then refused (it was read for ever, memory growing)."""
+        code, out, err = cli(*args, timeout=60)
+        assert code == 2 and out == ""
+        assert one_line(err) == "ctxlab: error: /dev/zero is too large for a ctxlab report (over 64 MiB)"
+
+    @pytest.mark.parametrize(
+        "args, what",
+        [
+            (("diff",), "a ctxlab report"),
+            (("check", "--baseline"), "a ctxlab report"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "--baseline"), "a saved trace"),
+        ],
+    )
+    def test_a_file_nested_too_deep(self, tmp_path, args, what):
+        """50,000 nested lists, in a value of an otherwise good snapshot:
+        Python's JSON parser recursed out (a traceback, exit 1, which reads
+        as drift).  One line, exit 2."""
+        path = tmp_path / "deep.json"
+        path.write_text(json.dumps(report_with()).replace("null}]}]", "[" * 50_000 + "]" * 50_000 + "}]}]"))
+        code, out, err = cli(*args, str(path))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {path} nests deeper than 200 levels; {what} never does"
+
+    @pytest.mark.parametrize("baseline", ["/dev/zero", "huge"])
+    def test_a_trace_baseline_too_large_is_refused(self, tmp_path, baseline):
+        """trace --baseline has the same limit as a snapshot (it had none)."""
+        if baseline == "huge":
+            baseline = tmp_path / "huge.json"
+            with baseline.open("wb") as handle:
+                handle.truncate(200 * 1024 * 1024)
+        code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--baseline", str(baseline))
+        assert code == 2 and out == ""
+        assert "is too large for a saved trace" in one_line(err)
+
+    @pytest.mark.parametrize(
+        "encoded",
+        [
+            pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n" + text).encode("latin-1"), id="latin-1"),
+            pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="byte-order-mark"),
+        ],
+    )
+    def test_a_scenario_module_in_an_encoding_python_reads(self, tmp_path, encoded):
+        """A scenario module Python imports (a PEP 263 coding line, a byte
+        order mark) is listed, run and explained (list refused it)."""
+        (tmp_path / "legacy.py").write_bytes(encoded(SCENARIO.format(name="legacy", summary="café crème")))
+        args = ("--scenarios", str(tmp_path))
+        code, out, err = cli("list", "--json", *args)
+        assert code == 0, err
+        assert {"name": "legacy", "summary": "café crème"}.items() <= json.loads(out)[-1].items()
+        code, out, err = cli("run", "legacy", "--json", *args)
+        assert code == 0 and json.loads(out)["scenarios"][0]["status"] == "pass", err
+        code, out, err = cli("explain", "legacy", *args, PYTHONIOENCODING="utf-8")
+        assert code == 0 and "café crème" in out, err
+
+    def test_a_scenario_directory_given_twice_is_read_once(self):
+        """`--scenarios x --scenarios ./x/`, or the bundled directory again,
+        is no clash of each scenario with itself ("declared twice: hangs.py
+        and hangs.py")."""
+        bundled = Path(__file__).parent.parent / "scenarios"
+        again = (
+            "--scenarios",
+            str(HOSTILE),
+            "--scenarios",
+            f"{HOSTILE}/../{HOSTILE.name}/",
+            "--scenarios",
+            str(bundled),
+        )
+        code, out, err = cli("run", "fine", "bad-only", "--json", *again)
+        assert code == 0, err
+        assert [s["name"] for s in json.loads(out)["scenarios"]] == ["fine", "bad-only"]
+
+    def test_a_fifo_among_the_scenario_modules_is_passed_by(self, tmp_path):
+        """A FIFO named like a module is not a module: it is not waited on."""
+        os.mkfifo(tmp_path / "pipe.py")
+        (tmp_path / "real.py").write_text(SCENARIO.format(name="real", summary="s"))
+        code, out, err = cli("list", "--json", "--scenarios", str(tmp_path), timeout=30)
+        assert code == 0 and json.loads(out)[-1]["name"] == "real", err
+
     def test_a_scenario_only_scenarios_provides(self, tmp_path):
         """A snapshot naming a scenario from --scenarios says to pass --scenarios."""
         path = tmp_path / "snap.json"
@@ -468,6 +664,56 @@ class TestMalformedFiles:
 
 
 # -- text ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (("list", "--scenarios"), "scenario directory {name} cannot be read: File name too long"),
+        (("probe", "threads:app", "--app-dir"), "--app-dir {name} cannot be read: File name too long"),
+        (("trace", "threads:app", "--app-dir"), "--app-dir {name} cannot be read: File name too long"),
+    ],
+)
+def test_a_directory_name_too_long(args, said):
+    """A directory name past the system's limit is one line, exit 2 (a traceback)."""
+    name = "d" * 300
+    code, out, err = cli(*args, name)
+    assert code == 2 and out == ""
+    assert one_line(err) == "ctxlab: error: " + said.format(name=name)
+
+
+@pytest.mark.parametrize("command", ["probe", "trace"])
+@pytest.mark.parametrize("seconds", ["inf", "1e309"])
+def test_an_endless_timeout_is_refused(command, seconds):
+    """--timeout inf overflowed the wait (a traceback): at most a day."""
+    code, out, err = cli(command, "threads:app", "--app-dir", str(APPS), "--timeout", seconds)
+    assert code == 2 and out == ""
+    assert one_line(err) == "ctxlab: error: Invalid value for '--timeout': Input should be less than or equal to 86400"
+
+
+CONTROL_CHARACTERS = """
+from ctxlab.scenario import scenario
+
+
+@scenario("bell-\\x07", summary="s", expect={})
+def raises():
+    raise ValueError("bad byte \\x00, then \\x1b[31m")
+"""
+
+
+def test_junit_of_control_characters_is_well_formed(tmp_path):
+    """A scenario name or an app's exception message holding characters XML
+    1.0 cannot hold (\\x00, escape codes): the JUnit file still parses (CI
+    rejected it), those characters spelled as Python does."""
+    import xml.etree.ElementTree as ET
+
+    (tmp_path / "control.py").write_text(CONTROL_CHARACTERS)
+    junit = tmp_path / "junit.xml"
+    code, _, err = cli("check", "--junit", str(junit), "--scenarios", str(tmp_path))
+    assert code == 3, err
+    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name").startswith("bell"))
+    assert case.get("name") == "bell-\\x07"
+    assert case.find("error").get("message") == "ValueError: bad byte \\x00, then \\x1b[31m"
+
+
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
@@ -517,6 +763,55 @@ class TestText:
         code, _, err = cli(*args, stdout=None, close_stdout=True)
         assert code == 2
         assert one_line(err) == "ctxlab: error: stdout is closed; redirect it (> /dev/null) to run without output"
+
+    @pytest.mark.parametrize(
+        "args", [("list",), ("--version",), ("run", "bad-only"), ("run", "bad-only", "--json"), ("explain", "bad-only")]
+    )
+    def test_a_full_stdout_is_one_line(self, args):
+        """`ctxlab list > /dev/full`: the output cannot be written; one line
+        on stderr, exit 2 (not a traceback and exit 1, which reads as drift)."""
+        with open("/dev/full", "w") as full:
+            code, _, err = cli(*args, stdout=full)
+        assert code == 2
+        assert one_line(err) == "ctxlab: error: cannot write to stdout: No space left on device"
+
+    def test_a_full_stderr_keeps_the_exit_code(self):
+        """`ctxlab run nosuch 2> /dev/full`: the error line cannot be shown,
+        the exit code still says usage error (2), not drift."""
+        with open("/dev/full", "w") as full:
+            code, out, _ = cli("run", "no-such-scenario", stderr=full)
+        assert code == 2 and out == ""
+
+    def test_a_closed_stderr(self):
+        """`ctxlab run ... 2>&-`: what a scenario prints (sent to stderr)
+        goes nowhere; it never reaches the worker's pipe, which took the
+        free descriptor 2 (the scenario timed out), nor stdout; and an error
+        line does not land on stdout either."""
+        code, out, _ = cli("run", "prints", "--json", "--scenarios", str(HOSTILE), stderr=None, close_stderr=True)
+        assert code == 0 and [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
+        code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
+        assert code == 2 and out == ""
+
+    @pytest.mark.parametrize("cache", ["file", "/dev/null"])
+    def test_a_cache_that_is_not_a_directory_is_done_without(self, tmp_path, cache):
+        """CTXLAB_CACHE naming a file: the catalog index is a cache, and
+        list works without it (it was a traceback), and leaves the file be."""
+        if cache == "file":
+            cache = tmp_path / "cache"
+            cache.write_text("keep me")
+        (tmp_path / "fresh.py").write_text(SCENARIO.format(name="fresh", summary="s"))  # never indexed
+        code, out, err = cli("list", "--scenarios", str(tmp_path), CTXLAB_CACHE=str(cache))
+        assert code == 0 and "fresh" in out and err == ""
+        assert cache == "/dev/null" or cache.read_text() == "keep me"
+
+    @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
+    def test_a_one_column_terminal_keeps_words_whole(self, colors):
+        """COLUMNS=1 (set by mistake): explain, drawn by Rich, wrapped every
+        word down to a letter a line; it wraps at 40 columns at the least."""
+        code, out, err = cli("explain", "bad-only", COLUMNS="1", **colors)
+        assert code == 0, err
+        words = set(re.sub(r"\x1b\[[0-9;]*m", "", out).split())
+        assert {"bad-only", "BaseHTTPMiddleware", "BadMiddleware"} <= words
 
     def test_list_never_cuts_a_name(self):
         """At any terminal width every scenario name appears whole."""
@@ -590,6 +885,37 @@ class TestMatrix:
         cells = {row["name"]: row["cells"] for row in json.loads(out)["scenarios"]}
         assert [c["status"] for c in cells["always-drifts"]] == ["drift", "drift"]
 
+    def test_interrupted_while_building_an_environment(self, tmp_path):
+        """SIGTERM while a column's environment is built (the installer has
+        started processes of its own, as venv's ensurepip or uv's
+        interpreter query): 143, the installer's processes are gone too
+        (they outlived ctxlab, writing into the deleted directory), and no
+        half-built environment is left in the cache."""
+        running = Cli("matrix", "--with", "uvicorn==0.40.0", "--with", "uvicorn==0.41.0", "--server", "asgi",
+                      CTXLAB_CACHE=str(tmp_path))  # fmt: skip
+        ctxlab_pid, deadline = running.process.pid, time.monotonic() + 120
+        while not [
+            pid for pid in session_processes(ctxlab_pid) if _ppid(Path(f"/proc/{pid}/stat")) not in (None, 1, ctxlab_pid)
+            and pid != ctxlab_pid
+        ]:  # fmt: skip
+            assert running.process.poll() is None and time.monotonic() < deadline, "no installer process was seen"
+            time.sleep(0.02)
+        running.process.send_signal(signal.SIGTERM)
+        code, _, err = running.finish(timeout=10)
+        assert code == 143 and "Traceback" not in err
+        time.sleep(0.5)  # what an orphaned installer would still write
+        assert not list((tmp_path / "envs").iterdir())
+
+    def test_a_bad_scenario_directory_is_refused_before_any_build(self, tmp_path):
+        """--scenarios naming no directory: one line, exit 2, before minutes
+        of building environments (each column found out on its own)."""
+        missing = tmp_path / "missing"
+        code, out, err = cli("matrix", "--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0",
+                             "--scenarios", str(missing), CTXLAB_CACHE=str(tmp_path / "cache"))  # fmt: skip
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: scenario directory {missing} does not exist"
+        assert not (tmp_path / "cache" / "envs").exists()
+
     def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
         """A column that cannot be installed is an error with the installer's
         reason; the other columns still run and matrix exits 1."""
@@ -652,6 +978,18 @@ class TestProbeTargets:
         assert code == 0, err
         assert json.loads(out)["app"] == "prints:app"
         assert "hello from import" in err
+
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_an_app_that_computes_in_a_process_pool(self, command):
+        """probe and trace run the app in a child that may start processes:
+        the endpoint answers and nothing is left behind."""
+        code, out, err = cli(command, "process_pool:app", "--app-dir", str(APPS), "--path", "/power", "--json")
+        assert code == 0 and "Traceback" not in err, err
+        document = json.loads(out)
+        if command == "trace":
+            assert document["requests"][0]["status"] == 200
+        else:
+            assert [layer["sees_endpoint_values"] for layer in document["layers"]] == [True]
 
     def test_a_module_that_starts_a_thread(self):
         """A non-daemon thread started at import does not keep ctxlab alive."""

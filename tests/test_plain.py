@@ -206,17 +206,36 @@ def test_what_ctxlab_does_not_lay_out_is_drawn_by_rich_on_a_terminal():
         assert our_text == rich_text
 
 
-@pytest.mark.parametrize("width", [20, 45])
-def test_what_does_not_fit_the_window_is_folded_by_rich(width):
-    """A table wider than the terminal, or a line longer than it: Rich
-    draws it, fitted to the window, exactly as without ctxlab's layout."""
+@pytest.mark.parametrize("width", [45, 50])
+def test_a_table_wider_than_the_window_is_folded_to_fit(width):
+    """The widest columns are narrowed and their lines folded: every line
+    fits the window, nothing is lost, and a no-wrap column stays whole."""
+    table = render._table("probe / var", "observed")
+    table.add_column("where", no_wrap=True)
+    table.add_row("endpoint.after", '{"random_int": 424242424242424242}', "T2←T1 C2 MainThread")
+    piped, on_terminal = io.StringIO(), terminal(width)
+    PlainConsole(piped).print(table)
+    TerminalConsole(on_terminal).print(table)
+    shown = SGR.sub("", on_terminal.file.getvalue())
+    assert max(map(len, shown.splitlines())) <= width < len(piped.getvalue().splitlines()[0])
+
+    def characters(text):
+        return sorted(re.sub(r"[\s─-]", "", text))
+
+    assert characters(shown) == characters(piped.getvalue())
+    (first,) = [line for line in shown.splitlines() if line.startswith("endpoint")]
+    assert first.rstrip().endswith("  T2←T1 C2 MainThread")  # whole, on the row's first line
+
+
+def test_what_cannot_fit_even_folded_is_drawn_by_rich():
+    """Too narrow a window for the columns' least widths, or a text longer
+    than the window: exactly what Rich draws."""
     table = render._table("probe / var", "observed")
     table.add_row("endpoint.after", '{"random_int": 424242424242424242}')
     line = render.Text("a summary longer than the terminal is wide, " * 2, style="dim")
-    for item in (table, line):
+    for item, width in ((table, 10), (line, 45)):
         rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), width)  # noqa: B023
         assert our_text == rich_text
-        assert max(len(SGR.sub("", row)) for row in our_text.splitlines()) <= width
 
 
 def on_a_terminal(*args, columns):

@@ -22,6 +22,7 @@ MODULES = [
     "lifespan_apikey",
     "mounted_subapps",
     "mounted_admin",
+    "mounted_wrapped",
     "prometheus_brotli",
     "shop_app",
     "starlette_def_routes",
