@@ -215,6 +215,11 @@ class TestDiscovery:
         with pytest.raises(ScenarioError, match=re.escape(message)):
             read_entries(tmp_path / "m.py")
 
+    def test_a_directory_the_system_cannot_look_up_says_why(self, tmp_path):
+        too_long = tmp_path / ("x" * 300)  # longer than any file name may be (NAME_MAX 255)
+        with pytest.raises(ScenarioError, match=f"scenario directory {too_long} cannot be read: File name too long"):
+            catalog(too_long)
+
     def test_a_missing_directory_is_refused(self, tmp_path):
         with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'nope'} does not exist"):
             catalog(tmp_path / "nope")
