@@ -206,7 +206,7 @@ def test_what_ctxlab_does_not_lay_out_is_drawn_by_rich_on_a_terminal():
         assert our_text == rich_text
 
 
-@pytest.mark.parametrize("width", [45, 50])
+@pytest.mark.parametrize("width", [35, 45, 51])  # at 35 two columns are at their least width, 6
 def test_a_table_wider_than_the_window_is_folded_to_fit(width):
     """The widest columns are narrowed and their lines folded: every line
     fits the window, nothing is lost, and a no-wrap column stays whole."""
@@ -223,8 +223,11 @@ def test_a_table_wider_than_the_window_is_folded_to_fit(width):
         return sorted(re.sub(r"[\s─-]", "", text))
 
     assert characters(shown) == characters(piped.getvalue())
-    (first,) = [line for line in shown.splitlines() if line.startswith("endpoint")]
-    assert first.rstrip().endswith("  T2←T1 C2 MainThread")  # whole, on the row's first line
+    lines = shown.splitlines()
+    rule = next(number for number, line in enumerate(lines) if set(line) <= set("-─") and line)
+    assert lines[rule + 1].endswith("  T2←T1 C2 MainThread")  # whole, on the row's first line
+    if width == 51:  # the widest column narrowed first: it alone is folded
+        assert lines[rule + 1].startswith("endpoint.after  ") and "424242424242424242" not in shown
 
 
 def test_what_cannot_fit_even_folded_is_drawn_by_rich():
@@ -233,7 +236,12 @@ def test_what_cannot_fit_even_folded_is_drawn_by_rich():
     table = render._table("probe / var", "observed")
     table.add_row("endpoint.after", '{"random_int": 424242424242424242}')
     line = render.Text("a summary longer than the terminal is wide, " * 2, style="dim")
-    for item, width in ((table, 10), (line, 45)):
+    # A column already narrower than the least width, or at it, is not narrowed.
+    narrow, least = render._table("n"), render._table("number")
+    for small in (narrow, least):
+        small.add_column("where", no_wrap=True)
+        small.add_row(small.columns[0].header, "T12←T11 C12 worker-1")
+    for item, width in ((table, 10), (line, 45), (narrow, 22), (least, 27)):
         rich_text, our_text = drawn_on_terminals(lambda console: console.print(item), width)  # noqa: B023
         assert our_text == rich_text
 
