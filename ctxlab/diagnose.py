@@ -307,7 +307,7 @@ def _framework_own(layer: Any) -> bool:
 
 
 def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
-    from starlette.routing import Mount
+    from starlette.routing import Host, Mount
 
     for route in routes:
         if isinstance(route, Mount):
@@ -327,7 +327,15 @@ def _splice_routes(probes: _Probes, routes: list[Any], prefix: str) -> None:
                 probes.mounts.append(full)
                 probes.setattr(holder, "app", _Leaf(holder.app, probes))
                 _splice_routes(probes, base.routes, full)
-        elif probes.path is not None and hasattr(route, "endpoint") and hasattr(route, "app"):
+        elif isinstance(route, Host) and hasattr(route.app, "routes"):
+            # A Host route's router serves the requests for its host (--host
+            # names it): its routes are the app's, at the same paths, behind
+            # the app's own router and its leaf.  (A Starlette app there: its
+            # own middleware is not probed.)
+            _splice_routes(probes, route.app.routes, prefix)
+        elif probes.path is not None and hasattr(route, "app"):
+            # Any other route that took the request reached its endpoint:
+            # Route, WebSocketRoute, or a route class of the app's own.
             probes.setattr(route, "app", _RouteLeaf(route.app, probes))
 
 

@@ -300,8 +300,8 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "scenario"):
             continue
-        if not node.args:
-            raise ScenarioError(f"{path.name}:{node.lineno}: @scenario needs the name first")
+        if len(node.args) != 1:  # scenario(name, *, ...): a second one fails as the module imports
+            raise ScenarioError(f"{path.name}:{node.lineno}: @scenario needs the name first, the rest by keyword")
         keywords = {k.arg: k.value for k in node.keywords}
         fields = {
             "name": _literal(node.args[0], "name", path),

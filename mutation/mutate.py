@@ -82,6 +82,7 @@ TESTS = {
         "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
         "test_servers.py::test_stopping_the_server_closes_a_kept_alive_connection_and_the_port",
         "test_servers.py::test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited",
+        "test_servers.py::test_an_installed_sniffio_still_imports_after_an_in_process_run",
     ],
     # The worker and the per-call child: in process first, then the CLI
     # where only a whole process shows it (Ctrl-C, kill -9, a thread left
@@ -142,6 +143,15 @@ TESTS = {
     # The recorder of `ctxlab trace` on 3.11 (sys.monitoring's side needs
     # --also with a 3.12 virtualenv); the subprocess suites come last.
     "tracer": ["test_trace.py", "test_trace_transparent.py", "test_trace_cli.py", "test_trace_plugin.py"],
+    # What a trace found, judged from the recorder's events: hand-made
+    # events first, then the trace suites (the CLI and the plugin last).
+    "findings": [
+        "test_findings.py",
+        "test_trace.py",
+        "test_trace_transparent.py",
+        "test_trace_cli.py",
+        "test_trace_plugin.py",
+    ],
     "diagnose": ["test_diagnose.py"]
     + [
         f"test_probe_real_apps.py::test_every_field_matches_what_the_app_recorded[{app}-asgi]"

@@ -922,6 +922,105 @@ def test_a_layer_that_fails_once_its_response_started_is_told_apart(tmp_path):
     assert notes == ["GET /__ctxlab_probe__ raised RuntimeError after the response was sent: half"]
 
 
+ROUTED_APPS = """
+from contextvars import ContextVar
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Host, Match, Route, Router
+
+tenant = ContextVar("tenant", default=None)
+user = ContextVar("user", default=None)
+seen = {}  # the app's own record: what the endpoint and Audit saw
+
+
+class Audit(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        tenant.set("acme")
+        response = await call_next(request)
+        seen["audit after"] = user.get()
+        return response
+
+
+async def items(request):
+    user.set("ada")
+    seen["endpoint"] = (request.url.hostname, tenant.get())
+    return PlainTextResponse("items")
+
+
+class Legacy(BaseRoute):  # a route class of the app's own: an ASGI app, no endpoint
+    def __init__(self, path, app):
+        self.path, self.app = path, app
+
+    def matches(self, scope):
+        return (Match.FULL, {}) if scope["path"] == self.path else (Match.NONE, {})
+
+    async def handle(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+class Inline(Legacy):  # answers by itself: no app to put a probe around
+    def __init__(self, path):
+        self.path = path
+
+    async def handle(self, scope, receive, send):
+        response = await items(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+hosted = Starlette(middleware=[Middleware(Audit)], routes=[Host("api.example.com", Router([Route("/items", items)]))])
+hosted_route = Starlette(middleware=[Middleware(Audit)], routes=[Host("api.example.com", Route("/items", items))])
+legacy = Starlette(middleware=[Middleware(Audit)], routes=[Legacy("/items", Route("/items", items))])
+inline = Starlette(middleware=[Middleware(Audit)], routes=[Inline("/items")])
+"""
+
+
+@pytest.mark.parametrize(
+    "app, host", [("hosted", "api.example.com"), ("hosted_route", "api.example.com"), ("legacy", None)]
+)
+def test_a_route_that_holds_an_app_is_probed_down_to_its_endpoint(tmp_path, app, host):
+    """Starlette's Host hands the request to a router of its own or to any
+    ASGI app (reached with --host), a route class of the app's own to its
+    app: the endpoint there runs, and the layers are judged by it, as the
+    app recorded."""
+    module = f"routed_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(ROUTED_APPS)
+    diagnosis = diagnose(f"{module}:{app}", app_dir=tmp_path, path="/items", host=host)
+    seen = sys.modules[module].seen
+    assert seen == {"endpoint": (host or seen["endpoint"][0], "acme"), "audit after": None}
+    assert (diagnosis.status, diagnosis.notes, diagnosis.complete) == (200, [], True)
+    # Audit's value reached the endpoint; the endpoint's never came back to Audit.
+    assert [(layer.name, layer.reaches_endpoint, layer.sees_endpoint_values) for layer in diagnosis.layers] == [
+        ("Audit", seen["endpoint"][1] == "acme", seen["audit after"] == "ada")
+    ]
+
+
+def test_a_path_the_hosts_router_lacks_reached_no_route(tmp_path):
+    """Through Host into its router, which has no such path: no endpoint
+    ran (the app's record is empty), and no layer is blamed for the 404."""
+    module = f"routed_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(ROUTED_APPS)
+    diagnosis = diagnose(f"{module}:hosted", app_dir=tmp_path, path="/missing", host="api.example.com")
+    assert "endpoint" not in sys.modules[module].seen
+    assert (diagnosis.status, diagnosis.complete) == (404, False)
+    assert diagnosis.notes == [
+        "GET /missing answered 404: no route of the app took it; pass --path with one of your routes"
+    ]
+
+
+def test_a_route_with_no_app_to_probe_leaves_the_layers_unobserved(tmp_path):
+    """A route class that answers by itself holds nothing a probe can go
+    around: its endpoint ran (the app's record), the layers are not judged."""
+    module = f"routed_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(ROUTED_APPS)
+    diagnosis = diagnose(f"{module}:inline", app_dir=tmp_path, path="/items")
+    assert sys.modules[module].seen["endpoint"][1] == "acme"
+    assert (diagnosis.status, diagnosis.complete) == (200, False)
+    assert [(layer.name, layer.sees_endpoint_values) for layer in diagnosis.layers] == [("Audit", None)]
+
+
 @pytest.mark.parametrize(
     "encoded",
     [

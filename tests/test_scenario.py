@@ -183,10 +183,24 @@ class TestDiscovery:
         assert second.servers == Scenario(name="b", summary="", build=print, expect={}).servers
         assert {"asgi", "uvicorn"} <= set(second.servers)
 
+    def test_the_libraries_a_module_imports_are_read_from_the_source(self, tmp_path):
+        """What a run imports before it forks its worker: every absolute
+        import, in the module's functions too; never a relative one (a
+        sibling of the module, not a library)."""
+        module = tmp_path / "m.py"
+        module.write_text(
+            "import httpx, json as j\nfrom starlette.routing import Route\nfrom . import sibling\n"
+            "from .helpers import x\n"
+            '@scenario("a", expect={})\ndef a():\n    from fastapi import FastAPI\n'
+        )
+        (entry,) = read_entries(module)
+        assert entry.imports == ("fastapi", "httpx", "json", "starlette.routing")
+
     @pytest.mark.parametrize(
         ("source", "message"),
         [
             ('@scenario(summary="s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first"),
+            ('@scenario("a", "s", expect={})\ndef f(): pass\n', "m.py:1: @scenario needs the name first, the rest by"),
             (
                 '@scenario("a", summary=SUMMARY, expect={})\ndef f(): pass\n',
                 "m.py:1: the scenario's summary must be a literal",
@@ -200,6 +214,11 @@ class TestDiscovery:
         (tmp_path / "m.py").write_text(source)
         with pytest.raises(ScenarioError, match=re.escape(message)):
             read_entries(tmp_path / "m.py")
+
+    def test_a_directory_the_system_cannot_look_up_says_why(self, tmp_path):
+        too_long = tmp_path / ("x" * 300)  # longer than any file name may be (NAME_MAX 255)
+        with pytest.raises(ScenarioError, match=f"scenario directory {too_long} cannot be read: File name too long"):
+            catalog(too_long)
 
     def test_a_missing_directory_is_refused(self, tmp_path):
         with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'nope'} does not exist"):

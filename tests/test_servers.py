@@ -248,3 +248,29 @@ def test_a_request_still_running_at_stop_is_cancelled_and_its_cleanup_awaited():
         return list(seen)  # now: asyncio.run cancels what is left when main returns
 
     assert asyncio.run(main()) == ["started", "cleaned up"]
+
+
+def test_an_installed_sniffio_still_imports_after_an_in_process_run(tmp_path):
+    """ctxlab makes `import sniffio` fail at once only where it is not
+    installed: an app's sniffio, there on its path, still imports after
+    a request in process.  A fresh interpreter and a plain ASGI app, so
+    that nothing imported it before (Starlette would)."""
+    (tmp_path / "sniffio.py").write_text("def current_async_library():\n    return 'asyncio'\n")
+    script = (
+        "import asyncio\n"
+        "from ctxlab.servers import asgi_client\n"
+        "async def app(scope, receive, send):\n"
+        "    await send({'type': 'http.response.start', 'status': 204, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b''})\n"
+        "async def main():\n"
+        "    async with asgi_client(app) as client:\n"
+        "        await client.get('/')\n"
+        "asyncio.run(main())\n"
+        "import sniffio\n"
+        "print(sniffio.current_async_library())\n"
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}
+    )
+    assert (done.returncode, done.stdout) == (0, "asyncio\n"), done.stderr

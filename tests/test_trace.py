@@ -117,18 +117,16 @@ class TestLost:
         assert finding["set"]["line"] == line_of("executor_lost", "request_id.set(")
         assert finding["set"]["value"] == "req-1" and finding["set"]["request"] == 1
 
-    def test_task_the_app_starts_inside_dispatch(self, server):
+    @pytest.mark.parametrize("name", ["dispatch_task", "dispatch_loop_task"])
+    def test_task_the_app_starts_inside_dispatch(self, server, name):
         """Created by the app's own code in dispatch, below call_next's frames:
         the boundary names dispatch, not call_next."""
-        result, seen = traced("dispatch_task", server)
+        result, seen = traced(name, server)
         assert seen == [None, None]
         finding = only(result["findings"], "lost")
-        assert finding["set"]["line"] == line_of("dispatch_task", 'user.set("alice")')
+        assert finding["set"]["line"] == line_of(name, 'user.set("alice")')
         boundary = finding["boundary"]
-        assert (
-            f"created in Loader.dispatch (trace_apps/dispatch_task.py:{line_of('dispatch_task', 'create_task')})"
-            in boundary
-        )
+        assert f"created in Loader.dispatch (trace_apps/{name}.py:{line_of(name, 'create_task')})" in boundary
         assert "call_next" not in boundary
 
     def test_consumer_task_created_at_startup(self, server):
@@ -267,3 +265,28 @@ class TestKeepAlive:
     def test_in_process_there_is_no_connection(self):
         result, seen = traced("keepalive", "asgi", method="POST", data=b"x" * (300 * 1024))
         assert seen == [None, None] and result["findings"] == []
+
+
+def test_a_copy_that_is_run_is_no_snapshot_read():
+    """The endpoint passes copy_context().run to the executor: the job
+    reads the user in the copy (the app's record), and nothing iterated
+    the copy, so the trace has no snapshot reads and no finding."""
+    result, seen = traced("copy_run")
+    assert seen == ["ada", "ada"]
+    assert [e for e in result["events"] if e.get("snapshot")] == [] and result["findings"] == []
+
+
+def test_a_snapshot_the_app_reads_is_read_once_per_request():
+    """The endpoint iterates copy_context().items() once per request
+    (calling sorted and len on the way): one snapshot read of each variable
+    the request set, by the app or by a library, with the value the
+    snapshot held (on 3.11, whose calls take two instructions, the
+    iteration was once out of the tracer's sight)."""
+    result, seen = traced("snapshot_reader")
+    assert [[name for name, _ in held] for held in seen] == [["correlation_id", "user"]] * 2
+    snapshots = [
+        (e["request"], e["var"], e["value"])
+        for e in result["events"]
+        if e.get("snapshot") and e["var"] in ("correlation_id", "user")  # (the middleware's Sentry scope too)
+    ]
+    assert sorted(snapshots) == [(number, *item) for number, held in enumerate(seen, 1) for item in held]

@@ -4,6 +4,9 @@ on as without it."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from ctxlab import engine, report
@@ -78,6 +81,29 @@ def test_stopping_puts_everything_back():
     assert all(sys.monitoring.get_events(tool) == 0 for tool, name in enumerate(tools) if name is None)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_the_last_free_monitoring_tool_id_is_the_one_used():
+    """Other tools (a debugger, coverage, a profiler) hold every id but the
+    last: the trace takes that one, and sees a set."""
+    import contextvars
+
+    monitoring = sys.monitoring
+    taken = [tool for tool in range(5) if monitoring.get_tool(tool) is None]
+    for tool in taken:
+        monitoring.use_tool_id(tool, "another tool")
+    try:
+        var = contextvars.ContextVar("watched")
+        tracer = Tracer(TraceRecorder())
+        with tracer:
+            used = monitoring.get_tool(5)
+            contextvars.copy_context().run(lambda: var.set("x"))
+    finally:
+        for tool in taken:
+            monitoring.free_tool_id(tool)
+    assert used == "ctxlab trace"
+    assert [(e.op, e.value) for e in tracer.events] == [("set", "x")]
+
+
 def test_a_traced_variable_answers_as_an_untraced_one():
     """get, set and reset through the tracer: same values, same tokens,
     same exceptions."""
@@ -144,6 +170,129 @@ def test_a_reset_names_the_set_whose_token_it_was_given():
     assert [e.seq for e in tracer.events] == [1, 2, 3, 4, 5]  # numbered from 1, as the JSON shows them
 
 
+def test_a_reset_is_matched_by_the_tokens_of_its_own_variable():
+    """The function holds a token of another variable too, whose old value
+    is not the one this reset restores: only the reset variable's own
+    token tells which of its sets the reset undoes."""
+    import contextvars
+
+    var = contextvars.ContextVar("matched")
+    other = contextvars.ContextVar("other")
+
+    def both():
+        token = var.set("first")
+        other_token = other.set("y")
+        var.set("second")  # a later set, its token dropped
+        var.reset(token)
+        other.reset(other_token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:  # `other` had a value before: its token's old value is "before", `var`'s none
+        contextvars.copy_context().run(lambda: (other.set("before"), both()))
+    first_set = next(e for e in tracer.events if e.op == "set" and e.value == "first")
+    reset = next(e for e in tracer.events if e.op == "reset" and e.var is var)
+    assert reset.token_set is first_set
+
+
+def test_a_set_of_another_variable_in_the_same_function_is_not_the_tokens():
+    """`other` was unset too when the function set it, after `var`: the
+    reset of `var`'s token names `var`'s set."""
+    import contextvars
+
+    var = contextvars.ContextVar("mine")
+    other = contextvars.ContextVar("another")
+
+    def both():
+        token = var.set("mine")
+        other.set("another")
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(both)
+    mine = next(e for e in tracer.events if e.op == "set" and e.var is var)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert reset.token_set is mine
+
+
+def test_a_later_set_elsewhere_with_the_same_old_value_is_not_the_tokens():
+    """Another function set the variable later, in a fresh context where it
+    was unset too: the reset still names its own function's set."""
+    import contextvars
+
+    var = contextvars.ContextVar("own")
+
+    def elsewhere():
+        var.set("elsewhere")
+
+    def outer():
+        token = var.set("outer")
+        contextvars.Context().run(elsewhere)
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(outer)
+    outer_set = next(e for e in tracer.events if e.op == "set" and e.value == "outer")
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert reset.token_set is outer_set
+
+
+def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
+    """The token was made before the trace, in another context: the reset
+    raises the ValueError Python gives it, and is recorded as raised with
+    no set of its own."""
+    import contextvars
+
+    var = contextvars.ContextVar("early")
+    token = contextvars.copy_context().run(var.set, "made before the trace")
+    caught = []
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        try:
+            var.reset(token)
+        except ValueError as error:
+            caught.append(error)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
+
+
+def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watched_one():
+    """structlog's bind_contextvars sets every key's variable on one line:
+    watching only the user, both binds of it are seen, though the same line
+    also sets a request id that nobody watches."""
+    import contextvars
+
+    import structlog
+
+    def bind_twice():
+        for user in ("alice", "bob"):
+            structlog.contextvars.bind_contextvars(request_id="r1", user=user)
+
+    tracer = Tracer(TraceRecorder(), variables=["structlog_user"])
+    with tracer:
+        contextvars.copy_context().run(bind_twice)
+    assert [(e.op, e.var.name, e.value) for e in tracer.events] == [
+        ("set", "structlog_user", "alice"),
+        ("set", "structlog_user", "bob"),
+    ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's code objects carry no qualified name")
+def test_a_site_names_its_function_as_python_qualifies_it():
+    import contextvars
+
+    var = contextvars.ContextVar("named")
+
+    def nested():
+        var.set("x")
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(nested)
+    assert [e.site.function for e in tracer.events] == [nested.__qualname__]
+
+
 def test_a_library_file_belongs_to_its_top_level_package():
     """Which library set a variable decides the snapshot reads it owes."""
     import starlette.middleware.base
@@ -151,3 +300,12 @@ def test_a_library_file_belongs_to_its_top_level_package():
     tracer = Tracer(TraceRecorder())
     assert tracer.owner(starlette.middleware.base.__file__) == "starlette"
     assert tracer.owner(__file__) == "app"
+
+
+def test_a_library_file_reached_through_a_symlink_is_still_the_librarys(tmp_path):
+    """A package linked into another directory (as some installers do) is
+    the library's own code, not the app's."""
+    import starlette.middleware
+
+    (tmp_path / "linked").symlink_to(Path(starlette.middleware.__file__).parent)
+    assert Tracer(TraceRecorder()).owner(str(tmp_path / "linked" / "base.py")) == "starlette"
