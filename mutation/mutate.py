@@ -61,6 +61,7 @@ TESTS = {
     ],
     "labels": ["test_labels.py", "test_probe.py"],
     "plain": ["test_plain.py", "test_render.py"],
+    "index": ["test_index.py", "test_plugins.py"],
     "probe": ["test_probe.py", "test_labels.py", "test_middleware_order.py"],
     "scenario": ["test_scenario.py", "test_report.py", "test_runner.py", "test_plugins.py", "test_middleware_order.py"],
     "report": ["test_report.py", "test_middleware_order.py"],
