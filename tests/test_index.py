@@ -112,9 +112,10 @@ def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
     assert code == 0 and [row["name"] for row in rows] == ["team-payments"]
 
 
-def test_files_of_directories_not_listed_for_a_month_go_when_a_new_one_is_made(tmp_path):
+def test_files_of_directories_not_listed_for_30_days_go_when_a_new_one_is_made(tmp_path):
     """Test runs and benchmarks list directories that then vanish: their
-    index files would pile up in the cache for ever."""
+    index files would pile up in the cache for ever.  (The recent one is
+    29.5 days old: 30 days is the limit.)"""
     old, recent, new = (tmp_path / name for name in ("old", "recent", "new"))
     index = Index(tmp_path / "index")
     for directory in (old, recent, new):
@@ -123,14 +124,35 @@ def test_files_of_directories_not_listed_for_a_month_go_when_a_new_one_is_made(t
     for directory in (old, recent):
         index.entries(directory / "mine.py", lambda path: [])
     index.save()
-    month_ago = time.time() - 31 * 24 * 3600
-    os.utime(index.file("scenarios", str(old)), (month_ago, month_ago))
+    day = 24 * 3600
+    os.utime(index.file("scenarios", str(old)), (time.time() - 30.5 * day,) * 2)
     (recent / "mine.py").write_text(MODULE.format(summary="edited"))
     rewritten = Index(tmp_path / "index")
     rewritten.entries(recent / "mine.py", lambda path: [])
     rewritten.save()  # a file rewritten, none made: nothing removed
     assert index.file("scenarios", str(old)).exists()
+    os.utime(index.file("scenarios", str(recent)), (time.time() - 29.5 * day,) * 2)
     later = Index(tmp_path / "index")
     later.entries(new / "mine.py", lambda path: [])
     later.save()
     assert [index.file("scenarios", str(d)).exists() for d in (old, recent, new)] == [False, True, True]
+
+
+def test_what_the_index_cannot_do_it_does_without(tmp_path):
+    """A module it cannot stat is left to the reader; a cache it cannot
+    write (CTXLAB_CACHE a file) or a stale entry it cannot remove (a
+    directory where its file would be) is no error."""
+    assert Index(tmp_path / "index").entries(tmp_path / "gone.py", lambda path: ["read"]) == ["read"]
+    module = tmp_path / "mine.py"
+    module.write_text(MODULE.format(summary="s"))
+    (tmp_path / "a-file").write_text("")
+    unwritable = Index(tmp_path / "a-file")
+    assert unwritable.entries(module, lambda path: ["read"]) == ["read"]
+    unwritable.save()
+    junk = tmp_path / "index" / "scenarios-junk.json"
+    junk.mkdir(parents=True)
+    os.utime(junk, (0, 0))
+    index = Index(tmp_path / "index")
+    index.entries(module, lambda path: ["read"])
+    index.save()  # a new file: the stale sweep meets the directory
+    assert index.file("scenarios", str(tmp_path)).is_file() and junk.is_dir()
