@@ -200,15 +200,15 @@ class TerminalConsole(PlainConsole):
             placed = [(piece.cell_len if piece is not None else 0, piece, *column) for piece, *column in pieces or ()]
             # Nothing after the last piece with text, as piped lines are stripped.
             last = max((number for number, (length, *_) in enumerate(placed) if length), default=-1)
-            for number, (length, piece, width, justify_right) in enumerate(placed[: last + 1]):
+            for number, (length, piece, column_width, justify_right) in enumerate(placed[: last + 1]):
                 if number:
                     segments.append(Segment(GAP))
                 if justify_right:
-                    segments.append(Segment(" " * (width - length)))
+                    segments.append(Segment(" " * (column_width - length)))
                 if piece is not None:
                     segments.extend(self._rendered(piece))
                 if not justify_right and number < last:
-                    segments.append(Segment(" " * (width - length)))
+                    segments.append(Segment(" " * (column_width - length)))
             segments.append(Segment.line())
         return segments
 
