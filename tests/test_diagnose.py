@@ -20,6 +20,14 @@ import mixes  # noqa: E402
 KIND = {"base": "base_http", "pure": "asgi", "isolating": "asgi", "http": "http_decorator"}
 
 
+def findings_of(tmp_path, name, *lines):
+    """The module of these lines, in `tmp_path`, and the findings on its
+    `app`: (file, line, kind)."""
+    module = f"{name}_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text("".join(f"{line}\n" for line in lines))
+    return module, [(f.file, f.line, f.kind) for f in diagnose(f"{module}:app", app_dir=tmp_path).findings]
+
+
 @pytest.mark.parametrize("attr", sorted(mixes.MIXES))
 def test_each_layer_matches_what_really_happened(attr):
     mixes.SEEN.clear(), mixes.REACHED.clear(), mixes.OWN.clear()
@@ -515,21 +523,21 @@ def test_the_lifespan_runs_only_when_asked(tmp_path):
 def test_a_plain_def_dependency_that_sets_then_resets_is_one_finding(tmp_path):
     """Set and reset in one call run in the same thread-pool copy: the reset
     works (only the value is lost); a yield dependency would reset in another."""
-    module = f"plain_dep_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "from contextvars import ContextVar\n"
-        "from fastapi import Depends, FastAPI\n"
-        "tenant = ContextVar('tenant')\n"
-        "def plain():\n"
-        "    token = tenant.set('x')\n"
-        "    tenant.reset(token)\n"
-        "app = FastAPI()\n"
-        "@app.get('/', dependencies=[Depends(plain)])\n"
-        "async def home():\n"
-        "    return {}\n"
+    module, findings = findings_of(
+        tmp_path,
+        "plain_dep",
+        "from contextvars import ContextVar",
+        "from fastapi import Depends, FastAPI",
+        "tenant = ContextVar('tenant')",
+        "def plain():",
+        "    token = tenant.set('x')",
+        "    tenant.reset(token)",
+        "app = FastAPI()",
+        "@app.get('/', dependencies=[Depends(plain)])",
+        "async def home():",
+        "    return {}",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 5, "sync-set")]
+    assert findings == [(f"{module}.py", 5, "sync-set")]
 
 
 def test_the_probe_route_answers_as_a_plain_successful_route(tmp_path):
@@ -562,36 +570,36 @@ def test_an_endpoint_that_raises_before_answering_is_not_said_to_have_answered(t
 def test_a_set_on_something_else_does_not_hide_the_contextvar_after_it(tmp_path):
     """A `def` dependency sets a threading.Event (also `.set()`), then a
     ContextVar: the ContextVar's set is still found."""
-    module = f"event_dep_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "import threading\n"
-        "from contextvars import ContextVar\n"
-        "from fastapi import Depends, FastAPI\n"
-        "ready = threading.Event()\n"
-        "tenant = ContextVar('tenant')\n"
-        "def dep():\n"
-        "    ready.set()\n"
-        "    tenant.set('x')\n"
-        "app = FastAPI()\n"
-        "@app.get('/', dependencies=[Depends(dep)])\n"
-        "async def home():\n"
-        "    return {}\n"
+    module, findings = findings_of(
+        tmp_path,
+        "event_dep",
+        "import threading",
+        "from contextvars import ContextVar",
+        "from fastapi import Depends, FastAPI",
+        "ready = threading.Event()",
+        "tenant = ContextVar('tenant')",
+        "def dep():",
+        "    ready.set()",
+        "    tenant.set('x')",
+        "app = FastAPI()",
+        "@app.get('/', dependencies=[Depends(dep)])",
+        "async def home():",
+        "    return {}",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 8, "sync-set")]
+    assert findings == [(f"{module}.py", 8, "sync-set")]
 
 
 def test_a_starred_call_to_run_in_executor_is_read_without_crashing(tmp_path):
-    module = f"starred_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "import asyncio\n"
-        "from starlette.applications import Starlette\n"
-        "async def job(*args):\n"
-        "    await asyncio.get_running_loop().run_in_executor(*args)\n"
-        "app = Starlette()\n"
+    module, findings = findings_of(
+        tmp_path,
+        "starred",
+        "import asyncio",
+        "from starlette.applications import Starlette",
+        "async def job(*args):",
+        "    await asyncio.get_running_loop().run_in_executor(*args)",
+        "app = Starlette()",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.line, f.kind) for f in findings] == [(4, "executor-no-copy")]  # what it runs is unknown: not a copy
+    assert findings == [(f"{module}.py", 4, "executor-no-copy")]  # what it runs is unknown: not a copy
 
 
 def test_findings_in_a_package_are_named_from_its_parent_and_through_attributes(tmp_path):
@@ -710,82 +718,82 @@ def test_a_dependency_whose_source_python_cannot_find_is_passed_by(tmp_path):
     """A `def` dependency generated at import (compiled under the module's
     own file name, as code generators do, at a line the file does not have):
     inspect cannot show its source, so it is skipped; the rest is still read."""
-    module = f"generated_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "from contextvars import ContextVar\n"
-        "from fastapi import Depends, FastAPI\n"
-        "tenant = ContextVar('tenant')\n"
-        "generated = {}\n"
-        "exec(compile('\\n' * 100 + 'def made():\\n    tenant.set(1)\\n', __file__, 'exec'), globals(), generated)\n"
-        "def written():\n"
-        "    tenant.set(2)\n"
-        "app = FastAPI()\n"
-        "@app.get('/', dependencies=[Depends(generated['made']), Depends(written)])\n"
-        "async def home():\n"
-        "    return {}\n"
+    module, findings = findings_of(
+        tmp_path,
+        "generated",
+        "from contextvars import ContextVar",
+        "from fastapi import Depends, FastAPI",
+        "tenant = ContextVar('tenant')",
+        "generated = {}",
+        "exec(compile('\\n' * 100 + 'def made():\\n    tenant.set(1)\\n', __file__, 'exec'), globals(), generated)",
+        "def written():",
+        "    tenant.set(2)",
+        "app = FastAPI()",
+        "@app.get('/', dependencies=[Depends(generated['made']), Depends(written)])",
+        "async def home():",
+        "    return {}",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{module}.py", 7, "sync-set")]
+    assert findings == [(f"{module}.py", 7, "sync-set")]
 
 
 def test_run_in_executor_called_with_keywords_is_read(tmp_path):
     """`run_in_executor(executor=None, func=job)`: no positional argument
     to look at, and no copy of the context either: a finding."""
-    module = f"keywords_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "import asyncio\n"
-        "from starlette.applications import Starlette\n"
-        "async def job():\n"
-        "    await asyncio.get_running_loop().run_in_executor(executor=None, func=print)\n"
-        "app = Starlette()\n"
+    module, findings = findings_of(
+        tmp_path,
+        "keywords",
+        "import asyncio",
+        "from starlette.applications import Starlette",
+        "async def job():",
+        "    await asyncio.get_running_loop().run_in_executor(executor=None, func=print)",
+        "app = Starlette()",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.line, f.kind) for f in findings] == [(4, "executor-no-copy")]
+    assert findings == [(f"{module}.py", 4, "executor-no-copy")]
 
 
 def test_a_class_endpoint_is_no_function_to_scan(tmp_path):
     """Starlette's `HTTPEndpoint` class as a route's endpoint: its methods
     run as methods, not as a `def` endpoint in the thread pool; the scan
     passes it by, and reads the `def` endpoint beside it."""
-    module = f"class_endpoint_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "from contextvars import ContextVar\n"
-        "from starlette.applications import Starlette\n"
-        "from starlette.endpoints import HTTPEndpoint\n"
-        "from starlette.responses import PlainTextResponse\n"
-        "from starlette.routing import Route\n"
-        "tenant = ContextVar('tenant')\n"
-        "class Things(HTTPEndpoint):\n"
-        "    async def get(self, request):\n"
-        "        return PlainTextResponse('things')\n"
-        "def plain(request):\n"
-        "    tenant.set('x')\n"
-        "    return PlainTextResponse('plain')\n"
-        "app = Starlette(routes=[Route('/things', Things), Route('/plain', plain)])\n"
+    module, findings = findings_of(
+        tmp_path,
+        "class_endpoint",
+        "from contextvars import ContextVar",
+        "from starlette.applications import Starlette",
+        "from starlette.endpoints import HTTPEndpoint",
+        "from starlette.responses import PlainTextResponse",
+        "from starlette.routing import Route",
+        "tenant = ContextVar('tenant')",
+        "class Things(HTTPEndpoint):",
+        "    async def get(self, request):",
+        "        return PlainTextResponse('things')",
+        "def plain(request):",
+        "    tenant.set('x')",
+        "    return PlainTextResponse('plain')",
+        "app = Starlette(routes=[Route('/things', Things), Route('/plain', plain)])",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.line, f.kind) for f in findings] == [(11, "sync-set")]
+    assert findings == [(f"{module}.py", 11, "sync-set")]
 
 
 def test_a_lambda_dependency_is_passed_by(tmp_path):
     """`Depends(lambda: ...)` written on a line of its own: no `def` to read
     (its source line is an assignment), and the `def` beside it is still
     read (the scan meets the lambda first: FastAPI's list read from its end)."""
-    module = f"lambda_dep_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "from contextvars import ContextVar\n"
-        "from fastapi import Depends, FastAPI\n"
-        "tenant = ContextVar('tenant')\n"
-        "settings = Depends(lambda: {'region': 'eu'})\n"
-        "def dep():\n"
-        "    tenant.set('x')\n"
-        "app = FastAPI()\n"
-        "@app.get('/', dependencies=[Depends(dep), settings])\n"
-        "async def home():\n"
-        "    return {}\n"
+    module, findings = findings_of(
+        tmp_path,
+        "lambda_dep",
+        "from contextvars import ContextVar",
+        "from fastapi import Depends, FastAPI",
+        "tenant = ContextVar('tenant')",
+        "settings = Depends(lambda: {'region': 'eu'})",
+        "def dep():",
+        "    tenant.set('x')",
+        "app = FastAPI()",
+        "@app.get('/', dependencies=[Depends(dep), settings])",
+        "async def home():",
+        "    return {}",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
+    assert findings == [(f"{module}.py", 6, "sync-set")]
 
 
 def test_a_lambda_whose_line_does_not_parse_alone_is_passed_by(tmp_path):
@@ -899,19 +907,19 @@ def test_a_class_dependency_is_no_function_to_scan(tmp_path):
 def test_a_decorated_def_endpoint_is_scanned_and_ordinary_calls_are_no_finding(tmp_path):
     """`@app.get` def endpoint: Python numbers its code from the decorator's
     line, the scan still finds the function; its other calls are no finding."""
-    module = f"def_endpoint_{tmp_path.name}"
-    (tmp_path / f"{module}.py").write_text(
-        "from contextvars import ContextVar\n"
-        "from fastapi import FastAPI\n"
-        "tenant = ContextVar('tenant')\n"
-        "app = FastAPI()\n"
-        "@app.get('/')\n"
-        "def home():\n"
-        "    tenant.set(str(len('x')))\n"
-        "    return {}\n"
+    module, findings = findings_of(
+        tmp_path,
+        "def_endpoint",
+        "from contextvars import ContextVar",
+        "from fastapi import FastAPI",
+        "tenant = ContextVar('tenant')",
+        "app = FastAPI()",
+        "@app.get('/')",
+        "def home():",
+        "    tenant.set(str(len('x')))",
+        "    return {}",
     )
-    findings = diagnose(f"{module}:app", app_dir=tmp_path).findings
-    assert [(f.line, f.kind) for f in findings] == [(7, "sync-set")]
+    assert findings == [(f"{module}.py", 7, "sync-set")]
 
 
 def test_a_layer_that_fails_once_its_response_started_is_told_apart(tmp_path):
