@@ -217,6 +217,10 @@ def _become_child(quiet_stdout: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if quiet_stdout:
         os.dup2(2, 1)
+        # Line by line, as stderr is: a worker that hangs is killed, and
+        # what its app printed before must not die in a buffer with it.
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
 
 
 def _die_with_parent() -> None:
@@ -294,6 +298,13 @@ def _outcome(work: Callable[..., object], *args: object) -> tuple[str, object]:
 
 
 def _send(pipe, kind: str, value: object, *extra: object) -> None:
+    # What the call printed goes out first: a child ends with os._exit,
+    # which flushes nothing.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or full stream: the answer matters more
+            pass
     try:
         pipe.send((kind, value, *extra))
     except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception
