@@ -8,9 +8,10 @@ each side's least time is compared: on a shared machine the neighbours
 only ever add time (to the wall clock by taking the cores, to the CPU
 clock by taking the caches), so the least of several runs is the best
 estimate of a command's own cost, as `timeit` reasons; medians moved
-figures across their budgets from one run of this file to the next.  Each figure is printed with its baseline, ratio,
-the range of the ratio over the pairs, and its budget; exit status 1 when a
-budget is exceeded.
+figures across their budgets from one run of this file to the next.  Each
+figure is printed with its baseline, ratio, the range of the ratio over the
+pairs, and its budget; exit status 1 when a budget is exceeded, or when a
+measured command does not exit 0.
 
 Which clock judges: a shared machine with more runnable processes than
 cores stretches wall time by whatever the neighbours do, so by default the
