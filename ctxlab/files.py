@@ -33,20 +33,8 @@ def _mode(path: Path) -> int | None:
         return path.stat().st_mode
     except FileNotFoundError:
         return None
-    except BrokenPipeError:
-        if _is_stdout(path):  # `ctxlab snapshot -o /dev/stdout | head -1`: as when stdout is printed to
-            raise reader_gone() from None
-        raise OutputError(f"cannot write {path}: Broken pipe") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
-
-
-def _is_stdout(path: Path) -> bool:
-    try:
-        named, stdout = os.stat(path), os.fstat(1)
-    except OSError:
-        return False
-    return (named.st_dev, named.st_ino) == (stdout.st_dev, stdout.st_ino)
 
 
 def check_writable(path: Path) -> None:
