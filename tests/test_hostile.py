@@ -71,6 +71,15 @@ class Cli:
             env=environ(**env), start_new_session=True, preexec_fn=prepare,
         )  # fmt: skip
 
+    def without_a_reader(self, timeout=60):
+        """Close our end of its stdout, as `| head -1` does once it has a
+        line: (exit code, stderr)."""
+        self.process.stdout.close()
+        try:
+            return self.process.wait(timeout), self.process.stderr.read()
+        finally:
+            self.kill()
+
     def finish(self, timeout=60):
         """(exit code, stdout, stderr); fails if it does not exit in time."""
         try:
@@ -226,13 +235,7 @@ class TestOutputFiles:
         """`ctxlab snapshot -o /dev/stdout | head -1` (snapshot prints nothing
         else): the reader went away, as when the report is printed: quietly,
         141, not a usage error."""
-        running = Cli("snapshot", "-o", "/dev/stdout")
-        running.process.stdout.close()
-        try:
-            code = running.process.wait(60)
-            err = running.process.stderr.read()
-        finally:
-            running.kill()
+        code, err = Cli("snapshot", "-o", "/dev/stdout").without_a_reader()
         assert err == "" and code == 141
 
     def test_a_write_that_fails_midway_leaves_no_file(self, tmp_path):
@@ -860,12 +863,7 @@ def test_a_closed_pipe_ends_quietly(args):
     """`ctxlab run --all | head -1` stops without a traceback and without claiming drift."""
     running = Cli(*args)
     first = running.process.stdout.readline()
-    running.process.stdout.close()
-    try:
-        code = running.process.wait(60)
-        err = running.process.stderr.read()
-    finally:
-        running.kill()
+    code, err = running.without_a_reader()
     assert first.strip()
     assert err == "" and code == 141
 
