@@ -4,6 +4,7 @@ on as without it."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -255,6 +256,51 @@ def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
             caught.append(error)
     (reset,) = [e for e in tracer.events if e.op == "reset"]
     assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
+
+
+def test_a_variable_stays_the_library_s_that_set_it_when_another_resets_its_token(tmp_path):
+    """Two libraries: `liba` sets a variable twice and hands the second
+    token to `libb`, which resets it.  The variable is still the one `liba`
+    set (libb never set it), so liba's snapshot reads it, with the value
+    that liba's own snapshot held, and libb's snapshot reads nothing."""
+    import contextvars
+    import importlib.util
+
+    site = tmp_path / "site"
+    site.mkdir()
+    snapshot = (
+        "import contextvars\n"
+        "held = []\n"
+        "def snapshot(var):\n"
+        "    for each, value in contextvars.copy_context().items():\n"
+        "        if each is var:\n"
+        "            held.append(value)\n"
+    )
+    (site / "liba.py").write_text(snapshot + "def bind(var, value):\n    return var.set(value)\n")
+    (site / "libb.py").write_text(snapshot + "def unbind(var, token):\n    var.reset(token)\n")
+    liba, libb = [
+        importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, site / f"{name}.py"))
+        for name in ("liba", "libb")
+    ]
+    for library in (liba, libb):
+        library.__spec__.loader.exec_module(library)
+    var = contextvars.ContextVar("shared")
+
+    def request():
+        liba.bind(var, "first")
+        libb.unbind(var, liba.bind(var, "second"))
+        liba.snapshot(var)
+        libb.snapshot(var)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.roots.insert(0, str(site.resolve()) + os.sep)  # both are libraries, as if installed
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert tracer.owner(liba.__file__) == "liba" and tracer.owner(libb.__file__) == "libb"
+    assert liba.held == libb.held == ["first"]  # both copies really held it
+    reads = [(e.caller.path, e.value) for e in tracer.events if e.snapshot]
+    assert reads == [(liba.__file__, liba.held[0])]
 
 
 def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watched_one():
