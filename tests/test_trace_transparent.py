@@ -165,6 +165,33 @@ def test_each_event_names_the_line_that_made_the_call():
     ]
 
 
+def test_iterating_what_a_copy_ran_is_no_snapshot_read():
+    """The code iterates the list a function returned when run in the copy,
+    never the copy itself: the variable the request set is not read.  (On
+    3.10 and 3.12 the loop's GET_ITER is the seventh instruction after the
+    load of copy_context: one past the window in which the tracer looks
+    for the copy's own iteration.)"""
+    import contextvars
+
+    var = contextvars.ContextVar("set_before")
+    got = []
+
+    def pair(first, second):
+        return [first, second]
+
+    def request():
+        var.set("x")
+        for item in contextvars.copy_context().run(pair, "a", "b"):
+            got.append(item)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert got == ["a", "b"]
+    assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
+
+
 def test_a_reset_names_the_set_whose_token_it_was_given():
     """The hooks never see the token: the reset's set is found among the
     caller's own sets, past a later set of the same variable elsewhere."""
