@@ -192,6 +192,40 @@ def test_iterating_what_a_copy_ran_is_no_snapshot_read():
     assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
 
 
+def test_a_snapshot_read_by_the_first_instruction_of_a_function_is_seen(tmp_path):
+    """A module imported while the trace runs (as a lazy import is) takes
+    `copy_context` by name, and a function iterates the copy first thing:
+    on 3.10, whose code has no RESUME, the load of `copy_context` is the
+    function's first instruction.  The variable the request set is read
+    once, with the value the copy held."""
+    import contextvars
+    import importlib.util
+
+    (tmp_path / "lazy_reader.py").write_text(
+        "from contextvars import copy_context\n"
+        "def read(name):\n"
+        "    for var, value in copy_context().items():\n"
+        "        if var.name == name:\n"
+        "            return value\n"
+    )
+    spec = importlib.util.spec_from_file_location("lazy_reader", tmp_path / "lazy_reader.py")
+    var = contextvars.ContextVar("set_first")
+    held = []
+
+    def request():
+        var.set("x")
+        reader = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(reader)
+        held.append(reader.read("set_first"))
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert held == ["x"]
+    assert [(e.var.name, e.value) for e in tracer.events if e.snapshot] == [("set_first", held[0])]
+
+
 def test_a_reset_names_the_set_whose_token_it_was_given():
     """The hooks never see the token: the reset's set is found among the
     caller's own sets, past a later set of the same variable elsewhere."""
