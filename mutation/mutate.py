@@ -162,6 +162,7 @@ TESTS = {
             "sentry_asgi_wrapper",
             "slowapi_trusted",
             "mounted_subapps",
+            "mounted_wrapped",
         )
     ],
 }
