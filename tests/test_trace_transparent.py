@@ -388,6 +388,51 @@ def test_a_variable_stays_the_library_s_that_set_it_when_another_resets_its_toke
     assert reads == [(liba.__file__, liba.held[0])]
 
 
+def test_a_task_made_deep_in_a_library_still_names_the_app_function_below(tmp_path):
+    """The app calls a library that creates a task from deep inside: the
+    frames from the event loop's create_task down to the app's function are
+    twelve, the most a task's origin holds, and the last is the app's."""
+    import asyncio
+    import importlib.util
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "deeplib.py").write_text(
+        "import asyncio\n"
+        "def spawn(depth, coro):\n"
+        "    return spawn(depth - 1, coro) if depth else asyncio.create_task(coro)\n"
+    )
+    spec = importlib.util.spec_from_file_location("deeplib", site / "deeplib.py")
+    deeplib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deeplib)
+    below = []  # frames from the loop's create_task down to the app's, counted by a factory of our own
+
+    def counting_factory(loop, coro, **kwargs):
+        frame, frames = sys._getframe(1), 1
+        while frame.f_code is not app.__code__:
+            frame, frames = frame.f_back, frames + 1
+        below.append(frames)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def app(depth, factory):
+        asyncio.get_running_loop().set_task_factory(factory)
+        task = deeplib.spawn(depth, asyncio.sleep(0))
+        asyncio.get_running_loop().set_task_factory(None)  # asyncio.run's own tasks at the end are not ours
+        await task
+        return task
+
+    asyncio.run(app(0, counting_factory))
+    depth = 12 - below[0]  # the library frames that put the app's function twelfth
+    asyncio.run(app(depth, counting_factory))
+    assert below[1] == 12
+    recorder = TraceRecorder()
+    tracer = Tracer(recorder)
+    tracer.roots.insert(0, str(site.resolve()) + os.sep)  # deeplib is a library, as if installed
+    task = asyncio.run(app(depth, recorder.task_factory))
+    stack = recorder.origins[task].stack
+    assert (stack[-1].path, stack[-1].function.rpartition(".")[2], len(stack)) == (__file__, "app", 12)
+
+
 def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watched_one():
     """structlog's bind_contextvars sets every key's variable on one line:
     watching only the user, both binds of it are seen, though the same line
