@@ -154,6 +154,14 @@ TimeoutOption = Annotated[
 ]
 
 
+def _file_name(value: str) -> Path:
+    """A FILE option's value: Path("") would be ".", and a user who passed
+    an empty name (an unset shell variable) would hear about a directory."""
+    if not value:
+        raise typer.BadParameter("a file name cannot be empty")
+    return Path(value)
+
+
 def _writable(path: Optional[Path]) -> None:
     """Refuse an output path before the run, not after it (see ctxlab.files)."""
     from ctxlab.files import check_writable
@@ -201,7 +209,7 @@ def run(
         typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4."),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")
+        Optional[Path], typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here.")
     ] = None,
     concurrency: Annotated[
         Optional[int],
@@ -332,10 +340,10 @@ def check(
     ] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML here.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here.")] = None,
     baseline: Annotated[
         Optional[Path],
-        typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot."),
+        typer.Option("--baseline", metavar="FILE", parser=_file_name, help="Also fail when observations differ from this snapshot."),
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -370,7 +378,7 @@ def check(
 
 @app.command(cls=PlainCommand)
 def snapshot(
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Where to write the snapshot (JSON).")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Where to write the snapshot (JSON).")],
     server: Annotated[
         Server,
         typer.Option(
@@ -402,7 +410,7 @@ def snapshot(
 @app.command(cls=PlainCommand)
 def diff(
     snapshot_file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot', or a trace saved with -o.")
+        Path, typer.Argument(metavar="FILE", parser=_file_name, help="A snapshot from 'ctxlab snapshot', or a trace saved with -o.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
@@ -573,11 +581,11 @@ def trace_app(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also save the JSON here (for diff).")
+        Optional[Path], typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also save the JSON here (for diff).")
     ] = None,
     baseline: Annotated[
         Optional[Path],
-        typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one."),
+        typer.Option("--baseline", metavar="FILE", parser=_file_name, help="Also fail when the trace differs from this saved one."),
     ] = None,
     factory: FactoryOption = False,
     app_dir: AppDirOption = Path("."),

@@ -52,7 +52,7 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, **env):  # fmt: skip
+                 close_stdout=False, close_stderr=False, cwd=None, **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
@@ -68,7 +68,7 @@ class Cli:
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
-            env=environ(**env), start_new_session=True, preexec_fn=prepare,
+            env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
     def without_a_reader(self, timeout=60):
@@ -220,6 +220,25 @@ class TestOutputFiles:
         )
         assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
         assert (tmp_path / "notes").read_text() == "keep me"
+
+    @pytest.mark.parametrize(
+        "args, option",
+        [
+            (("run", "bad-only", "-o"), "'-o' / '--output'"),
+            (("snapshot", "-o"), "'-o' / '--output'"),
+            (("check", "--junit"), "'--junit'"),
+            (("check", "--baseline"), "'--baseline'"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o"), "'-o' / '--output'"),
+            (("diff",), "'FILE'"),
+        ],
+    )
+    def test_an_empty_file_name_is_refused(self, tmp_path, args, option):
+        """`-o "$UNSET"`: pathlib reads "" as ".", and the user heard about
+        a directory they never named.  Nothing runs and nothing is written."""
+        code, out, err = cli(*args, "", cwd=tmp_path)
+        assert code == 2 and not out
+        assert one_line(err) == f"ctxlab: error: Invalid value for {option}: a file name cannot be empty"
+        assert not os.listdir(tmp_path)
 
     def test_a_dangling_symlink_names_the_missing_directory(self, tmp_path):
         """-o through a symlink into a directory that does not exist names
