@@ -1029,3 +1029,64 @@ class TestProbeTargets:
         """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
         code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
         assert code == 2 and "the database is down" in one_line(err)
+
+
+TWO_VARIABLES = """
+from contextvars import ContextVar
+
+request_id = ContextVar("request_id")
+user_id = ContextVar("user_id")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    request_id.set("r-1")
+    user_id.set(7)
+    body = f"{request_id.get()} {user_id.get()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+class TestTraceVar:
+    """`trace --var NAME` narrows the trace to the variables the app names;
+    a name the app never used was "no finding", exit 0, hiding a typo."""
+
+    @pytest.fixture
+    def app_dir(self, tmp_path):
+        (tmp_path / "two.py").write_text(TWO_VARIABLES)
+        return tmp_path
+
+    def test_var_narrows_to_the_named_variable(self, app_dir):
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), "--var", "user_id", "--json")
+        assert code == 0, err
+        events = json.loads(out)["events"]
+        assert {e["var"] for e in events} == {"user_id"}
+        assert [e["op"] for e in events if e["request"] == 1] == ["set", "get"]
+
+    @pytest.mark.parametrize(
+        "named, said",
+        [
+            (["user"], "no ContextVar named 'user' was used during the 2 request(s); did you mean 'user_id'?"),
+            (
+                ["user_id", "nope"],
+                "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
+            ),  # fmt: skip
+        ],
+    )
+    def test_a_name_the_app_never_used_is_refused(self, app_dir, tmp_path, named, said):
+        saved = tmp_path / "trace.json"
+        options = [arg for name in named for arg in ("--var", name)]
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), *options, "-o", str(saved))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {said}"
+        assert not saved.exists()
+
+    def test_an_app_that_uses_no_variable_says_so(self):
+        code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--var", "user")
+        assert code == 2 and out == ""
+        assert (
+            one_line(err)
+            == "ctxlab: error: no ContextVar named 'user' was used during the 2 request(s); the app used none"
+        )
