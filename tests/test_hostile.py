@@ -757,6 +757,8 @@ class TestText:
                              CTXLAB_CACHE=str(tmp_path), timeout=300)  # fmt: skip
         assert "Traceback" not in err
         assert "building an environment for uvicorn[standard]==0.0.424242" in err
+        # Neither column could be built: a failure, and nothing compared.
+        assert code == 1 and out.splitlines()[-1] == "nothing was compared: no two neighbouring columns both ran"
 
     @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"TERM": "dumb"}])
     def test_a_terminal_that_cannot_show_arrows_gets_ascii(self, env):
