@@ -104,6 +104,11 @@ def cli(*args, timeout=60, **options):
     return Cli(*args, **options).finish(timeout)
 
 
+def _no_durations(out: str) -> str:
+    """Output with its times (`3 ms`, `in 0.20s`, `"duration_ms": 3.1`) blanked."""
+    return re.sub(r"\d+(\.\d+)?\s?(ms|s)\b|\"duration_ms\": [\d.]+", "#", out)
+
+
 def one_line(err: str) -> str:
     """The single error line; fails on a traceback or on several lines."""
     assert "Traceback" not in err, err
@@ -302,6 +307,13 @@ class TestHangs:
         status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
         assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
         assert status["fine"] == ("pass", None)
+
+    def test_what_a_hung_app_printed_is_not_lost_with_it(self):
+        """The worker is killed for the hang: what the app printed before
+        must have left its buffer already."""
+        code, out, err = cli("run", "prints-then-hangs", "--json", "--scenarios", str(HOSTILE))
+        assert code == 3 and json.loads(out)["scenarios"][0]["status"] == "error"
+        assert err.splitlines().count("about to block") == 1
 
     def test_a_process_pool_in_a_scenario_works(self):
         """A scenario worker may start processes: a ProcessPoolExecutor in the
@@ -816,6 +828,65 @@ class TestText:
         code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
         assert code == 2 and out == ""
 
+    @pytest.mark.parametrize(
+        "args, code",
+        [
+            (("run", "prints", "--scenarios", str(HOSTILE)), 0),
+            (("run", "prints", "--json", "--scenarios", str(HOSTILE)), 0),
+            (("probe", "prints:app", "--app-dir", str(APPS)), 0),
+            (("trace", "prints:app", "--app-dir", str(APPS)), 0),
+        ],
+    )
+    def test_a_stderr_whose_reader_is_gone(self, args, code):
+        """`ctxlab run ... 2> >(head -1)` once head has gone: what the app
+        prints finds no reader, which must not make its print raise
+        BrokenPipeError (the scenario was an error): stdout is as with a
+        stderr that reads, and so is the exit code."""
+        reading, writing = os.pipe()
+        os.close(reading)
+        try:
+            gone = cli(*args, stderr=writing)
+        finally:
+            os.close(writing)
+        read = cli(*args)
+        assert gone[0] == read[0] == code
+        assert _no_durations(gone[1]) == _no_durations(read[1]) and "hello" not in read[1]
+        assert "hello from" in read[2]  # what it printed, where it could be read
+
+    def test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints(self, tmp_path):
+        """PYTHONIOENCODING=ascii: the app's print of "café" must not raise
+        UnicodeEncodeError (the request failed), and shows as Python's own
+        replacement does."""
+        (tmp_path / "accent.py").write_text(ACCENT_APP)
+        code, out, err = cli("trace", "accent:app", "--app-dir", str(tmp_path), "--json", PYTHONIOENCODING="ascii")
+        assert code == 0, err
+        assert [r["status"] for r in json.loads(out)["requests"]] == [200, 200]
+        assert err.splitlines() == ["caf? au lait"] * 2
+
+    @pytest.mark.parametrize("terminal", [True, False])
+    def test_the_apps_streams_still_say_what_they_write_to(self, terminal):
+        """An app may ask whether they are a terminal (uvicorn's log colours
+        do), or hand their descriptor on (faulthandler, a subprocess): the
+        child's streams answer as the descriptors they write to would."""
+        import pty
+
+        from ctxlab import isolate
+
+        primary, secondary = pty.openpty() if terminal else os.pipe()
+        saved = os.dup(2)
+        os.dup2(secondary, 2)
+        try:
+            answer = isolate.call(
+                lambda: (sys.stdout.isatty(), sys.stderr.isatty(), sys.stdout.fileno(), sys.stderr.fileno()),
+                30,
+                quiet_stdout=True,
+            )
+        finally:
+            os.dup2(saved, 2)
+            for fd in (saved, primary, secondary):
+                os.close(fd)
+        assert answer == (terminal, terminal, 1, 2)
+
     @pytest.mark.parametrize("cache", ["file", "/dev/null"])
     def test_a_cache_that_is_not_a_directory_is_done_without(self, tmp_path, cache):
         """CTXLAB_CACHE naming a file: the catalog index is a cache, and
@@ -1048,6 +1119,15 @@ async def app(scope, receive, send):
     body = f"{request_id.get()} {user_id.get()}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
+"""
+
+
+ACCENT_APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        print("caf\\u00e9 au lait")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
 """
 
 
