@@ -476,6 +476,7 @@ def matrix(
         raise UsageError("give at least two --with columns to compare")
     for column in columns:
         matrices.python_for(column)  # a Python this machine lacks is a usage error, before any build
+    matrices.check_cache()
     for column in columns:
         matrices.run_column(column, server.value, extra, progress=lambda line: console(stderr=True).print(line))
     grid = matrices.grid(columns)

@@ -52,7 +52,7 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, cwd=None, **env):  # fmt: skip
+                 close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
@@ -67,7 +67,7 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
+            [*prefix, sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
             env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
@@ -290,6 +290,75 @@ class TestOutputFiles:
         target.chmod(0o444)
         code, _, err = cli("snapshot", "-o", str(target))
         assert code == 2 and "read-only" in one_line(err) and target.read_text() == "keep me"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(*directories)`: the command prefix that runs ctxlab with
+    those directories read-only.  Root writes through permission bits, so
+    for root they are bind-mounted read-only in a mount namespace of the
+    command's own (skipped where the namespace is not allowed)."""
+
+    def make(*directories):
+        if not ROOT:
+            for directory in directories:
+                directory.chmod(0o555)
+            return ()
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and no mount namespace to make a directory read-only in")
+        mounts = " && ".join(f"mount --bind {d} {d} && mount -o remount,bind,ro {d}" for d in directories)
+        return ("unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh")
+
+    yield make
+    for directory in tmp_path.iterdir():
+        directory.chmod(0o755)
+
+
+class TestReadOnly:
+    """A working directory or a cache ctxlab cannot write: what needs no
+    file works, what does says which directory in one line, exit 2."""
+
+    @pytest.fixture
+    def places(self, tmp_path):
+        cwd, cache = tmp_path / "cwd", tmp_path / "cache"
+        cwd.mkdir(), cache.mkdir()
+        return cwd, cache
+
+    @pytest.mark.parametrize(
+        "args, file",
+        [
+            (("run", "bad-only", "-o", "r.json"), "r.json"),
+            (("snapshot", "-o", "s.json"), "s.json"),
+            (("check", "--junit", "j.xml"), "j.xml"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o", "t.json"), "t.json"),
+        ],
+    )
+    def test_an_output_file_in_a_read_only_directory(self, read_only, places, args, file):
+        cwd, cache = places
+        code, out, err = cli(*args, cwd=cwd, prefix=read_only(cwd, cache), CTXLAB_CACHE=str(cache))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: cannot write {file}: . is not a writable directory"
+        assert not os.listdir(cwd)
+
+    def test_what_writes_no_file_works_there(self, read_only, places):
+        """run, and list of a scenario directory (whose index is only a cache)."""
+        cwd, cache = places
+        (cwd / "mine.py").write_text(SCENARIO.format(name="mine", summary="s"))
+        prefix = read_only(cwd, cache)
+        code, out, err = cli("run", "bad-only", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "1 passed" in out, err
+        code, out, err = cli("list", "--scenarios", ".", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "mine" in out and err == ""
+        assert os.listdir(cwd) == ["mine.py"] and not os.listdir(cache)
+
+    def test_matrix_with_a_read_only_cache_is_refused_before_any_build(self, read_only, places):
+        cwd, cache = places
+        code, out, err = cli("matrix", "--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0", cwd=cwd,
+                             prefix=read_only(cache), CTXLAB_CACHE=str(cache))  # fmt: skip
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: cannot build environments in {cache / 'envs'}: ")
+        assert one_line(err).endswith("; set CTXLAB_CACHE to a writable directory")
+        assert not os.listdir(cache)
 
 
 # -- hangs -------------------------------------------------------------------------------
