@@ -484,6 +484,24 @@ class TestSignals:
             assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
             time.sleep(0.05)
 
+    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+    def test_kill_9_takes_the_apps_processes_with_it(self, tmp_path, method):
+        """ctxlab killed outright while the app waits on a ProcessPoolExecutor
+        (started in each way multiprocessing can): the pool's processes, and
+        spawn's resource tracker, die too; they were orphaned and ran on,
+        since the kernel kills only the worker with ctxlab."""
+        running = start_and_wait(
+            tmp_path, "run", "process-pool-hangs", "--scenarios", str(HOSTILE), CTXLAB_TEST_START_METHOD=method
+        )
+        started = session_processes(running.process.pid)
+        assert len(started) >= 4, started  # ctxlab, its worker and the pool's two processes at least
+        running.process.kill()
+        running.process.wait(10)
+        deadline = time.monotonic() + 10
+        while left := session_processes(running.process.pid):
+            assert time.monotonic() < deadline, f"{left} outlived ctxlab"
+            time.sleep(0.05)
+
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
     def test_during_5000_concurrent_requests(self, tmp_path, signum, code):
         """A signal during 5,000 concurrent requests ends the run with the
