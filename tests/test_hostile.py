@@ -655,6 +655,9 @@ class TestMalformedFiles:
             ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
             ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),
             ("options.app_dir", 5, "options.app_dir is 5, expected a directory"),
+            ("options.timeout", "30", "options.timeout is '30', expected seconds"),
+            ("options.timeout", 0, "options.timeout is 0, expected seconds"),
+            ("options.timeout", 1e309, "options.timeout is inf, expected seconds"),
         ],
     )
     @pytest.mark.parametrize("command", ["diff", "baseline"])
@@ -1215,6 +1218,52 @@ async def app(scope, receive, send):
         print("caf\\u00e9 au lait")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+class TestDiffOfATrace:
+    """`diff` of a saved trace traces the app again, for as long as the
+    trace was allowed (it waited 30 s whatever --timeout had been)."""
+
+    def test_an_app_that_hangs_now_is_given_the_saved_timeout(self, tmp_path):
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        saved = tmp_path / "trace.json"
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "--timeout", "1.5", "-o", str(saved))
+        assert code == 0, err
+        assert json.loads(saved.read_text())["options"]["timeout"] == 1.5
+        started = time.monotonic()
+        code, out, err = cli("diff", str(saved), HANG="1", timeout=20)
+        assert code == 2 and out == "" and time.monotonic() - started < 15
+        assert one_line(err) == (
+            "ctxlab: error: hangs_later:app did not return within 1.5s "
+            "(an import, factory or request that never returns?); see --timeout"
+        )
+
+    def test_a_trace_saved_before_timeouts_were_saved(self, tmp_path, saved_trace):
+        document = json.loads(saved_trace.read_text())
+        del document["options"]["timeout"]
+        older = tmp_path / "older.json"
+        older.write_text(json.dumps(document))
+        code, out, err = cli("diff", str(older))
+        assert code == 0 and "no changes since the saved trace" in out, err
+
+
+HANGS_LATER = """
+import os
+import time
+from contextvars import ContextVar
+
+seen = ContextVar("seen")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    seen.set(True)
+    if os.environ.get("HANG"):
+        time.sleep(3600)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
 """
 
 
