@@ -680,7 +680,7 @@ def _diff_trace(path: Path, as_json: bool) -> int:
 
     before = tracing.load_trace(path)
     # As long as the saved trace was allowed (older ones saved none: trace's default).
-    timeout = before["options"].get("timeout", 30.0)
+    timeout = before["options"].get("timeout") or 30.0
     after = _on_the_users_app(lambda: tracing.again(before).to_json(), before["app"], timeout, "tracing")
     found = tracing.changes(before, after)
     OutputFormat.chosen(as_json).emitter().trace_changes(before["app"], found)

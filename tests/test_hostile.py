@@ -1239,13 +1239,25 @@ class TestDiffOfATrace:
             "(an import, factory or request that never returns?); see --timeout"
         )
 
-    def test_a_trace_saved_before_timeouts_were_saved(self, tmp_path, saved_trace):
-        document = json.loads(saved_trace.read_text())
-        del document["options"]["timeout"]
+    @pytest.mark.parametrize("saved_timeout", ["none", "null"])
+    def test_a_trace_saved_without_a_timeout(self, tmp_path, saved_timeout):
+        """Saved before timeouts were saved, or null: trace's default, 30 s
+        (null waited for ever)."""
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "-o", str(tmp_path / "t.json"))
+        assert code == 0, err
+        document = json.loads((tmp_path / "t.json").read_text())
+        if saved_timeout == "none":
+            del document["options"]["timeout"]
+        else:
+            document["options"]["timeout"] = None
         older = tmp_path / "older.json"
         older.write_text(json.dumps(document))
         code, out, err = cli("diff", str(older))
         assert code == 0 and "no changes since the saved trace" in out, err
+        if saved_timeout == "null":  # (30 s: once is enough)
+            code, out, err = cli("diff", str(older), HANG="1", timeout=60)
+            assert code == 2 and "did not return within 30s" in one_line(err)
 
 
 HANGS_LATER = """
