@@ -289,7 +289,7 @@ def _die_with_parent() -> None:
 # pid, which turns to another (init, a subreaper) once the parent is gone.
 UNDERTAKER = """
 [ -r /proc/$$/stat ] || exit 0
-while read -r _ _ _ parent _ < /proc/$$/stat && [ "$parent" = "$0" ]; do sleep 1; done
+while read -r _ _ _ parent _ < /proc/$$/stat && [ "$parent" = "$0" ]; do sleep 1 || exit 0; done
 kill -KILL 0
 """
 
@@ -304,7 +304,9 @@ def _bury_the_group_with_me() -> None:
     a fork of this process ten times that."""
     try:
         devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-        os.posix_spawn("/bin/sh", ["sh", "-c", UNDERTAKER, str(os.getpid())], os.environ, file_actions=devnull)
+        # Its own PATH: the user's may lack `sleep` (and a loop without it would spin).
+        environment = {"PATH": "/usr/bin:/bin"}
+        os.posix_spawn("/bin/sh", ["sh", "-c", UNDERTAKER, str(os.getpid())], environment, file_actions=devnull)
     except (OSError, AttributeError):  # no shell; no posix_spawn (not Linux)
         pass
 

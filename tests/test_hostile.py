@@ -490,8 +490,9 @@ class TestSignals:
         (started in each way multiprocessing can): the pool's processes, and
         spawn's resource tracker, die too; they were orphaned and ran on,
         since the kernel kills only the worker with ctxlab."""
+        # With no PATH of the user's to find anything on.
         running = start_and_wait(
-            tmp_path, "run", "process-pool-hangs", "--scenarios", str(HOSTILE), CTXLAB_TEST_START_METHOD=method
+            tmp_path, "run", "process-pool-hangs", "--scenarios", str(HOSTILE), CTXLAB_TEST_START_METHOD=method, PATH=""
         )
         started = session_processes(running.process.pid)
         assert len(started) >= 4, started  # ctxlab, its worker and the pool's two processes at least
