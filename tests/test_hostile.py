@@ -1148,6 +1148,18 @@ def test_a_scenario_that_prints_keeps_stdout_json():
 class TestProbeTargets:
     """A user's module that misbehaves: one line, exit 2."""
 
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    @pytest.mark.parametrize("module", ["../threads", "hostile_apps/threads.py"])
+    def test_a_path_where_a_module_name_belongs(self, command, module):
+        """As uvicorn, MODULE is a dotted name: a path gave "the 'package'
+        argument is required to perform a relative import"."""
+        code, out, err = cli(command, f"{module}:app", cwd=FIXTURES)
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {module!r} is not a module name: MODULE is written as Python imports it (myapp.main,"
+            " not myapp/main.py), and --app-dir says where to import it from"
+        )
+
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
