@@ -484,6 +484,17 @@ class TestSignals:
             assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
             time.sleep(0.05)
 
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+    def test_a_signal_while_ctxlab_is_still_importing(self, tmp_path, signum, code):
+        """The first tenth of a second is spent importing typer and the rest,
+        before the CLI can catch anything: Ctrl-C there printed
+        KeyboardInterrupt's traceback.  (SIGTERM there ends ctxlab by its
+        default action, which a shell reports as 143: nothing was started.)
+        A stand-in typer holds ctxlab inside that import."""
+        running = start_and_wait(tmp_path, "list", PYTHONPATH=str(FIXTURES / "slow_import"))
+        running.process.send_signal(signum)
+        assert running.finish(timeout=10) == (code, "", "")
+
     @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
     def test_kill_9_takes_the_apps_processes_with_it(self, tmp_path, method):
         """ctxlab killed outright while the app waits on a ProcessPoolExecutor
