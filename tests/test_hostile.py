@@ -52,7 +52,7 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, **env):  # fmt: skip
+                 close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
@@ -67,8 +67,8 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
-            env=environ(**env), start_new_session=True, preexec_fn=prepare,
+            [*prefix, sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
+            env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
     def without_a_reader(self, timeout=60):
@@ -102,6 +102,11 @@ class Cli:
 
 def cli(*args, timeout=60, **options):
     return Cli(*args, **options).finish(timeout)
+
+
+def _no_durations(out: str) -> str:
+    """Output with its times (`3 ms`, `in 0.20s`, `"duration_ms": 3.1`) blanked."""
+    return re.sub(r"\d+(\.\d+)?\s?(ms|s)\b|\"duration_ms\": [\d.]+", "#", out)
 
 
 def one_line(err: str) -> str:
@@ -221,6 +226,25 @@ class TestOutputFiles:
         assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
         assert (tmp_path / "notes").read_text() == "keep me"
 
+    @pytest.mark.parametrize(
+        "args, option",
+        [
+            (("run", "bad-only", "-o"), "'-o' / '--output'"),
+            (("snapshot", "-o"), "'-o' / '--output'"),
+            (("check", "--junit"), "'--junit'"),
+            (("check", "--baseline"), "'--baseline'"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o"), "'-o' / '--output'"),
+            (("diff",), "'FILE'"),
+        ],
+    )
+    def test_an_empty_file_name_is_refused(self, tmp_path, args, option):
+        """`-o "$UNSET"`: pathlib reads "" as ".", and the user heard about
+        a directory they never named.  Nothing runs and nothing is written."""
+        code, out, err = cli(*args, "", cwd=tmp_path)
+        assert code == 2 and not out
+        assert one_line(err) == f"ctxlab: error: Invalid value for {option}: a file name cannot be empty"
+        assert not os.listdir(tmp_path)
+
     def test_a_dangling_symlink_names_the_missing_directory(self, tmp_path):
         """-o through a symlink into a directory that does not exist names
         that directory, not the link's own (which is writable)."""
@@ -268,6 +292,75 @@ class TestOutputFiles:
         assert code == 2 and "read-only" in one_line(err) and target.read_text() == "keep me"
 
 
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(*directories)`: the command prefix that runs ctxlab with
+    those directories read-only.  Root writes through permission bits, so
+    for root they are bind-mounted read-only in a mount namespace of the
+    command's own (skipped where the namespace is not allowed)."""
+
+    def make(*directories):
+        if not ROOT:
+            for directory in directories:
+                directory.chmod(0o555)
+            return ()
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and no mount namespace to make a directory read-only in")
+        mounts = " && ".join(f"mount --bind {d} {d} && mount -o remount,bind,ro {d}" for d in directories)
+        return ("unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh")
+
+    yield make
+    for directory in tmp_path.iterdir():
+        directory.chmod(0o755)
+
+
+class TestReadOnly:
+    """A working directory or a cache ctxlab cannot write: what needs no
+    file works, what does says which directory in one line, exit 2."""
+
+    @pytest.fixture
+    def places(self, tmp_path):
+        cwd, cache = tmp_path / "cwd", tmp_path / "cache"
+        cwd.mkdir(), cache.mkdir()
+        return cwd, cache
+
+    @pytest.mark.parametrize(
+        "args, file",
+        [
+            (("run", "bad-only", "-o", "r.json"), "r.json"),
+            (("snapshot", "-o", "s.json"), "s.json"),
+            (("check", "--junit", "j.xml"), "j.xml"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o", "t.json"), "t.json"),
+        ],
+    )
+    def test_an_output_file_in_a_read_only_directory(self, read_only, places, args, file):
+        cwd, cache = places
+        code, out, err = cli(*args, cwd=cwd, prefix=read_only(cwd, cache), CTXLAB_CACHE=str(cache))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: cannot write {file}: . is not a writable directory"
+        assert not os.listdir(cwd)
+
+    def test_what_writes_no_file_works_there(self, read_only, places):
+        """run, and list of a scenario directory (whose index is only a cache)."""
+        cwd, cache = places
+        (cwd / "mine.py").write_text(SCENARIO.format(name="mine", summary="s"))
+        prefix = read_only(cwd, cache)
+        code, out, err = cli("run", "bad-only", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "1 passed" in out, err
+        code, out, err = cli("list", "--scenarios", ".", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "mine" in out and err == ""
+        assert os.listdir(cwd) == ["mine.py"] and not os.listdir(cache)
+
+    def test_matrix_with_a_read_only_cache_is_refused_before_any_build(self, read_only, places):
+        cwd, cache = places
+        code, out, err = cli("matrix", "--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0", cwd=cwd,
+                             prefix=read_only(cache), CTXLAB_CACHE=str(cache))  # fmt: skip
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: cannot build environments in {cache / 'envs'}: ")
+        assert one_line(err).endswith("; set CTXLAB_CACHE to a writable directory")
+        assert not os.listdir(cache)
+
+
 # -- hangs -------------------------------------------------------------------------------
 
 
@@ -283,6 +376,13 @@ class TestHangs:
         status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
         assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
         assert status["fine"] == ("pass", None)
+
+    def test_what_a_hung_app_printed_is_not_lost_with_it(self):
+        """The worker is killed for the hang: what the app printed before
+        must have left its buffer already."""
+        code, out, err = cli("run", "prints-then-hangs", "--json", "--scenarios", str(HOSTILE))
+        assert code == 3 and json.loads(out)["scenarios"][0]["status"] == "error"
+        assert err.splitlines().count("about to block") == 1
 
     def test_a_process_pool_in_a_scenario_works(self):
         """A scenario worker may start processes: a ProcessPoolExecutor in the
@@ -382,6 +482,36 @@ class TestSignals:
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children):
             assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
+            time.sleep(0.05)
+
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+    def test_a_signal_while_ctxlab_is_still_importing(self, tmp_path, signum, code):
+        """The first tenth of a second is spent importing typer and the rest,
+        before the CLI can catch anything: Ctrl-C there printed
+        KeyboardInterrupt's traceback.  (SIGTERM there ends ctxlab by its
+        default action, which a shell reports as 143: nothing was started.)
+        A stand-in typer holds ctxlab inside that import."""
+        running = start_and_wait(tmp_path, "list", PYTHONPATH=str(FIXTURES / "slow_import"))
+        running.process.send_signal(signum)
+        assert running.finish(timeout=10) == (code, "", "")
+
+    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+    def test_kill_9_takes_the_apps_processes_with_it(self, tmp_path, method):
+        """ctxlab killed outright while the app waits on a ProcessPoolExecutor
+        (started in each way multiprocessing can): the pool's processes, and
+        spawn's resource tracker, die too; they were orphaned and ran on,
+        since the kernel kills only the worker with ctxlab."""
+        # With no PATH of the user's to find anything on.
+        running = start_and_wait(
+            tmp_path, "run", "process-pool-hangs", "--scenarios", str(HOSTILE), CTXLAB_TEST_START_METHOD=method, PATH=""
+        )
+        started = session_processes(running.process.pid)
+        assert len(started) >= 4, started  # ctxlab, its worker and the pool's two processes at least
+        running.process.kill()
+        running.process.wait(10)
+        deadline = time.monotonic() + 10
+        while left := session_processes(running.process.pid):
+            assert time.monotonic() < deadline, f"{left} outlived ctxlab"
             time.sleep(0.05)
 
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -537,6 +667,9 @@ class TestMalformedFiles:
             ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
             ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),
             ("options.app_dir", 5, "options.app_dir is 5, expected a directory"),
+            ("options.timeout", "30", "options.timeout is '30', expected seconds"),
+            ("options.timeout", 0, "options.timeout is 0, expected seconds"),
+            ("options.timeout", 1e309, "options.timeout is inf, expected seconds"),
         ],
     )
     @pytest.mark.parametrize("command", ["diff", "baseline"])
@@ -738,6 +871,8 @@ class TestText:
                              CTXLAB_CACHE=str(tmp_path), timeout=300)  # fmt: skip
         assert "Traceback" not in err
         assert "building an environment for uvicorn[standard]==0.0.424242" in err
+        # Neither column could be built: a failure, and nothing compared.
+        assert code == 1 and out.splitlines()[-1] == "nothing was compared: no two neighbouring columns both ran"
 
     @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"TERM": "dumb"}])
     def test_a_terminal_that_cannot_show_arrows_gets_ascii(self, env):
@@ -794,6 +929,65 @@ class TestText:
         assert code == 0 and [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
         code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
         assert code == 2 and out == ""
+
+    @pytest.mark.parametrize(
+        "args, code",
+        [
+            (("run", "prints", "--scenarios", str(HOSTILE)), 0),
+            (("run", "prints", "--json", "--scenarios", str(HOSTILE)), 0),
+            (("probe", "prints:app", "--app-dir", str(APPS)), 0),
+            (("trace", "prints:app", "--app-dir", str(APPS)), 0),
+        ],
+    )
+    def test_a_stderr_whose_reader_is_gone(self, args, code):
+        """`ctxlab run ... 2> >(head -1)` once head has gone: what the app
+        prints finds no reader, which must not make its print raise
+        BrokenPipeError (the scenario was an error): stdout is as with a
+        stderr that reads, and so is the exit code."""
+        reading, writing = os.pipe()
+        os.close(reading)
+        try:
+            gone = cli(*args, stderr=writing)
+        finally:
+            os.close(writing)
+        read = cli(*args)
+        assert gone[0] == read[0] == code
+        assert _no_durations(gone[1]) == _no_durations(read[1]) and "hello" not in read[1]
+        assert "hello from" in read[2]  # what it printed, where it could be read
+
+    def test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints(self, tmp_path):
+        """PYTHONIOENCODING=ascii: the app's print of "café" must not raise
+        UnicodeEncodeError (the request failed), and shows as Python's own
+        replacement does."""
+        (tmp_path / "accent.py").write_text(ACCENT_APP)
+        code, out, err = cli("trace", "accent:app", "--app-dir", str(tmp_path), "--json", PYTHONIOENCODING="ascii")
+        assert code == 0, err
+        assert [r["status"] for r in json.loads(out)["requests"]] == [200, 200]
+        assert err.splitlines() == ["caf? au lait"] * 2
+
+    @pytest.mark.parametrize("terminal", [True, False])
+    def test_the_apps_streams_still_say_what_they_write_to(self, terminal):
+        """An app may ask whether they are a terminal (uvicorn's log colours
+        do), or hand their descriptor on (faulthandler, a subprocess): the
+        child's streams answer as the descriptors they write to would."""
+        import pty
+
+        from ctxlab import isolate
+
+        primary, secondary = pty.openpty() if terminal else os.pipe()
+        saved = os.dup(2)
+        os.dup2(secondary, 2)
+        try:
+            answer = isolate.call(
+                lambda: (sys.stdout.isatty(), sys.stderr.isatty(), sys.stdout.fileno(), sys.stderr.fileno()),
+                30,
+                quiet_stdout=True,
+            )
+        finally:
+            os.dup2(saved, 2)
+            for fd in (saved, primary, secondary):
+                os.close(fd)
+        assert answer == (terminal, terminal, 1, 2)
 
     @pytest.mark.parametrize("cache", ["file", "/dev/null"])
     def test_a_cache_that_is_not_a_directory_is_done_without(self, tmp_path, cache):
@@ -965,6 +1159,18 @@ def test_a_scenario_that_prints_keeps_stdout_json():
 class TestProbeTargets:
     """A user's module that misbehaves: one line, exit 2."""
 
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    @pytest.mark.parametrize("module", ["../threads", "hostile_apps/threads.py"])
+    def test_a_path_where_a_module_name_belongs(self, command, module):
+        """As uvicorn, MODULE is a dotted name: a path gave "the 'package'
+        argument is required to perform a relative import"."""
+        code, out, err = cli(command, f"{module}:app", cwd=FIXTURES)
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {module!r} is not a module name: MODULE is written as Python imports it (myapp.main,"
+            " not myapp/main.py), and --app-dir says where to import it from"
+        )
+
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
@@ -1010,3 +1216,131 @@ class TestProbeTargets:
         """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
         code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
         assert code == 2 and "the database is down" in one_line(err)
+
+
+TWO_VARIABLES = """
+from contextvars import ContextVar
+
+request_id = ContextVar("request_id")
+user_id = ContextVar("user_id")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    request_id.set("r-1")
+    user_id.set(7)
+    body = f"{request_id.get()} {user_id.get()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+ACCENT_APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        print("caf\\u00e9 au lait")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+class TestDiffOfATrace:
+    """`diff` of a saved trace traces the app again, for as long as the
+    trace was allowed (it waited 30 s whatever --timeout had been)."""
+
+    def test_an_app_that_hangs_now_is_given_the_saved_timeout(self, tmp_path):
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        saved = tmp_path / "trace.json"
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "--timeout", "1.5", "-o", str(saved))
+        assert code == 0, err
+        assert json.loads(saved.read_text())["options"]["timeout"] == 1.5
+        started = time.monotonic()
+        code, out, err = cli("diff", str(saved), HANG="1", timeout=20)
+        assert code == 2 and out == "" and time.monotonic() - started < 15
+        assert one_line(err) == (
+            "ctxlab: error: hangs_later:app did not return within 1.5s "
+            "(an import, factory or request that never returns?); see --timeout"
+        )
+
+    @pytest.mark.parametrize("saved_timeout", ["none", "null"])
+    def test_a_trace_saved_without_a_timeout(self, tmp_path, saved_timeout):
+        """Saved before timeouts were saved, or null: trace's default, 30 s
+        (null waited for ever)."""
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "-o", str(tmp_path / "t.json"))
+        assert code == 0, err
+        document = json.loads((tmp_path / "t.json").read_text())
+        if saved_timeout == "none":
+            del document["options"]["timeout"]
+        else:
+            document["options"]["timeout"] = None
+        older = tmp_path / "older.json"
+        older.write_text(json.dumps(document))
+        code, out, err = cli("diff", str(older))
+        assert code == 0 and "no changes since the saved trace" in out, err
+        if saved_timeout == "null":  # (30 s: once is enough)
+            code, out, err = cli("diff", str(older), HANG="1", timeout=60)
+            assert code == 2 and "did not return within 30s" in one_line(err)
+
+
+HANGS_LATER = """
+import os
+import time
+from contextvars import ContextVar
+
+seen = ContextVar("seen")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    seen.set(True)
+    if os.environ.get("HANG"):
+        time.sleep(3600)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+class TestTraceVar:
+    """`trace --var NAME` narrows the trace to the variables the app names;
+    a name the app never used was "no finding", exit 0, hiding a typo."""
+
+    @pytest.fixture
+    def app_dir(self, tmp_path):
+        (tmp_path / "two.py").write_text(TWO_VARIABLES)
+        return tmp_path
+
+    def test_var_narrows_to_the_named_variable(self, app_dir):
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), "--var", "user_id", "--json")
+        assert code == 0, err
+        events = json.loads(out)["events"]
+        assert {e["var"] for e in events} == {"user_id"}
+        assert [e["op"] for e in events if e["request"] == 1] == ["set", "get"]
+
+    @pytest.mark.parametrize(
+        "named, said",
+        [
+            (["user"], "no ContextVar named 'user' was used during the 2 request(s); did you mean 'user_id'?"),
+            (
+                ["user_id", "nope"],
+                "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
+            ),  # fmt: skip
+        ],
+    )
+    def test_a_name_the_app_never_used_is_refused(self, app_dir, tmp_path, named, said):
+        saved = tmp_path / "trace.json"
+        options = [arg for name in named for arg in ("--var", name)]
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), *options, "-o", str(saved))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {said}"
+        assert not saved.exists()
+
+    def test_an_app_that_uses_no_variable_says_so(self):
+        code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--var", "user")
+        assert code == 2 and out == ""
+        assert (
+            one_line(err)
+            == "ctxlab: error: no ContextVar named 'user' was used during the 2 request(s); the app used none"
+        )
