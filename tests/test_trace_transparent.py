@@ -192,6 +192,28 @@ def test_iterating_what_a_copy_ran_is_no_snapshot_read():
     assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
 
 
+def test_a_loop_right_after_the_copy_is_stored_is_no_snapshot_read():
+    """The copy is stored, then a loop over something else begins at once
+    and runs a function in the copy: nothing iterates the copy."""
+    import contextvars
+
+    var = contextvars.ContextVar("stored_then_run")
+    got = []
+
+    def request():
+        var.set("x")
+        ctx = contextvars.copy_context()
+        for item in ["a"]:
+            got.append(ctx.run(var.get) + item)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert got == ["xa"]
+    assert [e for e in tracer.events if e.snapshot] == []
+
+
 def test_a_snapshot_read_by_the_first_instruction_of_a_function_is_seen(tmp_path):
     """A module imported while the trace runs (as a lazy import is) takes
     `copy_context` by name, and a function iterates the copy first thing:
