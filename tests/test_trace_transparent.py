@@ -166,29 +166,58 @@ def test_each_event_names_the_line_that_made_the_call():
 
 
 def test_iterating_what_a_copy_ran_is_no_snapshot_read():
-    """The code iterates the list a function returned when run in the copy,
-    never the copy itself: the variable the request set is not read.  (On
-    3.10 and 3.12 the loop's GET_ITER is the seventh instruction after the
-    load of copy_context: one past the window in which the tracer looks
-    for the copy's own iteration.)"""
+    """The code iterates the list a function returned when run in the copy
+    (or a list made of it), never the copy itself: the variable the
+    request set is not read.  (On 3.10 and 3.12 each loop's GET_ITER, or
+    the store of the list, comes within six instructions of the load of
+    copy_context, where the tracer looks for the copy's own iteration, and
+    was once taken for it.)"""
     import contextvars
 
     var = contextvars.ContextVar("set_before")
     got = []
 
-    def pair(first, second):
-        return [first, second]
+    def listed(*items):
+        return list(items)
 
     def request():
         var.set("x")
-        for item in contextvars.copy_context().run(pair, "a", "b"):
+        for item in contextvars.copy_context().run(listed, "a", "b"):
+            got.append(item)
+        for item in contextvars.copy_context().run(listed):
+            got.append(item)
+        results = list(contextvars.copy_context().run(listed, "c"))
+        for item in results:
             got.append(item)
 
     tracer = Tracer(TraceRecorder())
     tracer.recorder.in_flight.add(1)  # during request 1
     with tracer:
         contextvars.copy_context().run(request)
-    assert got == ["a", "b"]
+    assert got == ["a", "b", "c"]
+    assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
+
+
+def test_a_call_that_took_the_copy_stored_past_the_window_is_no_snapshot_read():
+    """The copy goes into a call whose result is stored and iterated: the
+    store is the seventh instruction after the load of copy_context on 3.10
+    and 3.12, one past the window in which a store is taken for the copy's."""
+    import contextvars
+
+    var = contextvars.ContextVar("set_before")
+
+    def pack(*items):
+        return [type(item).__name__ for item in items]
+
+    def request():
+        var.set("x")
+        rows = pack(contextvars.copy_context(), 1, 2, 3, 4)
+        return [row for row in rows]
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        assert contextvars.copy_context().run(request) == ["Context", "int", "int", "int", "int"]
     assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
 
 
