@@ -122,7 +122,7 @@ TESTS = {
         "test_hostile.py::TestOutputFiles",
         "test_hostile.py::TestSignals::test_interrupted_output_file_is_not_written",
     ],
-    "validate": ["test_report.py", "test_hostile.py::TestMalformedFiles"],
+    "validate": ["test_validate.py", "test_report.py", "test_hostile.py::TestMalformedFiles"],
     # The quick checks first; the grids build and run real environments.
     "matrix": [
         "test_ci.py::test_matrix_refuses_bad_columns",
