@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -149,6 +150,188 @@ def test_matrix_rows_line_up_when_columns_serve_differently():
 def test_matrix_refuses_an_unknown_serving_choice():
     code, _, err = ctxlab("matrix", "--with", "loop=trio", "--with", "starlette")
     assert code == 2 and "loop is one of asyncio, uvloop" in err
+
+
+@pytest.mark.parametrize(
+    "text, pinned",
+    [
+        ("starlette==0.41.3", True),
+        ("starlette===0.41.3", True),
+        ("python==3.12 starlette==0.41.3 uvicorn==0.44.0 server=hypercorn", True),
+        ("starlette", False),
+        ("starlette>=0.41", False),
+        ("starlette~=0.41.3", False),
+        ("starlette>=0.41,<0.42", False),
+        ("starlette==0.41.3 uvicorn", False),
+    ],
+)
+def test_matrix_column_is_pinned_when_every_requirement_names_one_version(text, pinned):
+    """Only a pinned column's environment is reused as it is; the others
+    look for newer releases each time."""
+    assert matrix.parse_column(text).pinned is pinned
+
+
+def test_matrix_refuses_a_bad_requirement_with_packagings_own_reason():
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    with pytest.raises(InvalidRequirement) as raised:
+        Requirement("starlette==1==2")
+    reason = str(raised.value).splitlines()[0]
+    code, _, err = ctxlab("matrix", "--with", "starlette==1==2", "--with", "starlette")
+    assert code == 2 and err.strip() == f"ctxlab: error: bad requirement 'starlette==1==2' in --with: {reason}"
+
+
+def test_matrix_a_requirement_named_like_a_serving_option_is_a_requirement():
+    column = matrix.parse_column("server==1.0 http>=2 loop starlette server=asgi")
+    assert column.requirements == ["server==1.0", "http>=2", "loop", "starlette"]
+    assert column.options == {"server": "asgi"}
+
+
+def _version_of(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def _pythons() -> dict[str, str]:
+    """The Pythons this machine has (pyenv's, pythonX.Y on PATH): version -> executable."""
+    import shutil
+
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = [sys.executable, *map(str, pyenv.glob("*/bin/python"))]
+    found += [shutil.which(f"python3.{minor}") for minor in range(0, 30)]
+    versions = {_version_of(python): python for python in filter(None, found)}
+    return {version: python for version, python in versions.items() if re.fullmatch(r"3\.\d+\.\d+", version)}
+
+
+def test_matrix_column_runs_on_the_python_it_names():
+    """`python==3.X` is any 3.X, the newest here; a full version is that one;
+    a range too; no python: this one."""
+    here = _pythons()
+    minor = ".".join(map(str, sys.version_info[:2]))
+    newest = max((v for v in here if v.startswith(f"{minor}.")), key=lambda v: int(v.split(".")[2]))
+    assert _version_of(matrix.python_for(matrix.parse_column(f"python=={minor} starlette"))) == newest
+    for version in here:
+        if int(version.split(".")[1]) >= 10:
+            assert _version_of(matrix.python_for(matrix.parse_column(f"python=={version}"))) == version
+    ranged = matrix.python_for(matrix.parse_column(f"python>={minor},<3.{sys.version_info[1] + 1}"))
+    assert _version_of(ranged).startswith(f"{minor}.")
+    assert matrix.python_for(matrix.parse_column("starlette")) == sys.executable
+
+
+def test_matrix_refuses_a_python_older_than_ctxlab_supports():
+    old = sorted((v for v in _pythons() if int(v.split(".")[1]) < 10), key=lambda v: int(v.split(".")[1]))
+    if not old:
+        pytest.skip("no Python older than 3.10 on this machine")
+    minor = ".".join(old[-1].split(".")[:2])
+    code, _, err = ctxlab("matrix", "--with", f"python=={minor} starlette", "--with", "starlette")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"no Python=={minor} here (only {old[-1]}: ctxlab needs 3.10 or newer)" in err
+
+
+@pytest.mark.parametrize(
+    "output, reason",
+    [
+        (
+            "  \u00d7 No solution found when resolving dependencies:\n"
+            "  \u2570\u2500\u25b6 Because there is no version of uvicorn==0.0.1 and you require uvicorn==0.0.1,\n"
+            "      we can conclude that your requirements are unsatisfiable.\n\n"
+            "      hint: Pre-releases are available for uvicorn\n",
+            "No solution found when resolving dependencies: Because there is no version of uvicorn==0.0.1 and you "
+            "require uvicorn==0.0.1, we can conclude that your requirements are unsatisfiable.",
+        ),
+        (
+            "WARNING: Location 'x' is ignored\nERROR: Could not find a version\nERROR: No matching distribution\n"
+            "[notice] A new release of pip is available\n",
+            "ERROR: Could not find a version ERROR: No matching distribution",
+        ),
+        ("WARNING: only a warning\n\n", "no reason given"),
+        ("x" * 600, "x" * 600),
+        ("x" * 601, "x" * 597 + "..."),
+    ],
+)
+def test_matrix_tells_an_installers_reason_on_one_line(output, reason):
+    assert matrix.explanation(output) == reason
+
+
+def _report(server, *scenarios):
+    """A report as `run --json` prints it: (name, status, observed) per scenario."""
+    return {
+        "server": server,
+        "environment": {"python": server},
+        "scenarios": [
+            {
+                "name": name,
+                "status": status,
+                "observations": [{"request": 1, "probe": "p", "var": "v", "observed": value}],
+            }
+            for name, status, value in scenarios
+        ],
+    }
+
+
+def test_matrix_grid_marks_changes_against_the_previous_column_only():
+    columns = [
+        matrix.Column("one", [], report=_report("asgi", ("a", "pass", 1), ("b", "pass", 1))),
+        matrix.Column("two", [], report=_report("asgi", ("a", "pass", 2), ("b", "pass", 1))),
+        matrix.Column("three", [], report=_report("asgi", ("a", "pass", 2), ("b", "drift", 3))),
+    ]
+    result = matrix.grid(columns)
+    cells = {row["name"]: [(c["status"], c["changed"]) for c in row["cells"]] for row in result["scenarios"]}
+    assert cells == {
+        "a": [("pass", False), ("pass", True), ("pass", False)],
+        "b": [("pass", False), ("pass", False), ("drift", True)],
+    }
+    assert [(c["scenario"], c["previous"], c["column"]) for c in result["changes"]] == [
+        ("a", "one", "two"),
+        ("b", "two", "three"),
+        ("b", "two", "three"),
+    ]
+    assert [c["environment"] for c in result["columns"]] == [{"python": "asgi"}] * 3
+    assert matrix.exit_code(result) == 1
+
+
+def test_matrix_grid_a_failed_column_is_an_error_in_every_row_and_compared_with_nothing():
+    columns = [
+        matrix.Column("one", [], report=_report("uvicorn", ("a", "pass", 1), ("b", "pass", 1))),
+        matrix.Column("broken", [], error="cannot build the environment for broken: no such version"),
+        matrix.Column("three", [], report=_report("uvicorn", ("a", "pass", 2), ("b", "pass", 1))),
+    ]
+    result = matrix.grid(columns)
+    rows = {(row["name"], row["server"]): [c["status"] for c in row["cells"]] for row in result["scenarios"]}
+    assert rows == {("a", "uvicorn"): ["pass", "error", "pass"], ("b", "uvicorn"): ["pass", "error", "pass"]}
+    assert result["changes"] == []
+    assert [c["error"] for c in result["columns"]] == [None, columns[1].error, None]
+    assert matrix.exit_code(result) == 1
+
+
+@pytest.mark.parametrize(
+    "statuses, code",
+    [
+        (("pass", "pass"), 0),
+        (("skipped", "pass"), 0),
+        (("pass", "drift"), 1),
+        (("error", "pass"), 1),
+    ],
+)
+def test_matrix_exits_1_when_any_cell_drifts_or_errors(statuses, code):
+    columns = [matrix.Column(str(i), [], report=_report("asgi", ("a", status, 1))) for i, status in enumerate(statuses)]
+    assert matrix.exit_code(matrix.grid(columns)) == code
+
+
+def test_matrix_rows_keep_their_server_when_columns_serve_with_one_real_server():
+    both = _report("both", ("a", "pass", 1))
+    both["scenarios"] += [{**both["scenarios"][0], "server": "asgi"}]
+    both["scenarios"][0]["server"] = "uvicorn"
+    columns = [
+        matrix.Column("both", [], report=both),
+        matrix.Column("uvicorn", [], report=_report("uvicorn", ("a", "pass", 1))),
+    ]
+    rows = {
+        (row["name"], row["server"]): [c["status"] for c in row["cells"]] for row in matrix.grid(columns)["scenarios"]
+    }
+    assert rows == {("a", "uvicorn"): ["pass", "pass"], ("a", "asgi"): ["pass", None]}
 
 
 UVICORN_044 = "uvicorn==0.44.0"

@@ -883,6 +883,18 @@ class TestMatrix:
         cells = {row["name"]: row["cells"] for row in json.loads(out)["scenarios"]}
         assert [c["status"] for c in cells["always-drifts"]] == ["drift", "drift"]
 
+    def test_a_column_whose_run_exits_3_is_read_all_the_same(self):
+        """A scenario that crashes (its run exits 3 in each column) is an
+        error in its row; the columns themselves ran, and matrix exits 1."""
+        code, out, err = cli("matrix", *CACHED, "--server", "asgi", "--scenarios", str(FIXTURES / "crashing_scenarios"),
+                             "--json", timeout=600)  # fmt: skip
+        assert code == 1, err
+        grid = json.loads(out)
+        assert [column["error"] for column in grid["columns"]] == [None, None]
+        cells = {row["name"]: row["cells"] for row in grid["scenarios"]}
+        assert [c["status"] for c in cells["always-crashes"]] == ["error", "error"]
+        assert [c["status"] for c in cells["bad-only"]] == ["pass", "pass"]
+
     def test_interrupted_while_building_an_environment(self, tmp_path):
         """SIGTERM while a column's environment is built (the installer has
         started processes of its own, as venv's ensurepip or uv's
@@ -916,9 +928,11 @@ class TestMatrix:
 
     def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
         """A column that cannot be installed is an error with the installer's
-        reason; the other columns still run and matrix exits 1."""
+        reason; the other columns still run and matrix exits 1.  In a cache
+        of its own: a bug that marked the broken column built would spoil
+        the shared cache for every test after it."""
         code, out, err = cli("matrix", "--with", "uvicorn==0.0.424242", *CACHED[2:], "--server", "asgi", "--json",
-                             timeout=600)  # fmt: skip
+                             CTXLAB_CACHE=str(tmp_path), timeout=600)  # fmt: skip
         assert code == 1 and "Traceback" not in err
         grid = json.loads(out)
         broken, good = grid["columns"]
