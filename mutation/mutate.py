@@ -90,6 +90,7 @@ TESTS = {
     # behind, the app's prints kept off stdout).  The quick runs first, the
     # run of every scenario three ways last: most mutants fail the first.
     "isolate": [
+        "test_isolate.py",
         "test_engine.py::TestExecute",
         "test_engine.py::test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next",
         "test_engine.py::test_importing_a_scenarios_module_does_not_cost_a_new_worker",
