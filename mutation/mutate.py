@@ -144,13 +144,18 @@ TESTS = {
         "test_ci.py::test_matrix_rows_keep_their_server_when_columns_serve_with_one_real_server",
         "test_hostile.py::TestMatrix::test_each_checkout_has_its_own_shim",
         "test_hostile.py::TestMatrix::test_a_bad_scenario_directory_is_refused_before_any_build",
-        "test_ci.py::test_matrix_grid_over_two_uvicorn_versions",
-        "test_ci.py::test_snapshot_from_uvicorn_044_diffed_on_this_uvicorn",
+        # Columns run in the environments test_ci's grid builds (cached).
         "test_hostile.py::TestMatrix::test_drift_in_any_column_exits_1",
         "test_hostile.py::TestMatrix::test_a_column_whose_run_exits_3_is_read_all_the_same",
+        "test_hostile.py::TestMatrix::test_a_column_that_prints_no_report_is_an_error_cell_saying_why",
+        "test_ci.py::test_matrix_grid_over_two_uvicorn_versions",
+        "test_ci.py::test_snapshot_from_uvicorn_044_diffed_on_this_uvicorn",
+        # Environments built afresh, each in a cache of its own.
         "test_hostile.py::TestMatrix::test_an_uninstallable_column_is_an_error_cell",
         "test_hostile.py::TestMatrix::test_interrupted_while_building_an_environment",
         "test_hostile.py::TestText::test_requirement_extras_are_printed_literally",
+        "test_ci.py::test_matrix_an_unpinned_column_follows_new_releases",
+        "test_ci.py::test_matrix_two_runs_building_one_environment_at_once_share_it",
     ],
     # Real middleware libraries, in process only (each case runs ctxlab
     # and the app's own record in two subprocesses): the ones whose code

@@ -375,6 +375,51 @@ def test_matrix_grid_over_two_uvicorn_versions(uvicorn_044_env):
     assert (("keepalive-large-body-leak", "uvicorn==0.45.0") in first) == (sys.version_info < (3, 15))
 
 
+def _installed(env: Path, package: str) -> str:
+    """The version of `package` in the virtualenv `env`, as it reports it."""
+    show = f"import importlib.metadata; print(importlib.metadata.version({package!r}))"
+    return subprocess.run([str(env / "bin" / "python"), "-c", show], capture_output=True, text=True).stdout.strip()
+
+
+def test_matrix_an_unpinned_column_follows_new_releases(tmp_path, monkeypatch):
+    """A column that names no version gets the newest release each time its
+    environment is reused: here one built when uvicorn 0.44 was the newest
+    (put back by the environment's own pip)."""
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path))
+    column = matrix.parse_column("uvicorn")
+    env = matrix.environment(column, progress=lambda line: None)
+    python = str(env / "bin" / "python")
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "uvicorn==0.44.0"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and _installed(env, "uvicorn") == "0.44.0", done.stderr
+    index = subprocess.run([python, "-m", "pip", "index", "versions", "uvicorn"], capture_output=True, text=True)
+    newest = re.search(r"^uvicorn \((.+)\)$", index.stdout, re.MULTILINE).group(1)
+    assert newest != "0.44.0"
+    assert matrix.environment(column, progress=lambda line: None) == env
+    assert _installed(env, "uvicorn") == newest
+
+
+def test_matrix_two_runs_building_one_environment_at_once_share_it(tmp_path):
+    """Two matrices that build the same column at the same time: each builds
+    beside the cache, the second finds the first's in place, and both use it."""
+    build = "from ctxlab import matrix; print(matrix.environment(matrix.parse_column('uvicorn==0.44.0'), print))"
+    env = {**os.environ, "CTXLAB_CACHE": str(tmp_path)}
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-c", build], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    done = [(process.communicate(timeout=600), process.returncode) for process in running]
+    assert [code for _, code in done] == [0, 0], done
+    printed = [out.splitlines() for (out, _), _ in done]
+    assert [lines[0] for lines in printed] == ["building an environment for uvicorn==0.44.0 ..."] * 2
+    built = list((tmp_path / "envs").iterdir())
+    assert [Path(lines[-1]) for lines in printed] == built * 2
+    assert _installed(built[0], "uvicorn") == "0.44.0"
+
+
 def test_diff_reports_a_skipped_scenario_by_its_status_alone():
     from ctxlab.report import diff
 

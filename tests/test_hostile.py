@@ -895,6 +895,19 @@ class TestMatrix:
         assert [c["status"] for c in cells["always-crashes"]] == ["error", "error"]
         assert [c["status"] for c in cells["bad-only"]] == ["pass", "pass"]
 
+    def test_a_column_that_prints_no_report_is_an_error_cell_saying_why(self):
+        """A scenario that kills the column's ctxlab (SIGKILL: no report, and
+        nothing on stderr after the scenario's own last line): each column is
+        an error naming that last line, and matrix exits 1."""
+        code, out, err = cli("matrix", *CACHED, "--server", "asgi", "--scenarios", str(FIXTURES / "killing_scenarios"),
+                             "--json", timeout=600)  # fmt: skip
+        assert code == 1 and "Traceback" not in err, err
+        grid = json.loads(out)
+        assert [column["error"] for column in grid["columns"]] == [
+            f"ctxlab printed no report under {label}: and kills ctxlab now" for label in CACHED[1::2]
+        ]
+        assert grid["scenarios"] == []
+
     def test_interrupted_while_building_an_environment(self, tmp_path):
         """SIGTERM while a column's environment is built (the installer has
         started processes of its own, as venv's ensurepip or uv's
