@@ -128,3 +128,26 @@ def test_a_worker_that_changed_the_process_hands_its_libraries_to_the_next(tmp_p
         tmp_path,
     )
     assert seen == ["True", "False", "False", "True"]
+
+
+def test_a_worker_whose_parent_closed_its_end_ends_quietly(tmp_path):
+    """Where the kernel cannot kill the worker with its parent (no
+    PR_SET_PDEATHSIG off Linux), the parent's death reaches the worker as
+    the end of its pipe: it exits 0, without a traceback.  Here the pipe is
+    closed by hand, the worker left alive."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import os
+            from ctxlab.isolate import Worker
+            worker = Worker()
+            worker.call(os.getpid, deadline=60)
+            child = worker._child
+            worker._pipe.close()
+            child.join(60)
+            print(child.exitcode)
+            """
+        )],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert (done.stdout.split(), done.stderr) == (["0"], "")
