@@ -140,7 +140,9 @@ TESTS = {
         "test_ci.py::test_matrix_tells_an_installers_reason_on_one_line",
         "test_ci.py::test_matrix_grid_marks_changes_against_the_previous_column_only",
         "test_ci.py::test_matrix_grid_a_failed_column_is_an_error_in_every_row_and_compared_with_nothing",
+        "test_ci.py::test_matrix_exits_1_when_no_column_ran",
         "test_ci.py::test_matrix_exits_1_when_any_cell_drifts_or_errors",
+        "test_ci.py::test_matrix_shim_left_pointing_elsewhere_is_pointed_back",
         "test_ci.py::test_matrix_rows_keep_their_server_when_columns_serve_with_one_real_server",
         "test_hostile.py::TestMatrix::test_each_checkout_has_its_own_shim",
         "test_hostile.py::TestMatrix::test_a_bad_scenario_directory_is_refused_before_any_build",
@@ -156,6 +158,7 @@ TESTS = {
         "test_hostile.py::TestText::test_requirement_extras_are_printed_literally",
         "test_ci.py::test_matrix_an_unpinned_column_follows_new_releases",
         "test_ci.py::test_matrix_two_runs_building_one_environment_at_once_share_it",
+        "test_ci.py::test_matrix_columns_on_two_pythons_get_an_environment_each",
     ],
     # Real middleware libraries, in process only (each case runs ctxlab
     # and the app's own record in two subprocesses): the ones whose code

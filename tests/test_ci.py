@@ -289,6 +289,7 @@ def test_matrix_grid_marks_changes_against_the_previous_column_only():
         ("b", "two", "three"),
     ]
     assert [c["environment"] for c in result["columns"]] == [{"python": "asgi"}] * 3
+    assert result["schema_version"] == 1  # DESIGN.md's matrix document
     assert matrix.exit_code(result) == 1
 
 
@@ -304,6 +305,29 @@ def test_matrix_grid_a_failed_column_is_an_error_in_every_row_and_compared_with_
     assert result["changes"] == []
     assert [c["error"] for c in result["columns"]] == [None, columns[1].error, None]
     assert matrix.exit_code(result) == 1
+
+
+def test_matrix_exits_1_when_no_column_ran():
+    columns = [matrix.Column(label, [], error=f"cannot build the environment for {label}: no") for label in "ab"]
+    result = matrix.grid(columns)
+    assert result["scenarios"] == [] and matrix.exit_code(result) == 1
+
+
+def test_matrix_shim_left_pointing_elsewhere_is_pointed_back(tmp_path, monkeypatch):
+    """The link to this checkout's ctxlab is made again when it is gone or
+    leads elsewhere (a dangling link, a file in its place)."""
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path))
+    package = Path(matrix.__file__).resolve().parent
+    link = matrix._shim() / "ctxlab"
+    assert link.resolve() == package
+    for stale in ("dangling", "elsewhere", "a file"):
+        link.unlink()
+        if stale == "a file":
+            link.write_text("")
+        else:
+            (tmp_path / "elsewhere").mkdir(exist_ok=True)
+            link.symlink_to(tmp_path / stale)
+        assert matrix._shim() / "ctxlab" == link and link.resolve() == package
 
 
 @pytest.mark.parametrize(
@@ -418,6 +442,24 @@ def test_matrix_two_runs_building_one_environment_at_once_share_it(tmp_path):
     built = list((tmp_path / "envs").iterdir())
     assert [Path(lines[-1]) for lines in printed] == built * 2
     assert _installed(built[0], "uvicorn") == "0.44.0"
+
+
+def test_matrix_columns_on_two_pythons_get_an_environment_each(tmp_path, monkeypatch):
+    """The same requirements on two Pythons: two environments, each of its
+    own Python (as that Python says)."""
+    minors = sorted(
+        {".".join(v.split(".")[:2]) for v in _pythons() if int(v.split(".")[1]) >= 10},
+        key=lambda m: int(m.split(".")[1]),
+    )
+    others = [minor for minor in minors if minor != ".".join(map(str, sys.version_info[:2]))][-2:]
+    if len(others) < 2:
+        pytest.skip("needs two Pythons besides this one")
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path))
+    envs = [
+        matrix.environment(matrix.parse_column(f"python=={minor} uvicorn==0.44.0"), lambda line: None)
+        for minor in others
+    ]
+    assert [_version_of(str(env / "bin" / "python")).rsplit(".", 1)[0] for env in envs] == others
 
 
 def test_diff_reports_a_skipped_scenario_by_its_status_alone():
