@@ -12,6 +12,7 @@ import pytest
 from conftest import ctxlab, ctxlab_json
 
 from ctxlab import matrix
+from ctxlab.errors import MatrixError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROPAGATING = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
@@ -218,6 +219,32 @@ def test_matrix_column_runs_on_the_python_it_names():
     ranged = matrix.python_for(matrix.parse_column(f"python>={minor},<3.{sys.version_info[1] + 1}"))
     assert _version_of(ranged).startswith(f"{minor}.")
     assert matrix.python_for(matrix.parse_column("starlette")) == sys.executable
+
+
+def test_matrix_finds_pythons_on_path_from_3_10_to_3_19(tmp_path, monkeypatch):
+    """Without pyenv, `python3.X` on PATH for X from 10 to 19; one that
+    does not run is not a Python; 3.9 and older are not looked for."""
+    here = {
+        v: python for v, python in _pythons().items() if os.path.realpath(python) != os.path.realpath(sys.executable)
+    }
+    by_minor = {int(version.split(".")[1]): version for version in sorted(here, key=lambda v: int(v.split(".")[2]))}
+    if 10 not in by_minor or 9 not in by_minor:
+        pytest.skip("needs a Python 3.10 and a 3.9 besides this one")
+    (tmp_path / "python3.10").symlink_to(here[by_minor[10]])
+    (tmp_path / "python3.9").symlink_to(here[by_minor[9]])
+    (tmp_path / "python3.19").write_text("#!/bin/sh\necho 3.19.0\n")
+    (tmp_path / "python3.18").write_text("#!/bin/sh\nexit 1\n")
+    for script in ("python3.19", "python3.18"):
+        (tmp_path / script).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    for minor, version in [("3.10", by_minor[10]), ("3.19", "3.19.0")]:
+        assert matrix.python_for(matrix.parse_column(f"python=={minor}")) == str(tmp_path / f"python{minor}")
+        assert _version_of(str(tmp_path / f"python{minor}")) == version
+    for missing in ("3.18", "3.9"):
+        with pytest.raises(MatrixError) as refused:
+            matrix.python_for(matrix.parse_column(f"python=={missing}"))
+        assert str(refused.value).startswith(f"no Python=={missing} here: looked at")
 
 
 def test_matrix_refuses_a_python_older_than_ctxlab_supports():
