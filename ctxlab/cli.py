@@ -154,6 +154,14 @@ TimeoutOption = Annotated[
 ]
 
 
+def _file_name(value: str) -> Path:
+    """A FILE option's value: Path("") would be ".", and a user who passed
+    an empty name (an unset shell variable) would hear about a directory."""
+    if not value:
+        raise typer.BadParameter("a file name cannot be empty")
+    return Path(value)
+
+
 def _writable(path: Optional[Path]) -> None:
     """Refuse an output path before the run, not after it (see ctxlab.files)."""
     from ctxlab.files import check_writable
@@ -201,7 +209,8 @@ def run(
         typer.Option("--spec-version", metavar="MAJOR.MINOR", help="ASGI spec_version to advertise, e.g. 2.4."),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also write the JSON report here.")
+        Optional[Path],
+        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here."),
     ] = None,
     concurrency: Annotated[
         Optional[int],
@@ -332,10 +341,17 @@ def check(
     ] = Server.asgi,
     loop: LoopOption = None,
     http: HttpOption = None,
-    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML here.")] = None,
+    junit: Annotated[
+        Optional[Path], typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here.")
+    ] = None,
     baseline: Annotated[
         Optional[Path],
-        typer.Option("--baseline", metavar="FILE", help="Also fail when observations differ from this snapshot."),
+        typer.Option(
+            "--baseline",
+            metavar="FILE",
+            parser=_file_name,
+            help="Also fail when observations differ from this snapshot.",
+        ),
     ] = None,
     scenarios: ScenariosOption = None,
 ) -> int:
@@ -370,7 +386,10 @@ def check(
 
 @app.command(cls=PlainCommand)
 def snapshot(
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Where to write the snapshot (JSON).")],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Where to write the snapshot (JSON)."),
+    ],
     server: Annotated[
         Server,
         typer.Option(
@@ -402,7 +421,10 @@ def snapshot(
 @app.command(cls=PlainCommand)
 def diff(
     snapshot_file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A snapshot from 'ctxlab snapshot', or a trace saved with -o.")
+        Path,
+        typer.Argument(
+            metavar="FILE", parser=_file_name, help="A snapshot from 'ctxlab snapshot', or a trace saved with -o."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
     scenarios: ScenariosOption = None,
@@ -573,11 +595,17 @@ def trace_app(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Also save the JSON here (for diff).")
+        Optional[Path],
+        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also save the JSON here (for diff)."),
     ] = None,
     baseline: Annotated[
         Optional[Path],
-        typer.Option("--baseline", metavar="FILE", help="Also fail when the trace differs from this saved one."),
+        typer.Option(
+            "--baseline",
+            metavar="FILE",
+            parser=_file_name,
+            help="Also fail when the trace differs from this saved one.",
+        ),
     ] = None,
     factory: FactoryOption = False,
     app_dir: AppDirOption = Path("."),
@@ -586,7 +614,8 @@ def trace_app(
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
     Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error
-    (also: every request failed and no ContextVar was used)."""
+    (also: every request failed and no ContextVar was used, or --var names a
+    variable the app never used)."""
     headers = _user_request_checks(path, method, server, header, "trace")
     _writable(output)
     from ctxlab import files, render
@@ -603,6 +632,7 @@ def trace_app(
             data=(data or "").encode(), server=server.value, lifespan=lifespan, variables=var or [],
             factory=factory, app_dir=app_dir,
         )  # fmt: skip
+        _refuse_unused(var or [], result.names_used, requests)
         return result.to_json(), [] if as_json else render.trace_view(result)
 
     try:
@@ -622,6 +652,23 @@ def trace_app(
     found = tracing.changes(before, document) if before is not None else None
     OutputFormat.chosen(as_json).emitter().trace(document, view, found)
     return 1 if document["findings"] or found else 0
+
+
+def _refuse_unused(named: List[str], used: set[str], requests: int) -> None:
+    """`--var` naming a variable the app never touched: "no finding" would
+    hide a typo (or the wrong --path) from the user and from CI."""
+    unused = [name for name in named if name not in used]
+    if not unused:
+        return
+    import difflib
+
+    said = f"no ContextVar named {unused[0]!r} was used during the {requests} request(s)"
+    close = difflib.get_close_matches(unused[0], used, n=1)
+    if close:
+        raise UsageError(f"{said}; did you mean {close[0]!r}?")
+    if not used:
+        raise UsageError(f"{said}; the app used none")
+    raise UsageError(f"{said}; the app used {', '.join(sorted(used))}")
 
 
 def _diff_trace(path: Path, as_json: bool) -> int:

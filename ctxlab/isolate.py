@@ -58,6 +58,7 @@ Where `fork` does not exist (Windows) the work runs in process, unguarded.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -217,10 +218,52 @@ def _become_child(quiet_stdout: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if quiet_stdout:
         os.dup2(2, 1)
-        # Line by line, as stderr is: a worker that hangs is killed, and
-        # what its app printed before must not die in a buffer with it.
-        if hasattr(sys.stdout, "reconfigure"):
-            sys.stdout.reconfigure(line_buffering=True)
+        _outlive_the_reader()
+
+
+class _ReaderOptional(io.RawIOBase):
+    """A file descriptor that writes into /dev/null from the moment its
+    reader is gone.  What a scenario or an app prints is not what ctxlab
+    reports: a stderr whose reader went away (`2> >(head -1)`) must not
+    turn the app's next print into a BrokenPipeError and the scenario into
+    an error."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BrokenPipeError:
+            # The descriptors themselves, both (stdout is a copy of stderr
+            # here), so that writes past this object (sys.__stderr__, a
+            # logging handler made before the fork, os.write) go on quietly too.
+            null = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            return len(data)
+
+
+def _outlive_the_reader() -> None:
+    """The child's stdout and stderr, written through `_ReaderOptional`,
+    line by line (as stderr is): a worker that hangs is killed, and what
+    its app printed before must not die in a buffer with it."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        buffered = io.BufferedWriter(_ReaderOptional(fd))
+        encoding, errors = getattr(old, "encoding", None), getattr(old, "errors", None)
+        setattr(sys, name, io.TextIOWrapper(buffered, encoding=encoding, errors=errors, line_buffering=True))
 
 
 def _die_with_parent() -> None:

@@ -330,7 +330,7 @@ def matrix(result: dict[str, Any], console: Console) -> None:
         if column["error"]:
             console.print(Text(f"{column['label']}: {column['error']}", style=STATUS_STYLE["error"]))
     if not result["changes"]:
-        console.print(Text("no observation differs between columns", style="green"))
+        console.print(_no_change(result["columns"]))
         return
     console.print(Text("* observations changed from the column before; first appearing in:", style="bold"))
     for c in result["changes"]:
@@ -339,6 +339,17 @@ def matrix(result: dict[str, Any], console: Console) -> None:
             f"  {c['column']}: {c['scenario']} ({c['server']}) {where}{c['probe']} {c['var']}: "
             f"{show(c['before'])} → {show(c['after'])}"
         )
+
+
+def _no_change(columns: list[dict[str, Any]]) -> Text:
+    """The verdict of a grid with no change: only neighbouring columns that
+    both ran are compared, so errors may leave nothing compared at all."""
+    ran = [not column["error"] for column in columns]
+    if not any(left and right for left, right in zip(ran, ran[1:])):
+        return Text("nothing was compared: no two neighbouring columns both ran", style=STATUS_STYLE[Status.ERROR])
+    if all(ran):
+        return Text("no observation differs between columns", style="green")
+    return Text("no observation differs between the neighbouring columns that ran", style="yellow")
 
 
 def _meets(layer_mount: str | None, path_mount: str | None) -> bool:

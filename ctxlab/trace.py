@@ -104,6 +104,7 @@ class TraceResult:
     labels: Labels
     places: Places
     options: dict[str, Any] = field(default_factory=dict)  # what `diff` needs to trace again
+    names_used: set[str] = field(default_factory=set)  # every variable's, not only those --var names
     _shown: set | None = field(default=None, repr=False)
 
     def shown(self, event: Event) -> bool:
@@ -331,4 +332,4 @@ def result_of(tracer: Tracer, name: str, server: str, sent: list[SentRequest], a
     labels = Labels(tracer.events, tracer.recorder)
     places = Places(app_dir, tracer)
     findings = analyse(tracer.events, tracer.recorder.origins, labels, places, places.is_app)
-    return TraceResult(name, server, sent, tracer.events, findings, labels, places)
+    return TraceResult(name, server, sent, tracer.events, findings, labels, places, names_used=tracer.names_used())

@@ -193,6 +193,11 @@ class Tracer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def names_used(self) -> set[str]:
+        """The names of the variables gotten, set or reset while recording,
+        those `variables` left out included (ctxlab's own aside)."""
+        return {var.name for var in self._wanted if not var.name.startswith("ctxlab.")}
+
     # -- the hooks -----------------------------------------------------------
     def _on_call(self, code, offset, callable_, arg0):
         if callable_ is _GET or callable_ is _SET or callable_ is _RESET:

@@ -52,7 +52,7 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, **env):  # fmt: skip
+                 close_stdout=False, close_stderr=False, cwd=None, **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
@@ -68,7 +68,7 @@ class Cli:
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
-            env=environ(**env), start_new_session=True, preexec_fn=prepare,
+            env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
     def without_a_reader(self, timeout=60):
@@ -102,6 +102,11 @@ class Cli:
 
 def cli(*args, timeout=60, **options):
     return Cli(*args, **options).finish(timeout)
+
+
+def _no_durations(out: str) -> str:
+    """Output with its times (`3 ms`, `in 0.20s`, `"duration_ms": 3.1`) blanked."""
+    return re.sub(r"\d+(\.\d+)?\s?(ms|s)\b|\"duration_ms\": [\d.]+", "#", out)
 
 
 def one_line(err: str) -> str:
@@ -221,6 +226,25 @@ class TestOutputFiles:
         assert sorted(os.listdir(tmp_path)) == ["notes", "reports"] and not os.listdir(tmp_path / "reports")
         assert (tmp_path / "notes").read_text() == "keep me"
 
+    @pytest.mark.parametrize(
+        "args, option",
+        [
+            (("run", "bad-only", "-o"), "'-o' / '--output'"),
+            (("snapshot", "-o"), "'-o' / '--output'"),
+            (("check", "--junit"), "'--junit'"),
+            (("check", "--baseline"), "'--baseline'"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o"), "'-o' / '--output'"),
+            (("diff",), "'FILE'"),
+        ],
+    )
+    def test_an_empty_file_name_is_refused(self, tmp_path, args, option):
+        """`-o "$UNSET"`: pathlib reads "" as ".", and the user heard about
+        a directory they never named.  Nothing runs and nothing is written."""
+        code, out, err = cli(*args, "", cwd=tmp_path)
+        assert code == 2 and not out
+        assert one_line(err) == f"ctxlab: error: Invalid value for {option}: a file name cannot be empty"
+        assert not os.listdir(tmp_path)
+
     def test_a_dangling_symlink_names_the_missing_directory(self, tmp_path):
         """-o through a symlink into a directory that does not exist names
         that directory, not the link's own (which is writable)."""
@@ -283,6 +307,13 @@ class TestHangs:
         status = {s["name"]: (s["status"], s["error"]) for s in json.loads(out)["scenarios"]}
         assert status[name][0] == "error" and "timed out after 1s" in status[name][1]
         assert status["fine"] == ("pass", None)
+
+    def test_what_a_hung_app_printed_is_not_lost_with_it(self):
+        """The worker is killed for the hang: what the app printed before
+        must have left its buffer already."""
+        code, out, err = cli("run", "prints-then-hangs", "--json", "--scenarios", str(HOSTILE))
+        assert code == 3 and json.loads(out)["scenarios"][0]["status"] == "error"
+        assert err.splitlines().count("about to block") == 1
 
     def test_a_process_pool_in_a_scenario_works(self):
         """A scenario worker may start processes: a ProcessPoolExecutor in the
@@ -738,6 +769,8 @@ class TestText:
                              CTXLAB_CACHE=str(tmp_path), timeout=300)  # fmt: skip
         assert "Traceback" not in err
         assert "building an environment for uvicorn[standard]==0.0.424242" in err
+        # Neither column could be built: a failure, and nothing compared.
+        assert code == 1 and out.splitlines()[-1] == "nothing was compared: no two neighbouring columns both ran"
 
     @pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"TERM": "dumb"}])
     def test_a_terminal_that_cannot_show_arrows_gets_ascii(self, env):
@@ -794,6 +827,65 @@ class TestText:
         assert code == 0 and [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
         code, out, _ = cli("run", "no-such-scenario", stderr=None, close_stderr=True)
         assert code == 2 and out == ""
+
+    @pytest.mark.parametrize(
+        "args, code",
+        [
+            (("run", "prints", "--scenarios", str(HOSTILE)), 0),
+            (("run", "prints", "--json", "--scenarios", str(HOSTILE)), 0),
+            (("probe", "prints:app", "--app-dir", str(APPS)), 0),
+            (("trace", "prints:app", "--app-dir", str(APPS)), 0),
+        ],
+    )
+    def test_a_stderr_whose_reader_is_gone(self, args, code):
+        """`ctxlab run ... 2> >(head -1)` once head has gone: what the app
+        prints finds no reader, which must not make its print raise
+        BrokenPipeError (the scenario was an error): stdout is as with a
+        stderr that reads, and so is the exit code."""
+        reading, writing = os.pipe()
+        os.close(reading)
+        try:
+            gone = cli(*args, stderr=writing)
+        finally:
+            os.close(writing)
+        read = cli(*args)
+        assert gone[0] == read[0] == code
+        assert _no_durations(gone[1]) == _no_durations(read[1]) and "hello" not in read[1]
+        assert "hello from" in read[2]  # what it printed, where it could be read
+
+    def test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints(self, tmp_path):
+        """PYTHONIOENCODING=ascii: the app's print of "café" must not raise
+        UnicodeEncodeError (the request failed), and shows as Python's own
+        replacement does."""
+        (tmp_path / "accent.py").write_text(ACCENT_APP)
+        code, out, err = cli("trace", "accent:app", "--app-dir", str(tmp_path), "--json", PYTHONIOENCODING="ascii")
+        assert code == 0, err
+        assert [r["status"] for r in json.loads(out)["requests"]] == [200, 200]
+        assert err.splitlines() == ["caf? au lait"] * 2
+
+    @pytest.mark.parametrize("terminal", [True, False])
+    def test_the_apps_streams_still_say_what_they_write_to(self, terminal):
+        """An app may ask whether they are a terminal (uvicorn's log colours
+        do), or hand their descriptor on (faulthandler, a subprocess): the
+        child's streams answer as the descriptors they write to would."""
+        import pty
+
+        from ctxlab import isolate
+
+        primary, secondary = pty.openpty() if terminal else os.pipe()
+        saved = os.dup(2)
+        os.dup2(secondary, 2)
+        try:
+            answer = isolate.call(
+                lambda: (sys.stdout.isatty(), sys.stderr.isatty(), sys.stdout.fileno(), sys.stderr.fileno()),
+                30,
+                quiet_stdout=True,
+            )
+        finally:
+            os.dup2(saved, 2)
+            for fd in (saved, primary, secondary):
+                os.close(fd)
+        assert answer == (terminal, terminal, 1, 2)
 
     @pytest.mark.parametrize("cache", ["file", "/dev/null"])
     def test_a_cache_that_is_not_a_directory_is_done_without(self, tmp_path, cache):
@@ -1037,3 +1129,73 @@ class TestProbeTargets:
         """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
         code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
         assert code == 2 and "the database is down" in one_line(err)
+
+
+TWO_VARIABLES = """
+from contextvars import ContextVar
+
+request_id = ContextVar("request_id")
+user_id = ContextVar("user_id")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    request_id.set("r-1")
+    user_id.set(7)
+    body = f"{request_id.get()} {user_id.get()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+ACCENT_APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        print("caf\\u00e9 au lait")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+class TestTraceVar:
+    """`trace --var NAME` narrows the trace to the variables the app names;
+    a name the app never used was "no finding", exit 0, hiding a typo."""
+
+    @pytest.fixture
+    def app_dir(self, tmp_path):
+        (tmp_path / "two.py").write_text(TWO_VARIABLES)
+        return tmp_path
+
+    def test_var_narrows_to_the_named_variable(self, app_dir):
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), "--var", "user_id", "--json")
+        assert code == 0, err
+        events = json.loads(out)["events"]
+        assert {e["var"] for e in events} == {"user_id"}
+        assert [e["op"] for e in events if e["request"] == 1] == ["set", "get"]
+
+    @pytest.mark.parametrize(
+        "named, said",
+        [
+            (["user"], "no ContextVar named 'user' was used during the 2 request(s); did you mean 'user_id'?"),
+            (
+                ["user_id", "nope"],
+                "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
+            ),  # fmt: skip
+        ],
+    )
+    def test_a_name_the_app_never_used_is_refused(self, app_dir, tmp_path, named, said):
+        saved = tmp_path / "trace.json"
+        options = [arg for name in named for arg in ("--var", name)]
+        code, out, err = cli("trace", "two:app", "--app-dir", str(app_dir), *options, "-o", str(saved))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {said}"
+        assert not saved.exists()
+
+    def test_an_app_that_uses_no_variable_says_so(self):
+        code, out, err = cli("trace", "threads:app", "--app-dir", str(APPS), "--var", "user")
+        assert code == 2 and out == ""
+        assert (
+            one_line(err)
+            == "ctxlab: error: no ContextVar named 'user' was used during the 2 request(s); the app used none"
+        )

@@ -1,11 +1,13 @@
 """What `explain` shows: the onion, who created which task in which context, the story."""
 
 import io
+import json
 
+import pytest
 from conftest import ctxlab
 from rich.console import Console
 
-from ctxlab import render
+from ctxlab import matrix, render
 from ctxlab.config import RunConfig
 from ctxlab.engine import run_entry
 from ctxlab.scenario import catalog, load
@@ -56,3 +58,32 @@ def test_explain_on_the_command_line():
     assert "onion: BadMiddleware → ShinyMiddleware → app" in out
     assert "task T2 (created by T1), context C2 (copied from C1)" in out
     assert "source: " in out and "middleware_order.py" in out
+
+
+@pytest.fixture(scope="module")
+def bad_only_report():
+    code, out, err = ctxlab("run", "bad-only", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize(
+    "errors, verdict",
+    [
+        ([None, None, None], "no observation differs between columns"),
+        ([None, None, "uv: no solution"], "no observation differs between the neighbouring columns that ran"),
+        (["uv: no solution", None, "uv: no solution"], "nothing was compared: no two neighbouring columns both ran"),
+        ([None, "uv: no solution", None], "nothing was compared: no two neighbouring columns both ran"),
+        (["uv: no solution", "uv: no solution"], "nothing was compared: no two neighbouring columns both ran"),
+    ],
+)
+def test_a_matrix_without_changes_says_what_was_compared(bad_only_report, errors, verdict):
+    """Only neighbouring columns that both ran are compared: a grid whose
+    columns failed must not read as "no observation differs"."""
+    columns = [
+        matrix.Column(f"c{index}", [], report={} if error else bad_only_report, error=error)
+        for index, error in enumerate(errors)
+    ]
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.matrix(matrix.grid(columns), console)
+    assert console.export_text().splitlines()[-1] == verdict
