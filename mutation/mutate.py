@@ -102,6 +102,10 @@ TESTS = {
         "test_hostile.py::TestHangs::test_a_non_daemon_thread_does_not_keep_ctxlab_alive",
         "test_hostile.py::TestHangs::test_probe_of_a_factory_that_never_returns",
         "test_hostile.py::TestHangs::test_a_module_that_ends_the_process_while_importing",
+        "test_hostile.py::TestHangs::test_what_a_hung_app_printed_is_not_lost_with_it",
+        "test_hostile.py::TestText::test_a_stderr_whose_reader_is_gone",
+        "test_hostile.py::TestText::test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints",
+        "test_hostile.py::TestText::test_the_apps_streams_still_say_what_they_write_to",
         "test_engine.py::test_a_shared_worker_observes_what_a_child_per_scenario_and_one_process_do",
     ],
     # What the CLI prints, seen as a user's terminal or pipe gets it.
