@@ -1078,6 +1078,17 @@ def test_a_scenario_that_prints_keeps_stdout_json():
     assert "hello from the factory" in err and "hello from the endpoint" in err
 
 
+@pytest.mark.parametrize("name", ["closes-its-streams", "leaves-a-line-unfinished"])
+def test_a_scenario_whose_prints_cannot_be_flushed_still_answers(name):
+    """What the app printed is flushed before each answer; a stream that
+    cannot take it (closed by the app, or a full stderr: `2> /dev/full`)
+    does not cost the scenario its report."""
+    with open("/dev/full", "w") as full:
+        code, out, _ = cli("run", name, "--json", "--scenarios", str(HOSTILE), stderr=full)
+    assert code == 0
+    assert [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
+
+
 # -- probe targets -------------------------------------------------------------------------------
 
 
