@@ -142,6 +142,7 @@ TESTS = {
         "test_ci.py::test_matrix_a_requirement_named_like_a_serving_option_is_a_requirement",
         "test_ci.py::test_matrix_column_runs_on_the_python_it_names",
         "test_ci.py::test_matrix_finds_pythons_on_path_from_3_10_to_3_19",
+        "test_ci.py::test_matrix_without_pyenv_or_pythons_on_path_has_this_python",
         "test_ci.py::test_matrix_refuses_a_python_older_than_ctxlab_supports",
         "test_ci.py::test_matrix_tells_an_installers_reason_on_one_line",
         "test_ci.py::test_matrix_grid_marks_changes_against_the_previous_column_only",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -245,6 +246,21 @@ def test_matrix_finds_pythons_on_path_from_3_10_to_3_19(tmp_path, monkeypatch):
         with pytest.raises(MatrixError) as refused:
             matrix.python_for(matrix.parse_column(f"python=={missing}"))
         assert str(refused.value).startswith(f"no Python=={missing} here: looked at")
+
+
+def test_matrix_without_pyenv_or_pythons_on_path_has_this_python(tmp_path, monkeypatch):
+    """With no pyenv and nothing on PATH, this Python is the only one, by its
+    full version; and a pyenv version whose name is no version at all (a
+    virtualenv, `system`) is found only by that name, and is no 3.10+."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    version = platform.python_version()
+    assert matrix.python_for(matrix.parse_column(f"python=={version}")) == sys.executable
+    (tmp_path / "versions" / "my-env" / "bin").mkdir(parents=True)
+    (tmp_path / "versions" / "my-env" / "bin" / "python").symlink_to(sys.executable)
+    with pytest.raises(MatrixError) as refused:
+        matrix.python_for(matrix.parse_column("python===my-env"))
+    assert "(only my-env: ctxlab needs 3.10 or newer)" in str(refused.value)
 
 
 def test_matrix_refuses_a_python_older_than_ctxlab_supports():
