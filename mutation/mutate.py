@@ -266,6 +266,9 @@ def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[i
     Python, then on each of `also`)."""
     tree, resume = prepare(module, again)
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # Mutants of matrix.py build environments: in this checkout's cache,
+    # never in the one every checkout shares (unless one is named).
+    env.setdefault("CTXLAB_CACHE", str(SCRATCH / "cache"))
     env.pop("FORCE_COLOR", None)
     command = test_command(module, also)
     started = time.perf_counter()
