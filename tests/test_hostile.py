@@ -1078,6 +1078,13 @@ def test_a_scenario_that_prints_keeps_stdout_json():
     assert "hello from the factory" in err and "hello from the endpoint" in err
 
 
+def test_a_line_the_app_left_unfinished_is_printed_all_the_same():
+    """What the app wrote without a newline is still in its buffer when the
+    worker answers: it is flushed then, not lost when the worker ends."""
+    code, _, err = cli("run", "leaves-a-line-unfinished", "--json", "--scenarios", str(HOSTILE))
+    assert code == 0 and "no newline yet" in err, err
+
+
 @pytest.mark.parametrize("name", ["closes-its-streams", "leaves-a-line-unfinished"])
 def test_a_scenario_whose_prints_cannot_be_flushed_still_answers(name):
     """What the app printed is flushed before each answer; a stream that
