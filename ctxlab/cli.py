@@ -476,6 +476,7 @@ def matrix(
         raise UsageError("give at least two --with columns to compare")
     for column in columns:
         matrices.python_for(column)  # a Python this machine lacks is a usage error, before any build
+    matrices.check_cache()
     for column in columns:
         matrices.run_column(column, server.value, extra, progress=lambda line: console(stderr=True).print(line))
     grid = matrices.grid(columns)
@@ -647,6 +648,7 @@ def trace_app(
         first = failed[0]["error"] or f"status {failed[0]['status']}"
         raise UsageError(f"every request to {target} failed (request 1: {first}) and no ContextVar was used: "
                          "there is nothing to trace; check the app and --path")  # fmt: skip
+    document["options"]["timeout"] = timeout  # for `diff`, which traces again
     if output is not None:
         files.write(output, json.dumps(document, indent=2) + "\n")
     found = tracing.changes(before, document) if before is not None else None
@@ -673,12 +675,13 @@ def _refuse_unused(named: List[str], used: set[str], requests: int) -> None:
 
 def _diff_trace(path: Path, as_json: bool) -> int:
     """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
-    from ctxlab import isolate
     from ctxlab import trace as tracing
     from ctxlab.output import OutputFormat
 
     before = tracing.load_trace(path)
-    after = isolate.call(lambda: tracing.again(before).to_json(), 30.0, quiet_stdout=True)  # as `trace` does
+    # As long as the saved trace was allowed (older ones saved none: trace's default).
+    timeout = before["options"].get("timeout") or 30.0
+    after = _on_the_users_app(lambda: tracing.again(before).to_json(), before["app"], timeout, "tracing")
     found = tracing.changes(before, after)
     OutputFormat.chosen(as_json).emitter().trace_changes(before["app"], found)
     return 1 if found else 0

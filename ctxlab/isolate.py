@@ -97,9 +97,9 @@ def call(work: Callable[[], T], deadline: float | None = None, quiet_stdout: boo
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(work, sending, quiet_stdout), daemon=True)
-    _start(child)
-    sending.close()  # so that the child's end is the only one: EOF when it dies
     try:
+        _start(child)
+        sending.close()  # so that the child's end is the only one: EOF when it dies
         if not receiving.poll(deadline):
             raise TimedOut(f"no answer within {deadline:g}s")
         kind, value = receiving.recv()
@@ -170,15 +170,14 @@ class Worker:
 
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe()
-        child = context.Process(target=_serve, args=(theirs, ours), daemon=True)
+        self._child, self._pipe = context.Process(target=_serve, args=(theirs, ours), daemon=True), ours
         try:
-            _start(child)
-        except BaseException:  # never started: nothing to kill later
-            ours.close()
+            _start(self._child)
+        except BaseException:  # Ctrl-C as it forked, or it could not fork
+            self.close()
             raise
         finally:
             theirs.close()  # so that the child's end is the only one: EOF when it dies
-        self._child, self._pipe = child, ours
 
 
 def _start(child) -> None:
@@ -199,7 +198,15 @@ def _start(child) -> None:
     except BrokenPipeError:
         raise reader_gone() from None
     gc.freeze()
-    child.start()
+    # Ctrl-C or SIGTERM would raise as soon as the fork returns, before
+    # multiprocessing has noted the child's pid: the child would run on,
+    # unknown, until ctxlab exits.  Held back until it is noted, they raise
+    # where the caller kills the child.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        child.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _become_child(quiet_stdout: bool) -> None:
@@ -216,6 +223,7 @@ def _become_child(quiet_stdout: bool) -> None:
     multiprocessing.current_process().daemon = False
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held back for the fork
     if quiet_stdout:
         os.dup2(2, 1)
         _outlive_the_reader()
@@ -280,6 +288,35 @@ def _die_with_parent() -> None:
         return
     if os.getppid() != parent:  # it died before the request was made
         os._exit(0)
+    _bury_the_group_with_me()
+
+
+# Waits, polling once a second, until its parent (the child) has died, then
+# kills its process group: the child's, which holds the child and every
+# process the app started.  /proc/$$/stat's fourth field is the parent's
+# pid, which turns to another (init, a subreaper) once the parent is gone.
+UNDERTAKER = """
+[ -r /proc/$$/stat ] || exit 0
+while read -r _ _ _ parent _ < /proc/$$/stat && [ "$parent" = "$0" ]; do sleep 1 || exit 0; done
+kill -KILL 0
+"""
+
+
+def _bury_the_group_with_me() -> None:
+    """Leave behind a shell that kills this child's process group once the
+    child has died.  The kernel kills the child with the parent (above),
+    but not the processes the app started: a ProcessPoolExecutor's workers,
+    whether forked, spawned or forked by a fork server, would be orphaned
+    and run on.  Nothing in the child can do it (SIGKILL gives it no
+    chance), so a process outside it must: a shell costs ~1 ms to start,
+    a fork of this process ten times that."""
+    try:
+        devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        # Its own PATH: the user's may lack `sleep` (and a loop without it would spin).
+        environment = {"PATH": "/usr/bin:/bin"}
+        os.posix_spawn("/bin/sh", ["sh", "-c", UNDERTAKER, str(os.getpid())], environment, file_actions=devnull)
+    except (OSError, AttributeError):  # no shell; no posix_spawn (not Linux)
+        pass
 
 
 def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
@@ -419,6 +456,8 @@ def _result(kind: str, value: Any) -> Any:
 
 
 def _kill(child) -> None:
+    if child.pid is None:  # never started
+        return
     for kill in (os.killpg, os.kill):
         try:
             kill(child.pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,19 @@ def explanation(output: str) -> str:
             lines.append(text)
     reason = " ".join(lines) or "no reason given"
     return reason if len(reason) <= 600 else reason[:597] + "..."
+
+
+def check_cache() -> None:
+    """Refuse a cache where no environment can be built, before any build
+    (each column would fail on its own, after minutes)."""
+    envs = cache_dir() / "envs"
+    try:
+        envs.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=envs).close()
+    except OSError as exc:
+        raise MatrixError(
+            f"cannot build environments in {envs}: {exc.strerror or exc}; set CTXLAB_CACHE to a writable directory"
+        ) from None
 
 
 def environment(column: Column, progress=print) -> Path:

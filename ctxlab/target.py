@@ -116,6 +116,11 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise TargetError(f"expected MODULE:ATTR such as 'myapp.main:app', got {spec!r}")
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise TargetError(
+            f"{module_name!r} is not a module name: MODULE is written as Python imports it (myapp.main, not"
+            " myapp/main.py), and --app-dir says where to import it from"
+        )
     why = not_a_directory(app_dir)
     if why:
         raise TargetError(f"--app-dir {app_dir} {why}")

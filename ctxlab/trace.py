@@ -13,7 +13,9 @@ request in flight.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -210,8 +212,6 @@ def again(saved: dict[str, Any]) -> TraceResult:
 def load_trace(path: Path) -> dict[str, Any]:
     """A trace saved with `ctxlab trace --json -o FILE`, checked enough that
     comparing it cannot crash."""
-    import json
-
     from ctxlab.validate import read_json, trace_problem
 
     try:
@@ -271,7 +271,7 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     old_events, new_events = _by_occurrence(before["events"]), _by_occurrence(after["events"])
     for key in dict.fromkeys([*old_events, *new_events]):
         a, b = old_events.get(key, _GONE), new_events.get(key, _GONE)
-        if a != b:
+        if _without_addresses(a) != _without_addresses(b):
             request, op, var, file, function, n = key
             found.append(
                 Change(
@@ -279,6 +279,15 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
                 )
             )
     return found
+
+
+# An object's repr names its address (`<Scope id=0x7f3877030d40 ...>`),
+# which differs in every process: no change of the app's.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def _without_addresses(value: Any) -> Any:
+    return value if value is _GONE else _ADDRESS.sub("0x…", json.dumps(value, sort_keys=True))
 
 
 def _by_occurrence(events: list[dict[str, Any]]) -> dict[tuple, Any]:

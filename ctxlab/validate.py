@@ -61,6 +61,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -111,6 +115,7 @@ _TRACE_FIELDS = {
     "options.vars": (_are(_is_str), "a list of variable names"),
     "options.factory": (_is_bool, "true or false"),
     "options.app_dir": (_is_str, "a directory"),
+    "options.timeout": (lambda value: value is None or (_is_number(value) and 0.1 <= value <= 86400), "seconds"),
     "events": (
         _are(_has(request=_is_int, op=_is_str, var=_is_str, file=_is_str, function=_is_str, value=lambda value: True)),
         "a list of events (request, op, var, file, function, value)",

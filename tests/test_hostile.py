@@ -52,7 +52,7 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, cwd=None, **env):  # fmt: skip
+                 close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
         def prepare():
             if close_stdout:  # as `>&-` does
                 os.close(1)
@@ -67,7 +67,7 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
+            [*prefix, sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
             env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
@@ -292,6 +292,75 @@ class TestOutputFiles:
         assert code == 2 and "read-only" in one_line(err) and target.read_text() == "keep me"
 
 
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(*directories)`: the command prefix that runs ctxlab with
+    those directories read-only.  Root writes through permission bits, so
+    for root they are bind-mounted read-only in a mount namespace of the
+    command's own (skipped where the namespace is not allowed)."""
+
+    def make(*directories):
+        if not ROOT:
+            for directory in directories:
+                directory.chmod(0o555)
+            return ()
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and no mount namespace to make a directory read-only in")
+        mounts = " && ".join(f"mount --bind {d} {d} && mount -o remount,bind,ro {d}" for d in directories)
+        return ("unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh")
+
+    yield make
+    for directory in tmp_path.iterdir():
+        directory.chmod(0o755)
+
+
+class TestReadOnly:
+    """A working directory or a cache ctxlab cannot write: what needs no
+    file works, what does says which directory in one line, exit 2."""
+
+    @pytest.fixture
+    def places(self, tmp_path):
+        cwd, cache = tmp_path / "cwd", tmp_path / "cache"
+        cwd.mkdir(), cache.mkdir()
+        return cwd, cache
+
+    @pytest.mark.parametrize(
+        "args, file",
+        [
+            (("run", "bad-only", "-o", "r.json"), "r.json"),
+            (("snapshot", "-o", "s.json"), "s.json"),
+            (("check", "--junit", "j.xml"), "j.xml"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o", "t.json"), "t.json"),
+        ],
+    )
+    def test_an_output_file_in_a_read_only_directory(self, read_only, places, args, file):
+        cwd, cache = places
+        code, out, err = cli(*args, cwd=cwd, prefix=read_only(cwd, cache), CTXLAB_CACHE=str(cache))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: cannot write {file}: . is not a writable directory"
+        assert not os.listdir(cwd)
+
+    def test_what_writes_no_file_works_there(self, read_only, places):
+        """run, and list of a scenario directory (whose index is only a cache)."""
+        cwd, cache = places
+        (cwd / "mine.py").write_text(SCENARIO.format(name="mine", summary="s"))
+        prefix = read_only(cwd, cache)
+        code, out, err = cli("run", "bad-only", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "1 passed" in out, err
+        code, out, err = cli("list", "--scenarios", ".", cwd=cwd, prefix=prefix, CTXLAB_CACHE=str(cache))
+        assert code == 0 and "mine" in out and err == ""
+        assert os.listdir(cwd) == ["mine.py"] and not os.listdir(cache)
+
+    def test_matrix_with_a_read_only_cache_is_refused_before_any_build(self, read_only, places):
+        cwd, cache = places
+        code, out, err = cli("matrix", "--with", "uvicorn==0.44.0", "--with", "uvicorn==0.45.0", cwd=cwd,
+                             prefix=read_only(cache), CTXLAB_CACHE=str(cache))  # fmt: skip
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: cannot build environments in {cache / 'envs'}: ")
+        assert one_line(err).endswith("; set CTXLAB_CACHE to a writable directory")
+        assert not os.listdir(cache)
+
+
 # -- hangs -------------------------------------------------------------------------------
 
 
@@ -413,6 +482,36 @@ class TestSignals:
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children):
             assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
+            time.sleep(0.05)
+
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+    def test_a_signal_while_ctxlab_is_still_importing(self, tmp_path, signum, code):
+        """The first tenth of a second is spent importing typer and the rest,
+        before the CLI can catch anything: Ctrl-C there printed
+        KeyboardInterrupt's traceback.  (SIGTERM there ends ctxlab by its
+        default action, which a shell reports as 143: nothing was started.)
+        A stand-in typer holds ctxlab inside that import."""
+        running = start_and_wait(tmp_path, "list", PYTHONPATH=str(FIXTURES / "slow_import"))
+        running.process.send_signal(signum)
+        assert running.finish(timeout=10) == (code, "", "")
+
+    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+    def test_kill_9_takes_the_apps_processes_with_it(self, tmp_path, method):
+        """ctxlab killed outright while the app waits on a ProcessPoolExecutor
+        (started in each way multiprocessing can): the pool's processes, and
+        spawn's resource tracker, die too; they were orphaned and ran on,
+        since the kernel kills only the worker with ctxlab."""
+        # With no PATH of the user's to find anything on.
+        running = start_and_wait(
+            tmp_path, "run", "process-pool-hangs", "--scenarios", str(HOSTILE), CTXLAB_TEST_START_METHOD=method, PATH=""
+        )
+        started = session_processes(running.process.pid)
+        assert len(started) >= 4, started  # ctxlab, its worker and the pool's two processes at least
+        running.process.kill()
+        running.process.wait(10)
+        deadline = time.monotonic() + 10
+        while left := session_processes(running.process.pid):
+            assert time.monotonic() < deadline, f"{left} outlived ctxlab"
             time.sleep(0.05)
 
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -568,6 +667,9 @@ class TestMalformedFiles:
             ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
             ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),
             ("options.app_dir", 5, "options.app_dir is 5, expected a directory"),
+            ("options.timeout", "30", "options.timeout is '30', expected seconds"),
+            ("options.timeout", 0, "options.timeout is 0, expected seconds"),
+            ("options.timeout", 1e309, "options.timeout is inf, expected seconds"),
         ],
     )
     @pytest.mark.parametrize("command", ["diff", "baseline"])
@@ -1102,6 +1204,18 @@ def test_a_scenario_whose_prints_cannot_be_flushed_still_answers(name):
 class TestProbeTargets:
     """A user's module that misbehaves: one line, exit 2."""
 
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    @pytest.mark.parametrize("module", ["../threads", "hostile_apps/threads.py"])
+    def test_a_path_where_a_module_name_belongs(self, command, module):
+        """As uvicorn, MODULE is a dotted name: a path gave "the 'package'
+        argument is required to perform a relative import"."""
+        code, out, err = cli(command, f"{module}:app", cwd=FIXTURES)
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {module!r} is not a module name: MODULE is written as Python imports it (myapp.main,"
+            " not myapp/main.py), and --app-dir says where to import it from"
+        )
+
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
@@ -1173,6 +1287,64 @@ async def app(scope, receive, send):
         print("caf\\u00e9 au lait")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+class TestDiffOfATrace:
+    """`diff` of a saved trace traces the app again, for as long as the
+    trace was allowed (it waited 30 s whatever --timeout had been)."""
+
+    def test_an_app_that_hangs_now_is_given_the_saved_timeout(self, tmp_path):
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        saved = tmp_path / "trace.json"
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "--timeout", "1.5", "-o", str(saved))
+        assert code == 0, err
+        assert json.loads(saved.read_text())["options"]["timeout"] == 1.5
+        started = time.monotonic()
+        code, out, err = cli("diff", str(saved), HANG="1", timeout=20)
+        assert code == 2 and out == "" and time.monotonic() - started < 15
+        assert one_line(err) == (
+            "ctxlab: error: hangs_later:app did not return within 1.5s "
+            "(an import, factory or request that never returns?); see --timeout"
+        )
+
+    @pytest.mark.parametrize("saved_timeout", ["none", "null"])
+    def test_a_trace_saved_without_a_timeout(self, tmp_path, saved_timeout):
+        """Saved before timeouts were saved, or null: trace's default, 30 s
+        (null waited for ever)."""
+        (tmp_path / "hangs_later.py").write_text(HANGS_LATER)
+        code, _, err = cli("trace", "hangs_later:app", "--app-dir", str(tmp_path), "-o", str(tmp_path / "t.json"))
+        assert code == 0, err
+        document = json.loads((tmp_path / "t.json").read_text())
+        if saved_timeout == "none":
+            del document["options"]["timeout"]
+        else:
+            document["options"]["timeout"] = None
+        older = tmp_path / "older.json"
+        older.write_text(json.dumps(document))
+        code, out, err = cli("diff", str(older))
+        assert code == 0 and "no changes since the saved trace" in out, err
+        if saved_timeout == "null":  # (30 s: once is enough)
+            code, out, err = cli("diff", str(older), HANG="1", timeout=60)
+            assert code == 2 and "did not return within 30s" in one_line(err)
+
+
+HANGS_LATER = """
+import os
+import time
+from contextvars import ContextVar
+
+seen = ContextVar("seen")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    seen.set(True)
+    if os.environ.get("HANG"):
+        time.sleep(3600)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
 """
 
 
