@@ -518,6 +518,8 @@ def _iterates_copy(code) -> bool:
                     break
                 if after.opname in _ITERATE:
                     return True
+                if after.opname in ("LOAD_ATTR", "LOAD_METHOD") and after.argval not in _MAPPING_READS:
+                    break  # a method of the copy (`.run`): what it returns is iterated, not the copy
     for i, ins in enumerate(instructions[:-1]):
         if ins.opname.startswith("LOAD") and ins.argval in stored:
             following = instructions[i + 1]

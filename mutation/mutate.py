@@ -173,8 +173,15 @@ TESTS = {
     # paths nothing else takes (library layers, Sentry's patch, wrappers,
     # pure ASGI twins).
     # The recorder of `ctxlab trace` on 3.11 (sys.monitoring's side needs
-    # --also with a 3.12 virtualenv); the subprocess suites come last.
-    "tracer": ["test_trace.py", "test_trace_transparent.py", "test_trace_cli.py", "test_trace_plugin.py"],
+    # --also with a 3.12 virtualenv); the subprocess suites come last
+    # (`--var` refused when the app never used the name: `names_used`).
+    "tracer": [
+        "test_trace.py",
+        "test_trace_transparent.py",
+        "test_trace_cli.py",
+        "test_trace_plugin.py",
+        "test_hostile.py::TestTraceVar",
+    ],
     # What a trace found, judged from the recorder's events: hand-made
     # events first, then the trace suites (the CLI and the plugin last).
     "findings": [
@@ -193,6 +200,7 @@ TESTS = {
             "sentry_asgi_wrapper",
             "slowapi_trusted",
             "mounted_subapps",
+            "mounted_wrapped",
         )
     ],
 }

@@ -589,6 +589,26 @@ def test_a_set_on_something_else_does_not_hide_the_contextvar_after_it(tmp_path)
     assert findings == [(f"{module}.py", 8, "sync-set")]
 
 
+def test_a_router_mounted_inside_middleware_wrapped_by_hand_is_scanned(tmp_path):
+    """A bare Router (no Starlette app around it) mounted inside middleware
+    wrapped around it by hand: its `def` endpoint, which sets a ContextVar
+    in the thread pool's copy, is found like any other."""
+    module, findings = findings_of(
+        tmp_path,
+        "wrapped_router",
+        "from contextvars import ContextVar",
+        "from starlette.applications import Starlette",
+        "from starlette.middleware.gzip import GZipMiddleware",
+        "from starlette.routing import Mount, Route, Router",
+        "tenant = ContextVar('tenant')",
+        "def legacy(request):",
+        "    tenant.set('acme')",
+        "api = Router(routes=[Route('/legacy', legacy)])",
+        "app = Starlette(routes=[Mount('/api', app=GZipMiddleware(api))])",
+    )
+    assert findings == [(f"{module}.py", 7, "sync-set")]
+
+
 def test_a_starred_call_to_run_in_executor_is_read_without_crashing(tmp_path):
     module, findings = findings_of(
         tmp_path,

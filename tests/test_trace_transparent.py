@@ -4,6 +4,7 @@ on as without it."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -140,6 +141,142 @@ def test_calls_made_from_c_are_seen_before_3_12_only():
     assert [e.op for e in tracer.events] == (["set"] if sys.version_info < (3, 12) else [])
 
 
+def test_each_event_names_the_line_that_made_the_call():
+    """The caller of a get, a set and a reset is the app's own line, on
+    every Python (not the function that stands in for the method on 3.10
+    and 3.11)."""
+    import contextvars
+
+    var = contextvars.ContextVar("called")
+
+    def touch():
+        token = var.set("x")
+        var.get()
+        var.reset(token)
+
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        contextvars.copy_context().run(touch)
+    first = touch.__code__.co_firstlineno
+    assert [(e.op, e.caller.path, e.caller.line) for e in tracer.events] == [
+        ("set", __file__, first + 1),
+        ("get", __file__, first + 2),
+        ("reset", __file__, first + 3),
+    ]
+
+
+def test_iterating_what_a_copy_ran_is_no_snapshot_read():
+    """The code iterates the list a function returned when run in the copy
+    (or a list made of it), never the copy itself: the variable the
+    request set is not read.  (On 3.10 and 3.12 each loop's GET_ITER, or
+    the store of the list, comes within six instructions of the load of
+    copy_context, where the tracer looks for the copy's own iteration, and
+    was once taken for it.)"""
+    import contextvars
+
+    var = contextvars.ContextVar("set_before")
+    got = []
+
+    def listed(*items):
+        return list(items)
+
+    def request():
+        var.set("x")
+        for item in contextvars.copy_context().run(listed, "a", "b"):
+            got.append(item)
+        for item in contextvars.copy_context().run(listed):
+            got.append(item)
+        results = list(contextvars.copy_context().run(listed, "c"))
+        for item in results:
+            got.append(item)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert got == ["a", "b", "c"]
+    assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
+
+
+def test_a_call_that_took_the_copy_stored_past_the_window_is_no_snapshot_read():
+    """The copy goes into a call whose result is stored and iterated: the
+    store is the seventh instruction after the load of copy_context on 3.10
+    and 3.12, one past the window in which a store is taken for the copy's."""
+    import contextvars
+
+    var = contextvars.ContextVar("set_before")
+
+    def pack(*items):
+        return [type(item).__name__ for item in items]
+
+    def request():
+        var.set("x")
+        rows = pack(contextvars.copy_context(), 1, 2, 3, 4)
+        return [row for row in rows]
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        assert contextvars.copy_context().run(request) == ["Context", "int", "int", "int", "int"]
+    assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
+
+
+def test_a_loop_right_after_the_copy_is_stored_is_no_snapshot_read():
+    """The copy is stored, then a loop over something else begins at once
+    and runs a function in the copy: nothing iterates the copy."""
+    import contextvars
+
+    var = contextvars.ContextVar("stored_then_run")
+    got = []
+
+    def request():
+        var.set("x")
+        ctx = contextvars.copy_context()
+        for item in ["a"]:
+            got.append(ctx.run(var.get) + item)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert got == ["xa"]
+    assert [e for e in tracer.events if e.snapshot] == []
+
+
+def test_a_snapshot_read_by_the_first_instruction_of_a_function_is_seen(tmp_path):
+    """A module imported while the trace runs (as a lazy import is) takes
+    `copy_context` by name, and a function iterates the copy first thing:
+    on 3.10, whose code has no RESUME, the load of `copy_context` is the
+    function's first instruction.  The variable the request set is read
+    once, with the value the copy held."""
+    import contextvars
+    import importlib.util
+
+    (tmp_path / "lazy_reader.py").write_text(
+        "from contextvars import copy_context\n"
+        "def read(name):\n"
+        "    for var, value in copy_context().items():\n"
+        "        if var.name == name:\n"
+        "            return value\n"
+    )
+    spec = importlib.util.spec_from_file_location("lazy_reader", tmp_path / "lazy_reader.py")
+    var = contextvars.ContextVar("set_first")
+    held = []
+
+    def request():
+        var.set("x")
+        reader = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(reader)
+        held.append(reader.read("set_first"))
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert held == ["x"]
+    assert [(e.var.name, e.value) for e in tracer.events if e.snapshot] == [("set_first", held[0])]
+
+
 def test_a_reset_names_the_set_whose_token_it_was_given():
     """The hooks never see the token: the reset's set is found among the
     caller's own sets, past a later set of the same variable elsewhere."""
@@ -255,6 +392,96 @@ def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
             caught.append(error)
     (reset,) = [e for e in tracer.events if e.op == "reset"]
     assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
+
+
+def test_a_variable_stays_the_library_s_that_set_it_when_another_resets_its_token(tmp_path):
+    """Two libraries: `liba` sets a variable twice and hands the second
+    token to `libb`, which resets it.  The variable is still the one `liba`
+    set (libb never set it), so liba's snapshot reads it, with the value
+    that liba's own snapshot held, and libb's snapshot reads nothing."""
+    import contextvars
+    import importlib.util
+
+    site = tmp_path / "site"
+    site.mkdir()
+    snapshot = (
+        "import contextvars\n"
+        "held = []\n"
+        "def snapshot(var):\n"
+        "    for each, value in contextvars.copy_context().items():\n"
+        "        if each is var:\n"
+        "            held.append(value)\n"
+    )
+    (site / "liba.py").write_text(snapshot + "def bind(var, value):\n    return var.set(value)\n")
+    (site / "libb.py").write_text(snapshot + "def unbind(var, token):\n    var.reset(token)\n")
+    liba, libb = [
+        importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, site / f"{name}.py"))
+        for name in ("liba", "libb")
+    ]
+    for library in (liba, libb):
+        library.__spec__.loader.exec_module(library)
+    var = contextvars.ContextVar("shared")
+
+    def request():
+        liba.bind(var, "first")
+        libb.unbind(var, liba.bind(var, "second"))
+        liba.snapshot(var)
+        libb.snapshot(var)
+
+    tracer = Tracer(TraceRecorder())
+    tracer.roots.insert(0, str(site.resolve()) + os.sep)  # both are libraries, as if installed
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        contextvars.copy_context().run(request)
+    assert tracer.owner(liba.__file__) == "liba" and tracer.owner(libb.__file__) == "libb"
+    assert liba.held == libb.held == ["first"]  # both copies really held it
+    reads = [(e.caller.path, e.value) for e in tracer.events if e.snapshot]
+    assert reads == [(liba.__file__, liba.held[0])]
+
+
+def test_a_task_made_deep_in_a_library_still_names_the_app_function_below(tmp_path):
+    """The app calls a library that creates a task from deep inside: the
+    frames from the event loop's create_task down to the app's function are
+    twelve, the most a task's origin holds, and the last is the app's."""
+    import asyncio
+    import importlib.util
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "deeplib.py").write_text(
+        "import asyncio\n"
+        "def spawn(depth, coro):\n"
+        "    return spawn(depth - 1, coro) if depth else asyncio.create_task(coro)\n"
+    )
+    spec = importlib.util.spec_from_file_location("deeplib", site / "deeplib.py")
+    deeplib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deeplib)
+    below = []  # frames from the loop's create_task down to the app's, counted by a factory of our own
+
+    def counting_factory(loop, coro, **kwargs):
+        frame, frames = sys._getframe(1), 1
+        while frame.f_code is not app.__code__:
+            frame, frames = frame.f_back, frames + 1
+        below.append(frames)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def app(depth, factory):
+        asyncio.get_running_loop().set_task_factory(factory)
+        task = deeplib.spawn(depth, asyncio.sleep(0))
+        asyncio.get_running_loop().set_task_factory(None)  # asyncio.run's own tasks at the end are not ours
+        await task
+        return task
+
+    asyncio.run(app(0, counting_factory))
+    depth = 12 - below[0]  # the library frames that put the app's function twelfth
+    asyncio.run(app(depth, counting_factory))
+    assert below[1] == 12
+    recorder = TraceRecorder()
+    tracer = Tracer(recorder)
+    tracer.roots.insert(0, str(site.resolve()) + os.sep)  # deeplib is a library, as if installed
+    task = asyncio.run(app(depth, recorder.task_factory))
+    stack = recorder.origins[task].stack
+    assert (stack[-1].path, stack[-1].function.rpartition(".")[2], len(stack)) == (__file__, "app", 12)
 
 
 def test_a_library_call_site_setting_an_unwatched_variable_still_reports_a_watched_one():
