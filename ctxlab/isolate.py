@@ -170,7 +170,7 @@ class Worker:
 
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe()
-        self._child, self._pipe = context.Process(target=_serve, args=(theirs,), daemon=True), ours
+        self._child, self._pipe = context.Process(target=_serve, args=(theirs, ours), daemon=True), ours
         try:
             _start(self._child)
         except BaseException:  # Ctrl-C as it forked, or it could not fork
@@ -327,11 +327,15 @@ def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
     os._exit(0)
 
 
-def _serve(pipe) -> None:
+def _serve(pipe, parents_end) -> None:
     """The worker's loop: compute each call sent and answer it; end (as
     `_child` does) when the parent closes its end, or after answering a call
     that changed the process.  What the scenarios print goes to stderr:
     stdout is the parent's, for the report (`run --json` is one document)."""
+    # The fork gave the worker a copy of the parent's end too: while it is
+    # open here, the parent's death (off Linux, the only news of it) would
+    # never reach the worker as the end of the pipe.
+    parents_end.close()
     _become_child(quiet_stdout=True)
     before, started_with = _traces(), set(sys.modules)
     modules = dict(sys.modules)  # as the last check saw them

@@ -90,6 +90,7 @@ TESTS = {
     # behind, the app's prints kept off stdout).  The quick runs first, the
     # run of every scenario three ways last: most mutants fail the first.
     "isolate": [
+        "test_isolate.py",
         "test_engine.py::TestExecute",
         "test_engine.py::test_what_one_scenario_leaves_in_the_worker_never_reaches_the_next",
         "test_engine.py::test_importing_a_scenarios_module_does_not_cost_a_new_worker",
@@ -98,9 +99,15 @@ TESTS = {
         "test_hostile.py::TestSignals",
         "test_hostile.py::TestProbeTargets",
         "test_hostile.py::test_a_scenario_that_prints_keeps_stdout_json",
+        "test_hostile.py::test_a_scenario_whose_prints_cannot_be_flushed_still_answers",
+        "test_hostile.py::test_a_line_the_app_left_unfinished_is_printed_all_the_same",
         "test_hostile.py::TestHangs::test_a_non_daemon_thread_does_not_keep_ctxlab_alive",
         "test_hostile.py::TestHangs::test_probe_of_a_factory_that_never_returns",
         "test_hostile.py::TestHangs::test_a_module_that_ends_the_process_while_importing",
+        "test_hostile.py::TestHangs::test_what_a_hung_app_printed_is_not_lost_with_it",
+        "test_hostile.py::TestText::test_a_stderr_whose_reader_is_gone",
+        "test_hostile.py::TestText::test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints",
+        "test_hostile.py::TestText::test_the_apps_streams_still_say_what_they_write_to",
         "test_engine.py::test_a_shared_worker_observes_what_a_child_per_scenario_and_one_process_do",
     ],
     # What the CLI prints, seen as a user's terminal or pipe gets it.
@@ -131,11 +138,35 @@ TESTS = {
         "test_ci.py::test_matrix_column_may_choose_the_python_and_how_to_serve",
         "test_ci.py::test_matrix_rows_line_up_when_columns_serve_differently",
         "test_ci.py::test_matrix_refuses_an_unknown_serving_choice",
+        "test_ci.py::test_matrix_column_is_pinned_when_every_requirement_names_one_version",
+        "test_ci.py::test_matrix_refuses_a_bad_requirement_with_packagings_own_reason",
+        "test_ci.py::test_matrix_a_requirement_named_like_a_serving_option_is_a_requirement",
+        "test_ci.py::test_matrix_column_runs_on_the_python_it_names",
+        "test_ci.py::test_matrix_finds_pythons_on_path_from_3_10_to_3_19",
+        "test_ci.py::test_matrix_without_pyenv_or_pythons_on_path_has_this_python",
+        "test_ci.py::test_matrix_refuses_a_python_older_than_ctxlab_supports",
+        "test_ci.py::test_matrix_tells_an_installers_reason_on_one_line",
+        "test_ci.py::test_matrix_grid_marks_changes_against_the_previous_column_only",
+        "test_ci.py::test_matrix_grid_a_failed_column_is_an_error_in_every_row_and_compared_with_nothing",
+        "test_ci.py::test_matrix_exits_1_when_no_column_ran",
+        "test_ci.py::test_matrix_exits_1_when_any_cell_drifts_or_errors",
+        "test_ci.py::test_matrix_shim_left_pointing_elsewhere_is_pointed_back",
+        "test_ci.py::test_matrix_rows_keep_their_server_when_columns_serve_with_one_real_server",
         "test_hostile.py::TestMatrix::test_each_checkout_has_its_own_shim",
-        "test_ci.py::test_matrix_grid_over_two_uvicorn_versions",
+        "test_hostile.py::TestMatrix::test_a_bad_scenario_directory_is_refused_before_any_build",
+        # Columns run in the environments test_ci's grid builds (cached).
         "test_hostile.py::TestMatrix::test_drift_in_any_column_exits_1",
+        "test_hostile.py::TestMatrix::test_a_column_whose_run_exits_3_is_read_all_the_same",
+        "test_hostile.py::TestMatrix::test_a_column_that_prints_no_report_is_an_error_cell_saying_why",
+        "test_ci.py::test_matrix_grid_over_two_uvicorn_versions",
+        "test_ci.py::test_snapshot_from_uvicorn_044_diffed_on_this_uvicorn",
+        # Environments built afresh, each in a cache of its own.
         "test_hostile.py::TestMatrix::test_an_uninstallable_column_is_an_error_cell",
+        "test_hostile.py::TestMatrix::test_interrupted_while_building_an_environment",
         "test_hostile.py::TestText::test_requirement_extras_are_printed_literally",
+        "test_ci.py::test_matrix_an_unpinned_column_follows_new_releases",
+        "test_ci.py::test_matrix_two_runs_building_one_environment_at_once_share_it",
+        "test_ci.py::test_matrix_columns_on_two_pythons_get_an_environment_each",
     ],
     # Real middleware libraries, in process only (each case runs ctxlab
     # and the app's own record in two subprocesses): the ones whose code
@@ -244,6 +275,9 @@ def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[i
     Python, then on each of `also`)."""
     tree, resume = prepare(module, again)
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # Mutants of matrix.py build environments: in this checkout's cache,
+    # never in the one every checkout shares (unless one is named).
+    env.setdefault("CTXLAB_CACHE", str(SCRATCH / "cache"))
     env.pop("FORCE_COLOR", None)
     command = test_command(module, also)
     started = time.perf_counter()

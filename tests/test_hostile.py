@@ -1077,6 +1077,38 @@ class TestMatrix:
         cells = {row["name"]: row["cells"] for row in json.loads(out)["scenarios"]}
         assert [c["status"] for c in cells["always-drifts"]] == ["drift", "drift"]
 
+    def test_a_column_whose_run_exits_3_is_read_all_the_same(self):
+        """A scenario that crashes (its run exits 3 in each column) is an
+        error in its row; the columns themselves ran, and matrix exits 1."""
+        code, out, err = cli("matrix", *CACHED, "--server", "asgi", "--scenarios", str(FIXTURES / "crashing_scenarios"),
+                             "--json", timeout=600)  # fmt: skip
+        assert code == 1, err
+        grid = json.loads(out)
+        assert [column["error"] for column in grid["columns"]] == [None, None]
+        cells = {row["name"]: row["cells"] for row in grid["scenarios"]}
+        assert [c["status"] for c in cells["always-crashes"]] == ["error", "error"]
+        assert [c["status"] for c in cells["bad-only"]] == ["pass", "pass"]
+
+    def test_a_column_that_prints_no_report_is_an_error_cell_saying_why(self):
+        """A scenario that kills the column's ctxlab (SIGKILL: no report, and
+        nothing on stderr after the scenario's own last line): each column is
+        an error naming that last line, and matrix exits 1.  The shell each
+        killed worker left to kill its process group ends within a second
+        (it polls), so it may outlive matrix by that much, no more."""
+        running = Cli("matrix", *CACHED, "--server", "asgi", "--scenarios", str(FIXTURES / "killing_scenarios"),
+                      "--json")  # fmt: skip
+        out, err = running.process.communicate(timeout=600)
+        deadline = time.monotonic() + 10
+        while left := session_processes(running.process.pid):
+            assert time.monotonic() < deadline, f"{left} outlived matrix"
+            time.sleep(0.05)
+        assert running.process.returncode == 1 and "Traceback" not in err, err
+        grid = json.loads(out)
+        assert [column["error"] for column in grid["columns"]] == [
+            f"ctxlab printed no report under {label}: and kills ctxlab now" for label in CACHED[1::2]
+        ]
+        assert grid["scenarios"] == []
+
     def test_interrupted_while_building_an_environment(self, tmp_path):
         """SIGTERM while a column's environment is built (the installer has
         started processes of its own, as venv's ensurepip or uv's
@@ -1110,9 +1142,11 @@ class TestMatrix:
 
     def test_an_uninstallable_column_is_an_error_cell(self, tmp_path):
         """A column that cannot be installed is an error with the installer's
-        reason; the other columns still run and matrix exits 1."""
+        reason; the other columns still run and matrix exits 1.  In a cache
+        of its own: a bug that marked the broken column built would spoil
+        the shared cache for every test after it."""
         code, out, err = cli("matrix", "--with", "uvicorn==0.0.424242", *CACHED[2:], "--server", "asgi", "--json",
-                             timeout=600)  # fmt: skip
+                             CTXLAB_CACHE=str(tmp_path), timeout=600)  # fmt: skip
         assert code == 1 and "Traceback" not in err
         grid = json.loads(out)
         broken, good = grid["columns"]
@@ -1151,6 +1185,24 @@ def test_a_scenario_that_prints_keeps_stdout_json():
     assert code == 0, err
     assert [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
     assert "hello from the factory" in err and "hello from the endpoint" in err
+
+
+def test_a_line_the_app_left_unfinished_is_printed_all_the_same():
+    """What the app wrote without a newline is still in its buffer when the
+    worker answers: it is flushed then, not lost when the worker ends."""
+    code, _, err = cli("run", "leaves-a-line-unfinished", "--json", "--scenarios", str(HOSTILE))
+    assert code == 0 and "no newline yet" in err, err
+
+
+@pytest.mark.parametrize("name", ["closes-its-streams", "leaves-a-line-unfinished"])
+def test_a_scenario_whose_prints_cannot_be_flushed_still_answers(name):
+    """What the app printed is flushed before each answer; a stream that
+    cannot take it (closed by the app, or a full stderr: `2> /dev/full`)
+    does not cost the scenario its report."""
+    with open("/dev/full", "w") as full:
+        code, out, _ = cli("run", name, "--json", "--scenarios", str(HOSTILE), stderr=full)
+    assert code == 0
+    assert [s["status"] for s in json.loads(out)["scenarios"]] == ["pass"]
 
 
 # -- probe targets -------------------------------------------------------------------------------
