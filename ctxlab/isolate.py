@@ -58,6 +58,7 @@ Where `fork` does not exist (Windows) the work runs in process, unguarded.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -229,12 +230,17 @@ def _become_child(quiet_stdout: bool) -> None:
         _outlive_the_reader()
 
 
+# Why a write to stderr can fail for good: its reader is gone, or it is
+# full (`2> /dev/full`, a full disk, `ulimit -f`), or its terminal is.
+_LOST = (errno.EPIPE, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+
+
 class _ReaderOptional(io.RawIOBase):
-    """A file descriptor that writes into /dev/null from the moment its
-    reader is gone.  What a scenario or an app prints is not what ctxlab
-    reports: a stderr whose reader went away (`2> >(head -1)`) must not
-    turn the app's next print into a BrokenPipeError and the scenario into
-    an error."""
+    """A file descriptor that writes into /dev/null from the moment it
+    cannot be written.  What a scenario or an app prints is not what ctxlab
+    reports: a stderr whose reader went away (`2> >(head -1)`), or that is
+    full (`2> /dev/full`), must not make the app's next print raise and
+    the scenario an error."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -252,7 +258,9 @@ class _ReaderOptional(io.RawIOBase):
     def write(self, data) -> int:
         try:
             return os.write(self.fd, data)
-        except BrokenPipeError:
+        except OSError as exc:
+            if exc.errno not in _LOST:
+                raise
             # The descriptors themselves, both (stdout is a copy of stderr
             # here), so that writes past this object (sys.__stderr__, a
             # logging handler made before the fork, os.write) go on quietly too.

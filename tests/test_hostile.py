@@ -955,6 +955,19 @@ class TestText:
         assert _no_durations(gone[1]) == _no_durations(read[1]) and "hello" not in read[1]
         assert "hello from" in read[2]  # what it printed, where it could be read
 
+    @pytest.mark.parametrize(
+        "args",
+        [("run", "prints", "--json", "--scenarios", str(HOSTILE)), ("trace", "prints:app", "--app-dir", str(APPS))],
+    )
+    def test_a_full_stderr_does_not_fail_what_the_app_prints(self, args):
+        """`2> /dev/full`: the app's print raised ENOSPC, and the scenario
+        (or the traced request) failed; stdout is as with a stderr that reads."""
+        with open("/dev/full", "w") as full:
+            code, out, _ = cli(*args, stderr=full)
+        read = cli(*args)
+        assert code == read[0] == 0
+        assert _no_durations(out) == _no_durations(read[1])
+
     def test_an_accent_the_stream_cannot_show_is_replaced_in_what_the_app_prints(self, tmp_path):
         """PYTHONIOENCODING=ascii: the app's print of "café" must not raise
         UnicodeEncodeError (the request failed), and shows as Python's own
