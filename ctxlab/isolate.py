@@ -227,7 +227,7 @@ def _become_child(quiet_stdout: bool) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held back for the fork
     if quiet_stdout:
         os.dup2(2, 1)
-        _outlive_the_reader()
+        _best_effort_streams()
 
 
 # Why a write to stderr can fail for good: its reader is gone, or it is
@@ -235,7 +235,7 @@ def _become_child(quiet_stdout: bool) -> None:
 _LOST = (errno.EPIPE, errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
 
 
-class _ReaderOptional(io.RawIOBase):
+class _BestEffortOutput(io.RawIOBase):
     """A file descriptor that writes into /dev/null from the moment it
     cannot be written.  What a scenario or an app prints is not what ctxlab
     reports: a stderr whose reader went away (`2> >(head -1)`), or that is
@@ -271,13 +271,13 @@ class _ReaderOptional(io.RawIOBase):
             return len(data)
 
 
-def _outlive_the_reader() -> None:
-    """The child's stdout and stderr, written through `_ReaderOptional`,
+def _best_effort_streams() -> None:
+    """The child's stdout and stderr, written through `_BestEffortOutput`,
     line by line (as stderr is): a worker that hangs is killed, and what
     its app printed before must not die in a buffer with it."""
     for name, fd in (("stdout", 1), ("stderr", 2)):
         old = getattr(sys, name)
-        buffered = io.BufferedWriter(_ReaderOptional(fd))
+        buffered = io.BufferedWriter(_BestEffortOutput(fd))
         encoding, errors = getattr(old, "encoding", None), getattr(old, "errors", None)
         setattr(sys, name, io.TextIOWrapper(buffered, encoding=encoding, errors=errors, line_buffering=True))
 
