@@ -145,6 +145,9 @@ ScenariosOption = Annotated[
 TargetArgument = Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")]
 FactoryOption = Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")]
 AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")]
+# How long probe and trace wait for the user's app (and diff, for a trace
+# saved before traces kept theirs).
+DEFAULT_TIMEOUT = 30.0
 # At most a day: the wait is given to poll() in milliseconds, an int (inf overflowed it).
 TimeoutOption = Annotated[
     float,
@@ -552,7 +555,7 @@ def probe_app(
     ] = Server.asgi,
     lifespan: Annotated[bool, typer.Option("--lifespan", help="Run the app's lifespan around the request.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The diagnosis as JSON on stdout.")] = False,
-    timeout: TimeoutOption = 30.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
@@ -610,7 +613,7 @@ def trace_app(
     ] = None,
     factory: FactoryOption = False,
     app_dir: AppDirOption = Path("."),
-    timeout: TimeoutOption = 30.0,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> int:
     """Follow your own ContextVars through real requests: every get, set and
     reset at file:line, and each value lost or leaked, with the fix.
@@ -679,8 +682,8 @@ def _diff_trace(path: Path, as_json: bool) -> int:
     from ctxlab.output import OutputFormat
 
     before = tracing.load_trace(path)
-    # As long as the saved trace was allowed (older ones saved none: trace's default).
-    timeout = before["options"].get("timeout") or 30.0
+    # As long as the saved trace was allowed (older ones saved none).
+    timeout = before["options"].get("timeout") or DEFAULT_TIMEOUT
     after = _on_the_users_app(lambda: tracing.again(before).to_json(), before["app"], timeout, "tracing")
     found = tracing.changes(before, after)
     OutputFormat.chosen(as_json).emitter().trace_changes(before["app"], found)
