@@ -662,18 +662,15 @@ def trace_app(
 def _refuse_unused(named: List[str], used: set[str], requests: int) -> None:
     """`--var` naming a variable the app never touched: "no finding" would
     hide a typo (or the wrong --path) from the user and from CI."""
-    unused = [name for name in named if name not in used]
-    if not unused:
-        return
-    import difflib
+    from ctxlab.scenario import suggest
 
-    said = f"no ContextVar named {unused[0]!r} was used during the {requests} request(s)"
-    close = difflib.get_close_matches(unused[0], used, n=1)
-    if close:
-        raise UsageError(f"{said}; did you mean {close[0]!r}?")
-    if not used:
-        raise UsageError(f"{said}; the app used none")
-    raise UsageError(f"{said}; the app used {', '.join(sorted(used))}")
+    unused = [name for name in named if name not in used]
+    if unused:
+        listed = f"; the app used {', '.join(sorted(used))}" if used else "; the app used none"
+        raise UsageError(
+            f"no ContextVar named {unused[0]!r} was used during the {requests} request(s)"
+            + suggest(unused[0], used, otherwise=listed)
+        )
 
 
 def _diff_trace(path: Path, as_json: bool) -> int:
