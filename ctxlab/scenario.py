@@ -337,17 +337,31 @@ def catalog(*extra: Path) -> dict[str, Entry]:
         # bundled one again, is read once.
         directories = {directory.resolve(): directory for directory in extra}
         directories.pop(bundled_dir().resolve(), None)
-        for path in [*_modules_in(bundled_dir()), *plugins, *(p for d in directories.values() for p in _modules_in(d))]:
-            for fields in index.entries(path, _declared_fields):
-                entry = _entry(path, fields)
-                if entry.name in found:
-                    raise ScenarioError(
-                        f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
-                    )
-                found[entry.name] = entry
+        for path in [*_modules_in(bundled_dir()), *plugins]:
+            _add(found, path, index.entries(path, _declared_fields))
+        for directory in directories.values():
+            # A directory that declares nothing is most likely the wrong one
+            # (its parent, a package's top): say so rather than run without it.
+            declared = [(path, index.entries(path, _declared_fields)) for path in _modules_in(directory)]
+            if not any(fields for _, fields in declared):
+                raise ScenarioError(
+                    f"scenario directory {directory} declares no scenario (no @scenario in its *.py files)"
+                )
+            for path, fields in declared:
+                _add(found, path, fields)
     finally:
         index.save()  # what was read stays read, even when a name clashes
     return found
+
+
+def _add(found: dict[str, Entry], path: Path, declared: list[dict]) -> None:
+    for fields in declared:
+        entry = _entry(path, fields)
+        if entry.name in found:
+            raise ScenarioError(
+                f"scenario {entry.name!r} is declared twice: {found[entry.name].path.name} and {path.name}"
+            )
+        found[entry.name] = entry
 
 
 def not_a_directory(path: Path) -> str | None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import ctxlab, ctxlab_json
 
 FIXTURES = Path(__file__).parent / "fixtures"
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "ctxlab")
 OBSERVATION_KEYS = [
     "seq", "request", "probe", "var", "observed", "expected", "naive", "match",
     "task", "parent_task", "context", "thread",
@@ -78,6 +79,8 @@ def test_typo_exits_2_with_a_suggestion_and_no_traceback():
         # click < 8.4 says "No such option: --bogus", later ones "No such option '--bogus'."
         (["run", "bad-only", "--bogus"], "No such option"),
         (["run", "--all", "--scenarios", "/no/such/dir"], "scenario directory /no/such/dir does not exist"),
+        # The package's own directory instead of a scenarios directory beside it.
+        (["list", "--scenarios", PACKAGE_DIR], f"scenario directory {PACKAGE_DIR} declares no scenario"),
         (["explain", "nope"], "unknown scenario 'nope'"),
         (["list", "--tag", "nope"], "unknown tag 'nope'"),
     ],

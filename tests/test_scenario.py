@@ -229,6 +229,16 @@ class TestDiscovery:
         with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path / 'f.py'} is not a directory"):
             catalog(tmp_path / "f.py")
 
+    def test_a_directory_that_declares_no_scenario_is_refused(self, tmp_path):
+        """A mistyped --scenarios (the package above, a plain module) is
+        refused, not run as if it were not given."""
+        (tmp_path / "helpers.py").write_text("def scenario_like(): pass\n")
+        (tmp_path / "_private.py").write_text('@scenario("hidden", expect={})\ndef f(): pass\n')
+        with pytest.raises(ScenarioError, match=f"scenario directory {tmp_path} declares no scenario"):
+            catalog(tmp_path)
+        (tmp_path / "mine.py").write_text('@scenario("mine", expect={})\ndef f(): pass\n')
+        assert "mine" in catalog(tmp_path)
+
     def test_private_modules_are_skipped_and_order_is_by_file(self, tmp_path):
         (tmp_path / "_helpers.py").write_text('@scenario("hidden", expect={})\ndef f(): pass\n')
         (tmp_path / "b.py").write_text('@scenario("from-b", expect={})\ndef f(): pass\n')
