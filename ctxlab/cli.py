@@ -789,8 +789,10 @@ def _discard(stream) -> None:
 def _say(line: str) -> None:
     """The error line on stderr, if stderr can take it: when it cannot
     (`2> /dev/full`), the exit code alone must tell."""
+    from ctxlab.terminal import visible
+
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(visible(line), file=sys.stderr, flush=True)
     except OSError:
         _discard(sys.stderr)
 

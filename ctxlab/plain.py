@@ -85,8 +85,10 @@ class PlainConsole:
             self._write(" ".join(drawn) + "\n")
 
     def _write(self, text: str) -> None:
+        from ctxlab.terminal import visible
+
         try:
-            self.file.write(text)
+            self.file.write(visible(text))
             # Now, as a terminal would show it: `| tee` sees each scenario
             # as it finishes, and a Ctrl-C loses nothing already printed.
             self.file.flush()

@@ -5,6 +5,11 @@ requirements such as `uvicorn[standard]` may contain brackets that Rich
 would otherwise read as markup (`[/b]` even crashes it), so consoles are
 made with markup off and styles are given as `Text` styles.
 
+Control characters (an ESC in an app's exception message, a scenario's
+summary or a file name) are shown as escapes, `\\x1b`, wherever ctxlab
+prints: written as they are, they would recolour, move the cursor or clear
+a terminal, or a CI log that renders them.
+
 A stream that cannot show `→ ✓ ✗` (`PYTHONIOENCODING=ascii`, or
 `TERM=dumb`) gets ASCII: the stream is switched to ASCII with replacement,
 Rich then draws ASCII boxes and trees, and `AsciiStream` spells the few
@@ -14,11 +19,21 @@ symbols ctxlab uses.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import cache
 from typing import TextIO
 
 SPELLED = str.maketrans({"→": "->", "←": "<-", "✓": "ok", "✗": "x", "…": "...", "—": "-"})
+
+
+# C0 but tab and newline, DEL, C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters spelled as escapes (`\\x1b`)."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
 
 
 def fit_streams() -> None:
@@ -60,6 +75,14 @@ def _console_class():
     from rich.console import Console
 
     class PipeAwareConsole(Console):
+        def _render_buffer(self, buffer):
+            # Here the text is apart from the styles' own escape codes.  (A
+            # cell widened by an escape was measured before: its row may
+            # stand out of line, which beats a terminal taken over.)
+            return super()._render_buffer(
+                segment if segment.control else segment._replace(text=visible(segment.text)) for segment in buffer
+            )
+
         def on_broken_pipe(self) -> None:
             # Rich exits 1 here, which reads as drift; main() ends quietly.
             self.quiet = True

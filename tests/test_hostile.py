@@ -877,6 +877,21 @@ class TestText:
         code, out, err = cli("explain", "markup-[/b]-name", *args)
         assert code == 0 and "[bold]tags[/bold]" in out, err
 
+    @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
+    def test_control_characters_are_shown_as_escapes(self, tmp_path, colors):
+        """An ESC in a summary, a probe's label, an app's error or a path would
+        clear or recolour the terminal (and a CI log that renders it): it is
+        printed as `\\x1b`, in plain output and through Rich alike."""
+        args = ("--scenarios", str(HOSTILE))
+        for command in (("list", "--tag", "control"), ("run", "control-chars"), ("explain", "control-chars")):
+            code, out, err = cli(*command, *args, **colors)
+            assert code == (3 if "run" in command else 0), err
+            assert "\x1b[2J" not in out and "\\x1b[2J" in out, command
+        assert "seen\\x1b[8m" in out and "boom \\x1b[2J\\x1b[H" in out
+        missing = tmp_path / "dir\x1b[2J"
+        code, out, err = cli("list", "--scenarios", str(missing), **colors)
+        assert code == 2 and one_line(err) == f"ctxlab: error: scenario directory {tmp_path}/dir\\x1b[2J does not exist"
+
     def test_requirement_extras_are_printed_literally(self, tmp_path):
         """`uvicorn[standard]` in --with keeps its extra in what is printed."""
         code, out, err = cli("matrix", "--with", "uvicorn[standard]==0.0.424242", "--with", "uvicorn[standard]==0.0.424243",
