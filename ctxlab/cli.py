@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional
 import typer
 from typer.core import TyperArgument, TyperCommand
 
-from ctxlab import __version__
+from ctxlab import __version__, limits
 from ctxlab.errors import CtxlabError, UsageError
 
 if TYPE_CHECKING:
@@ -148,11 +148,14 @@ AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Wh
 # How long probe and trace wait for the user's app (and diff, for a trace
 # saved before traces kept theirs).
 DEFAULT_TIMEOUT = 30.0
-# At most a day: the wait is given to poll() in milliseconds, an int (inf overflowed it).
 TimeoutOption = Annotated[
     float,
     typer.Option(
-        "--timeout", min=0.1, max=86400, metavar="SECONDS", help="Give up on an app that does not answer by then."
+        "--timeout",
+        min=limits.TIMEOUT[0],
+        max=limits.TIMEOUT[1],
+        metavar="SECONDS",
+        help="Give up on an app that does not answer by then.",
     ),
 ]
 
@@ -488,14 +491,27 @@ def matrix(
 
 
 def _user_request_checks(
-    path: Optional[str], method: str, server: Server, header: Optional[List[str]], command: str
+    path: Optional[str],
+    method: str,
+    server: Server,
+    header: Optional[List[str]],
+    data: Optional[str],
+    command: str,
+    host: Optional[str] = None,
 ) -> list:
-    """What `probe` and `trace` check alike: the path, the method, the server,
-    and the `--header K:V` values, as (name, value) pairs."""
+    """What `probe` and `trace` check alike: the path, the method, the
+    server, the body, probe's --host, and the `--header K:V` values, as
+    (name, value) pairs."""
     from ctxlab.validate import TOKEN
 
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--path must start with '/', got {path!r}")
+    if path is not None and not limits.encodes(path, "utf-8"):
+        raise UsageError(f"--path must be UTF-8 text, got {path!r}")
+    if data is not None and not limits.encodes(data, "utf-8"):
+        raise UsageError(f"--data must be UTF-8 text, got {data!r}")
+    if host is not None and not limits.encodes(host, "latin-1"):
+        raise UsageError(f"--host is a header value, Latin-1 text (HTTP's octets), got {host!r}")
     if not TOKEN.fullmatch(method):
         raise UsageError(f"--method expects an HTTP method such as GET or POST, got {method!r}")
     if server not in (Server.asgi, Server.uvicorn):
@@ -507,6 +523,8 @@ def _user_request_checks(
         name, colon, value = given.partition(":")
         if not colon or not TOKEN.fullmatch(name.strip()) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
+        if not limits.encodes(value, "latin-1"):
+            raise UsageError(f"--header values are Latin-1 text (HTTP's octets), got {given!r}")
         headers.append((name.strip(), value.strip()))
     return headers
 
@@ -559,7 +577,7 @@ def probe_app(
 ) -> int:
     """Diagnose your own Starlette/FastAPI app: which middleware layers see
     values set in the endpoint, which cut them, and why. Your app is not changed."""
-    headers = _user_request_checks(path, method, server, header, "probe")
+    headers = _user_request_checks(path, method, server, header, data, "probe", host)
     from ctxlab.diagnose import diagnose
     from ctxlab.output import OutputFormat
 
@@ -582,7 +600,10 @@ def probe_app(
 def trace_app(
     target: TargetArgument,
     requests: Annotated[
-        int, typer.Option("--requests", min=1, metavar="N", help="How many requests, one after another.")
+        int,
+        typer.Option(
+            "--requests", min=1, max=limits.MAX_REQUESTS, metavar="N", help="How many requests, one after another."
+        ),
     ] = 2,
     path: Annotated[str, typer.Option("--path", metavar="PATH", help="The path each request asks for.")] = "/",
     method: Annotated[str, typer.Option("--method", metavar="METHOD", help="The HTTP method.")] = "GET",
@@ -620,7 +641,7 @@ def trace_app(
     Exit 0 no finding, 1 findings (or changes against --baseline), 2 usage error
     (also: every request failed and no ContextVar was used, or --var names a
     variable the app never used)."""
-    headers = _user_request_checks(path, method, server, header, "trace")
+    headers = _user_request_checks(path, method, server, header, data, "trace")
     _writable(output)
     from ctxlab import files, render
     from ctxlab import trace as tracing

@@ -359,9 +359,12 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
 async def _over_http(http: Any, request: Request) -> Reply:
     import httpx
 
-    headers = dict(request.headers)
+    # As bytes, the way the in-process request sends them: httpx would
+    # encode str as ASCII (an é failed), and a dict kept one of two headers
+    # of the same name.
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
     if request.host:
-        headers["host"] = request.host
+        headers.append((b"host", request.host.encode("latin-1")))
     try:
         response = await http.request(request.method, request.path, headers=headers, content=request.body)
     except httpx.HTTPError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ctxlab.errors import CtxlabError
+from ctxlab.limits import MAX_REQUESTS, TIMEOUT, encodes
 
 STATUSES = ("pass", "drift", "error", "skipped")
 SPEC_VERSION = re.compile(r"^\d+\.\d+$")
@@ -103,19 +104,31 @@ _TRACE_FIELDS = {
     "app": (_is_str, "MODULE:ATTR"),
     "server": (lambda value: value in ("asgi", "uvicorn"), "asgi or uvicorn"),
     "options": (lambda value: isinstance(value, dict), "an object"),
-    "options.requests": (lambda value: _is_int(value) and value >= 1, "a number of requests"),
-    "options.path": (lambda value: _is_str(value) and value.startswith("/"), "a path starting with /"),
+    "options.requests": (lambda value: _is_int(value) and 1 <= value <= MAX_REQUESTS, "a number of requests"),
+    "options.path": (
+        lambda value: _is_str(value) and value.startswith("/") and encodes(value, "utf-8"),
+        "a path starting with /, in text a request can carry",
+    ),
     "options.method": (lambda value: _is_str(value) and TOKEN.fullmatch(value) is not None, "an HTTP method"),
     "options.headers": (
-        _are(lambda pair: isinstance(pair, list) and len(pair) == 2 and all(map(_is_str, pair))),
-        "a list of [name, value] pairs",
+        _are(
+            lambda pair: (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(_is_str(text) and encodes(text, "latin-1") for text in pair)
+            )
+        ),
+        "a list of [name, value] pairs of Latin-1 text",
     ),
-    "options.data": (_is_str, "a string"),
+    "options.data": (lambda value: _is_str(value) and encodes(value, "utf-8"), "a string a request can carry"),
     "options.lifespan": (_is_bool, "true or false"),
     "options.vars": (_are(_is_str), "a list of variable names"),
     "options.factory": (_is_bool, "true or false"),
     "options.app_dir": (_is_str, "a directory"),
-    "options.timeout": (lambda value: value is None or (_is_number(value) and 0.1 <= value <= 86400), "seconds"),
+    "options.timeout": (
+        lambda value: value is None or (_is_number(value) and TIMEOUT[0] <= value <= TIMEOUT[1]),
+        "seconds",
+    ),
     "events": (
         _are(_has(request=_is_int, op=_is_str, var=_is_str, file=_is_str, function=_is_str, value=lambda value: True)),
         "a list of events (request, op, var, file, function, value)",

@@ -304,6 +304,45 @@ class TestOptionsShapeTheRequest:
         assert code == 2
         assert "TrustedHostMiddleware answered POST /orders with 400; pass --host with a host it allows" in err
 
+    @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+    def test_headers_reach_the_app_as_given_on_either_server(self, tmp_path, server):
+        """Two headers of one name and a Latin-1 value arrive as sent, in
+        process and over a real uvicorn (where a dict kept one of the two,
+        and httpx's ASCII failed on the é)."""
+        seen = tmp_path / "seen.json"
+        (tmp_path / "echo.py").write_text(
+            "import json, os\n"
+            "from starlette.applications import Starlette\n"
+            "from starlette.responses import PlainTextResponse\n"
+            "from starlette.routing import Route\n"
+            "async def endpoint(request):\n"
+            "    seen = {name: request.headers.getlist(name) for name in ('x-tag', 'host')}\n"
+            "    with open(os.environ['SEEN'], 'w') as f:\n"
+            "        json.dump(seen, f)\n"
+            "    return PlainTextResponse('ok')\n"
+            "app = Starlette(routes=[Route('/', endpoint)])\n"
+        )
+        code, _, err = ctxlab(
+            "probe", "echo:app", "--app-dir", str(tmp_path), "--path", "/", "--server", server, "--header", "X-Tag: caf\u00e9",
+            "--header", "X-Tag: b", "--host", "h\u00f4te.example", env={"SEEN": str(seen)},
+        )  # fmt: skip
+        assert code in (0, 2), err
+        assert json.loads(seen.read_text()) == {"x-tag": ["caf\u00e9", "b"], "host": ["h\u00f4te.example"]}
+
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            (["--host", "\udcff"], "--host is a header value, Latin-1 text (HTTP's octets), got '\\udcff'"),
+            (["--header", "X-A: \u20ac"], "--header values are Latin-1 text (HTTP's octets), got 'X-A: \u20ac'"),
+            (["--data", "\udcff"], "--data must be UTF-8 text, got '\\udcff'"),
+            (["--path", "/\udcff"], "--path must be UTF-8 text, got '/\\udcff'"),
+        ],
+    )
+    def test_text_a_request_cannot_carry_is_a_usage_error(self, tmp_path, args, message):
+        self.write(tmp_path)
+        code, out, err = ctxlab("probe", "orders:app", "--app-dir", str(tmp_path), *args)
+        assert (code, out, err) == (2, "", f"ctxlab: error: {message}\n")
+
     def test_a_header_without_a_colon_is_a_usage_error(self, tmp_path):
         self.write(tmp_path)
         code, out, err = ctxlab("probe", "orders:app", "--app-dir", str(tmp_path), "--header", "oops")

@@ -675,6 +675,11 @@ class TestMalformedFiles:
             ("options", [], "options is [], expected an object"),
             ("options.requests", "two", "options.requests is 'two', expected a number of requests"),
             ("options.path", 5, "options.path is 5, expected a path starting with /"),
+            # What a request could not carry, or count (these were tracebacks too).
+            ("options.requests", 10**20, f"options.requests is {10**20}, expected a number of requests"),
+            ("options.path", "/\udcff", "options.path is '/\\udcff', expected a path starting with /, in text"),
+            ("options.data", "\udcff", "options.data is '\\udcff', expected a string a request can carry"),
+            ("options.headers", [["x-a", "\u20ac"]], "options.headers is [['x-a', '\u20ac']], expected a list of"),
             ("options.method", "G E T", "options.method is 'G E T', expected an HTTP method"),
             ("options.headers", "X-A: 1", "options.headers is 'X-A: 1', expected a list of [name, value] pairs"),
             ("options.vars", "user", "options.vars is 'user', expected a list of variable names"),

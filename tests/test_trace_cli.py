@@ -184,6 +184,12 @@ class TestUsageErrors:
             (["--method", "G T"], "--method expects an HTTP method"),
             (["--method", ""], "--method expects an HTTP method"),
             (["--path", "users"], "--path must start with '/'"),
+            # Bytes that are not UTF-8 on the command line (b"/\xff"), and a
+            # header value HTTP cannot carry: the request could not be made.
+            (["--path", "/\udcff"], "--path must be UTF-8 text, got '/\\udcff'"),
+            (["--data", "\udcff"], "--data must be UTF-8 text"),
+            (["--header", "X-A: \u20ac"], "--header values are Latin-1 text"),
+            (["--requests", str(10**20)], "less than or equal to 100000"),
             (["--server", "both"], "--server both"),
             (["-o", str(tmp_path / "missing" / "x.json")], "not a writable directory"),
             (["--baseline", str(tmp_path / "absent.json")], "cannot read"),

@@ -129,6 +129,20 @@ def test_a_whole_trace_passes():
     [
         ("options.requests", 1, None),
         ("options.requests", 0, "options.requests is 0, expected a number of requests"),
+        ("options.requests", 100_000, None),
+        ("options.requests", 100_001, "options.requests is 100001, expected a number of requests"),
+        # Text the request could not carry (json.loads gives "\udcff" back as a lone surrogate).
+        ("options.path", "/caf\u00e9", None),
+        (
+            "options.path",
+            "/\udcff",
+            "options.path is '/\\udcff', expected a path starting with /, in text a request can carry",
+        ),
+        ("options.data", "\u20ac", None),
+        ("options.data", "\udcff", "options.data is '\\udcff', expected a string a request can carry"),
+        ("options.headers", [["x-a", "caf\u00e9"]], None),
+        ("options.headers", [["x-a", "\u20ac"]], "options.headers is [['x-a', '\u20ac']], expected a list of"),
+        ("options.headers", [["x-\u20ac", "1"]], "options.headers is [['x-\u20ac', '1']], expected a list of"),
         ("options.headers", [], None),
         ("options.headers", [["x-a"]], "options.headers is [['x-a']], expected a list of [name, value] pairs"),
         ("options.headers", [["x-a", "1", "2"]], "options.headers is [['x-a', '1', '2']], expected a list of"),
