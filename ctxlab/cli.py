@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import sys
 import time
 from enum import Enum
@@ -193,9 +192,6 @@ def list_(
     return 0
 
 
-SPEC_VERSION = re.compile(r"^\d+\.\d+$")
-
-
 @app.command(cls=PlainCommand)
 def run(
     names: Annotated[
@@ -225,7 +221,7 @@ def run(
     scenarios: ScenariosOption = None,
 ) -> int:
     """Run scenarios and compare what each probe saw with what is expected."""
-    if spec_version is not None and not SPEC_VERSION.match(spec_version):
+    if spec_version is not None and not limits.SPEC_VERSION.fullmatch(spec_version):
         raise UsageError(f"bad --spec-version {spec_version!r}; expected MAJOR.MINOR such as 2.3 or 2.4")
     if spec_version is not None and server is not Server.asgi:
         raise UsageError("--spec-version applies to --server asgi only; a real server advertises its own")

@@ -1,5 +1,11 @@
-"""Bounds that a command line and a saved trace share: `cli` checks the
-options, `validate` the trace that `diff` and `--baseline` run again."""
+"""Bounds that a command line and a saved file share: `cli` checks the
+options, `validate` the snapshot or trace that `diff` and `--baseline` run
+again."""
+
+import re
+
+# An ASGI spec_version, "2.4": ASCII digits only (\d takes "٣.٤" too).
+SPEC_VERSION = re.compile(r"[0-9]+\.[0-9]+")
 
 # Seconds probe and trace wait for the user's app: at most a day, since the
 # wait is given to poll() in milliseconds, an int (inf overflowed it).

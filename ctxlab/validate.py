@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ctxlab.errors import CtxlabError
-from ctxlab.limits import MAX_REQUESTS, TIMEOUT, encodes
+from ctxlab.limits import MAX_REQUESTS, SPEC_VERSION, TIMEOUT, encodes
 
 STATUSES = ("pass", "drift", "error", "skipped")
-SPEC_VERSION = re.compile(r"^\d+\.\d+$")
 # Read no file bigger than this: a snapshot of every scenario on every
 # server is well under a megabyte, and json.loads of 200 MB takes gigabytes.
 MAX_BYTES = 64 * 1024 * 1024
@@ -156,7 +155,7 @@ def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:
     if "server" in document and document["server"] not in (*servers, "both"):
         return f"server is {_shown(document['server'])}, expected one of {', '.join((*servers, 'both'))}"
     spec = document.get("spec_version")
-    if spec is not None and not (isinstance(spec, str) and SPEC_VERSION.match(spec)):
+    if spec is not None and not (isinstance(spec, str) and SPEC_VERSION.fullmatch(spec)):
         return f'spec_version is {_shown(spec)}, expected null or MAJOR.MINOR such as "2.3"'
     environment = document.get("environment", {})
     if not isinstance(environment, dict):

@@ -75,6 +75,8 @@ def test_typo_exits_2_with_a_suggestion_and_no_traceback():
         (["run", "--tag", "nope"], "unknown tag 'nope'; known tags:"),
         (["run", "bad-only", "--all"], "give scenario names or --all, not both"),
         (["run", "bad-only", "--spec-version", "two"], "bad --spec-version 'two'"),
+        (["run", "bad-only", "--spec-version", "2.4\n"], "bad --spec-version '2.4\\n'"),
+        (["run", "bad-only", "--spec-version", "\u0663.\u0664"], "bad --spec-version '\u0663.\u0664'"),
         (["run", "bad-only", "--server", "iis"], "'iis' is not one of"),
         # click < 8.4 says "No such option: --bogus", later ones "No such option '--bogus'."
         (["run", "bad-only", "--bogus"], "No such option"),
