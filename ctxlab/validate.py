@@ -164,14 +164,21 @@ def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:
     if not (isinstance(packages, dict) and all(isinstance(v, str) for v in packages.values())):
         return f"environment.packages is {_shown(packages)}, expected an object of package versions"
     scenarios = document.get("scenarios")
-    if not isinstance(scenarios, list):
-        return f"scenarios is {_shown(scenarios)}, expected a list of scenario results"
+    # Empty, a baseline would compare nothing and pass: no snapshot is so.
+    if not (isinstance(scenarios, list) and scenarios):
+        return f"scenarios is {_shown(scenarios)}, expected a list of scenario results, one at least"
+    seen = set()
     for i, scenario in enumerate(scenarios):
         where = f"scenarios[{i}]"
         if not isinstance(scenario, dict):
             return f"{where} is {_shown(scenario)}, expected an object"
         if not isinstance(scenario.get("name"), str):
             return f"{where}.name is {_shown(scenario.get('name'))}, expected a scenario name"
+        # Compared by name and server, a second result would hide the first.
+        run = (scenario["name"], scenario.get("server"))
+        if run in seen:
+            return f"{where} is a second result for {scenario['name']!r}" + (f" on {run[1]}" if run[1] else "")
+        seen.add(run)
         if "status" in scenario and scenario["status"] not in STATUSES:
             return f"{where}.status is {_shown(scenario['status'])}, expected one of {', '.join(STATUSES)}"
         if "server" in scenario and scenario["server"] not in servers:

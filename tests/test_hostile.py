@@ -630,6 +630,8 @@ MALFORMED = {
     "var is null": report_with(scenarios__0__observations__0__var=None),
     "scenarios is an object": report_with(scenarios={}),
     "name is a list": report_with(scenarios__0__name=["bad-only"]),
+    "no scenario": report_with(scenarios=[]),
+    "a scenario twice": report_with(scenarios=report_with()["scenarios"] * 2),
 }
 
 REFUSED_BEFORE = {"scenarios is an object", "name is a list"}
@@ -658,6 +660,24 @@ class TestMalformedFiles:
         code, out, err = cli("diff", str(path))
         assert code == 2, (out, err)
         assert str(path) in one_line(err)
+
+    @pytest.mark.parametrize(
+        "case, said",
+        [
+            ("no scenario", "scenarios is [], expected a list of scenario results, one at least"),
+            ("a scenario twice", "scenarios[1] is a second result for 'bad-only'"),
+        ],
+    )
+    def test_a_baseline_that_would_compare_nothing_or_hide_a_result(self, tmp_path, case, said):
+        """An empty snapshot made diff and check --baseline pass having
+        compared nothing; a second result for a scenario hid the first."""
+        path = tmp_path / "snap.json"
+        path.write_text(json.dumps(MALFORMED[case]))
+        for command in (("diff", str(path)), ("check", "--baseline", str(path))):
+            code, out, err = cli(*command)
+            assert (code, out) == (2, "") and one_line(
+                err
+            ) == f"ctxlab: error: {path} is a malformed ctxlab report: {said}"
 
     @pytest.mark.parametrize("case", ["unknown scenario server", "request is a string"])
     def test_a_malformed_baseline_is_refused_before_running(self, tmp_path, case):

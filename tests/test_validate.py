@@ -163,3 +163,21 @@ def test_a_whole_trace_passes():
 def test_each_trace_field_at_its_edges(path, value, problem):
     found = validate.trace_problem(with_field(path, value))
     assert found == problem if problem is None else found.startswith(problem)
+
+
+def _report(*runs):
+    # No server key: a report of one server.
+    return {
+        "scenarios": [
+            {"name": name, "observations": [], **({"server": server} if server else {})} for name, server in runs
+        ]
+    }
+
+
+def test_a_scenario_may_appear_once_per_server():
+    assert validate.problem(_report(("a", "asgi"), ("a", "uvicorn"), ("b", "asgi")), ["asgi", "uvicorn"]) is None
+    assert validate.problem(_report(("a", None), ("b", None)), ["asgi"]) is None
+    assert validate.problem(_report(("a", "asgi"), ("b", "asgi"), ("a", "asgi")), ["asgi"]) == (
+        "scenarios[2] is a second result for 'a' on asgi"
+    )
+    assert validate.problem(_report(("a", None), ("a", None)), ["asgi"]) == "scenarios[1] is a second result for 'a'"
