@@ -35,9 +35,14 @@ STALE = 30 * 24 * 3600  # seconds a directory's file is kept unwritten
 
 
 def cache_dir() -> Path:
-    """ctxlab's cache: $CTXLAB_CACHE, else $XDG_CACHE_HOME/ctxlab or ~/.cache/ctxlab."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("CTXLAB_CACHE", Path(base) / "ctxlab"))
+    """ctxlab's cache: $CTXLAB_CACHE, else $XDG_CACHE_HOME/ctxlab or
+    ~/.cache/ctxlab.  An empty variable is unset, and a relative
+    XDG_CACHE_HOME is ignored, as the XDG spec asks: either put the cache in
+    whatever directory ctxlab ran in."""
+    if chosen := os.environ.get("CTXLAB_CACHE"):
+        return Path(chosen)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "ctxlab"
 
 
 class Index:

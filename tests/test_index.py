@@ -3,8 +3,11 @@ again as soon as it is edited, and never trusted over the source."""
 
 import json
 import os
+import subprocess
+import sys
 import time
 
+import pytest
 from conftest import ctxlab_json
 
 from ctxlab.index import Index
@@ -97,6 +100,25 @@ def test_list_reads_a_users_directory_through_the_index(tmp_path):
         module.write_text(MODULE.format(summary=summary))
         code, rows, _ = ctxlab_json("list", "--scenarios", str(tmp_path), env=env)
         assert code == 0 and [r["summary"] for r in rows if r["name"] == "mine"] == [summary]
+
+
+@pytest.mark.parametrize("env", [{"CTXLAB_CACHE": ""}, {"XDG_CACHE_HOME": "relative"}, {"XDG_CACHE_HOME": ""}])
+def test_an_empty_or_relative_cache_variable_leaves_the_working_directory_alone(tmp_path, env):
+    """CTXLAB_CACHE="" put the cache in the working directory, as did a
+    relative XDG_CACHE_HOME, which the XDG spec says to ignore."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    module = tmp_path / "mine.py"
+    module.write_text(MODULE.format(summary="first"))
+    full_env = {**os.environ, "HOME": str(home), **env}
+    for name in ("CTXLAB_CACHE", "XDG_CACHE_HOME"):
+        if name not in env:
+            full_env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "ctxlab", "list", "--scenarios", str(tmp_path)],
+                          cwd=work, env=full_env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(work.iterdir()) == []
+    assert (home / ".cache" / "ctxlab" / "catalog-index").is_dir()
 
 
 def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
