@@ -285,7 +285,7 @@ def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> No
         # Starlette builds the stack on the first request, outside its error
         # handling: every request to the app would fail the same way.
         where = f"the app mounted at {mount}" if mount else "the app"
-        raise TargetError(f"building the middleware of {where} failed: {type(exc).__name__}: {exc}") from None
+        raise TargetError(f"building the middleware of {where} failed: {described(exc)}") from None
     finally:
         app.user_middleware = original
     # What a library builds around the user's middleware (OpenTelemetry's

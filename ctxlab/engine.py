@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ctxlab.config import RunConfig, missing, settled
-from ctxlab.errors import ReportFileError, UsageError
+from ctxlab.errors import ReportFileError, UsageError, described
 from ctxlab.scenario import Entry, Servers, catalog, suggest
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def run_entry(entry: Entry, config: RunConfig) -> ScenarioReport:
     try:
         scenario = load(entry)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken module is that scenario's error
-        error = f"cannot load: {type(exc).__name__}: {exc}"
+        error = f"cannot load: {described(exc)}"
         return report.ScenarioReport(entry.name, report.Status.ERROR, error=error, config=config)
     unmet = scenario.unmet_requirement(Env.of(config))
     if unmet:
@@ -173,7 +173,7 @@ def load_or_crash(entry: Entry, guarded: ScenarioReport | None = None) -> Scenar
     try:
         return load(entry)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of the scenario's own module
-        raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {type(exc).__name__}: {exc}") from None
+        raise RunFailed(f"cannot load {entry.name!r} from {entry.path}: {described(exc)}") from None
 
 
 def load_checked(entry: Entry) -> Scenario:

@@ -75,3 +75,10 @@ class LifespanFailed(RunFailed):
 
 class UnexpectedResponse(RunFailed):
     """A request was answered with another status than the scenario expects."""
+
+
+def described(exc: BaseException) -> str:
+    """`ValueError: bad`, or the name alone when the exception says nothing
+    more (`KeyboardInterrupt`, not `KeyboardInterrupt: `)."""
+    said = str(exc)
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__

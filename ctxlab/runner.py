@@ -13,6 +13,7 @@ from typing import Any, Callable, Coroutine, Iterator
 
 from ctxlab import servers
 from ctxlab.config import RunConfig
+from ctxlab.errors import described
 from ctxlab.labels import Labeller, Where
 from ctxlab.probe import Record, Recorder, TaskInfo, activate
 from ctxlab.scenario import Scenario
@@ -95,7 +96,7 @@ def run(scenario: Scenario, config: RunConfig = RunConfig()) -> Run:
         # SystemExit too: an app that calls sys.exit in a request crashes its
         # scenario (a real server answers 500), it does not end ctxlab.
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a crashing scenario is a result
-            result.error = f"{type(exc).__name__}: {exc}"
+            result.error = described(exc)
         finally:
             result.duration_ms = (time.perf_counter() - started) * 1000
     result.records, result.tasks = recorder.records, recorder.tasks

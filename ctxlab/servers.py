@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Mapping
 import httpx
 
 from ctxlab.config import RunConfig
-from ctxlab.errors import LifespanFailed, ServerFailed, UnexpectedResponse
+from ctxlab.errors import LifespanFailed, ServerFailed, UnexpectedResponse, described
 from ctxlab.probe import end_request, start_request
 
 REQUEST_HEADER = "x-ctxlab-request"
@@ -120,7 +120,7 @@ async def lifespan(app) -> AsyncIterator[dict[str, Any]]:
             answer.cancel()
             raised = main.exception()  # a Ctrl-C cancelling `main` still raises here
             if raised is not None:
-                raise LifespanFailed(f"lifespan {message} failed: {type(raised).__name__}: {raised}")
+                raise LifespanFailed(f"lifespan {message} failed: {described(raised)}")
             raise LifespanFailed(f"the app returned during lifespan {message}")
         if answer.result()["type"] != f"lifespan.{message}.complete":
             raise LifespanFailed(f"lifespan {message} failed: {_last_line(answer.result().get('message', ''))}")
@@ -233,7 +233,7 @@ class _Collect(logging.Handler):
         app's exception, or the message it sent with `*.failed`."""
         for record in self.records[since:]:
             if record.exc_info and record.exc_info[1] is not None:
-                return f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+                return described(record.exc_info[1])
             if not record.getMessage().startswith("Application shutdown failed"):
                 return _last_line(record.getMessage())
         return "no reason given"

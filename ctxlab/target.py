@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed
+from ctxlab.errors import DiagnoseError, LifespanFailed, ServerFailed, described
 from ctxlab.scenario import not_a_directory, suggest
 
 __all__ = [
@@ -135,7 +135,7 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
     except KeyboardInterrupt:  # raised by the module: a real Ctrl-C kills the child (SIG_DFL) instead
         raise TargetError(f"importing {module_name!r} raised KeyboardInterrupt") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise TargetError(f"importing {module_name!r} failed: {described(exc)}") from None
     if not hasattr(module, attribute):
         public = [name for name in vars(module) if not name.startswith("_")]
         raise TargetError(
@@ -152,7 +152,7 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
         except KeyboardInterrupt:
             raise TargetError(f"the factory {spec} raised KeyboardInterrupt") from None
         except Exception as exc:  # noqa: BLE001
-            raise TargetError(f"calling the factory {spec} failed: {type(exc).__name__}: {exc}") from None
+            raise TargetError(f"calling the factory {spec} failed: {described(exc)}") from None
     if not callable(asgi):
         raise TargetError(f"{spec} is a {type(asgi).__name__}, not an ASGI application")
     wrappers, app = unwrap(asgi)

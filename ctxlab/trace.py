@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ctxlab.errors import TraceFileError
+from ctxlab.errors import TraceFileError, described
 from ctxlab.findings import Finding, analyse
 from ctxlab.labels import Labeller
 from ctxlab.tracer import Event, Site, Tracer, TraceRecorder
@@ -328,7 +328,7 @@ def trace_app(
                 # dependency's teardown): request n ends before n + 1 starts.
                 while recorder.in_flight:
                     await asyncio.sleep(0.001)
-                error = f"{type(reply.error).__name__}: {reply.error}" if reply.error else None
+                error = described(reply.error) if reply.error else None
                 sent.append(SentRequest(number, request.method, request.path, reply.status, error))
 
     with runner.scenario_loop(recorder, loop) as running, tracer:

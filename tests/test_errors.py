@@ -37,3 +37,25 @@ def test_an_error_prints_one_line_and_its_exit_code(tmp_path):
     code, out, err = ctxlab("diff", str(broken))
     assert (code, out) == (2, "")
     assert err == f"ctxlab: error: {broken} is not JSON (line 1: Expecting property name enclosed in double quotes)\n"
+
+
+def test_an_exception_that_says_nothing_is_named_alone():
+    """`KeyboardInterrupt`, not `KeyboardInterrupt: `, in every message that
+    quotes an app's exception."""
+    from ctxlab.errors import described
+
+    assert described(ValueError("bad")) == "ValueError: bad"
+    assert described(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert described(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_a_request_that_raised_a_bare_exception_is_named_without_a_colon(tmp_path):
+    (tmp_path / "bare.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import Route\n"
+        "async def home(request):\n"
+        "    raise KeyboardInterrupt\n"
+        "app = Starlette(routes=[Route('/', home)])\n"
+    )
+    code, out, err = ctxlab("trace", "bare:app", "--app-dir", str(tmp_path))
+    assert (code, out) == (2, "") and "failed (request 1: KeyboardInterrupt) and" in err
