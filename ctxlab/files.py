@@ -55,6 +55,16 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"cannot write {path}: {where} is not a writable directory")
 
 
+def same_regular_file(path: Path, other: Path) -> bool:
+    """Do both name one regular file (through links, or as different
+    spellings)?  Devices are left out: `/dev/stdin` and `/dev/stdout` may be
+    one terminal."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode) and os.path.samefile(path, other)
+    except OSError:  # one of them is not there (an output not written yet)
+        return False
+
+
 def _written_through(path: Path, mode: int | None) -> bool:
     # /dev/stdout redirected to a file is a regular file too, but replacing
     # it would unlink the file the shell opened for us.

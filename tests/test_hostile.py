@@ -138,6 +138,31 @@ class TestOutputFiles:
         assert code == 1, err
         assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
+    @pytest.mark.parametrize("spelled", ["same", "symlink", "hard link"])
+    def test_an_output_that_is_the_baseline_is_refused_and_the_baseline_kept(self, tmp_path, saved_trace, spelled):
+        """`check --baseline s.json --junit s.json` turned the snapshot into
+        JUnit XML, and `trace --baseline t.json -o t.json` replaced the trace
+        it compared with: one line, exit 2, both files as they were, however
+        the second name reaches the file."""
+        snapshot, trace = tmp_path / "snap.json", tmp_path / "trace.json"
+        snapshot.write_text(json.dumps(report_with()))
+        trace.write_bytes(saved_trace.read_bytes())
+        trace_command = ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "-o")
+        for baseline, command in ((snapshot, ("check", "--junit")), (trace, trace_command)):
+            other = tmp_path / f"other-{baseline.name}"
+            if spelled == "symlink":
+                other.symlink_to(baseline)
+            elif spelled == "hard link":
+                os.link(baseline, other)
+            output = baseline if spelled == "same" else other
+            before = baseline.read_bytes()
+            code, out, err = cli(*command, str(output), "--baseline", str(baseline))
+            assert (code, out) == (2, ""), err
+            assert one_line(err) == (
+                f"ctxlab: error: {output} is also the --baseline file, which the output would replace; write it elsewhere"
+            )
+            assert baseline.read_bytes() == before
+
     @pytest.mark.parametrize("mode", [0o444, 0o555])
     def test_a_read_only_file_is_refused_and_kept(self, tmp_path, mode):
         """A read-only target is refused before running (exit 2), even for
