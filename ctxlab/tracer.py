@@ -135,7 +135,7 @@ class Tracer:
         self.attach(recorder)
         self._wanted: dict[ContextVar, bool] = {}
         self._app_code: dict[str, bool] = {}
-        self._reads_snapshot: dict[Any, bool] = {}
+        self._reads_snapshot: dict[Any, dict[int, bool]] = {}
         self._qualnames: dict[Any, str] = {}
         self._sites: dict[tuple[int, int], tuple[Any, Site]] = {}  # (id(code), offset) -> (code, site)
         self._owners: dict[str, str] = {}
@@ -205,7 +205,7 @@ class Tracer:
         elif type(callable_) is _BUILTIN:
             var = callable_.__self__
             if type(var) is not ContextVar:
-                if callable_ is not _copy_context or not self._iterates_copy(code):
+                if callable_ is not _copy_context or not self._iterates_copy(code, offset):
                     return sys.monitoring.DISABLE
                 self._snapshot(sys._getframe(1))
                 return None
@@ -312,7 +312,7 @@ class Tracer:
         """`copy_context()` iterated: a read of every variable it should
         hold, which are those set during the request by the same library
         (all of them when the app itself reads the snapshot)."""
-        if not self._iterates_copy(frame.f_code):
+        if not self._iterates_copy(frame.f_code, frame.f_lasti):
             return
         owner = self.owner(frame.f_code.co_filename)
         for var in self.should_hold(self._request(self.recorder.where()[2]), owner):
@@ -433,14 +433,17 @@ class Tracer:
             return "ValueError: the token was created in a different Context"
         return "RuntimeError: the token has already been used once"
 
-    def _iterates_copy(self, code) -> bool:
-        """Does this code iterate what copy_context() returned (as
-        structlog's get_contextvars and merge_contextvars do), rather than
-        pass the copy on to run something in it?"""
-        known = self._reads_snapshot.get(code)
-        if known is None:
-            known = self._reads_snapshot[code] = _iterates_copy(code)
-        return known
+    def _iterates_copy(self, code, offset: int) -> bool:
+        """Does the call of copy_context() at `offset` in this code make a
+        copy that is iterated (as structlog's get_contextvars and
+        merge_contextvars do), rather than one passed on to run something in?
+        `offset` may be past the call's start: 3.11's frame gives the last
+        of its cache entries."""
+        calls = self._reads_snapshot.get(code)
+        if calls is None:
+            calls = self._reads_snapshot[code] = _copy_calls(code)
+        at = max((start for start in calls if start <= offset), default=None)
+        return at is not None and calls[at]
 
 
 _ORIGINALS = {"get": _GET, "set": _SET, "reset": _RESET, "copy_context": _copy_context}
@@ -501,28 +504,53 @@ def _defining_class(code, frame) -> str:
     return code.co_name
 
 
-_ITERATE = {"GET_ITER"}
 _MAPPING_READS = {"keys", "items", "values", "__iter__"}
+_CONSUMERS = {"dict", "list", "tuple", "sorted", "set", "frozenset"}  # builtins that iterate their argument
+_NOT_STEPS = {"CACHE", "PUSH_NULL", "PRECALL"}  # what 3.11+ puts between a load and its call
 
 
-def _iterates_copy(code) -> bool:
-    instructions = list(dis.get_instructions(code))
-    stored: set[str] = set()
-    for i, ins in enumerate(instructions):
-        if ins.argval == "copy_context" and ins.opname.startswith("LOAD"):
-            # Up to `.items()` called and iterated: six instructions on 3.11,
-            # whose calls take two (PRECALL, CALL).
-            for after in instructions[i + 1 : i + 7]:
-                if after.opname.startswith("STORE"):
-                    stored.add(after.argval)
-                    break
-                if after.opname in _ITERATE:
-                    return True
-                if after.opname in ("LOAD_ATTR", "LOAD_METHOD") and after.argval not in _MAPPING_READS:
-                    break  # a method of the copy (`.run`): what it returns is iterated, not the copy
-    for i, ins in enumerate(instructions[:-1]):
-        if ins.opname.startswith("LOAD") and ins.argval in stored:
-            following = instructions[i + 1]
-            if following.opname in _ITERATE or following.argval in _MAPPING_READS:
-                return True
-    return False
+def _copy_calls(code) -> dict[int, bool]:
+    """The calls of copy_context in `code`, by offset: is the copy each
+    makes iterated, there and then (`for ... in copy_context().items()`,
+    `dict(copy_context())`) or under the name it is stored as?  A copy
+    handed to another function, or whose `.run` is called, is not."""
+    steps = [ins for ins in dis.get_instructions(code) if ins.opname not in _NOT_STEPS]
+
+    def iterates(at: int, start: int) -> bool | str:
+        """What happens to the value made by steps[start:at + 1]: iterated
+        (True), stored (the name), or anything else (False)."""
+        following = steps[at + 1] if at + 1 < len(steps) else None
+        if following is not None and following.argval in _MAPPING_READS and following.opname.startswith("LOAD_"):
+            at += 2  # `.items()` called: the view it returns counts as the copy
+            following = steps[at + 1] if at + 1 < len(steps) else None
+        if following is None:
+            return False
+        if following.opname == "GET_ITER":
+            return True
+        if following.opname.startswith("STORE"):
+            return following.argval
+        callee = steps[start - 1] if start else None
+        return (
+            following.opname.startswith("CALL")
+            and callee is not None
+            and callee.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+            and callee.argval in _CONSUMERS
+        )
+
+    calls: dict[int, bool] = {}
+    stored: dict[Any, list[int]] = {}
+    for i, ins in enumerate(steps):
+        if ins.argval != "copy_context" or not ins.opname.startswith("LOAD"):
+            continue
+        call = next((n for n in range(i + 1, len(steps)) if steps[n].opname.startswith("CALL")), None)
+        if call is None:
+            continue
+        start = i - 1 if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") else i  # `contextvars.copy_context`
+        what = iterates(call, start)
+        calls[steps[call].offset] = what is True
+        if what and what is not True:
+            stored.setdefault(what, []).append(steps[call].offset)
+    for i, ins in enumerate(steps):
+        if ins.opname.startswith("LOAD") and ins.argval in stored and iterates(i, i) is True:
+            calls.update(dict.fromkeys(stored[ins.argval], True))
+    return calls

@@ -276,6 +276,17 @@ def test_a_copy_that_is_run_is_no_snapshot_read():
     assert [e for e in result["events"] if e.get("snapshot")] == [] and result["findings"] == []
 
 
+def test_a_copy_iterated_by_dict_is_read_and_one_handed_on_is_not():
+    """dict(copy_context()) reads every variable of the copy (the app's
+    record: the user was there); a copy handed to a helper, whose returned
+    rows the endpoint iterates, was taken for a snapshot read too."""
+    result, seen = traced("copy_handed_on")
+    assert seen == [("ada", ["ada"])] * 2
+    snapshots = [(e["request"], e["line"], e["value"]) for e in result["events"] if e.get("snapshot")]
+    at = line_of("copy_handed_on", "held = dict(")
+    assert snapshots == [(1, at, "ada"), (2, at, "ada")]
+
+
 def test_a_snapshot_the_app_reads_is_read_once_per_request():
     """The endpoint iterates copy_context().items() once per request
     (calling sorted and len on the way): one snapshot read of each variable
