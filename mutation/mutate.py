@@ -130,6 +130,15 @@ TESTS = {
         "test_hostile.py::TestSignals::test_interrupted_output_file_is_not_written",
     ],
     "validate": ["test_validate.py", "test_report.py", "test_hostile.py::TestMalformedFiles"],
+    # The bounds an option and a saved file share, and text a request can carry.
+    "limits": [
+        "test_validate.py",
+        "test_cli.py::test_bad_input_is_one_line_and_exit_2",
+        "test_trace_cli.py::TestUsageErrors",
+        "test_diagnose.py::TestOptionsShapeTheRequest",
+        "test_hostile.py::TestMalformedFiles",
+    ],
+    "errors": ["test_errors.py"],
     # The quick checks first; the grids build and run real environments.
     "matrix": [
         "test_ci.py::test_matrix_refuses_bad_columns",
