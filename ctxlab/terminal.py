@@ -78,10 +78,13 @@ def _console_class():
         def _render_buffer(self, buffer):
             # Here the text is apart from the styles' own escape codes.  (A
             # cell widened by an escape was measured before: its row may
-            # stand out of line, which beats a terminal taken over.)
-            return super()._render_buffer(
-                segment if segment.control else segment._replace(text=visible(segment.text)) for segment in buffer
-            )
+            # stand out of line, which beats a terminal taken over.)  One
+            # search of the whole text first: a run prints thousands of
+            # segments, almost never with a control character.
+            buffer = list(buffer)
+            if _CONTROL.search("".join(segment.text for segment in buffer if not segment.control)):
+                buffer = [s if s.control else s._replace(text=visible(s.text)) for s in buffer]
+            return super()._render_buffer(buffer)
 
         def on_broken_pipe(self) -> None:
             # Rich exits 1 here, which reads as drift; main() ends quietly.
