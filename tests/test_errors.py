@@ -59,3 +59,18 @@ def test_a_request_that_raised_a_bare_exception_is_named_without_a_colon(tmp_pat
     )
     code, out, err = ctxlab("trace", "bare:app", "--app-dir", str(tmp_path))
     assert (code, out) == (2, "") and "failed (request 1: KeyboardInterrupt) and" in err
+
+
+def test_a_scenario_that_cannot_run_exits_3_not_2(tmp_path):
+    """A RunFailed that reaches main() (explain of a scenario whose module
+    raises as it imports) is a crash, exit 3, not a usage error."""
+    (tmp_path / "crash.py").write_text(
+        'from ctxlab.scenario import scenario\n\nraise RuntimeError("module broken")\n\n\n'
+        '@scenario("crash-at-import", expect={})\ndef f():\n    pass\n'
+    )
+    code, out, err = ctxlab("explain", "crash-at-import", "--scenarios", str(tmp_path))
+    assert (code, out) == (3, "")
+    assert (
+        err
+        == f"ctxlab: error: cannot load 'crash-at-import' from {tmp_path / 'crash.py'}: RuntimeError: module broken\n"
+    )
