@@ -167,19 +167,17 @@ def _file_name(value: str) -> Path:
     return Path(value)
 
 
-def _writable(path: Optional[Path], read: tuple[str, Optional[Path]] = ("", None)) -> None:
+def _writable(path: Optional[Path], baseline: Optional[Path] = None) -> None:
     """Refuse an output path before the run, not after it (see ctxlab.files),
-    and one naming the file the command reads (`read`: its option and path),
-    which the output would replace (`check --baseline s.json --junit s.json`
-    turned the snapshot into JUnit XML)."""
+    and one naming the --baseline file, which the output would replace
+    (`check --baseline s.json --junit s.json` made the snapshot JUnit XML)."""
     from ctxlab.files import check_writable, same_regular_file
 
     if path is None:
         return
     check_writable(path)
-    option, source = read
-    if source is not None and same_regular_file(path, source):
-        raise UsageError(f"{path} is also the {option} file, which the output would replace; write it elsewhere")
+    if baseline is not None and same_regular_file(path, baseline):
+        raise UsageError(f"{path} is also the --baseline file, which the output would replace; write it elsewhere")
 
 
 @app.command("list", cls=PlainCommand)
@@ -369,7 +367,7 @@ def check(
     from ctxlab.output import console
 
     before = engine.load_baseline(baseline, scenarios) if baseline is not None else None
-    _writable(junit, ("--baseline", baseline))
+    _writable(junit, baseline)
     from rich.text import Text
 
     out = console()
@@ -645,7 +643,7 @@ def trace_app(
     (also: every request failed and no ContextVar was used, or --var names a
     variable the app never used)."""
     headers = _user_request_checks(path, method, server, header, data, "trace")
-    _writable(output, ("--baseline", baseline))
+    _writable(output, baseline)
     from ctxlab import files, render
     from ctxlab import trace as tracing
     from ctxlab.output import OutputFormat
