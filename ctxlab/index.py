@@ -36,9 +36,9 @@ STALE = 30 * 24 * 3600  # seconds a directory's file is kept unwritten
 
 def cache_dir() -> Path:
     """ctxlab's cache: $CTXLAB_CACHE, else $XDG_CACHE_HOME/ctxlab or
-    ~/.cache/ctxlab.  An empty variable is unset, and a relative
-    XDG_CACHE_HOME is ignored, as the XDG spec asks: either put the cache in
-    whatever directory ctxlab ran in."""
+    ~/.cache/ctxlab.  An empty CTXLAB_CACHE counts as unset, and a relative
+    XDG_CACHE_HOME is ignored, as the XDG spec asks: either would put the
+    cache in whatever directory ctxlab ran in."""
     if chosen := os.environ.get("CTXLAB_CACHE"):
         return Path(chosen)
     xdg = os.environ.get("XDG_CACHE_HOME", "")
