@@ -139,6 +139,14 @@ TESTS = {
         "test_hostile.py::TestMalformedFiles",
     ],
     "errors": ["test_errors.py"],
+    "values": ["test_report.py", "test_probe.py", "test_labels.py"],
+    # The console script's first moments: a signal while importing.
+    "__main__": [
+        "test_hostile.py::TestSignals::test_a_signal_while_ctxlab_is_still_importing",
+        "test_hostile.py::TestSignals::test_an_interrupt_inside_code_run_from_a_string_still_exits_130",
+        "test_cli.py::test_typo_exits_2_with_a_suggestion_and_no_traceback",
+    ],
+    "output": ["test_render.py", "test_plain.py", "test_cli.py"],
     # The quick checks first; the grids build and run real environments.
     "matrix": [
         "test_ci.py::test_matrix_refuses_bad_columns",
