@@ -110,10 +110,13 @@ def stream(stderr: bool = False) -> TextIO:
 # Narrower than this (COLUMNS=1, a width set by mistake), Rich would wrap
 # every word, down to a letter a line: the terminal's own wrapping reads better.
 NARROWEST = 40
+# Wider than any screen: Rich pads panels and source to the width, and
+# COLUMNS=1000000 made `explain` print 144 MB.
+WIDEST = 500
 
 
 def console(stderr: bool = False, file: TextIO | None = None):
     """A Rich console on stdout (or stderr, or `file`) that prints text literally."""
     made = _console_class()(file=file or stream(stderr), highlight=False, markup=False)
-    made.width = max(made.width, NARROWEST)
+    made.width = min(max(made.width, NARROWEST), WIDEST)
     return made

@@ -1113,6 +1113,14 @@ class TestText:
             cut = [name for name in names if name not in words]
             assert not cut, f"COLUMNS={width}: {cut}"
 
+    def test_a_width_wider_than_any_screen_is_not_filled(self):
+        """COLUMNS=1000000 (a width set by mistake): Rich padded explain's
+        panels and source to it, 144 MB of output; lines stop at 500."""
+        code, out, err = cli("explain", "bad-then-shiny", COLUMNS="1000000", NO_COLOR=None, FORCE_COLOR="1")
+        assert code == 0, err
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+        assert len(lines) > 20 and max(map(len, lines)) == 500
+
     @pytest.mark.parametrize(
         "args, shown",
         [
