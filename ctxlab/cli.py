@@ -330,17 +330,6 @@ def serve(
     return 0
 
 
-def _is_saved_trace(path: Path) -> bool:
-    from ctxlab.errors import ReportFileError
-    from ctxlab.validate import read_json
-
-    try:
-        document = read_json(path, "a ctxlab file", ReportFileError)
-    except (OSError, UnicodeDecodeError, ValueError, ReportFileError):
-        return False  # the snapshot reader says what is wrong with it
-    return isinstance(document, dict) and "events" in document and "options" in document
-
-
 @app.command(cls=PlainCommand)
 def check(
     server: Annotated[
@@ -438,12 +427,13 @@ def diff(
 ) -> int:
     """Run the snapshot's scenarios now (or trace a saved trace's app again)
     and show what changed against it."""
-    if _is_saved_trace(snapshot_file):
-        return _diff_trace(snapshot_file, as_json)
     from ctxlab import engine, report
     from ctxlab.output import OutputFormat
 
-    before = engine.load_baseline(snapshot_file, scenarios)
+    document = report.read_saved(snapshot_file)
+    if isinstance(document, dict) and "events" in document:  # a trace (which says what it lacks), never a report
+        return _diff_trace(snapshot_file, as_json, document)
+    before = engine.load_baseline(snapshot_file, scenarios, document)
     results = engine.rerun(before, scenarios)
     if results.interrupted:
         return 130
@@ -695,12 +685,12 @@ def _refuse_unused(named: List[str], used: set[str], requests: int) -> None:
         )
 
 
-def _diff_trace(path: Path, as_json: bool) -> int:
+def _diff_trace(path: Path, as_json: bool, document: dict[str, Any]) -> int:
     """`ctxlab diff` of a saved trace: trace the app again, show what changed."""
     from ctxlab import trace as tracing
     from ctxlab.output import OutputFormat
 
-    before = tracing.load_trace(path)
+    before = tracing.load_trace(path, document)
     # As long as the saved trace was allowed (older ones saved none).
     timeout = before["options"].get("timeout") or DEFAULT_TIMEOUT
     after = _on_the_users_app(lambda: tracing.again(before).to_json(), before["app"], timeout, "tracing")

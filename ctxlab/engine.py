@@ -217,12 +217,13 @@ def execute(
     return results
 
 
-def load_baseline(path: Path, directories: Iterable[Path] | None = None) -> dict[str, Any]:
-    """A saved report (snapshot, baseline) whose scenarios are all in the
-    catalog: one the user's --scenarios provided must be given again."""
+def load_baseline(path: Path, directories: Iterable[Path] | None = None, document: Any = None) -> dict[str, Any]:
+    """A saved report (snapshot, baseline; `document`, if it was read
+    already) whose scenarios are all in the catalog: one the user's
+    --scenarios provided must be given again."""
     from ctxlab.report import load_report
 
-    before = load_report(path, Servers)
+    before = load_report(path, Servers, document)
     found = entries(directories)
     for name in dict.fromkeys(s["name"] for s in before["scenarios"]):
         if name not in found:

@@ -233,18 +233,28 @@ class Report:
 
 
 # -- saved reports: snapshot and diff ---------------------------------------------
-def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn")) -> dict[str, Any]:
-    """A saved report, checked enough that diffing it cannot crash."""
-    from ctxlab.validate import problem, read_json
+def read_saved(path: Path) -> Any:
+    """The JSON document a user saved (a report or a trace), read once: a
+    pipe (`diff <(...)`, `/dev/stdin`) cannot be read twice."""
+    from ctxlab.validate import read_json
 
     try:
-        document = read_json(path, "a ctxlab report", ReportFileError)
+        return read_json(path, "a ctxlab report", ReportFileError)
     except json.JSONDecodeError as exc:
         if not exc.doc.strip():
             raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'") from None
         raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn"), document: Any = None) -> dict[str, Any]:
+    """A saved report (`document`, if it was read already), checked enough
+    that diffing it cannot crash."""
+    from ctxlab.validate import problem
+
+    if document is None:
+        document = read_saved(path)
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
     if document["schema_version"] != SCHEMA_VERSION:

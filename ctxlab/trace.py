@@ -209,17 +209,18 @@ def again(saved: dict[str, Any]) -> TraceResult:
     )  # fmt: skip
 
 
-def load_trace(path: Path) -> dict[str, Any]:
-    """A trace saved with `ctxlab trace --json -o FILE`, checked enough that
-    comparing it cannot crash."""
+def load_trace(path: Path, document: Any = None) -> dict[str, Any]:
+    """A trace saved with `ctxlab trace --json -o FILE` (`document`, if it
+    was read already), checked enough that comparing it cannot crash."""
     from ctxlab.validate import read_json, trace_problem
 
-    try:
-        document = read_json(path, "a saved trace", TraceFileError)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TraceFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    if document is None:
+        try:
+            document = read_json(path, "a saved trace", TraceFileError)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise TraceFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     if not is_trace(document):
         raise TraceFileError(f"{path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'")
     if document["schema_version"] != SCHEMA_VERSION:

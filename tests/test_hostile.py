@@ -774,6 +774,23 @@ class TestMalformedFiles:
         code, _, err = cli("diff", str(path), timeout=30)
         assert code == 2 and "too large" in one_line(err)
 
+    @pytest.mark.parametrize("saved", ["report", "trace"])
+    def test_a_saved_file_read_from_a_pipe(self, saved_trace, saved):
+        """`cat snap.json | ctxlab diff /dev/stdin` (or `diff <(...)`): a pipe
+        can be read once, and diff read it twice, first to see whether it
+        was a trace; the second read found it empty."""
+        if saved == "report":
+            code, text, err = cli("run", "bad-only", "--json")
+            assert code == 0, err
+        else:
+            text = saved_trace.read_text()
+        done = subprocess.run([sys.executable, "-m", "ctxlab", "diff", "/dev/stdin"], input=text,
+                              capture_output=True, text=True, env=environ(), timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == (
+            "no changes" if saved == "report" else "no changes since the saved trace"
+        )
+
     @pytest.mark.parametrize("args", [("diff", "/dev/zero"), ("check", "--baseline", "/dev/zero")])
     def test_an_endless_device_is_refused_after_64_mib(self, args):
         """/dev/zero has no size to check before reading: it is read up to
