@@ -478,7 +478,7 @@ def diagnose(
     """Load `target`, send the probe request(s) through it and report what
     every layer saw.  The app's output goes to stderr meanwhile."""
     with targets.app_output_to_stderr():
-        loaded = targets.load(target, factory=factory, app_dir=app_dir)
+        loaded = targets.load(target, factory=factory, app_dir=app_dir, server=server)
         if loaded.app is None:
             raise TargetError(f"{target} is an ASGI callable with no Starlette or FastAPI application inside")
         probes, served = splice(loaded, path)

@@ -105,8 +105,9 @@ class Reply:
 
 
 # -- loading -------------------------------------------------------------------------
-def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Target:
-    """Import MODULE:ATTR from `app_dir` (joined to sys.path once).
+def load(spec: str, *, factory: bool = False, app_dir: Path = Path("."), server: str = "asgi") -> Target:
+    """Import MODULE:ATTR from `app_dir` (joined to sys.path once), to be
+    served by `server`.
 
     The module's prints at import go wherever stdout points then: callers
     wrap this in `app_output_to_stderr()`.  Raises TargetError with one line
@@ -124,6 +125,13 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path(".")) -> Targ
     why = not_a_directory(app_dir)
     if why:
         raise TargetError(f"--app-dir {app_dir} {why}")
+    # What ctxlab and the server import come from the environment, as
+    # uvicorn's own imports do before it puts --app-dir first: an httpx.py
+    # of the app's was imported in place of ctxlab's client.
+    from ctxlab import servers  # noqa: F401
+
+    if server == "uvicorn":
+        import uvicorn  # noqa: F401
     if str(app_dir.resolve()) not in sys.path:
         sys.path.insert(0, str(app_dir.resolve()))
     try:

@@ -188,7 +188,7 @@ def trace(
     from ctxlab import target
 
     with target.app_output_to_stderr():
-        loaded = target.load(spec, factory=factory, app_dir=app_dir)
+        loaded = target.load(spec, factory=factory, app_dir=app_dir, server=server)
         request = target.Request(method=method, path=path, headers=tuple(headers), body=data)
         result = trace_app(loaded.asgi, [request] * requests, server=server, lifespan=lifespan,
                            variables=variables, app_dir=app_dir, name=spec, loop=loop)  # fmt: skip

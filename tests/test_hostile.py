@@ -1340,6 +1340,29 @@ class TestProbeTargets:
             " not myapp/main.py), and --app-dir says where to import it from"
         )
 
+    @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_an_app_directory_with_a_module_named_like_ctxlabs_client(self, tmp_path, server, command):
+        """The app's own httpx.py (which the app never imports) was imported
+        in place of ctxlab's HTTP client once --app-dir came first on
+        sys.path: a traceback.  The app answers, by its own record."""
+        (tmp_path / "httpx.py").write_text('raise RuntimeError("the app\'s httpx.py was imported")\n')
+        (tmp_path / "main.py").write_text(
+            "import os\n"
+            "from starlette.applications import Starlette\n"
+            "from starlette.responses import PlainTextResponse\n"
+            "from starlette.routing import Route\n"
+            "async def home(request):\n"
+            "    open(os.environ['SEEN'], 'a').write('answered\\n')\n"
+            "    return PlainTextResponse('ok')\n"
+            "app = Starlette(routes=[Route('/', home)])\n"
+        )
+        seen = tmp_path / "seen"
+        code, out, err = cli(command, "main:app", "--app-dir", str(tmp_path), "--path", "/", "--server", server,
+                             SEEN=str(seen))  # fmt: skip
+        assert code == 0 and "Traceback" not in err, err
+        assert seen.read_text().splitlines()[0] == "answered"
+
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
