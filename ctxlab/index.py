@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ctxlab import __version__
 
 # Entries are stored as their fields; a ctxlab with other fields reads none.
-FORMAT = f"ctxlab {__version__} index 5"
+FORMAT = f"ctxlab {__version__} index 6"
 STALE = 30 * 24 * 3600  # seconds a directory's file is kept unwritten
 
 

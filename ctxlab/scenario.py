@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ctxlab.config import RunConfig
 from ctxlab.errors import ScenarioError
+from ctxlab.limits import TIMEOUT
 
 __all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version", "per_request", "scenario"]
 
@@ -196,6 +197,14 @@ class Scenario:
     source: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
 
+    def __post_init__(self) -> None:
+        # A module of the user's declares these: a wrong one is said here,
+        # as its module imports (the scenario's error), not met later as a
+        # traceback of ctxlab's.
+        wrong = _declaration_problem(self)
+        if wrong:
+            raise ScenarioError(f"scenario {self.name!r}: {wrong}")
+
     def settle(self, config: RunConfig) -> RunConfig:
         """The config this scenario runs with: `concurrency` applies only to
         scenarios built for it, which otherwise send their own number."""
@@ -218,6 +227,25 @@ class Scenario:
         if var in self.naive.get(probe, {}):
             return resolve(self.naive[probe][var], env)
         return self.expected(probe, var, env)
+
+
+def _declaration_problem(scenario: Scenario) -> str | None:
+    """What is wrong with what a scenario declares beyond its literals
+    (those are checked as the catalog reads them), or None."""
+    for key in ("expect", "naive"):
+        table = getattr(scenario, key)
+        if not (isinstance(table, Mapping) and all(isinstance(v, Mapping) for v in table.values())):
+            return f"{key} must map each probe label to {{variable name: value}}, not {table!r}"
+    requests = scenario.requests
+    if not (isinstance(requests, (list, tuple)) and requests and all(isinstance(r, ClientRequest) for r in requests)):
+        return f"requests must be a list of ClientRequest, one at least, not {requests!r}"
+    if scenario.concurrency is not None and not (type(scenario.concurrency) is int and scenario.concurrency >= 1):
+        return f"concurrency must be a number of requests, not {scenario.concurrency!r}"
+    if not _is_seconds(scenario.timeout):
+        return f"timeout must be seconds, more than 0 and at most {TIMEOUT[1]:g}, not {scenario.timeout!r}"
+    if not _are(Servers.__contains__)(scenario.servers):
+        return f"servers must be a list of {', '.join(Servers)}, not {scenario.servers!r}"
+    return None
 
 
 _declared: list[Scenario] = []
@@ -256,11 +284,41 @@ def bundled_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "scenarios"
 
 
-def _literal(node: ast.expr, what: str, path: Path) -> Any:
+def _literal(node: ast.expr, what: str, path: Path, valid: Callable[[Any], bool], expected: str) -> Any:
+    """The literal `node` holds, if `valid`: else one line saying what it
+    must be (a wrong type was a traceback in `ctxlab list`)."""
     try:
-        return ast.literal_eval(node)
+        value = ast.literal_eval(node)
     except ValueError:
         raise ScenarioError(f"{path.name}:{node.lineno}: the scenario's {what} must be a literal") from None
+    if not valid(value):
+        raise ScenarioError(f"{path.name}:{node.lineno}: the scenario's {what} must be {expected}, not {value!r}")
+    return value
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_name(value: Any) -> bool:
+    # Typed on command lines, and listed in columns split at spaces.
+    return isinstance(value, str) and value != "" and all(c.isprintable() and not c.isspace() for c in value)
+
+
+def _are(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, tuple)) and all(map(kind, value))
+
+
+def _is_seconds(value: Any) -> bool:
+    return type(value) in (int, float) and 0 < value <= TIMEOUT[1]
 
 
 def read_entries(path: Path) -> list[Entry]:
@@ -302,19 +360,29 @@ def _declared_fields(path: Path) -> list[dict[str, Any]]:
             continue
         if len(node.args) != 1:  # scenario(name, *, ...): a second one fails as the module imports
             raise ScenarioError(f"{path.name}:{node.lineno}: @scenario needs the name first, the rest by keyword")
-        keywords = {k.arg: k.value for k in node.keywords}
-        fields = {
-            "name": _literal(node.args[0], "name", path),
-            "summary": _literal(keywords["summary"], "summary", path) if "summary" in keywords else "",
-            "tags": list(_literal(keywords["tags"], "tags", path)) if "tags" in keywords else [],
-        }
-        if "servers" in keywords:
-            fields["servers"] = list(_literal(keywords["servers"], "servers", path))
-        timeout = keywords.get("timeout")
-        if isinstance(timeout, ast.Constant) and isinstance(timeout.value, (int, float)):
-            fields["timeout"] = timeout.value  # how long importing the module may take (engine.run_guarded)
-        declared.append({**fields, "imports": imports})
+        declared.append({**_fields_of(node, path), "imports": imports})
     return declared
+
+
+def _fields_of(call: ast.Call, path: Path) -> dict[str, Any]:
+    """One `@scenario(...)` call's literal fields, each checked."""
+    keywords = {k.arg: k.value for k in call.keywords}
+
+    def declared(key: str, valid: Callable[[Any], bool], expected: str) -> Any:
+        return _literal(keywords[key], key, path, valid, expected)
+
+    fields = {
+        "name": _literal(call.args[0], "name", path, _is_name, "text without spaces, such as 'my-tenant'"),
+        "summary": declared("summary", _is_str, "a string") if "summary" in keywords else "",
+        "tags": list(declared("tags", _are(_is_str), "a list of strings")) if "tags" in keywords else [],
+    }
+    if "servers" in keywords:
+        fields["servers"] = list(declared("servers", _are(Servers.__contains__), f"a list of {', '.join(Servers)}"))
+    # How long importing the module may take (engine.run_guarded), when a
+    # literal says it (Scenario checks any other as the module imports).
+    if "timeout" in keywords and _is_literal(keywords["timeout"]):
+        fields["timeout"] = declared("timeout", _is_seconds, f"seconds, more than 0 and at most {TIMEOUT[1]:g}")
+    return fields
 
 
 def catalog(*extra: Path) -> dict[str, Entry]:

@@ -704,6 +704,29 @@ class TestMalformedFiles:
                 err
             ) == f"ctxlab: error: {path} is a malformed ctxlab report: {said}"
 
+    def test_a_scenario_that_declares_the_wrong_kind_of_value(self, tmp_path):
+        """A user's scenario module with `tags=5` (read without importing):
+        `list` printed a traceback; one line, exit 2.  With `expect=5` (read
+        as it imports): the run crashed in ctxlab's comparison; it is that
+        scenario's error, said by name."""
+        app = "def f():\n    return None\n"
+        (tmp_path / "tags.py").write_text(f"@scenario('tags-five', summary='s', tags=5, expect={{}})\n{app}")
+        code, out, err = cli("list", "--scenarios", str(tmp_path))
+        assert (code, out) == (2, "")
+        assert one_line(err) == "ctxlab: error: tags.py:1: the scenario's tags must be a list of strings, not 5"
+        (tmp_path / "tags.py").unlink()
+        (tmp_path / "expect.py").write_text(
+            f"from ctxlab.scenario import scenario\n\n\n@scenario('expect-five', summary='s', expect=5)\n{app}"
+        )
+        code, out, err = cli("run", "expect-five", "--json", "--scenarios", str(tmp_path))
+        assert code == 3 and "Traceback" not in err, err
+        (result,) = json.loads(out)["scenarios"]
+        assert (result["status"], result["error"]) == (
+            "error",
+            "cannot load: ScenarioError: scenario 'expect-five': expect must map each probe label to"
+            " {variable name: value}, not 5",
+        )
+
     @pytest.mark.parametrize("case", ["unknown scenario server", "request is a string"])
     def test_a_malformed_baseline_is_refused_before_running(self, tmp_path, case):
         """check --baseline reads the file the way diff does, before running anything."""

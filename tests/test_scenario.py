@@ -32,6 +32,37 @@ def test_bundled_catalog_has_the_names_the_seeds_fix():
     assert FIXED_NAMES <= set(catalog())
 
 
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ({"expect": 5}, "expect must map each probe label to {variable name: value}, not 5"),
+        ({"expect": {"p": 5}}, "expect must map each probe label to {variable name: value}, not {'p': 5}"),
+        ({"naive": [1]}, "naive must map each probe label to {variable name: value}, not [1]"),
+        ({"requests": 0}, "requests must be a list of ClientRequest, one at least, not 0"),
+        ({"requests": []}, "requests must be a list of ClientRequest, one at least, not []"),
+        ({"requests": ["/"]}, "requests must be a list of ClientRequest, one at least, not ['/']"),
+        ({"concurrency": 0}, "concurrency must be a number of requests, not 0"),
+        ({"concurrency": True}, "concurrency must be a number of requests, not True"),
+        ({"timeout": -3}, "timeout must be seconds, more than 0 and at most 86400, not -3"),
+        ({"timeout": float("inf")}, "timeout must be seconds, more than 0 and at most 86400, not inf"),
+        ({"servers": ("asgi", "iis")}, "servers must be a list of asgi, uvicorn, hypercorn, granian, not"),
+    ],
+)
+def test_what_a_scenario_declares_beyond_its_literals_is_checked_as_it_is_made(declared, message):
+    """Values the catalog cannot read without importing (a name, a call)
+    are checked as the Scenario is made: an expect of 5 was a traceback
+    of ctxlab's when the run compared it, a requests of 0 "TypeError: 'int'
+    object is not iterable"."""
+    with pytest.raises(ScenarioError, match=re.escape(f"scenario 'x': {message}")):
+        Scenario(name="x", summary="", build=lambda: None, **{"expect": {}, **declared})
+
+
+def test_what_a_scenario_may_declare_at_its_edges():
+    made = Scenario(name="x", summary="", build=lambda: None, expect={"p": {"v": 1}}, naive={}, concurrency=1,
+                    timeout=86400, requests=[ClientRequest()], servers=("granian",))  # fmt: skip
+    assert made.timeout == 86400 and made.concurrency == 1
+
+
 def test_every_entry_has_a_summary_and_tags():
     for entry in catalog().values():
         assert entry.summary and entry.tags, entry.name
@@ -214,6 +245,41 @@ class TestDiscovery:
         (tmp_path / "m.py").write_text(source)
         with pytest.raises(ScenarioError, match=re.escape(message)):
             read_entries(tmp_path / "m.py")
+
+    @pytest.mark.parametrize(
+        ("declared", "message"),
+        [
+            ("5, summary='s'", "name must be text without spaces, such as 'my-tenant', not 5"),
+            ("'', summary='s'", "name must be text without spaces, such as 'my-tenant', not ''"),
+            ("'my tenant', summary='s'", "name must be text without spaces, such as 'my-tenant', not 'my tenant'"),
+            ("'a\\x1b', summary='s'", "name must be text without spaces, such as 'my-tenant', not 'a\\x1b'"),
+            ("'a', summary=5", "summary must be a string, not 5"),
+            ("'a', tags=5", "tags must be a list of strings, not 5"),
+            ("'a', tags=['x', 5]", "tags must be a list of strings, not ['x', 5]"),
+            ("'a', servers='asgi'", "servers must be a list of asgi, uvicorn, hypercorn, granian, not 'asgi'"),
+            ("'a', servers=['asgi', 'iis']", "servers must be a list of asgi, uvicorn, hypercorn, granian, not"),
+            ("'a', timeout=0", "timeout must be seconds, more than 0 and at most 86400, not 0"),
+            ("'a', timeout=-1", "timeout must be seconds, more than 0 and at most 86400, not -1"),
+            ("'a', timeout=1e309", "timeout must be seconds, more than 0 and at most 86400, not inf"),
+            ("'a', timeout=86401", "timeout must be seconds, more than 0 and at most 86400, not 86401"),
+            ("'a', timeout=True", "timeout must be seconds, more than 0 and at most 86400, not True"),
+            ("'a', timeout='10'", "timeout must be seconds, more than 0 and at most 86400, not '10'"),
+        ],
+    )
+    def test_a_literal_of_the_wrong_kind_is_one_line(self, tmp_path, declared, message):
+        """Each was a traceback of `ctxlab list` (a tags of 5, a summary of 5),
+        or a scenario that "timed out after -1s"."""
+        (tmp_path / "m.py").write_text(f"@scenario({declared}, expect={{}})\ndef f(): pass\n")
+        with pytest.raises(ScenarioError, match=re.escape(f"m.py:1: the scenario's {message}")):
+            read_entries(tmp_path / "m.py")
+
+    @pytest.mark.parametrize("declared", ["timeout=86400", "timeout=0.5", "timeout=T", "servers=['asgi', 'granian']"])
+    def test_a_literal_at_its_edge_or_a_name_is_read(self, tmp_path, declared):
+        (tmp_path / "m.py").write_text(
+            f"@scenario('a-b.c', summary='', tags=[], {declared}, expect={{}})\ndef f(): pass\n"
+        )
+        (entry,) = read_entries(tmp_path / "m.py")
+        assert entry.name == "a-b.c"
 
     def test_a_directory_the_system_cannot_look_up_says_why(self, tmp_path):
         too_long = tmp_path / ("x" * 300)  # longer than any file name may be (NAME_MAX 255)
