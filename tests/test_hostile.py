@@ -1153,13 +1153,17 @@ class TestText:
             cut = [name for name in names if name not in words]
             assert not cut, f"COLUMNS={width}: {cut}"
 
-    def test_a_width_wider_than_any_screen_is_not_filled(self):
-        """COLUMNS=1000000 (a width set by mistake): Rich padded explain's
-        panels and source to it, 144 MB of output; lines stop at 500."""
-        code, out, err = cli("explain", "bad-then-shiny", COLUMNS="1000000", NO_COLOR=None, FORCE_COLOR="1")
+    @pytest.mark.parametrize(
+        "columns, width", [("1", 40), ("39", 40), ("41", 41), ("500", 500), ("501", 500), ("1000000", 500)]
+    )
+    def test_a_width_set_by_mistake_is_held_between_40_and_500(self, columns, width):
+        """COLUMNS=1000000: Rich padded explain's panels and source to it,
+        144 MB of output; COLUMNS=1 wrapped a letter a line.  Explain's
+        panels fill the width ctxlab settles on."""
+        code, out, err = cli("explain", "bad-then-shiny", COLUMNS=columns, NO_COLOR=None, FORCE_COLOR="1")
         assert code == 0, err
         lines = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
-        assert len(lines) > 20 and max(map(len, lines)) == 500
+        assert len(lines) > 20 and max(map(len, lines)) == width
 
     @pytest.mark.parametrize(
         "args, shown",
