@@ -201,6 +201,19 @@ TESTS = {
         "test_trace_plugin.py",
         "test_hostile.py::TestTraceVar",
     ],
+    # `ctxlab trace` around the recorder: loading, sending the requests,
+    # saving and comparing traces (diff), in process first, then the CLI.
+    "trace": [
+        "test_trace.py",
+        "test_trace_transparent.py",
+        "test_trace_cli.py",
+        "test_trace_plugin.py",
+        "test_hostile.py::TestTraceVar",
+        "test_hostile.py::TestMalformedFiles::test_a_saved_trace_with_a_wrong_field",
+        "test_hostile.py::TestMalformedFiles::test_a_saved_file_read_from_a_pipe",
+        "test_hostile.py::TestMalformedFiles::test_a_trace_baseline_too_large_is_refused",
+        "test_hostile.py::TestProbeTargets",
+    ],
     # What a trace found, judged from the recorder's events: hand-made
     # events first, then the trace suites (the CLI and the plugin last).
     "findings": [
