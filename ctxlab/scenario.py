@@ -245,6 +245,28 @@ def _declaration_problem(scenario: Scenario) -> str | None:
         return f"timeout must be seconds, more than 0 and at most {TIMEOUT[1]:g}, not {scenario.timeout!r}"
     if not _are(Servers.__contains__)(scenario.servers):
         return f"servers must be a list of {', '.join(Servers)}, not {scenario.servers!r}"
+    for key in ("concurrent", "task_per_request", "lifespan", "pipelined"):
+        if type(getattr(scenario, key)) is not bool:
+            return f"{key} must be True or False, not {getattr(scenario, key)!r}"
+    for key in ("why", "fix"):
+        if not isinstance(getattr(scenario, key), str):
+            return f"{key} must be a string, not {getattr(scenario, key)!r}"
+    if not (isinstance(scenario.server_options, Mapping) and all(map(_is_str, scenario.server_options))):
+        return f"server_options must map uvicorn.Config's arguments to values, not {scenario.server_options!r}"
+    return _requirement_problem(scenario.requires)
+
+
+def _requirement_problem(requires: Any) -> str | None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    wanted = "requires must map package names to versions, such as {'uvicorn': '>=0.45'}"
+    if not (isinstance(requires, Mapping) and all(map(_is_str, requires)) and all(map(_is_str, requires.values()))):
+        return f"{wanted}, not {requires!r}"
+    for package, spec in requires.items():
+        try:
+            SpecifierSet(spec)
+        except InvalidSpecifier:
+            return f"{wanted}; {package!r}: {spec!r} is not a version specifier"
     return None
 
 

@@ -46,6 +46,25 @@ def test_bundled_catalog_has_the_names_the_seeds_fix():
         ({"timeout": -3}, "timeout must be seconds, more than 0 and at most 86400, not -3"),
         ({"timeout": float("inf")}, "timeout must be seconds, more than 0 and at most 86400, not inf"),
         ({"servers": ("asgi", "iis")}, "servers must be a list of asgi, uvicorn, hypercorn, granian, not"),
+        ({"lifespan": 1}, "lifespan must be True or False, not 1"),
+        ({"pipelined": "x"}, "pipelined must be True or False, not 'x'"),
+        ({"concurrent": None}, "concurrent must be True or False, not None"),
+        ({"task_per_request": 0}, "task_per_request must be True or False, not 0"),
+        ({"why": 5}, "why must be a string, not 5"),
+        ({"fix": None}, "fix must be a string, not None"),
+        ({"server_options": 5}, "server_options must map uvicorn.Config's arguments to values, not 5"),
+        ({"server_options": {1: 2}}, "server_options must map uvicorn.Config's arguments to values, not {1: 2}"),
+        ({"requires": 5}, "requires must map package names to versions, such as {'uvicorn': '>=0.45'}, not 5"),
+        (
+            {"requires": {"uvicorn": 5}},
+            "requires must map package names to versions, such as {'uvicorn': '>=0.45'}, not",
+        ),
+        ({"requires": {5: ">=1"}}, "requires must map package names to versions, such as {'uvicorn': '>=0.45'}, not"),
+        (
+            {"requires": {"uvicorn": "nope"}},
+            "requires must map package names to versions, such as {'uvicorn': '>=0.45'}; 'uvicorn': 'nope' is not a"
+            " version specifier",
+        ),
     ],
 )
 def test_what_a_scenario_declares_beyond_its_literals_is_checked_as_it_is_made(declared, message):
@@ -59,7 +78,8 @@ def test_what_a_scenario_declares_beyond_its_literals_is_checked_as_it_is_made(d
 
 def test_what_a_scenario_may_declare_at_its_edges():
     made = Scenario(name="x", summary="", build=lambda: None, expect={"p": {"v": 1}}, naive={}, concurrency=1,
-                    timeout=86400, requests=[ClientRequest()], servers=("granian",))  # fmt: skip
+                    timeout=86400, requests=[ClientRequest()], servers=("granian",), lifespan=True,
+                    requires={"uvicorn": ">=0.45,<1"}, server_options={"http": "h11"})  # fmt: skip
     assert made.timeout == 86400 and made.concurrency == 1
 
 
