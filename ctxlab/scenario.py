@@ -257,11 +257,13 @@ def _declaration_problem(scenario: Scenario) -> str | None:
 
 
 def _requirement_problem(requires: Any) -> str | None:
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
     wanted = "requires must map package names to versions, such as {'uvicorn': '>=0.45'}"
     if not (isinstance(requires, Mapping) and all(map(_is_str, requires)) and all(map(_is_str, requires.values()))):
         return f"{wanted}, not {requires!r}"
+    if not requires:
+        return None  # most scenarios: packaging stays unimported, as for `list`
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     for package, spec in requires.items():
         try:
             SpecifierSet(spec)
