@@ -163,6 +163,23 @@ class TestOutputFiles:
             )
             assert baseline.read_bytes() == before
 
+    @pytest.mark.parametrize("existing", [False, True])
+    def test_an_output_beside_the_baseline_is_written(self, tmp_path, saved_trace, existing):
+        """Another file, new or already there, is no baseline: written."""
+        snapshot, trace = tmp_path / "snap.json", tmp_path / "trace.json"
+        snapshot.write_text(json.dumps(report_with()))
+        trace.write_bytes(saved_trace.read_bytes())
+        junit, report = tmp_path / "junit.xml", tmp_path / "new-trace.json"
+        if existing:
+            junit.write_text("old")
+            report.write_text("old")
+        code, _, err = cli("check", "--junit", str(junit), "--baseline", str(snapshot))
+        assert code in (0, 1) and junit.read_text().startswith("<?xml"), err
+        code, _, err = cli(
+            "trace", "clean:app", "--app-dir", str(TRACE_APPS), "-o", str(report), "--baseline", str(trace)
+        )
+        assert code == 0 and json.loads(report.read_text())["app"] == "clean:app", err
+
     @pytest.mark.parametrize("mode", [0o444, 0o555])
     def test_a_read_only_file_is_refused_and_kept(self, tmp_path, mode):
         """A read-only target is refused before running (exit 2), even for
