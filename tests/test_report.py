@@ -423,6 +423,14 @@ class TestCiFormats:
             ("error", "ValueError: x"), ("error", "error"), ("skipped", "runs only on asgi"), ("skipped", "skipped"),
         ]  # fmt: skip
 
+    def test_junit_spells_what_xml_cannot_hold(self):
+        """An app's exception holding characters XML 1.0 cannot hold, even
+        escaped (NUL, an ESC, a lone surrogate): spelled as Python does,
+        each alone, and the text around them kept, so the file parses."""
+        report = Report([result("bad", Status.ERROR, error="NUL \x00, ESC \x1b[31m, \udcff; tab\t é")])
+        (case,) = ET.fromstring(junit(report).split("?>", 1)[1])[0]
+        assert case.find("error").get("message") == "NUL \\x00, ESC \\x1b[31m, \\udcff; tab\t é"
+
     def test_github_annotations(self):
         assert github_annotations(ci_report()) == [
             '::error title=ctxlab drift: hand-made (asgi)::request 1: p v: expected 1, observed "50%25\\nmore"',
