@@ -526,6 +526,21 @@ class TestSignals:
             assert time.monotonic() < deadline, f"worker {children} outlived ctxlab"
             time.sleep(0.05)
 
+    def test_without_a_shell_ctxlab_runs_all_the_same(self):
+        """A container with no /bin/sh (distroless): the child cannot leave
+        its undertaker shell behind, and runs without it.  Here /bin/sh is
+        made a file that cannot be executed, in a mount namespace of the
+        command's own."""
+        if not ROOT or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            pytest.skip("needs root and a mount namespace to hide /bin/sh in")
+        prefix = ("unshare", "-m", "sh", "-c", 'mount --bind /dev/null /bin/sh && exec "$@"', "sh")
+        for args, last in (
+            (("run", "bad-only"), "1 passed in #"),  # the worker
+            (("trace", "clean:app", "--app-dir", str(TRACE_APPS)), "no finding in 2 request(s), 26 events"),  # a child
+        ):
+            code, out, err = cli(*args, prefix=prefix)
+            assert (code, err) == (0, "") and _no_durations(out).strip().splitlines()[-1] == last
+
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
     def test_a_signal_while_ctxlab_is_still_importing(self, tmp_path, signum, code):
         """The first tenth of a second is spent importing typer and the rest,
