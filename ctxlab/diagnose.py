@@ -37,6 +37,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from ctxlab import target as targets
+from ctxlab.errors import described
 from ctxlab.target import Request, TargetError
 
 PROBE_PATH = "/__ctxlab_probe__"
@@ -269,10 +270,10 @@ def _splice_app(probes: _Probes, holder: Any, app: Any, mount: str | None) -> No
     original = app.user_middleware
     entries = []
     for middleware in original:
-        described = targets.describe_layer(middleware)
+        seen = targets.describe_layer(middleware)
         options = getattr(middleware, "kwargs", None) or getattr(middleware, "options", {})
         probes.allowed_hosts += list(options.get("allowed_hosts") or [])
-        entries.append((_described(described, mount, middleware.cls), middleware))
+        entries.append((_described(seen, mount, middleware.cls), middleware))
     probe_keys = [probes.key(layer) for layer, _ in entries]
     interleaved = []
     for key, (_, middleware) in zip(probe_keys, entries):
