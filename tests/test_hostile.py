@@ -87,7 +87,12 @@ class Cli:
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"ctxlab did not exit within {timeout}s")
-        left = session_processes(self.process.pid)
+        # What ctxlab killed as it exited may take a moment to die on a
+        # busy machine (the kernel delivers SIGKILL when it schedules the
+        # process): gone within two seconds is not left behind.
+        deadline = time.monotonic() + 2
+        while (left := session_processes(self.process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.kill()
         assert not left, f"processes left behind: {left}"
         return self.process.returncode, out or "", err or ""
