@@ -221,6 +221,28 @@ def test_a_call_that_took_the_copy_stored_past_the_window_is_no_snapshot_read():
     assert [(e.op, e.var.name) for e in tracer.events] == [("set", "set_before")]
 
 
+def test_a_copy_handed_on_with_more_arguments_is_no_snapshot_read():
+    """The copy goes into a helper with a second argument, and the loop
+    iterates what the helper returns: the load of that argument follows
+    the copy's call, and is no `.items()` to read through."""
+    import contextvars
+
+    var = contextvars.ContextVar("handed_on")
+
+    def names(context, prefix):
+        return [prefix + str(len(context))]
+
+    def request():
+        var.set("x")
+        return [row for row in names(contextvars.copy_context(), "n")]
+
+    tracer = Tracer(TraceRecorder())
+    tracer.recorder.in_flight.add(1)  # during request 1
+    with tracer:
+        rows = contextvars.copy_context().run(request)
+    assert rows[0].startswith("n") and [e for e in tracer.events if e.snapshot] == []
+
+
 def test_a_loop_right_after_the_copy_is_stored_is_no_snapshot_read():
     """The copy is stored, then a loop over something else begins at once
     and runs a function in the copy: nothing iterates the copy."""
