@@ -301,3 +301,30 @@ def test_a_snapshot_the_app_reads_is_read_once_per_request():
         if e.get("snapshot") and e["var"] in ("correlation_id", "user")  # (the middleware's Sentry scope too)
     ]
     assert sorted(snapshots) == [(number, *item) for number, held in enumerate(seen, 1) for item in held]
+
+
+def test_a_trace_diff_names_each_event_by_its_occurrence():
+    """A variable read four times in one function, against a trace that
+    read it three: the second read's changed value and the fourth read
+    are told apart by their occurrence (#2, #4; the first has no number),
+    and the reads match in order, not all against the first."""
+    from ctxlab.trace import changes
+
+    def read(value, request=1):
+        return {
+            "request": request,
+            "op": "get",
+            "var": "user",
+            "file": "app.py",
+            "function": "endpoint",
+            "value": value,
+        }
+
+    before = {"findings": [], "events": [read("a"), read("b"), read("c"), read("z", request=2)]}
+    after = {"findings": [], "events": [read("a"), read("B"), read("c"), read("d"), read("z", request=2)]}
+    assert [(c.what, c.key, c.before, c.after) for c in changes(before, after)] == [
+        ("event", "request 1: get user in endpoint (app.py) #2", "b", "B"),
+        ("event", "request 1: get user in endpoint (app.py) #4", "<absent>", "d"),
+    ]
+    before["events"][0]["value"] = "A"
+    assert [c.key for c in changes(before, after)][0] == "request 1: get user in endpoint (app.py)"
