@@ -238,14 +238,7 @@ def read_saved(path: Path) -> Any:
     pipe (`diff <(...)`, `/dev/stdin`) cannot be read twice."""
     from ctxlab.validate import read_json
 
-    try:
-        return read_json(path, "a ctxlab report", ReportFileError)
-    except json.JSONDecodeError as exc:
-        if not exc.doc.strip():
-            raise ReportFileError(f"{path} is empty; make one with 'ctxlab snapshot -o {path}'") from None
-        raise ReportFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return read_json(path, "a ctxlab report", ReportFileError, empty=f"make one with 'ctxlab snapshot -o {path}'")
 
 
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn"), document: Any = None) -> dict[str, Any]:

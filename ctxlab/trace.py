@@ -215,12 +215,7 @@ def load_trace(path: Path, document: Any = None) -> dict[str, Any]:
     from ctxlab.validate import read_json, trace_problem
 
     if document is None:
-        try:
-            document = read_json(path, "a saved trace", TraceFileError)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TraceFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise TraceFileError(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
+        document = read_json(path, "a saved trace", TraceFileError)
     if not is_trace(document):
         raise TraceFileError(f"{path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'")
     if document["schema_version"] != SCHEMA_VERSION:

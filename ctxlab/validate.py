@@ -24,21 +24,30 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 200
 
 
-def read_json(path: Path, what: str, unusable: type[CtxlabError]) -> Any:
+def read_json(path: Path, what: str, unusable: type[CtxlabError], empty: str | None = None) -> Any:
     """The JSON document in `path` (`what` it should hold, for the message),
     read no further than MAX_BYTES: a device (`/dev/zero`) has no size to
-    check first, and would be read for ever.  Raises OSError,
-    UnicodeDecodeError, json.JSONDecodeError, or `unusable` for a file too
-    large or nested too deep."""
-    with open(path, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
-        data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    check first, and would be read for ever.  Anything that stops it raises
+    `unusable`, in one line: a file that cannot be read, is not JSON (or is
+    empty: `empty` says what to do then), is too large or nests too deep."""
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
+    except OSError as exc:
+        raise unusable(f"cannot read {path}: {exc.strerror or exc}") from None
     if size > MAX_BYTES or len(data) > MAX_BYTES:
         shown = f"{size // 2**20} MiB" if size > MAX_BYTES else f"over {MAX_BYTES // 2**20} MiB"
         raise unusable(f"{path} is too large for {what} ({shown})")
     too_deep = unusable(f"{path} nests deeper than {MAX_DEPTH} levels; {what} never does")
     try:
         document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise unusable(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        if empty and not exc.doc.strip():
+            raise unusable(f"{path} is empty; {empty}") from None
+        raise unusable(f"{path} is not JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
         raise too_deep from None
     if _deeper_than(document, MAX_DEPTH):
