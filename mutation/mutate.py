@@ -223,6 +223,58 @@ TESTS = {
         "test_trace_cli.py",
         "test_trace_plugin.py",
     ],
+    # Loading the user's app and sending it requests, for probe and trace:
+    # in process first, then both commands as a user runs them.
+    "target": [
+        "test_target.py",
+        "test_diagnose.py",
+        "test_trace.py",
+        "test_trace_cli.py",
+        "test_hostile.py::TestProbeTargets",
+        "test_hostile.py::TestHangs::test_probe_of_a_factory_that_never_returns",
+        "test_hostile.py::TestHangs::test_a_module_that_ends_the_process_while_importing",
+        "test_servers.py::test_an_installed_sniffio_still_imports_after_an_in_process_run",
+    ],
+    # The plugin runs inside pytest: its suite starts pytest on fixture tests.
+    "pytest_plugin": ["test_trace_plugin.py"],
+    # The tables, in process first, then as the CLI prints them.
+    "render": [
+        "test_render.py",
+        "test_plain.py",
+        "test_cli.py",
+        "test_diagnose.py",
+        "test_trace_cli.py",
+        "test_hostile.py::TestText",
+        "test_hostile.py::TestDiffOfATrace",
+    ],
+    # The commands: every one of them only runs as a process, so these are
+    # subprocess suites, the quickest first; matrix's grids are left out
+    # (their environments take minutes and matrix.py has its own list).
+    "cli": [
+        "test_cli.py",
+        "test_errors.py",
+        "test_trace_cli.py",
+        "test_diagnose.py",
+        "test_index.py",
+        "test_plugins.py",
+        "test_servers.py",
+        "test_hostile.py::TestOutputFiles",
+        "test_hostile.py::TestReadOnly",
+        "test_hostile.py::TestMalformedFiles",
+        "test_hostile.py::TestText",
+        "test_hostile.py::TestProbeTargets",
+        "test_hostile.py::TestDiffOfATrace",
+        "test_hostile.py::TestTraceVar",
+        "test_hostile.py::TestHangs",
+        "test_hostile.py::TestSignals",
+        "test_hostile.py::test_a_directory_name_too_long",
+        "test_hostile.py::test_an_endless_timeout_is_refused",
+        "test_hostile.py::test_junit_of_control_characters_is_well_formed",
+        "test_hostile.py::test_a_closed_pipe_ends_quietly",
+        "test_ci.py::test_matrix_refuses_bad_columns",
+        "test_ci.py::test_matrix_needs_two_columns",
+        "test_ci.py::test_matrix_refuses_an_unknown_serving_choice",
+    ],
     "diagnose": ["test_diagnose.py"]
     + [
         f"test_probe_real_apps.py::test_every_field_matches_what_the_app_recorded[{app}-asgi]"
