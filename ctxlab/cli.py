@@ -141,7 +141,9 @@ ScenariosOption = Annotated[
 ]
 
 # What `probe` and `trace` take alike: the user's app and how to load it.
-TargetArgument = Annotated[str, typer.Argument(metavar="MODULE:ATTR", help="Your app, e.g. myapp.main:app.")]
+TargetArgument = Annotated[
+    str, typer.Argument(metavar="MODULE:ATTR", help="Your app, as uvicorn names it: myapp.main:app.")
+]
 FactoryOption = Annotated[bool, typer.Option("--factory", help="ATTR is a function that returns the app.")]
 AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Where to import MODULE from.")]
 # How long probe and trace wait for the user's app (and diff, for a trace

@@ -144,12 +144,7 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path("."), server:
         raise TargetError(f"importing {module_name!r} raised KeyboardInterrupt") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise TargetError(f"importing {module_name!r} failed: {described(exc)}") from None
-    if not hasattr(module, attribute):
-        public = [name for name in vars(module) if not name.startswith("_")]
-        raise TargetError(
-            f"module {module_name!r} has no attribute {attribute!r}{suggest(attribute, public, otherwise='')}"
-        )
-    asgi = getattr(module, attribute)
+    asgi = _attribute(module, module_name, attribute)
     if factory:
         if not callable(asgi):
             raise TargetError(f"{spec} is not callable, so it cannot be a --factory")
@@ -165,6 +160,27 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path("."), server:
         raise TargetError(f"{spec} is a {type(asgi).__name__}, not an ASGI application")
     wrappers, app = unwrap(asgi)
     return Target(spec, asgi, app, tuple(wrappers), module, _own_root(module, app_dir))
+
+
+def _attribute(module: ModuleType, module_name: str, path: str) -> Any:
+    """ATTR as uvicorn reads it: `app`, or `holder.app`, each name looked up
+    on the object before it."""
+    found: Any = module
+    names = path.split(".")
+    for depth, name in enumerate(names):
+        try:
+            found = getattr(found, name)
+            continue
+        except AttributeError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a property or module __getattr__ of the user's failed
+            raise TargetError(
+                f"reading {module_name}:{'.'.join(names[: depth + 1])} failed: {described(exc)}"
+            ) from None
+        public = [known for known in dir(found) if not known.startswith("_")]
+        owner = f"module {module_name!r}" if depth == 0 else f"{module_name}:{'.'.join(names[:depth])}"
+        raise TargetError(f"{owner} has no attribute {name!r}{suggest(name, public, otherwise='')}")
+    return found
 
 
 def is_starlette(obj: Any) -> bool:

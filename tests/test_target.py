@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import contextvars
+import sys
 
 import pytest
 from starlette.applications import Starlette
@@ -97,17 +98,48 @@ def test_wrappers_are_unwrapped_outermost_first():
     assert found is app and wrappers == [outer, outer.app]
 
 
+BROKEN_PROPERTY = "class Settings:\n    @property\n    def app(self):\n        raise RuntimeError('no config')\n"
+
+
 @pytest.mark.parametrize(
-    "source, message",
+    "source, spec, message",
     [
-        ("import sys\nsys.exit('bye')\n", "importing 'broken' called sys.exit('bye')"),
-        ("raise KeyboardInterrupt\n", "importing 'broken' raised KeyboardInterrupt"),
-        ("raise RuntimeError('no config')\n", "importing 'broken' failed: RuntimeError: no config"),
-        ("app = 3\n", "broken:app is a int, not an ASGI application"),
+        ("import sys\nsys.exit('bye')\n", "broken:app", "importing 'broken' called sys.exit('bye')"),
+        ("raise KeyboardInterrupt\n", "broken:app", "importing 'broken' raised KeyboardInterrupt"),
+        ("raise RuntimeError('no config')\n", "broken:app", "importing 'broken' failed: RuntimeError: no config"),
+        ("app = 3\n", "broken:app", "broken:app is a int, not an ASGI application"),
+        ("apps = 3\n", "broken:app", "module 'broken' has no attribute 'app'; did you mean 'apps'?"),
+        ("import types\nh = types.SimpleNamespace(apps=1)\n", "broken:h.app",
+         "broken:h has no attribute 'app'; did you mean 'apps'?"),
+        ("import types\nh = types.SimpleNamespace(inner=types.SimpleNamespace())\n", "broken:h.inner.app",
+         "broken:h.inner has no attribute 'app'"),
+        (BROKEN_PROPERTY + "settings = Settings()\n", "broken:settings.app",
+         "reading broken:settings.app failed: RuntimeError: no config"),
     ],
-)
-def test_loading_errors_are_one_line(tmp_path, source, message):
+)  # fmt: skip
+def test_loading_errors_are_one_line(tmp_path, source, spec, message):
     (tmp_path / "broken.py").write_text(source)
-    with pytest.raises(TargetError) as raised:
-        target.load("broken:app", app_dir=tmp_path)
+    try:
+        with pytest.raises(TargetError) as raised:
+            target.load(spec, app_dir=tmp_path)
+    finally:
+        sys.modules.pop("broken", None)  # each case imports its own broken.py
     assert str(raised.value) == message
+
+
+def test_an_attribute_path_is_followed_as_uvicorn_follows_it(tmp_path):
+    """`MODULE:holder.app`: uvicorn's importer takes each name in turn."""
+    (tmp_path / "nested.py").write_text(
+        "import types\n"
+        "seen = []\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http':\n"
+        "        seen.append(scope['path'])\n"
+        "        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "        await send({'type': 'http.response.body', 'body': b''})\n"
+        "api = types.SimpleNamespace(v1=types.SimpleNamespace(app=app))\n"
+    )
+    loaded = target.load("nested:api.v1.app", app_dir=tmp_path)
+    assert loaded.asgi is loaded.module.app
+    (reply,) = asyncio.run(target.send_all(loaded.asgi, [Request(path="/here")]))
+    assert reply.status == 200 and loaded.module.seen == ["/here"]
