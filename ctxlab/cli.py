@@ -800,11 +800,19 @@ def _discard(stream) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+LONGEST_ERROR = 1000
+
+
 def _say(line: str) -> None:
     """The error line on stderr, if stderr can take it: when it cannot
     (`2> /dev/full`), the exit code alone must tell."""
     from ctxlab.terminal import visible
 
+    if len(line) > LONGEST_ERROR:
+        # An argument pasted by mistake (`$(cat big.json)`) is echoed by the
+        # error that names it: its ends are enough to recognise it.
+        kept = LONGEST_ERROR // 2
+        line = f"{line[:kept]} [... {len(line) - 2 * kept:,} characters left out ...] {line[-kept:]}"
     try:
         print(visible(line), file=sys.stderr, flush=True)
     except OSError:

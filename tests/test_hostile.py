@@ -995,6 +995,22 @@ def test_junit_of_control_characters_is_well_formed(tmp_path):
 class TestText:
     """What ctxlab prints is literal, readable on any terminal, and uncut."""
 
+    # The error line around the argument is 53 characters: 947 make it 1,000.
+    @pytest.mark.parametrize("length, left_out", [(947, 0), (948, 1), (100_000, 99_053)])
+    def test_an_argument_pasted_by_mistake_is_echoed_by_its_ends(self, length, left_out):
+        """`ctxlab explain "$(cat big.json)"`: an error line past 1,000
+        characters keeps its first and last 500, and says how many it left out."""
+        argument = "<" * (length // 2) + ">" * (length - length // 2)
+        code, out, err = cli("explain", argument)
+        line = one_line(err)
+        assert code == 2 and out == ""
+        whole = f"ctxlab: error: unknown scenario '{argument}'; see 'ctxlab list'"
+        assert len(whole) == 1000 + left_out
+        if left_out:
+            assert line == f"{whole[:500]} [... {left_out:,} characters left out ...] {whole[-500:]}"
+        else:
+            assert line == whole
+
     def test_markup_in_names_summaries_and_probes_is_literal(self):
         """Rich markup in a scenario's name, summary and probe is printed as written."""
         args = ("--scenarios", str(HOSTILE))
