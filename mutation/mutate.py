@@ -148,7 +148,15 @@ TESTS = {
         "test_hostile.py::TestSignals::test_an_interrupt_inside_code_run_from_a_string_still_exits_130",
         "test_cli.py::test_typo_exits_2_with_a_suggestion_and_no_traceback",
     ],
-    "output": ["test_render.py", "test_plain.py", "test_cli.py"],
+    # Each command's emitter, JSON and table, as the CLI prints them.
+    "output": [
+        "test_render.py",
+        "test_plain.py",
+        "test_cli.py",
+        "test_trace_cli.py",
+        "test_hostile.py::test_a_closed_pipe_ends_quietly",
+        "test_ci.py::test_diff_names_what_a_changed_framework_changed",
+    ],
     # The quick checks first; the grids build and run real environments.
     "matrix": [
         "test_ci.py::test_matrix_refuses_bad_columns",

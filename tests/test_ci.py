@@ -40,7 +40,8 @@ def test_diff_in_the_same_environment_finds_nothing(snapshot):
 
 def test_diff_names_what_a_changed_framework_changed(snapshot):
     code, document, _ = ctxlab_json("diff", str(snapshot), env=PROPAGATING)
-    assert code == 1
+    assert code == 1 and list(document) == ["schema_version", "before", "after", "changes"]
+    assert document["schema_version"] == 1
     changed = {(c["scenario"], c["probe"], c["var"], json.dumps(c["after"])) for c in document["changes"]}
     assert ("bad-only", "bad.after", "context", '{"random_int": 42}') in changed
     assert set(document["before"]["packages"]) == set(document["after"]["packages"])

@@ -186,6 +186,13 @@ def test_list_and_help_import_no_web_framework(args):
     assert not imported & {"starlette", "fastapi", "httpx", "uvicorn", "anyio"}
 
 
+def test_a_piped_list_imports_no_rich():
+    """The catalog in plain columns (stdout a pipe) needs no Rich: `list` stays quick."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ctxlab", "list"], capture_output=True, text=True)
+    assert done.returncode == 0 and "bad-then-shiny" in done.stdout
+    assert not [line for line in done.stderr.splitlines() if line.rstrip().endswith(("| rich", "| rich.console"))]
+
+
 def test_version_names_tool_and_frameworks():
     code, out, _ = ctxlab("--version")
     assert code == 0 and out.startswith("ctxlab 0.1.0") and "starlette" in out and "uvicorn" in out

@@ -125,6 +125,10 @@ class TestBaseline:
         assert code == 1  # the finding is still there
         code, out, _ = ctxlab("trace", "trace_apps.clean:app", "--baseline", str(saved), *APP_DIR)
         assert code == 1 and "change(s) since the saved trace" in out
+        code, out, _ = ctxlab("trace", "trace_apps.clean:app", "--baseline", str(saved), "--json", *APP_DIR)
+        document = json.loads(out)
+        assert code == 1 and document["schema_version"] == 1 and document["app"] == "trace_apps.clean:app"
+        assert "finding" in {c["what"] for c in document["changes"]} and document["findings"] == []
 
     def test_values_that_name_their_address_are_no_change(self, tmp_path):
         """sentry-sdk (which asgi-correlation-id's app loads) sets Scope
@@ -166,7 +170,9 @@ class TestBaseline:
         assert "leak tenant read at trace_apps/executor_leak.py:job" in out
         assert "request 2: get tenant in job" in out and '"tenant-1"' in out
         code, out, _ = ctxlab("diff", str(saved), "--json")
-        assert code == 1 and {c["what"] for c in json.loads(out)["changes"]} == {"finding", "event"}
+        document = json.loads(out)
+        assert code == 1 and {c["what"] for c in document["changes"]} == {"finding", "event"}
+        assert document["schema_version"] == 1 and document["app"] == "trace_apps.executor_leak:app"
 
 
 class TestUsageErrors:
