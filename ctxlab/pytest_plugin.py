@@ -206,7 +206,9 @@ def _describe(result: TraceResult) -> str:
     out = io.StringIO()
     # No wrapping: pytest's report is read in CI logs, where a finding's
     # file:line cut across two lines can no longer be searched or clicked.
-    console = Console(file=out, width=100, no_color=True, highlight=False, soft_wrap=True)
+    # Never a terminal, even with FORCE_COLOR set (as CI often has it):
+    # pytest puts this text in its report as it is, styles as escape codes.
+    console = Console(file=out, force_terminal=False, soft_wrap=True)
     console.print(f"ctxlab: {len(result.findings)} finding(s) in this test's requests")
     for finding in result.findings:
         console.print(render.trace_finding(result, finding))

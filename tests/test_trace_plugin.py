@@ -129,3 +129,86 @@ def test_inactive_without_the_option(suite):
     result = suite.runpytest_subprocess("-p", "anyio")
     result.assert_outcomes(passed=6 if INHERITS else 5, failed=0 if INHERITS else 1)
     assert ('assert "<unset>" not in' in result.stdout.str()) != INHERITS
+
+
+ALONGSIDE = """
+import asyncio
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from trace_apps import audit
+
+
+async def broken(scope, receive, send):
+    raise RuntimeError("broken on purpose")
+
+
+def test_the_fixture_alone_never_fails_a_test(ctxlab_trace):
+    assert TestClient(audit.app).get("/users/1").status_code == 200
+    assert [f["kind"] for f in ctxlab_trace.findings] == ["lost"]
+    with pytest.raises(RuntimeError):
+        TestClient(broken).get("/")
+    assert [r.status for r in ctxlab_trace.result().requests] == [200, None]
+
+
+def test_fails_on_its_own():
+    TestClient(audit.app).get("/users/1")
+    assert 1 == 2, "the test's own failure"
+
+
+LOOP = asyncio.new_event_loop()  # a loop that outlives the test that used it
+
+
+async def _through_httpx():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=audit.app), base_url="http://t") as client:
+        await client.get("/users/1")
+        with pytest.raises(RuntimeError):
+            await httpx.AsyncClient(transport=httpx.ASGITransport(app=broken), base_url="http://t").get("/")
+
+
+def test_a_loop_of_the_tests_own(ctxlab_trace):
+    LOOP.run_until_complete(_through_httpx())
+    assert [r.status for r in ctxlab_trace.result().requests] == [200, None]
+    assert LOOP.get_task_factory() is not None  # ctxlab's, while the test runs
+
+
+def test_the_loop_is_given_back():
+    assert LOOP.get_task_factory() is None
+"""
+
+
+@pytest.mark.parametrize("option", [False, True])
+def test_a_tests_own_failure_and_its_loops_are_its_own(suite, option):
+    """Without --ctxlab the fixture records and never fails a test; with it,
+    a test that failed on its own keeps its own failure; a request that
+    raised has no status; and a loop the test made gets its task factory
+    back when the test ends."""
+    suite.makepyfile(test_app=ALONGSIDE)
+    result = suite.runpytest_subprocess(*["--ctxlab"] * option)
+    failed = {line.split("::")[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED")}
+    with_findings = {"test_the_fixture_alone_never_fails_a_test", "test_a_loop_of_the_tests_own"}
+    assert failed == {"test_fails_on_its_own"} | (with_findings if option else set())
+    (own,) = [line for line in result.outlines if line.startswith("FAILED test_app.py::test_fails_on_its_own")]
+    assert own.startswith("FAILED test_app.py::test_fails_on_its_own - AssertionError: the test")
+    result.assert_outcomes(passed=4 - len(failed), failed=len(failed))
+
+
+def test_report_is_plain_text_even_with_force_color(suite, monkeypatch):
+    """CI often sets FORCE_COLOR: the findings go into pytest's report as text."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio", "-k", "audit", "--color=no")
+    result.assert_outcomes(failed=1, deselected=5)
+    out = result.stdout.str()
+    assert "\x1b[" not in out and "LOST user  in request 1" in out
+
+
+def test_without_starlettes_test_client_or_uvloop(suite):
+    """httpx alone: a suite with neither Starlette's TestClient nor uvloop to import."""
+    conftest = suite.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + "\nsys.modules['starlette.testclient'] = sys.modules['uvloop'] = None\n")
+    suite.makepyfile(test_app=SUITE.replace("from starlette.testclient import TestClient\n", ""))
+    result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio", "-k", "executor_job")
+    result.assert_outcomes(failed=1, deselected=5)
+    assert "LEAK tenant  in request 2" in result.stdout.str()
