@@ -266,9 +266,7 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    app: Any, *, server: str = "asgi", lifespan: bool = False, timeout: float = 10.0
-) -> AsyncIterator[Client]:
+async def serving(app: Any, *, server: str, lifespan: bool, timeout: float = 10.0) -> AsyncIterator[Client]:
     """Serve `app` for the duration of the block: in process
     (`server="asgi"`) or on a real uvicorn on 127.0.0.1 (`"uvicorn"`).
     With `lifespan`, startup runs first and shutdown last, and each request

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -96,6 +97,26 @@ def test_wrappers_are_unwrapped_outermost_first():
     outer = Wrapper(Wrapper(app))
     wrappers, found = target.unwrap(outer)
     assert found is app and wrappers == [outer, outer.app]
+    # An `.app` that cannot be called is no app being wrapped (a settings object).
+    assert target.unwrap(Wrapper("settings")) == ([], None)
+
+
+def test_an_instantiated_layer_is_named_as_its_code_is_written():
+    """A layer built by hand (a wrapper, a Mount's middleware): a function
+    given to BaseHTTPMiddleware is named as `@app.middleware("http")` is,
+    a subclass by its class."""
+    app, _ = recording_app()
+
+    async def stamp(request, call_next):
+        return await call_next(request)
+
+    class Audit(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            return await call_next(request)
+
+    assert target.describe_object(BaseHTTPMiddleware(app, dispatch=stamp)) == target.Layer("stamp", "http_decorator")
+    assert target.describe_object(Audit(app)) == target.Layer("Audit", "base_http")
+    assert target.describe_object(Audit(app, dispatch=stamp)) == target.Layer("stamp", "http_decorator")
 
 
 BROKEN_PROPERTY = "class Settings:\n    @property\n    def app(self):\n        raise RuntimeError('no config')\n"
@@ -124,6 +145,24 @@ def test_loading_errors_are_one_line(tmp_path, source, spec, message):
             target.load(spec, app_dir=tmp_path)
     finally:
         sys.modules.pop("broken", None)  # each case imports its own broken.py
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("import sys\n    sys.exit(4)", "the factory broken:make called sys.exit(4)"),
+        ("raise KeyboardInterrupt", "the factory broken:make raised KeyboardInterrupt"),
+        ("raise RuntimeError('no config')", "calling the factory broken:make failed: RuntimeError: no config"),
+    ],
+)
+def test_a_factory_that_fails_is_one_line(tmp_path, body, message):
+    (tmp_path / "broken.py").write_text(f"def make():\n    {body}\n")
+    try:
+        with pytest.raises(TargetError) as raised:
+            target.load("broken:make", factory=True, app_dir=tmp_path)
+    finally:
+        sys.modules.pop("broken", None)
     assert str(raised.value) == message
 
 
