@@ -300,12 +300,12 @@ def trace_app(
     app: Any,
     requests: Sequence[Any],
     *,
-    server: str = "asgi",
-    lifespan: bool = False,
-    variables: Sequence[str] = (),
-    app_dir: Path = Path("."),
-    name: str = "app",
-    loop: str = "asyncio",
+    server: str,
+    lifespan: bool,
+    variables: Sequence[str],
+    app_dir: Path,
+    name: str,
+    loop: str,
 ) -> TraceResult:
     """Trace `requests` (`target.Request`s) sent to the ASGI object `app`,
     on a new event loop of the kind `loop` names (asyncio or uvloop)."""

@@ -328,3 +328,53 @@ def test_a_trace_diff_names_each_event_by_its_occurrence():
     ]
     before["events"][0]["value"] = "A"
     assert [c.key for c in changes(before, after)][0] == "request 1: get user in endpoint (app.py)"
+
+
+def test_a_trace_diff_names_a_finding_by_where_it_read_and_set():
+    from ctxlab.trace import changes
+
+    def finding(kind, set_=None):
+        return {"kind": kind, "var": "user", "read": {"file": "a.py", "function": "audit"}, "set": set_}
+
+    before = {"findings": [], "events": []}
+    after = {"findings": [finding("lost", {"file": "b.py", "function": "login"}), finding("reset-error")], "events": []}
+    assert [(c.what, c.key, c.before, c.after) for c in changes(before, after)] == [
+        ("finding", "lost user read at a.py:audit, set at b.py:login", "<absent>", "found"),
+        ("finding", "reset-error user read at a.py:audit", "<absent>", "found"),
+    ]
+
+
+def test_code_made_at_run_time_keeps_the_name_it_was_given(tmp_path, monkeypatch):
+    """A set in code the app compiled itself (`<generated>`, as exec'd
+    code is named) is shown at that name, not as a file of the working
+    directory."""
+    (tmp_path / "generated_app.py").write_text(
+        "import contextvars\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.middleware.base import BaseHTTPMiddleware\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "user = contextvars.ContextVar('user', default=None)\n"
+        "exec(compile('def remember(v):\\n    user.set(v)\\n', '<generated>', 'exec'), globals())\n"
+        "seen = []\n"
+        "async def home(request):\n"
+        "    remember('alice')\n"
+        "    return PlainTextResponse('hi')\n"
+        "class Audit(BaseHTTPMiddleware):\n"
+        "    async def dispatch(self, request, call_next):\n"
+        "        response = await call_next(request)\n"
+        "        seen.append(user.get())\n"
+        "        return response\n"
+        "app = Starlette(routes=[Route('/', home)])\n"
+        "app.add_middleware(Audit)\n"
+    )
+    monkeypatch.chdir(FIXTURES)
+    try:
+        result = trace("generated_app:app", requests=1, app_dir=tmp_path).to_json()
+        module = sys.modules["generated_app"]
+    finally:
+        sys.modules.pop("generated_app", None)
+    assert module.seen == [None]  # the app's own record: its middleware lost the value
+    code = module.remember.__code__
+    finding = only(result["findings"], "lost")
+    assert (finding["set"]["file"], finding["set"]["line"]) == (code.co_filename, code.co_firstlineno + 1)
