@@ -219,6 +219,7 @@ TESTS = {
         "test_hostile.py::TestTraceVar",
         # Every saved file, snapshots too: `diff` tells a trace from a snapshot.
         "test_hostile.py::TestMalformedFiles",
+        "test_cli.py::test_diff_of_a_saved_run_runs_its_scenarios_again",
         "test_hostile.py::TestProbeTargets",
     ],
     # What a trace found, judged from the recorder's events: hand-made

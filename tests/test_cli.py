@@ -119,6 +119,15 @@ def test_output_file_holds_the_json_report(tmp_path):
     assert os.listdir(tmp_path) == ["report.json"]  # no temporary left behind
 
 
+def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
+    """`diff` of a run's report (not a trace): its one scenario, run again here."""
+    saved = tmp_path / "report.json"
+    ctxlab("run", "bad-only", "-o", str(saved))
+    code, document, err = ctxlab_json("diff", str(saved))
+    assert code == 0 and document["changes"] == [], err
+    assert document["after"]["python"] == document["before"]["python"]
+
+
 def test_unwritable_output_is_refused_before_running(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
