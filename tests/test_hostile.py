@@ -818,6 +818,26 @@ class TestMalformedFiles:
         assert code == 2 and out == ""
         assert one_line(err).startswith(f"ctxlab: error: {path} is a malformed trace: {said}")
 
+    @pytest.mark.parametrize("command", ["diff", "baseline"])
+    @pytest.mark.parametrize("missing", ["schema_version", "app", "options"])
+    def test_a_file_that_is_no_saved_trace(self, tmp_path, saved_trace, command, missing):
+        """A trace without one of the fields every trace has: not a trace,
+        one line, exit 2 (a KeyError's traceback if only `events` were checked)."""
+        document = json.loads(saved_trace.read_text())
+        del document[missing]
+        path = tmp_path / "trace.json"
+        path.write_text(json.dumps(document))
+        args = (
+            ("diff", str(path))
+            if command == "diff"
+            else ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--baseline", str(path))
+        )
+        code, out, err = cli(*args)
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'"
+        )
+
     def test_a_truncated_snapshot(self, tmp_path):
         """Half a snapshot is not JSON: one line, exit 2."""
         path = tmp_path / "snap.json"
