@@ -194,6 +194,7 @@ TESTS = {
         "test_ci.py::test_matrix_an_unpinned_column_follows_new_releases",
         "test_ci.py::test_matrix_two_runs_building_one_environment_at_once_share_it",
         "test_ci.py::test_matrix_columns_on_two_pythons_get_an_environment_each",
+        "test_ci.py::test_matrix_builds_with_uv_when_uv_is_on_path",
     ],
     # Real middleware libraries, in process only (each case runs ctxlab
     # and the app's own record in two subprocesses): the ones whose code

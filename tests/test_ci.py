@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -504,6 +505,25 @@ def test_matrix_columns_on_two_pythons_get_an_environment_each(tmp_path, monkeyp
         for minor in others
     ]
     assert [_version_of(str(env / "bin" / "python")).rsplit(".", 1)[0] for env in envs] == others
+
+
+def test_matrix_builds_with_uv_when_uv_is_on_path(tmp_path, monkeypatch):
+    """uv on PATH, as on many machines: the column's environment is made
+    and filled by uv (its pyvenv.cfg names uv; pip's names none), with the
+    column's version installed."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("no uv (the [test] extra installs it)")
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "uv").symlink_to(uv)
+    monkeypatch.setenv("PATH", f"{on_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path / "cache"))
+    env = matrix.environment(matrix.parse_column("uvicorn==0.44.0"), lambda line: None)
+    assert re.search(r"^uv = ", (env / "pyvenv.cfg").read_text(), re.MULTILINE)
+    show = "from importlib.metadata import version; print(version('uvicorn'))"
+    done = subprocess.run([str(env / "bin" / "python"), "-c", show], capture_output=True, text=True)
+    assert done.stdout.strip() == "0.44.0", done.stderr
 
 
 def test_diff_reports_a_skipped_scenario_by_its_status_alone():
