@@ -1441,26 +1441,44 @@ class TestProbeTargets:
             " not myapp/main.py), and --app-dir says where to import it from"
         )
 
+    ANSWERING_APP = (
+        "import os\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "async def home(request):\n"
+        "    open(os.environ['SEEN'], 'a').write('answered\\n')\n"
+        "    return PlainTextResponse('ok')\n"
+        "app = Starlette(routes=[Route('/', home)])\n"
+    )
+
+    @pytest.mark.parametrize("shadowed", ["httpx", "uvicorn"])
     @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
     @pytest.mark.parametrize("command", ["probe", "trace"])
-    def test_an_app_directory_with_a_module_named_like_ctxlabs_client(self, tmp_path, server, command):
+    def test_an_app_directory_with_a_module_named_like_ctxlabs_client(self, tmp_path, server, command, shadowed):
         """The app's own httpx.py (which the app never imports) was imported
         in place of ctxlab's HTTP client once --app-dir came first on
-        sys.path: a traceback.  The app answers, by its own record."""
-        (tmp_path / "httpx.py").write_text('raise RuntimeError("the app\'s httpx.py was imported")\n')
-        (tmp_path / "main.py").write_text(
-            "import os\n"
-            "from starlette.applications import Starlette\n"
-            "from starlette.responses import PlainTextResponse\n"
-            "from starlette.routing import Route\n"
-            "async def home(request):\n"
-            "    open(os.environ['SEEN'], 'a').write('answered\\n')\n"
-            "    return PlainTextResponse('ok')\n"
-            "app = Starlette(routes=[Route('/', home)])\n"
-        )
+        sys.path: a traceback.  The same for a uvicorn.py, with ctxlab
+        serving on uvicorn.  The app answers, by its own record."""
+        (tmp_path / f"{shadowed}.py").write_text(f'raise RuntimeError("the app\'s {shadowed}.py was imported")\n')
+        (tmp_path / "main.py").write_text(self.ANSWERING_APP)
         seen = tmp_path / "seen"
         code, out, err = cli(command, "main:app", "--app-dir", str(tmp_path), "--path", "/", "--server", server,
                              SEEN=str(seen))  # fmt: skip
+        assert code == 0 and "Traceback" not in err, err
+        assert seen.read_text().splitlines()[0] == "answered"
+
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_the_app_directory_comes_before_the_working_directory(self, tmp_path, command):
+        """A main.py in the working directory and the app's main.py in
+        --app-dir: the app's is imported, as uvicorn puts --app-dir first."""
+        (tmp_path / "here").mkdir()
+        (tmp_path / "here" / "main.py").write_text('raise RuntimeError("the working directory\'s main.py")\n')
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "main.py").write_text(self.ANSWERING_APP)
+        seen = tmp_path / "seen"
+        code, _, err = cli(command, "main:app", "--app-dir", str(tmp_path / "app"), "--path", "/", cwd=tmp_path / "here",
+                           SEEN=str(seen))  # fmt: skip
         assert code == 0 and "Traceback" not in err, err
         assert seen.read_text().splitlines()[0] == "answered"
 

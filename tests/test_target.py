@@ -136,6 +136,8 @@ BROKEN_PROPERTY = "class Settings:\n    @property\n    def app(self):\n        r
          "broken:h.inner has no attribute 'app'"),
         (BROKEN_PROPERTY + "settings = Settings()\n", "broken:settings.app",
          "reading broken:settings.app failed: RuntimeError: no config"),
+        (BROKEN_PROPERTY + "settings = Settings()\n", "broken:settings.app.inner",
+         "reading broken:settings.app failed: RuntimeError: no config"),
     ],
 )  # fmt: skip
 def test_loading_errors_are_one_line(tmp_path, source, spec, message):
