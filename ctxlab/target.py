@@ -209,9 +209,13 @@ def _own_root(module: ModuleType, app_dir: Path) -> Path:
     """The app's own code: the top-level package of MODULE, else the
     directory it was imported from."""
     top = sys.modules.get(module.__name__.partition(".")[0], module)
-    if getattr(top, "__path__", None) and getattr(top, "__file__", None):
-        return Path(top.__file__).resolve().parent
-    return Path(module.__file__ or app_dir).resolve().parent
+    here = Path(module.__file__ or app_dir).resolve()
+    # A namespace package (no __init__.py) has no file, and may span several
+    # directories: its own is the one that holds MODULE.
+    for directory in getattr(top, "__path__", None) or ():
+        if here.is_relative_to(Path(directory).resolve()):
+            return Path(directory).resolve()
+    return here.parent
 
 
 def describe_layer(middleware: Any) -> Layer:

@@ -894,6 +894,38 @@ def test_a_dependency_indented_with_a_tab_is_read(tmp_path):
     assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
 
 
+DEPENDENCY = (
+    "from contextvars import ContextVar\n"
+    "tenant = ContextVar('tenant')\n"
+    "def dep():\n"
+    "    tenant.set('x')\n"
+)
+APP_USING_IT = (
+    "from fastapi import Depends, FastAPI\n"
+    "from {package}.deps import dep\n"
+    "app = FastAPI()\n"
+    "@app.get('/', dependencies=[Depends(dep)])\n"
+    "async def home():\n"
+    "    return {{}}\n"
+)
+
+
+@pytest.mark.parametrize("namespace", [False, True])
+def test_the_apps_own_code_is_its_whole_top_package(tmp_path, namespace):
+    """The app in pkg/web/main.py and its dependency in pkg/deps.py: the
+    dependency is the app's own code, found at pkg/deps.py, whether pkg
+    is a regular package or a namespace package (no __init__.py)."""
+    package = f"pkg_{tmp_path.name}_{namespace}"
+    (tmp_path / package / "web").mkdir(parents=True)
+    if not namespace:
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / "web" / "__init__.py").write_text("")
+    (tmp_path / package / "deps.py").write_text(DEPENDENCY)
+    (tmp_path / package / "web" / "main.py").write_text(APP_USING_IT.format(package=package))
+    findings = diagnose(f"{package}.web.main:app", app_dir=tmp_path).findings
+    assert [(f.file, f.line, f.kind) for f in findings] == [(f"{package}/deps.py", 4, "sync-set")]
+
+
 def test_a_closure_with_an_unbound_variable_is_still_read(tmp_path):
     """A factory's `def` dependency whose closure holds a ContextVar and a
     name bound later (an empty cell, here never bound): the ContextVar is found."""

@@ -101,6 +101,42 @@ def test_wrappers_are_unwrapped_outermost_first():
     assert target.unwrap(Wrapper("settings")) == ([], None)
 
 
+def test_wrappers_that_wrap_each_other_end_the_search():
+    """`a.app = b; b.app = a`: no app inside, and the search ends."""
+
+    class Wrapper:
+        async def __call__(self, scope, receive, send):
+            pass
+
+    first, second = Wrapper(), Wrapper()
+    first.app, second.app = second, first
+    wrappers, found = target.unwrap(first)
+    assert found is None and wrappers[:2] == [first, second]
+
+
+def test_a_background_task_still_running_after_the_grace_is_cancelled():
+    """The response went out; the app's background task outlives the grace:
+    an error after the response, and the task is cancelled, by its own record."""
+    record = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            record.append("cancelled")
+            raise
+
+    async def send_one():
+        async with target.serving(app, server="asgi", lifespan=False, timeout=0.2) as client:
+            return await client.send(Request())
+
+    reply = asyncio.run(send_one())
+    assert (reply.status, reply.body, reply.after_response) == (200, b"done", True)
+    assert isinstance(reply.error, TimeoutError) and record == ["cancelled"]
+
+
 def test_an_instantiated_layer_is_named_as_its_code_is_written():
     """A layer built by hand (a wrapper, a Mount's middleware): a function
     given to BaseHTTPMiddleware is named as `@app.middleware("http")` is,
