@@ -894,12 +894,7 @@ def test_a_dependency_indented_with_a_tab_is_read(tmp_path):
     assert [(f.line, f.kind) for f in findings] == [(6, "sync-set")]
 
 
-DEPENDENCY = (
-    "from contextvars import ContextVar\n"
-    "tenant = ContextVar('tenant')\n"
-    "def dep():\n"
-    "    tenant.set('x')\n"
-)
+DEPENDENCY = "from contextvars import ContextVar\ntenant = ContextVar('tenant')\ndef dep():\n    tenant.set('x')\n"
 APP_USING_IT = (
     "from fastapi import Depends, FastAPI\n"
     "from {package}.deps import dep\n"
