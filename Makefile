@@ -54,8 +54,7 @@ mutate: $(STAMP)
 # the two middleware libraries probe's fixture apps use come at their
 # newest, and the optional libraries behind some scenarios stay out (those skip).
 FLOORS := .venv-floors
-floors: $(STAMP)
-	$(BIN)/python -m pip install --quiet uv
+floors: $(STAMP)  # uv comes with the [test] extra
 	rm -rf $(FLOORS)
 	$(BIN)/uv venv --quiet --python $(PYTHON) $(FLOORS)
 	VIRTUAL_ENV=$(FLOORS) $(BIN)/uv pip install --quiet --resolution lowest-direct -e .
