@@ -506,7 +506,9 @@ def _defining_class(code, frame) -> str:
 
 _MAPPING_READS = {"keys", "items", "values", "__iter__"}
 _CONSUMERS = {"dict", "list", "tuple", "sorted", "set", "frozenset"}  # builtins that iterate their argument
-_NOT_STEPS = {"CACHE", "PUSH_NULL", "PRECALL"}  # what 3.11+ puts between a load and its call
+# What 3.11+ puts between a load and its call, and 3.13+ after making a
+# function that has a closure or defaults.
+_NOT_STEPS = {"CACHE", "PUSH_NULL", "PRECALL", "SET_FUNCTION_ATTRIBUTE"}
 
 
 def _copy_calls(code) -> dict[int, bool]:
@@ -529,13 +531,14 @@ def _copy_calls(code) -> dict[int, bool]:
             return True
         if following.opname.startswith("STORE"):
             return following.argval
-        callee = steps[start - 1] if start else None
-        return (
-            following.opname.startswith("CALL")
-            and callee is not None
-            and callee.opname in ("LOAD_GLOBAL", "LOAD_NAME")
-            and callee.argval in _CONSUMERS
-        )
+        if not following.opname.startswith("CALL") or not start:
+            return False
+        callee = steps[start - 1]
+        if callee.opname == "MAKE_FUNCTION":
+            # 3.15+: a generator expression is called on the iterable itself
+            # (its GET_ITER moved into the generator's own code).
+            return getattr(steps[start - 2].argval, "co_name", None) == "<genexpr>"
+        return callee.opname in ("LOAD_GLOBAL", "LOAD_NAME") and callee.argval in _CONSUMERS
 
     calls: dict[int, bool] = {}
     stored: dict[Any, list[int]] = {}

@@ -287,13 +287,15 @@ def test_a_copy_iterated_by_dict_is_read_and_one_handed_on_is_not():
     assert snapshots == [(1, at, "ada"), (2, at, "ada")]
 
 
-def test_a_snapshot_the_app_reads_is_read_once_per_request():
+@pytest.mark.parametrize("path", ["/", "/filtered"])
+def test_a_snapshot_the_app_reads_is_read_once_per_request(path):
     """The endpoint iterates copy_context().items() once per request
     (calling sorted and len on the way): one snapshot read of each variable
     the request set, by the app or by a library, with the value the
     snapshot held (on 3.11, whose calls take two instructions, the
-    iteration was once out of the tracer's sight)."""
-    result, seen = traced("snapshot_reader")
+    iteration was once out of the tracer's sight; on 3.15, which calls a
+    generator expression on the copy itself, it was out of sight again)."""
+    result, seen = traced("snapshot_reader", path=path)
     assert [[name for name, _ in held] for held in seen] == [["correlation_id", "user"]] * 2
     snapshots = [
         (e["request"], e["var"], e["value"])
