@@ -94,13 +94,12 @@ class Request:
 @dataclass
 class Reply:
     """What came back: the status (None when no response started), and the
-    exception the app raised, if it did (`after_response`: once the
-    response had been sent, as in a yield dependency's teardown)."""
+    exception the app raised, if it did (before or after its response, as
+    in a yield dependency's teardown)."""
 
     status: int | None = None
     body: bytes = b""
     error: BaseException | None = None
-    after_response: bool = False
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -361,7 +360,7 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
             await app(scope, receive, send)
         # uvicorn catches BaseException here; all but cancellation, which is ours.
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - a server logs it; the caller reports it
-            reply.error, reply.after_response = exc, done.is_set()
+            reply.error = exc
         finally:
             done.set()
 
@@ -374,10 +373,7 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
     if not task.done():
         task.cancel()
         await asyncio.wait({task})
-        reply.error, reply.after_response = (
-            TimeoutError(f"still running {grace:g} s after its response; cancelled"),
-            True,
-        )
+        reply.error = TimeoutError(f"still running {grace:g} s after its response; cancelled")
     reply.body = body.getvalue()
     return reply
 
