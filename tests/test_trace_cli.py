@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from conftest import ctxlab
@@ -110,6 +111,18 @@ class TestJson:
             {"file", "line", "task", "context", "thread"} <= finding["read"].keys() <= finding["set"].keys() | {"value"}
         )
         assert document["options"]["headers"] == [["x-a", "1"]]
+
+
+def test_the_task_tree_shows_each_context_copied_from_its_creators():
+    """BaseHTTPMiddleware's call_next starts the endpoint's task, whose
+    context asyncio copies from the creating task's: the tree says so, for
+    each request."""
+    code, out, _ = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", *APP_DIR)
+    assert code == 1
+    tree = re.findall(r"task (T\d+)(?: \(created by (T\d+)\))?, context (C\d+) \(copied from (C\d+)\)", out)
+    context_of = {task: context for task, _, context, _ in tree}
+    created = [(creator, source) for _, creator, _, source in tree if creator]
+    assert len(created) == 2 and all(source == context_of[creator] for creator, source in created), out
 
 
 class TestBaseline:
