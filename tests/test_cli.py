@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import stat
 import subprocess
 import sys
@@ -125,7 +126,14 @@ def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
     ctxlab("run", "bad-only", "-o", str(saved))
     code, document, err = ctxlab_json("diff", str(saved))
     assert code == 0 and document["changes"] == [], err
-    assert document["after"]["python"] == document["before"]["python"]
+    assert document["after"]["python"] == document["before"]["python"] == platform.python_version()
+    code, out, _ = ctxlab("diff", str(saved))
+    assert code == 0 and "python" not in out  # the same Python: not worth a line
+    report = json.loads(saved.read_text())
+    report["environment"]["python"] = "3.9.0"
+    saved.write_text(json.dumps(report))
+    code, out, _ = ctxlab("diff", str(saved))
+    assert code == 0 and f"\npython 3.9.0 → {platform.python_version()}\n" in out
 
 
 def test_unwritable_output_is_refused_before_running(tmp_path):

@@ -125,6 +125,26 @@ def test_the_task_tree_shows_each_context_copied_from_its_creators():
     assert len(created) == 2 and all(source == context_of[creator] for creator, source in created), out
 
 
+def test_a_reset_that_raised_is_shown_with_what_python_raised():
+    """A reset in another context raises ValueError: the table says so, in
+    Python's words (less the token's repr, with its addresses), under that
+    finding only; a lost value raised nothing, and says nothing of it."""
+    import contextvars
+
+    var = contextvars.ContextVar("var")
+    token = contextvars.copy_context().run(var.set, 1)
+    try:
+        var.reset(token)
+    except ValueError as exc:
+        raised = exc
+    code, out, _ = ctxlab("trace", "trace_apps.yield_reset:app", *APP_DIR)
+    (line,) = [line for line in out.splitlines() if line.startswith("  raised ")]
+    assert code == 1 and line.startswith(f"  raised {type(raised).__name__}: "), out
+    assert line.endswith(str(raised).rsplit(">", 1)[1]), (line, str(raised))
+    code, out, _ = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", *APP_DIR)
+    assert code == 1 and "raised" not in out, out
+
+
 class TestBaseline:
     """A saved trace is compared with a new one: what changed exits 1."""
 
