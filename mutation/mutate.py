@@ -255,6 +255,8 @@ TESTS = {
         "test_trace_cli.py",
         "test_hostile.py::TestText",
         "test_hostile.py::TestDiffOfATrace",
+        "test_servers.py::test_server_both_table_marks_expected_differences",
+        "test_servers.py::test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c",
     ],
     # The commands: every one of them only runs as a process, so these are
     # subprocess suites, the quickest first; matrix's grids are left out

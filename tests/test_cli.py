@@ -134,6 +134,14 @@ def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
     saved.write_text(json.dumps(report))
     code, out, _ = ctxlab("diff", str(saved))
     assert code == 0 and f"\npython 3.9.0 → {platform.python_version()}\n" in out
+    assert out.endswith("\nno changes\n") and "before" not in out  # no table of nothing
+    # As if bad-only had once seen the value after the endpoint.
+    (seen,) = [o for o in report["scenarios"][0]["observations"] if o["probe"] == "bad.after"]
+    seen["observed"] = {"random_int": 42}
+    saved.write_text(json.dumps(report))
+    code, out, _ = ctxlab("diff", str(saved))
+    (row,) = [line for line in out.splitlines() if line.startswith("bad-only")]
+    assert code == 1 and row.split() == ["bad-only", "asgi", "1", "bad.after", '{"random_int":', "42}", "null"], out
 
 
 def test_unwritable_output_is_refused_before_running(tmp_path):

@@ -80,8 +80,8 @@ def test_cli_json_matches_the_contract():
 def test_factory_and_table_output():
     code, out, _ = ctxlab("probe", "mixes:create_app", "--factory", "--app-dir", str(APPS))
     assert code == 1 and "Made" in out and "base_http" in out and "cut by: Made" in out
-    code, _, _ = ctxlab("probe", "mixes:fastapi_all_pure", "--app-dir", str(APPS))
-    assert code == 0
+    code, out, _ = ctxlab("probe", "mixes:fastapi_all_pure", "--app-dir", str(APPS))
+    assert code == 0 and "ok: values travel through every layer" in out and "not observed:" not in out
 
 
 @pytest.mark.parametrize(
@@ -265,6 +265,8 @@ def test_a_teardown_that_raises_after_the_response_is_reported_as_such():
     assert {layer["note"] for layer in document["layers"]} == {
         "GET /report raised ValueError after the response was sent; not observed"
     }
+    code, out, _ = ctxlab("probe", "teardown_raises:app", "--app-dir", str(REAL_APPS), "--path", "/report")
+    assert code == 2 and "not observed: some layers could not be observed" in out and "ok: values" not in out
 
 
 class TestOptionsShapeTheRequest:

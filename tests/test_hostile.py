@@ -1216,16 +1216,24 @@ class TestText:
         words = set(re.sub(r"\x1b\[[0-9;]*m", "", out).split())
         assert {"bad-only", "BaseHTTPMiddleware", "BadMiddleware"} <= words
 
-    def test_list_never_cuts_a_name(self):
-        """At any terminal width every scenario name appears whole."""
+    @pytest.mark.parametrize("terminal", [False, True])
+    def test_list_never_cuts_a_name(self, terminal):
+        """At any terminal width every scenario name appears whole, piped or
+        on a terminal; a terminal too narrow for the table gets a paragraph
+        per scenario."""
         _, rows, _ = ctxlab("list", "--json")
         names = [row["name"] for row in json.loads(rows)]
+        colours = {"NO_COLOR": None, "FORCE_COLOR": "1"} if terminal else {}
         for width in (20, 33, 50, 64, 80, 200):
-            code, out, _ = cli("list", COLUMNS=str(width))
+            code, out, _ = cli("list", COLUMNS=str(width), **colours)
             assert code == 0
+            out = re.sub(r"\x1b\[[0-9;]*m", "", out)
             words = set(out.split())
             cut = [name for name in names if name not in words]
             assert not cut, f"COLUMNS={width}: {cut}"
+            if terminal:
+                header = out.splitlines()[0].split()
+                assert (header == ["name", "tags", "summary"]) == (width >= 80), (width, header)
 
     @pytest.mark.parametrize(
         "columns, width", [("1", 40), ("39", 40), ("41", 41), ("500", 500), ("501", 500), ("1000000", 500)]
