@@ -4,9 +4,9 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
-import re
 import sys
 import time
 from pathlib import Path
