@@ -182,7 +182,8 @@ async def uvicorn_server(
         except SystemExit:  # uvicorn exits the process when it cannot bind
             server.started = False
         if not server.started:
-            raise ServerFailed(f"uvicorn did not start: {errors.text() or 'no reason given'}")
+            # Its log holds a failed lifespan's whole traceback: the reason is one line of it.
+            raise ServerFailed(f"uvicorn did not start: {errors.reason(since=0)}")
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
             yield f"http://127.0.0.1:{port}"
@@ -224,9 +225,6 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-
-    def text(self) -> str:
-        return "; ".join(record.getMessage() for record in self.records)
 
     def reason(self, since: int) -> str:
         """Why uvicorn's lifespan failed, as the in-process run says it: the

@@ -1531,10 +1531,15 @@ class TestProbeTargets:
         assert ("this middleware cannot be built" in err) == (server == "asgi")  # uvicorn answers 500 itself
         assert out == "" and not report.exists()
 
-    def test_a_lifespan_that_fails(self):
-        """A failing lifespan startup: one line, exit 2, no unretrieved-task noise."""
-        code, _, err = cli("probe", "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan")
-        assert code == 2 and "the database is down" in one_line(err)
+    @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_a_lifespan_that_fails(self, command, server):
+        """A failing lifespan startup: one line, exit 2, no unretrieved-task
+        noise (on uvicorn the line held uvicorn's whole log of the traceback)."""
+        code, out, err = cli(command, "lifespan_fails:app", "--app-dir", str(APPS), "--lifespan", "--server", server)
+        said = {"asgi": "lifespan startup failed", "uvicorn": "uvicorn did not start"}[server]
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {said}: RuntimeError: the database is down"
 
 
 TWO_VARIABLES = """
