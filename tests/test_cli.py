@@ -120,6 +120,17 @@ def test_output_file_holds_the_json_report(tmp_path):
     assert os.listdir(tmp_path) == ["report.json"]  # no temporary left behind
 
 
+def test_both_servers_each_say_why_their_run_failed():
+    """The app raises: in process the exception reaches ctxlab; uvicorn
+    answers 500 in its place.  Each server's line says its own."""
+    crashing = str(FIXTURES / "crashing_scenarios")
+    code, out, _ = ctxlab("run", "always-crashes", "--scenarios", crashing, "--server", "both")
+    lines = out.splitlines()
+    assert code == 3 and "asgi: RuntimeError: the app fell over" in lines, out
+    (on_uvicorn,) = [line for line in lines if line.startswith("uvicorn (")]
+    assert on_uvicorn.endswith("UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error")
+
+
 def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
     """`diff` of a run's report (not a trace): its one scenario, run again here."""
     saved = tmp_path / "report.json"
