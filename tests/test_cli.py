@@ -128,7 +128,9 @@ def test_both_servers_each_say_why_their_run_failed():
     lines = out.splitlines()
     assert code == 3 and "asgi: RuntimeError: the app fell over" in lines, out
     (on_uvicorn,) = [line for line in lines if line.startswith("uvicorn (")]
-    assert on_uvicorn.endswith("UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error")
+    assert on_uvicorn.endswith(
+        "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error"
+    )
 
 
 def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
