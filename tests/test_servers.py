@@ -66,6 +66,7 @@ def test_server_both_table_marks_expected_differences():
     code, out, _ = ctxlab("run", "keepalive-large-body-leak", "bad-only", "--server", "both", "--loop", "asyncio")
     assert code == 0
     assert re.search(r"^bad-only  asgi PASS  uvicorn \(asyncio, \w+\) PASS$", out, re.MULTILINE), out
+    assert re.search(r"^\s*1\s+bad\.after\s.*\n\s+context\s", out, re.MULTILINE), out  # the probe, its variable below
     if Env("uvicorn", None, None).has("uvicorn", ">=0.39,<0.45") or sys.version_info >= (3, 15):
         pytest.skip("no leak on this uvicorn or Python: no difference to show")
     assert "expected" in out and "Why they differ" in out and "unexpected" not in out

@@ -40,6 +40,7 @@ def recording_app():
             "state": request.state.name,
             "host": request.headers["host"],
             "body": (await request.body()).decode(),
+            "length": request.headers.get("content-length"),
             "method": request.method,
         })  # fmt: skip
         var.set("set by an earlier request")
@@ -61,6 +62,24 @@ def test_requests_go_through_the_apps_call_each_in_a_fresh_context_with_lifespan
     assert [s["left_over"] for s in seen] == [None, None]
     assert [s["state"] for s in seen] == ["state", "state"]
     assert seen[0]["host"] == "example.com" and seen[0]["body"] == "hello" and seen[0]["method"] == "POST"
+    assert [s["length"] for s in seen] == ["5", None]  # as a client sends them: only with a body
+
+
+def test_a_request_the_server_never_answers_is_a_failed_request():
+    """On uvicorn, an app that outlasts the client's timeout: the request
+    failed (the client's own error), it did not crash ctxlab."""
+    import httpx
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await asyncio.sleep(30)
+
+    async def send_one():
+        async with target.serving(app, server="uvicorn", lifespan=False, timeout=0.5) as client:
+            return await client.send(Request())
+
+    reply = asyncio.run(send_one())
+    assert reply.status is None and isinstance(reply.error, httpx.TimeoutException)
 
 
 def test_an_error_after_the_response_is_reported_as_such():

@@ -118,7 +118,7 @@ def test_the_task_tree_shows_each_context_copied_from_its_creators():
     context asyncio copies from the creating task's: the tree says so, for
     each request."""
     code, out, _ = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", *APP_DIR)
-    assert code == 1
+    assert code == 1 and "\nLOST user  in requests 1, 2\n" in out
     tree = re.findall(r"task (T\d+)(?: \(created by (T\d+)\))?, context (C\d+) \(copied from (C\d+)\)", out)
     context_of = {task: context for task, _, context, _ in tree}
     created = [(creator, source) for _, creator, _, source in tree if creator]
