@@ -169,16 +169,14 @@ def _attribute(module: ModuleType, module_name: str, path: str) -> Any:
     for depth, name in enumerate(names):
         try:
             found = getattr(found, name)
-            continue
         except AttributeError:
-            pass
+            public = [known for known in dir(found) if not known.startswith("_")]
+            owner = f"module {module_name!r}" if depth == 0 else f"{module_name}:{'.'.join(names[:depth])}"
+            raise TargetError(f"{owner} has no attribute {name!r}{suggest(name, public, otherwise='')}") from None
         except Exception as exc:  # noqa: BLE001 - a property or module __getattr__ of the user's failed
             raise TargetError(
                 f"reading {module_name}:{'.'.join(names[: depth + 1])} failed: {described(exc)}"
             ) from None
-        public = [known for known in dir(found) if not known.startswith("_")]
-        owner = f"module {module_name!r}" if depth == 0 else f"{module_name}:{'.'.join(names[:depth])}"
-        raise TargetError(f"{owner} has no attribute {name!r}{suggest(name, public, otherwise='')}")
     return found
 
 
@@ -207,8 +205,11 @@ def unwrap(asgi: Any) -> tuple[list[Any], Any]:
 def _own_root(module: ModuleType, app_dir: Path) -> Path:
     """The app's own code: the top-level package of MODULE, else the
     directory it was imported from."""
+    file = getattr(module, "__file__", None)
+    if file is None:  # built into Python (`builtins`): none of it is the app's
+        return app_dir.resolve()
     top = sys.modules.get(module.__name__.partition(".")[0], module)
-    here = Path(module.__file__ or app_dir).resolve()
+    here = Path(file).resolve()
     # A namespace package (no __init__.py) has no file, and may span several
     # directories: its own is the one that holds MODULE.
     for directory in getattr(top, "__path__", None) or ():

@@ -1490,6 +1490,18 @@ class TestProbeTargets:
         assert code == 0 and "Traceback" not in err, err
         assert seen.read_text().splitlines()[0] == "answered"
 
+    def test_a_module_built_into_python(self):
+        """`builtins:print` has no file to find the app's own code from (an
+        AttributeError's traceback): the app is just not one."""
+        code, out, err = cli("probe", "builtins:print")
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            "ctxlab: error: builtins:print is an ASGI callable with no Starlette or FastAPI application inside"
+        )
+        code, out, err = cli("trace", "builtins:print")  # print, called as an app, prints (to stderr)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert err.splitlines()[-1].startswith("ctxlab: error: every request to builtins:print failed")
+
     def test_a_module_that_exits_at_import(self):
         """sys.exit at import is reported, not obeyed."""
         code, _, err = cli("probe", "exits_at_import:app", "--app-dir", str(APPS))
