@@ -65,6 +65,28 @@ def test_requests_go_through_the_apps_call_each_in_a_fresh_context_with_lifespan
     assert [s["length"] for s in seen] == ["5", None]  # as a client sends them: only with a body
 
 
+@pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+def test_after_the_body_receive_waits_for_the_response_to_complete(server):
+    """What a server's receive gives once the body is read: nothing until
+    the response is complete, then a disconnect.  The app's own record
+    says so, in process as on uvicorn."""
+    record = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        record.append((await receive())["type"])
+        waiting = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.05)
+        record.append(waiting.done())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        record.append((await waiting)["type"])
+
+    (reply,) = asyncio.run(target.send_all(app, [Request()], server=server))
+    assert reply.status == 200 and record == ["http.request", False, "http.disconnect"]
+
+
 def test_a_request_the_server_never_answers_is_a_failed_request():
     """On uvicorn, an app that outlasts the client's timeout: the request
     failed (the client's own error), it did not crash ctxlab."""
