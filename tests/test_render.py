@@ -86,4 +86,7 @@ def test_a_matrix_without_changes_says_what_was_compared(bad_only_report, errors
     ]
     console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
     render.matrix(matrix.grid(columns), console)
-    assert console.export_text().splitlines()[-1] == verdict
+    lines = console.export_text().splitlines()
+    assert lines[-1] == verdict
+    # Each column that failed says why, under the grid; the others say nothing.
+    assert [line for line in lines if ": " in line] == [f"c{i}: {error}" for i, error in enumerate(errors) if error]
