@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from conftest import ctxlab
-from test_trace import body_leaks_on_asyncio
+from test_trace import body_leaks_on_asyncio, line_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP_DIR = ("--app-dir", str(FIXTURES))
@@ -123,6 +123,20 @@ def test_the_task_tree_shows_each_context_copied_from_its_creators():
     context_of = {task: context for task, _, context, _ in tree}
     created = [(creator, source) for _, creator, _, source in tree if creator]
     assert len(created) == 2 and all(source == context_of[creator] for creator, source in created), out
+
+
+def test_the_table_shows_what_the_apps_own_code_touched():
+    """A variable the app reads and nothing sets, and a library's variable
+    the app's code sets (structlog's bind_contextvars): both shown, at the
+    app's lines."""
+    code, out, _ = ctxlab("trace", "trace_apps.touched:app", "--requests", "1", *APP_DIR)
+    shown = [
+        found.groups() for line in out.splitlines() if (found := re.search(r"── (get|set) +(.+?) {3}(\S+) ", line))
+    ]
+    assert code == 0 and shown == [
+        ("get", "flag = <unset>", f"trace_apps/touched.py:{line_of('touched', 'flag.get()')}"),
+        ("set", 'structlog_request_path = "/"', f"trace_apps/touched.py:{line_of('touched', 'bind_contextvars(')}"),
+    ], out
 
 
 def test_a_reset_that_raised_is_shown_with_what_python_raised():
