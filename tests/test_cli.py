@@ -131,6 +131,9 @@ def test_both_servers_each_say_why_their_run_failed():
     assert on_uvicorn.endswith(
         "UnexpectedResponse: request 1 (GET /) answered 500, expected 200: Internal Server Error"
     )
+    assert lines[-1].startswith("2 errors in ")
+    code, out, _ = ctxlab("run", "always-crashes", "--scenarios", crashing)
+    assert code == 3 and out.splitlines()[-1].startswith("1 error in ")
 
 
 def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):

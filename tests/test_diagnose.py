@@ -186,6 +186,14 @@ def test_without_path_each_mount_is_probed_through_its_own_leaf():
     assert [row[:2] for row in rows] == [["CorrelationIdMiddleware", None]] + [key for key in [list(k) for k in truth]]
     assert rows[1:] == list(truth.values())
     assert code == 1 and document["verdict"]["culprits"] == ["AuditMiddleware", "IsolatingMiddleware"]
+    # The table: an onion per mount, each layer's mount in its row.
+    code, out, _ = ctxlab("probe", "mounted_subapps:app", "--app-dir", str(REAL_APPS))
+    lines = out.splitlines()
+    onions = [line.split(" onion: ")[0] for line in lines if " onion: " in line]
+    assert code == 1 and onions == list(dict.fromkeys(mount for _, mount in truth)), out
+    for name, mount in truth:
+        (row,) = [line.split() for line in lines if line.split()[:2] in ([name, "asgi"], [name, "base_http"])]
+        assert row[2] == mount, row
 
 
 class TestWhatTheAppDoesCannotSpoilTheOutput:

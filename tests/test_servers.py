@@ -150,6 +150,10 @@ def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
     assert [row.split()[2] for row in rows] == ["endpoint", "bad.after", "shiny.after"]
     assert rows[1].split("=")[1].split()[0] == "null" and '{"random_int": 42}' in rows[2]
     assert "stopped" in out
+    # BadMiddleware's call_next runs the endpoint in a task of its own,
+    # created by the task the middleware runs in.
+    endpoint_task, creator = re.search(r" (T\d+)←(T\d+) ", rows[0]).groups()
+    assert re.search(r" (T\d+) C\d+ ", rows[1]).group(1) == creator != endpoint_task, rows
 
 
 def test_serve_refuses_a_scenario_that_only_runs_in_process():

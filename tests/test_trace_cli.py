@@ -119,6 +119,10 @@ def test_the_task_tree_shows_each_context_copied_from_its_creators():
     each request."""
     code, out, _ = ctxlab("trace", "trace_apps.audit:app", "--path", "/users/7", *APP_DIR)
     assert code == 1 and "\nLOST user  in requests 1, 2\n" in out
+    # Events not in the tree are counted: all of them, less the rows shown.
+    total = int(re.search(r", (\d+) events$", out.strip()).group(1))
+    rows = len(re.findall(r"── (?:get|set|reset) ", out))
+    assert f"\n({total - rows} events of library variables the app never touched are not shown" in out
     tree = re.findall(r"task (T\d+)(?: \(created by (T\d+)\))?, context (C\d+) \(copied from (C\d+)\)", out)
     context_of = {task: context for task, _, context, _ in tree}
     created = [(creator, source) for _, creator, _, source in tree if creator]
@@ -133,7 +137,8 @@ def test_the_table_shows_what_the_apps_own_code_touched():
     shown = [
         found.groups() for line in out.splitlines() if (found := re.search(r"── (get|set) +(.+?) {3}(\S+) ", line))
     ]
-    assert code == 0 and shown == [
+    assert code == 0 and "not shown" not in out  # every event is the app's
+    assert shown == [
         ("get", "flag = <unset>", f"trace_apps/touched.py:{line_of('touched', 'flag.get()')}"),
         ("set", 'structlog_request_path = "/"', f"trace_apps/touched.py:{line_of('touched', 'bind_contextvars(')}"),
     ], out
