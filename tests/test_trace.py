@@ -380,3 +380,20 @@ def test_code_made_at_run_time_keeps_the_name_it_was_given(tmp_path, monkeypatch
     code = module.remember.__code__
     finding = only(result["findings"], "lost")
     assert (finding["set"]["file"], finding["set"]["line"]) == (code.co_filename, code.co_firstlineno + 1)
+
+
+def test_a_trace_diff_reads_an_object_whatever_the_order_of_its_keys():
+    """A value saved as {"id": 7, "name": "ada"} and read now as
+    {"name": "ada", "id": 7} is the same value: no change."""
+    from ctxlab.trace import changes
+
+    def read(value):
+        return {"request": 1, "op": "get", "var": "user", "file": "app.py", "function": "f", "value": value}
+
+    before = {"findings": [], "events": [read({"id": 7, "name": "ada"})]}
+    after = {"findings": [], "events": [read({"name": "ada", "id": 7})]}
+    assert changes(before, after) == []
+    after["events"][0]["value"] = {"name": "bob", "id": 7}
+    assert [(c.before, c.after) for c in changes(before, after)] == [
+        ({"id": 7, "name": "ada"}, {"name": "bob", "id": 7})
+    ]
