@@ -2,9 +2,10 @@
 
 import io
 import json
+import re
 
 import pytest
-from conftest import ctxlab
+from conftest import ctxlab, ctxlab_json
 from rich.console import Console
 
 from ctxlab import matrix, render
@@ -58,6 +59,32 @@ def test_explain_on_the_command_line():
     assert "onion: BadMiddleware → ShinyMiddleware → app" in out
     assert "task T2 (created by T1), context C2 (copied from C1)" in out
     assert "source: " in out and "middleware_order.py" in out
+
+
+def test_explain_draws_a_tree_for_each_of_three_requests():
+    """Three requests (the most any bundled scenario sends): three trees,
+    and no note of requests left out."""
+    code, document, _ = ctxlab_json("run", "lazy-worker-first-request")
+    requests = sorted({o["request"] for o in document["scenarios"][0]["observations"]})
+    code, out, err = ctxlab("explain", "lazy-worker-first-request")
+    assert (code, err, requests) == (0, "", [1, 2, 3])
+    assert [line for line in out.splitlines() if re.fullmatch(r"request \d+", line)] == [
+        f"request {n}" for n in requests
+    ]
+    assert "more requests" not in out
+
+
+def test_run_notes_the_naive_reading_on_each_pitfall_row_only():
+    """`naive:` under an expected value where a naive reading expects
+    otherwise (the JSON's `naive` differs from `expected`), nowhere else."""
+    for name in ("bad-then-shiny", "lazy-worker-clean-context"):
+        code, document, _ = ctxlab_json("run", name)
+        pitfalls = [o for o in document["scenarios"][0]["observations"] if o["naive"] != o["expected"]]
+        code, out, _ = ctxlab("run", name)
+        assert code == 0 and out.count("naive: ") == len(pitfalls), out
+        for o in pitfalls:
+            assert f"naive: {json.dumps(o['naive'])}" in out, out
+    assert pitfalls == []  # the second: a scenario without pitfalls, for the count of none
 
 
 @pytest.fixture(scope="module")
