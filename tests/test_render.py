@@ -115,5 +115,7 @@ def test_a_matrix_without_changes_says_what_was_compared(bad_only_report, errors
     render.matrix(matrix.grid(columns), console)
     lines = console.export_text().splitlines()
     assert lines[-1] == verdict
+    rows = [line.split()[2:] for line in lines if line.split()[:2] == ["bad-only", "(asgi)"]]
+    assert rows == ([["error" if error else "pass" for error in errors]] if None in errors else [])
     # Each column that failed says why, under the grid; the others say nothing.
     assert [line for line in lines if line.startswith("c")] == [f"c{i}: {e}" for i, e in enumerate(errors) if e]
