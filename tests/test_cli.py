@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import stat
 import subprocess
 import sys
@@ -118,6 +119,15 @@ def test_output_file_holds_the_json_report(tmp_path):
     assert code == 0 and "bad-only" in out
     assert json.loads(target.read_text())["scenarios"][0]["name"] == "bad-only"
     assert os.listdir(tmp_path) == ["report.json"]  # no temporary left behind
+
+
+def test_check_says_a_line_for_each_scenario_of_the_catalog():
+    _, listed, _ = ctxlab("list", "--json")
+    code, out, _ = ctxlab("check")
+    lines = [line.split() for line in out.splitlines() if line.split()[:1] in (["PASS"], ["SKIPPED"])]
+    assert code == 0 and [line[1:3] for line in lines] == [[row["name"], "asgi"] for row in json.loads(listed)], out
+    passed = sum(line[0] == "PASS" for line in lines)
+    assert re.match(rf"{passed} passed(, {len(lines) - passed} skipped)? in ", out.splitlines()[-1]), out
 
 
 def test_both_servers_each_say_why_their_run_failed():
