@@ -189,8 +189,10 @@ def test_without_path_each_mount_is_probed_through_its_own_leaf():
     # The table: an onion per mount, each layer's mount in its row.
     code, out, _ = ctxlab("probe", "mounted_subapps:app", "--app-dir", str(REAL_APPS))
     lines = out.splitlines()
-    onions = [line.split(" onion: ")[0] for line in lines if " onion: " in line]
-    assert code == 1 and onions == list(dict.fromkeys(mount for _, mount in truth)), out
+    onions = dict(line.split(" onion: ") for line in lines if " onion: " in line)
+    assert code == 1 and list(onions) == list(dict.fromkeys(mount for _, mount in truth)), out
+    for name, mount in truth:  # a mount's onion: the app's own layers, then the mount's
+        assert onions[mount].startswith("CorrelationIdMiddleware [asgi] → ") and f" {name} [" in onions[mount]
     for name, mount in truth:
         (row,) = [line.split() for line in lines if line.split()[:2] in ([name, "asgi"], [name, "base_http"])]
         assert row[2] == mount, row
