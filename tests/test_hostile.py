@@ -807,6 +807,14 @@ class TestMalformedFiles:
         for part in parents:
             holder = holder[part]
         holder[last] = value
+        path, (code, out, err) = self.compared_with(tmp_path, document, command)
+        assert code == 2 and out == ""
+        assert one_line(err).startswith(f"ctxlab: error: {path} is a malformed trace: {said}")
+
+    @staticmethod
+    def compared_with(tmp_path, document, command):
+        """Save `document` as a trace and give it to `diff`, or to `trace
+        --baseline`: its path, and what ctxlab did."""
         path = tmp_path / "trace.json"
         path.write_text(json.dumps(document))
         args = (
@@ -814,9 +822,7 @@ class TestMalformedFiles:
             if command == "diff"
             else ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--baseline", str(path))
         )
-        code, out, err = cli(*args)
-        assert code == 2 and out == ""
-        assert one_line(err).startswith(f"ctxlab: error: {path} is a malformed trace: {said}")
+        return path, cli(*args)
 
     @pytest.mark.parametrize("command", ["diff", "baseline"])
     @pytest.mark.parametrize("missing", ["schema_version", "app", "options"])
@@ -825,14 +831,7 @@ class TestMalformedFiles:
         one line, exit 2 (a KeyError's traceback if only `events` were checked)."""
         document = json.loads(saved_trace.read_text())
         del document[missing]
-        path = tmp_path / "trace.json"
-        path.write_text(json.dumps(document))
-        args = (
-            ("diff", str(path))
-            if command == "diff"
-            else ("trace", "clean:app", "--app-dir", str(TRACE_APPS), "--baseline", str(path))
-        )
-        code, out, err = cli(*args)
+        path, (code, out, err) = self.compared_with(tmp_path, document, command)
         assert code == 2 and out == ""
         assert one_line(err) == (
             f"ctxlab: error: {path} is not a saved trace; make one with 'ctxlab trace MODULE:ATTR --json -o {path}'"
