@@ -196,6 +196,14 @@ def test_an_instantiated_layer_is_named_as_its_code_is_written():
     assert target.describe_object(Audit(app, dispatch=stamp)) == target.Layer("stamp", "http_decorator")
 
 
+@pytest.fixture
+def broken(tmp_path):
+    """The path of a module `broken` the test writes; forgotten after it, so
+    that each case imports its own."""
+    yield tmp_path / "broken.py"
+    sys.modules.pop("broken", None)
+
+
 BROKEN_PROPERTY = "class Settings:\n    @property\n    def app(self):\n        raise RuntimeError('no config')\n"
 
 
@@ -217,13 +225,10 @@ BROKEN_PROPERTY = "class Settings:\n    @property\n    def app(self):\n        r
          "reading broken:settings.app failed: RuntimeError: no config"),
     ],
 )  # fmt: skip
-def test_loading_errors_are_one_line(tmp_path, source, spec, message):
-    (tmp_path / "broken.py").write_text(source)
-    try:
-        with pytest.raises(TargetError) as raised:
-            target.load(spec, app_dir=tmp_path)
-    finally:
-        sys.modules.pop("broken", None)  # each case imports its own broken.py
+def test_loading_errors_are_one_line(tmp_path, broken, source, spec, message):
+    broken.write_text(source)
+    with pytest.raises(TargetError) as raised:
+        target.load(spec, app_dir=tmp_path)
     assert str(raised.value) == message
 
 
@@ -235,13 +240,10 @@ def test_loading_errors_are_one_line(tmp_path, source, spec, message):
         ("raise RuntimeError('no config')", "calling the factory broken:make failed: RuntimeError: no config"),
     ],
 )
-def test_a_factory_that_fails_is_one_line(tmp_path, body, message):
-    (tmp_path / "broken.py").write_text(f"def make():\n    {body}\n")
-    try:
-        with pytest.raises(TargetError) as raised:
-            target.load("broken:make", factory=True, app_dir=tmp_path)
-    finally:
-        sys.modules.pop("broken", None)
+def test_a_factory_that_fails_is_one_line(tmp_path, broken, body, message):
+    broken.write_text(f"def make():\n    {body}\n")
+    with pytest.raises(TargetError) as raised:
+        target.load("broken:make", factory=True, app_dir=tmp_path)
     assert str(raised.value) == message
 
 
