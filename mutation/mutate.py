@@ -14,8 +14,12 @@ module is also what the CLI imports in the tests' subprocesses (the editable
 install would otherwise give them the clean checkout).
 
 A run takes minutes because each module runs only the tests that exercise
-it (TESTS below), stopping at the first failure.  Prints killed/total and
-every survivor's diff; exit 1 when a module scores below TARGET.
+it (TESTS below), stopping at the first failure.  Before the mutants, those
+tests run once under coverage (`map_coverage`), and each mutant first runs
+only the tests that ran the lines it changed (`test_mutant`): a mutant of
+the `trace` command no longer waits for every `probe` test to pass first.
+Prints killed/total and every survivor's diff; exit 1 when a module scores
+below TARGET.
 
 `--again` tests only the survivors of the previous run, while the module
 itself is unchanged: adding tests cannot bring a killed mutant back, so the
@@ -33,6 +37,7 @@ others (the first failure ends the command), so the cost is small.
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import os
 import re
@@ -346,18 +351,136 @@ def prepare(module: str, again: bool) -> tuple[Path, bool]:
     return tree, resume
 
 
-def test_command(module: str, also: tuple[str, ...]) -> list[str]:
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header"]
+
+
+def mapped_tests(module: str) -> list[str]:
     # A mapped file this checkout does not have (an older one) is left out.
-    tests = [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name.split("::")[0]).exists()]
-    runs = [
-        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
-        for python in [sys.executable, *also]
-    ]
+    return [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name.split("::")[0]).exists()]
+
+
+def test_command(module: str, also: tuple[str, ...]) -> list[str]:
+    runs = [[python, *PYTEST, "-x", *mapped_tests(module)] for python in [sys.executable, *also]]
     if len(runs) == 1:
         return runs[0]
     # Cosmic Ray splits its test command into words and runs it without a
     # shell: one command on several Pythons needs `sh -c`.
     return ["sh", "-c", " && ".join(shlex.join(words) for words in runs)]
+
+
+COVERMAP = "covermap.json"
+STARTUP = ROOT / "mutation" / "startup"
+
+
+def map_coverage(module: str, tree: Path, env: dict[str, str]) -> None:
+    """Which tests run each line of the module: its tests, run once under
+    coverage (in every process they start, see startup/), into COVERMAP.
+    A test that fails or hangs here only makes the map miss lines."""
+    data = tree / ".covermap" / "data"
+    shutil.rmtree(data.parent, ignore_errors=True)
+    data.parent.mkdir()
+    measured_module = str(tree / f"ctxlab/{module}.py")
+    subprocess.run(
+        [sys.executable, *PYTEST, "-p", "covermap_plugin", *mapped_tests(module)],
+        cwd=tree,
+        env={
+            **env,
+            "PYTHONPATH": f"{tree}{os.pathsep}{STARTUP}",
+            "CTXLAB_COVERMAP": str(data),
+            "CTXLAB_COVERMAP_MODULE": measured_module,
+        },
+        capture_output=True,
+    )
+    import coverage
+
+    lines: dict[int, set[str]] = {}
+    for part in data.parent.glob("data.*"):
+        measured = coverage.CoverageData(basename=str(part))
+        measured.read()
+        for line, contexts in measured.contexts_by_lineno(measured_module).items():
+            lines.setdefault(line, set()).update(context for context in contexts if context)
+    order = json.loads((data.parent / "order.json").read_text(encoding="utf-8"))
+    covermap = {"order": order, "lines": {line: sorted(tests) for line, tests in lines.items()}}
+    (tree / COVERMAP).write_text(json.dumps(covermap), encoding="utf-8")
+
+
+def test_mutant(module: str, every_test: list[str]) -> int:
+    """One mutant's test command, run in the scratch copy: first only the
+    tests the coverage map says run the lines it changed, and when those
+    all pass, every test.  The map only orders the work: a mutant counts
+    as killed only when a test failed on it, and as a survivor only when
+    every test passed (the map can miss a test: one whose process ended
+    with os._exit, or one that ran the line in an earlier test's state)."""
+    tree = Path.cwd()
+    original = (tree / "module.py.orig").read_text(encoding="utf-8")
+    mutated = (tree / f"ctxlab/{module}.py").read_text(encoding="utf-8")
+    covermap = json.loads((tree / COVERMAP).read_text(encoding="utf-8"))
+    tests = tests_running(original, changed_lines(original, mutated), covermap)
+    if tests:
+        first = subprocess.run([sys.executable, *PYTEST, "-x", *tests]).returncode
+        # 0: all passed; 4 and 5: pytest found none of those tests.
+        if first not in (0, 4, 5):
+            return first
+    return subprocess.run(every_test).returncode
+
+
+def changed_lines(original: str, mutated: str) -> set[int]:
+    """The original's line numbers that the mutation changed."""
+    changed = set()
+    before, after = original.splitlines(), mutated.splitlines()
+    for tag, low, high, _, _ in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+        if tag == "insert":
+            changed |= {low, low + 1}
+        elif tag != "equal":
+            changed |= set(range(low + 1, high + 1))
+    return changed
+
+
+def tests_running(source: str, lines: set[int], covermap: dict) -> list[str]:
+    """The tests that run the statements holding `lines`, in the order the
+    module's list runs them; none when a statement runs at import (before
+    any test) or no test runs it: then every test has to run."""
+    module = ast.parse(source)
+    tests: set[str] = set()
+    for line in lines:
+        watched, in_function = statement_lines(module, line)
+        found = set().union(*(covermap["lines"].get(str(number), ()) for number in watched))
+        if not in_function or not found:
+            return []
+        tests |= found
+    return [test for test in covermap["order"] if test in tests]
+
+
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def statement_lines(module: ast.Module, line: int) -> tuple[range, bool]:
+    """The lines that run when the innermost statement holding `line` does
+    (a compound statement's own lines, between the statements it holds),
+    and whether a function holds that statement (else it runs at import)."""
+    node, in_function, inner = module, False, module
+    while inner is not None:
+        held = nested_statements(node)
+        inner = next((child for child in held if first_line(child) <= line <= child.end_lineno), None)
+        if inner is not None:
+            in_function = in_function or isinstance(node, FUNCTIONS)
+            node = inner
+    if node is module:
+        return range(0), False
+    before = [child.end_lineno for child in held if child.end_lineno < line]
+    after = [first_line(child) for child in held if first_line(child) > line]
+    return range(max(before, default=first_line(node) - 1) + 1, min(after, default=node.end_lineno + 1)), in_function
+
+
+def first_line(statement: ast.stmt) -> int:
+    return min([statement.lineno, *(d.lineno for d in getattr(statement, "decorator_list", ()))])
+
+
+def nested_statements(node: ast.AST) -> list[ast.stmt]:
+    held = [*getattr(node, "body", ()), *getattr(node, "orelse", ()), *getattr(node, "finalbody", ())]
+    for part in [*getattr(node, "handlers", ()), *getattr(node, "cases", ())]:
+        held += part.body
+    return held
 
 
 def cosmic_ray(*args: str, tree: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -383,13 +506,15 @@ def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[i
         )
     # A mutant that hangs is killed by the timeout; leave a slow machine room.
     timeout = max(30.0, 4 * (time.perf_counter() - started))
+    map_coverage(module, tree, env)
+    mutant_command = [sys.executable, str(Path(__file__).resolve()), "--test-mutant", module, "--", *command]
     config = tree / "cosmic-ray.toml"
     config.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(f'ctxlab/{module}.py')}\n"
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(shlex.join(command))}\n"
+        f"test-command = {json.dumps(shlex.join(mutant_command))}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
         "[cosmic-ray.filters.operators-filter]\n"
         f"exclude-operators = {json.dumps(EXCLUDED_OPERATORS)}\n"
@@ -467,6 +592,8 @@ def describe(survivor: dict) -> str:
 
 
 def main(arguments: list[str]) -> int:
+    if arguments[:1] == ["--test-mutant"]:
+        return test_mutant(arguments[1], arguments[3:])
     again = "--again" in arguments
     also, modules = [], []
     words = iter(arguments)

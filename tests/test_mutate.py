@@ -1,0 +1,133 @@
+"""`make mutate`'s choice of tests for a mutant (mutation/mutate.py): the
+tests the coverage map says run its line go first, and every test runs
+whenever those pass, so the map can only change how long a run takes,
+never which mutants count as killed."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("mutate", Path(__file__).parent.parent / "mutation" / "mutate.py")
+mutate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mutate)
+
+SOURCE = textwrap.dedent(
+    """\
+    LIMIT = 3
+
+
+    @decorate(1)
+    def outer(x, y=2):
+        total = (x +
+                 y)
+        if total > LIMIT:
+            return total
+        elif total < 0:
+            return 0
+        try:
+            risky()
+        except ValueError:
+            pass
+
+        def inner(z=4):
+            return z
+        return inner
+    """
+)
+
+
+def lines_of(line: int) -> tuple[list[int], bool]:
+    watched, in_function = mutate.statement_lines(ast.parse(SOURCE), line)
+    return list(watched), in_function
+
+
+@pytest.mark.parametrize(
+    ("line", "watched", "in_function"),
+    [
+        (1, [1], False),  # a constant, set at import
+        (4, [4, 5], False),  # the decorator and the signature run at import
+        (5, [4, 5], False),
+        (6, [6, 7], True),  # a statement on two lines
+        (7, [6, 7], True),
+        (8, [8], True),  # an if's test, not its body
+        (10, [10], True),  # elif
+        (14, [14], True),  # an except clause, between the try's statements
+        (17, [17], True),  # a def inside a function runs when the function does
+    ],
+)
+def test_the_lines_that_run_with_a_mutated_line(line, watched, in_function):
+    assert lines_of(line) == (watched, in_function)
+
+
+def test_changed_lines_are_numbered_as_in_the_original():
+    original = "a\nb\nc\n"
+    assert mutate.changed_lines(original, "a\nB\nc\n") == {2}
+    assert mutate.changed_lines(original, "a\nc\n") == {2}
+    assert mutate.changed_lines(original, "a\nb\nx\nc\n") == {2, 3}
+    assert mutate.changed_lines(original, original) == set()
+
+
+COVERMAP = {
+    "order": ["t::quick", "t::slower", "t::cli"],
+    "lines": {"6": ["t::cli", "t::quick"], "8": ["t::slower"]},
+}
+
+
+def test_the_tests_of_a_line_in_the_order_the_module_runs_them():
+    assert mutate.tests_running(SOURCE, {7}, COVERMAP) == ["t::quick", "t::cli"]
+    assert mutate.tests_running(SOURCE, {7, 8}, COVERMAP) == ["t::quick", "t::slower", "t::cli"]
+
+
+@pytest.mark.parametrize("lines", [{1}, {9}, {8, 9}], ids=["at import", "run by no test", "one of two run by none"])
+def test_no_choice_means_every_test(lines):
+    assert mutate.tests_running(SOURCE, lines, COVERMAP) == []
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A scratch copy as `make mutate` makes it: the module as it began, a
+    mutant of it, a coverage map and two tests, one of which fails."""
+    (tmp_path / "ctxlab").mkdir()
+    (tmp_path / "module.py.orig").write_text(SOURCE)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_it.py").write_text(
+        "def test_fails():\n    assert False\n\ndef test_passes():\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def mutant_verdict(scratch: Path, mutation: tuple[str, str], tests: list[str]) -> tuple[int, bool]:
+    """The exit code of the mutant that replaces `mutation[0]` (the first
+    time it occurs), and whether every test ran."""
+    mutated_line = next(n for n, line in enumerate(SOURCE.splitlines(), 1) if mutation[0] in line)
+    lines = SOURCE.splitlines()
+    lines[mutated_line - 1] = lines[mutated_line - 1].replace(*mutation)
+    (scratch / "ctxlab" / "demo.py").write_text("\n".join(lines) + "\n")
+    (scratch / mutate.COVERMAP).write_text(json.dumps({"order": tests, "lines": {str(mutated_line): tests}}))
+    marker = scratch / "every-test-ran"
+    every_test = [sys.executable, "-c", f"open({str(marker)!r}, 'w'); raise SystemExit(0)"]
+    return mutate.test_mutant("demo", every_test), marker.exists()
+
+
+def test_a_failing_chosen_test_kills_the_mutant_at_once(scratch):
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_fails"]) == (1, False)
+
+
+def test_chosen_tests_that_pass_leave_the_verdict_to_every_test(scratch):
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_passes"]) == (0, True)
+
+
+def test_a_chosen_test_pytest_cannot_find_leaves_the_verdict_to_every_test(scratch):
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_gone"]) == (0, True)
+
+
+def test_a_mutant_at_import_runs_every_test(scratch):
+    assert mutant_verdict(scratch, ("= 3", "= 4"), ["tests/test_it.py::test_fails"]) == (0, True)
