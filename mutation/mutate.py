@@ -396,8 +396,12 @@ def map_coverage(module: str, tree: Path, env: dict[str, str]) -> None:
     lines: dict[int, set[str]] = {}
     for part in data.parent.glob("data.*"):
         measured = coverage.CoverageData(basename=str(part))
-        measured.read()
-        for line, contexts in measured.contexts_by_lineno(measured_module).items():
+        try:
+            measured.read()
+            by_line = measured.contexts_by_lineno(measured_module)
+        except (coverage.CoverageException, sqlite3.Error):
+            continue  # a process killed while saving: a map that misses lines
+        for line, contexts in by_line.items():
             lines.setdefault(line, set()).update(context for context in contexts if context)
     order = json.loads((data.parent / "order.json").read_text(encoding="utf-8"))
     covermap = {"order": order, "lines": {line: sorted(tests) for line, tests in lines.items()}}

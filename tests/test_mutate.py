@@ -131,3 +131,41 @@ def test_a_chosen_test_pytest_cannot_find_leaves_the_verdict_to_every_test(scrat
 
 def test_a_mutant_at_import_runs_every_test(scratch):
     assert mutant_verdict(scratch, ("= 3", "= 4"), ["tests/test_it.py::test_fails"]) == (0, True)
+
+
+def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
+    """ctxlab works in forked children that end with os._exit (isolate.py):
+    what they run counts for the test that was running when they forked."""
+    import subprocess
+
+    import coverage
+
+    module = tmp_path / "work.py"
+    module.write_text("def in_parent():\n    return 1\n\n\ndef in_child():\n    return 2\n")
+    program = (
+        "import os, work\n"
+        "work.in_parent()\n"
+        "os.environ['CTXLAB_COVERMAP_TEST'] = 'tests/t.py::second'\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    work.in_child()\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+    )
+    data = tmp_path / "data"
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{tmp_path}:{mutate.STARTUP}",
+        "CTXLAB_COVERMAP": str(data),
+        "CTXLAB_COVERMAP_MODULE": str(module),
+        "CTXLAB_COVERMAP_TEST": "tests/t.py::first",
+    }
+    subprocess.run([sys.executable, "-c", program], env=environment, check=True)
+    seen: dict[int, set[str]] = {}
+    for part in tmp_path.glob("data.*"):
+        measured = coverage.CoverageData(basename=str(part))
+        measured.read()
+        for line, contexts in measured.contexts_by_lineno(str(module)).items():
+            seen.setdefault(line, set()).update(contexts)
+    assert seen[2] == {"tests/t.py::first"}
+    assert seen[6] == {"tests/t.py::second"}

@@ -10,14 +10,34 @@ import os
 if os.environ.get("CTXLAB_COVERMAP"):
     import coverage
 
-    # auto_data: saved when the process exits (not when it ends with
-    # os._exit, as a forked worker does: its lines then count for no test,
-    # and its mutants run every test, which costs time, not truth).
-    coverage.Coverage(
-        data_file=os.environ["CTXLAB_COVERMAP"],
-        data_suffix=True,
-        auto_data=True,
-        config_file=False,
-        include=[os.environ["CTXLAB_COVERMAP_MODULE"]],
-        context=os.environ.get("CTXLAB_COVERMAP_TEST", ""),
-    ).start()
+    def _measure() -> coverage.Coverage:
+        # auto_data: saved when the process exits.
+        measuring = coverage.Coverage(
+            data_file=os.environ["CTXLAB_COVERMAP"],
+            data_suffix=True,
+            auto_data=True,
+            config_file=False,
+            include=[os.environ["CTXLAB_COVERMAP_MODULE"]],
+            context=os.environ.get("CTXLAB_COVERMAP_TEST", ""),
+        )
+        measuring.start()
+        return measuring
+
+    _measuring = _measure()
+
+    # ctxlab does much of its work in forked children (isolate.py), which
+    # end with os._exit: a child measures afresh, for the test running
+    # when it was forked, and saves before it ends.
+    def _in_forked_child() -> None:
+        global _measuring
+        _measuring.stop()
+        _measuring = _measure()
+
+    def _exit_saved(status: int, _exit=os._exit) -> None:
+        try:
+            _measuring.save()
+        finally:
+            _exit(status)
+
+    os.register_at_fork(after_in_child=_in_forked_child)
+    os._exit = _exit_saved
