@@ -164,6 +164,33 @@ def test_a_reset_that_raised_is_shown_with_what_python_raised():
     assert code == 1 and "raised" not in out, out
 
 
+def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
+    """The token was made at import, so the trace never saw its set: the
+    reset's error is the one Python raised in the app (which the app
+    answers with), and the finding names no set."""
+    import asyncio
+    import importlib.util
+
+    import httpx
+
+    spec = importlib.util.spec_from_file_location("early_token", FIXTURES / "trace_apps" / "early_token.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def answer() -> str:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=module.app), base_url="http://t") as client:
+            return (await client.get("/")).text
+
+    kind, message = asyncio.run(answer()).split(": ", 1)
+    assert kind == "ValueError"  # what this app is for
+    code, out, _ = ctxlab("trace", "trace_apps.early_token:app", "--requests", "1", *APP_DIR)
+    assert code == 1, out
+    assert f"  raised {kind}: the token {message.rsplit('> ', 1)[1]}\n" in out, out
+    reset_line = source_line("early_token", "tenant.reset(token)")
+    assert f"  reset trace_apps/early_token.py:{reset_line} in home" in out, out
+    assert "\n  set " not in out and "ctxlab explain reset-wrong-context" in out, out
+
+
 class TestBaseline:
     """A saved trace is compared with a new one: what changed exits 1."""
 

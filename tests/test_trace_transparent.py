@@ -413,7 +413,28 @@ def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
         except ValueError as error:
             caught.append(error)
     (reset,) = [e for e in tracer.events if e.op == "reset"]
-    assert len(caught) == 1 and reset.raised is not None and reset.token_set is None
+    assert len(caught) == 1 and reset.token_set is None
+    assert reset.raised == f"ValueError: the token {str(caught[0]).rsplit('> ', 1)[1]}"
+
+
+def test_a_token_used_before_the_trace_raises_as_python_says():
+    """Made and used before the trace, in this very context: the second
+    reset raises RuntimeError, as Python words it, though no set of the
+    trace made the token."""
+    import contextvars
+
+    var = contextvars.ContextVar("early")
+    token = var.set("made before the trace")
+    var.reset(token)
+    caught = []
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        try:
+            var.reset(token)
+        except RuntimeError as error:
+            caught.append(error)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    assert reset.raised == f"RuntimeError: the token {str(caught[0]).rsplit('> ', 1)[1]}"
 
 
 def test_a_variable_stays_the_library_s_that_set_it_when_another_resets_its_token(tmp_path):
