@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from conftest import ctxlab, ctxlab_json
+from conftest import ctxlab, ctxlab_json, run_named
 from rich.console import Console
 
 from ctxlab import matrix, render
@@ -119,3 +119,39 @@ def test_a_matrix_without_changes_says_what_was_compared(bad_only_report, errors
     assert rows == ([["error" if error else "pass" for error in errors]] if None in errors else [])
     # Each column that failed says why, under the grid; the others say nothing.
     assert [line for line in lines if line.startswith("c")] == [f"c{i}: {e}" for i, e in enumerate(errors) if e]
+
+
+def test_a_matrix_change_is_starred_and_listed_with_its_request(bad_only_report):
+    """The grid stars the cell where an observation first differs from the
+    column before, and lists the change: column, scenario, server, request,
+    probe, variable, before → after."""
+    changed = json.loads(json.dumps(bad_only_report))
+    changed["scenarios"][0]["observations"][0]["observed"] = {"random_int": 7}
+    columns = [
+        matrix.Column(label, [], report=report) for label, report in [("old", bad_only_report), ("new", changed)]
+    ]
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.matrix(matrix.grid(columns), console)
+    lines = console.export_text().splitlines()
+    assert [line.split() for line in lines if line.split()[:1] == ["bad-only"]] == [
+        ["bad-only", "(asgi)", "pass", "pass", "*"]
+    ]
+    assert lines[-1] == '  new: bad-only (asgi) request 1 endpoint context: {"random_int": 42} → {"random_int": 7}'
+
+
+def test_two_servers_mark_a_value_they_disagree_on_and_a_probe_only_one_saw():
+    """`--server both`: a row whose values differ while the scenario expects
+    the same on both servers is "unexpected"; a probe one server never
+    reached is "one side only"; neither explains itself as an expected
+    difference."""
+    from dataclasses import replace
+
+    asgi = run_named("bad-only")
+    first, *rest = asgi.observations
+    other = replace(asgi, observations=[replace(first, observed={"random_int": 7}), *rest[:-1]])
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.side_by_side(catalog()["bad-only"], asgi, other, console)
+    rows = {line.split()[1]: line.rstrip() for line in console.export_text().splitlines() if line.split()[:1] == ["1"]}
+    assert rows[first.probe].endswith(" unexpected")
+    assert rows[rest[-1].probe].split()[-4:] == ["-", "one", "side", "only"]
+    assert "Why they differ" not in console.export_text()
