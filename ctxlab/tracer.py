@@ -501,7 +501,7 @@ _PLAIN = (str, int, float, bool, type(None))
 def _raised(exception: BaseException) -> str:
     """What a reset raised, in Python's words, its token's repr
     (whose addresses change from run to run) made "the token"."""
-    text = re.sub(r"^<Token .* at 0x[0-9a-f]+>(?= )", "the token", str(exception), count=1)
+    text = re.sub(r"^<Token .* at 0x[0-9a-f]+>(?= )", "the token", str(exception))
     return f"{type(exception).__name__}: {text}" if text else type(exception).__name__
 
 
