@@ -17,7 +17,8 @@ A run takes minutes because each module runs only the tests that exercise
 it (TESTS below), stopping at the first failure.  Before the mutants, those
 tests run once under coverage (`map_coverage`), and each mutant first runs
 only the tests that ran the lines it changed (`test_mutant`): a mutant of
-the `trace` command no longer waits for every `probe` test to pass first.
+the `trace` command no longer waits for every `probe` test to pass first,
+and one that no test runs survives without a test.
 Prints killed/total and every survivor's diff; exit 1 when a module scores
 below TARGET.
 
@@ -411,15 +412,19 @@ def map_coverage(module: str, tree: Path, env: dict[str, str]) -> None:
 def test_mutant(module: str, every_test: list[str]) -> int:
     """One mutant's test command, run in the scratch copy: first only the
     tests the coverage map says run the lines it changed, and when those
-    all pass, every test.  The map only orders the work: a mutant counts
-    as killed only when a test failed on it, and as a survivor only when
-    every test passed (the map can miss a test: one whose process ended
-    with os._exit, or one that ran the line in an earlier test's state)."""
+    all pass, every test.  A mutant counts as killed only when a test
+    failed on it.  It survives when every test passed, or at once when the
+    map says no test runs its lines: the map can miss a test (one whose
+    process was killed, or one that ran the line in an earlier test's
+    state), and then it only counts a mutant against the score, never for it."""
     tree = Path.cwd()
     original = (tree / "module.py.orig").read_text(encoding="utf-8")
     mutated = (tree / f"ctxlab/{module}.py").read_text(encoding="utf-8")
     covermap = json.loads((tree / COVERMAP).read_text(encoding="utf-8"))
     tests = tests_running(original, changed_lines(original, mutated), covermap)
+    if tests == []:
+        print(NO_TEST_RUNS_IT)
+        return 0
     if tests:
         first = subprocess.run([sys.executable, *PYTEST, "-x", *tests]).returncode
         # 0: all passed; 4 and 5: pytest found none of those tests.
@@ -440,19 +445,21 @@ def changed_lines(original: str, mutated: str) -> set[int]:
     return changed
 
 
-def tests_running(source: str, lines: set[int], covermap: dict) -> list[str]:
+NO_TEST_RUNS_IT = "no test runs the lines this mutant changed"
+
+
+def tests_running(source: str, lines: set[int], covermap: dict) -> list[str] | None:
     """The tests that run the statements holding `lines`, in the order the
-    module's list runs them; none when a statement runs at import (before
-    any test) or no test runs it: then every test has to run."""
+    module's list runs them; None when a statement runs at import (before
+    any test): then every test has to run."""
     module = ast.parse(source)
     tests: set[str] = set()
     for line in lines:
         watched, in_function = statement_lines(module, line)
-        found = set().union(*(covermap["lines"].get(str(number), ()) for number in watched))
-        if not in_function or not found:
-            return []
-        tests |= found
-    return [test for test in covermap["order"] if test in tests]
+        if not in_function:
+            return None
+        tests |= set().union(*(covermap["lines"].get(str(number), ()) for number in watched))
+    return [test for test in covermap["order"] if test in tests] if lines else None
 
 
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -547,7 +554,10 @@ def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[i
         if result["test_outcome"] == "killed":
             killed += 1
         else:
-            survivors.append({**item["mutations"][0], "diff": result["diff"], "outcome": result["test_outcome"]})
+            outcome = result["test_outcome"]
+            if NO_TEST_RUNS_IT in (result["output"] or ""):
+                outcome += ", " + NO_TEST_RUNS_IT
+            survivors.append({**item["mutations"][0], "diff": result["diff"], "outcome": outcome})
     (tree / "survivors.txt").write_text("".join(describe(s) for s in survivors))
     return killed, killed + len(survivors), survivors
 

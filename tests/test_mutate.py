@@ -85,9 +85,15 @@ def test_the_tests_of_a_line_in_the_order_the_module_runs_them():
     assert mutate.tests_running(SOURCE, {7, 8}, COVERMAP) == ["t::quick", "t::slower", "t::cli"]
 
 
-@pytest.mark.parametrize("lines", [{1}, {9}, {8, 9}], ids=["at import", "run by no test", "one of two run by none"])
-def test_no_choice_means_every_test(lines):
-    assert mutate.tests_running(SOURCE, lines, COVERMAP) == []
+def test_a_line_that_runs_at_import_needs_every_test():
+    assert mutate.tests_running(SOURCE, {1}, COVERMAP) is None
+    assert mutate.tests_running(SOURCE, {1, 8}, COVERMAP) is None
+    assert mutate.tests_running(SOURCE, set(), COVERMAP) is None
+
+
+def test_a_line_no_test_runs_has_no_tests():
+    assert mutate.tests_running(SOURCE, {9}, COVERMAP) == []
+    assert mutate.tests_running(SOURCE, {8, 9}, COVERMAP) == ["t::slower"]
 
 
 @pytest.fixture
@@ -131,6 +137,11 @@ def test_a_chosen_test_pytest_cannot_find_leaves_the_verdict_to_every_test(scrat
 
 def test_a_mutant_at_import_runs_every_test(scratch):
     assert mutant_verdict(scratch, ("= 3", "= 4"), ["tests/test_it.py::test_fails"]) == (0, True)
+
+
+def test_a_mutant_no_test_runs_survives_without_a_test(scratch, capsys):
+    assert mutant_verdict(scratch, (">", "<"), []) == (0, False)
+    assert capsys.readouterr().out == mutate.NO_TEST_RUNS_IT + "\n"
 
 
 def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
