@@ -155,3 +155,58 @@ def test_two_servers_mark_a_value_they_disagree_on_and_a_probe_only_one_saw():
     assert rows[first.probe].endswith(" unexpected")
     assert rows[rest[-1].probe].split()[-4:] == ["-", "one", "side", "only"]
     assert "Why they differ" not in console.export_text()
+
+
+def test_explain_of_more_requests_than_trees_says_how_many_are_left_out():
+    """Three trees at most; the rest are counted, with the command that
+    shows them all.  One request: one tree and no such note."""
+    from dataclasses import replace
+
+    entry = catalog()["bad-then-shiny"]
+    result = run_named("bad-then-shiny")
+    (observed_request,) = {o.request for o in result.observations}
+    for requests, trees, note in [
+        (5, 3, "(+2 more requests; `ctxlab run bad-then-shiny` shows all)"),
+        (1, 1, None),
+    ]:
+        many = replace(
+            result,
+            observations=[replace(o, request=n) for n in range(1, requests + 1) for o in result.observations],
+        )
+        console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+        render.explain(load(entry), many, "", console)
+        lines = console.export_text().splitlines()
+        assert [line for line in lines if re.fullmatch(r"request \d+", line)] == [
+            f"request {n}" for n in range(1, trees + 1)
+        ]
+        assert [line for line in lines if "more requests" in line] == ([note] if note else [])
+    assert observed_request == 1
+
+
+def test_where_a_probe_ran_stays_on_one_line_at_the_narrowest_width():
+    """At 40 columns, the narrowest ctxlab lays out, the other columns
+    wrap; the task and context a probe ran in never do."""
+    result = run_named("bad-then-shiny")
+    console = Console(file=io.StringIO(), record=True, width=40, color_system=None)
+    console.print(render.observation_table(result.observations))
+    out = console.export_text()
+    for o in result.observations:
+        task = f"{o.task}←{o.parent_task}" if o.parent_task else o.task
+        assert f"{task} {o.context}" in out, out
+
+
+def test_a_probe_outside_any_task_shows_its_context_and_thread():
+    """No task (a thread of a pool, or the server's own code): the cell
+    names the context and the thread, or "-" for what is unknown."""
+    from dataclasses import replace
+
+    (first, *_) = run_named("bad-then-shiny").observations
+    rows = [
+        replace(first, task=None, context="C3", thread="asyncio_0"),
+        replace(first, task=None, context=None, thread=None),
+    ]
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    console.print(render.observation_table(rows))
+    text = console.export_text()
+    cells = [line.split()[-1] for line in text.splitlines() if "endpoint" in line or line.split()[:1] == ["context"]]
+    assert cells == ["C3", "asyncio_0", "-", "-"], text
