@@ -180,3 +180,39 @@ def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
             seen.setdefault(line, set()).update(contexts)
     assert seen[2] == {"tests/t.py::first"}
     assert seen[6] == {"tests/t.py::second"}
+
+
+def test_the_coverage_map_sees_a_forked_child_killed_once_it_has_answered(tmp_path):
+    """isolate.call kills its child as soon as the answer arrives: what the
+    child ran before it sent the answer is in the map all the same."""
+    import subprocess
+
+    import coverage
+
+    module = tmp_path / "work.py"
+    module.write_text("def answer():\n    return 42\n")
+    program = (
+        "import multiprocessing, os, signal, time, work\n"
+        "receiving, sending = multiprocessing.Pipe(duplex=False)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    sending.send(work.answer())\n"
+        "    time.sleep(60)\n"
+        "assert receiving.recv() == 42\n"
+        "os.kill(child, signal.SIGKILL)\n"
+        "os.waitpid(child, 0)\n"
+    )
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{tmp_path}:{mutate.STARTUP}",
+        "CTXLAB_COVERMAP": str(tmp_path / "data"),
+        "CTXLAB_COVERMAP_MODULE": str(module),
+        "CTXLAB_COVERMAP_TEST": "tests/t.py::it",
+    }
+    subprocess.run([sys.executable, "-c", program], env=environment, check=True, timeout=30)
+    seen = set()
+    for part in tmp_path.glob("data.*"):
+        measured = coverage.CoverageData(basename=str(part))
+        measured.read()
+        seen |= set(measured.contexts_by_lineno(str(module)).get(2, ()))
+    assert seen == {"tests/t.py::it"}

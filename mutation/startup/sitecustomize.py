@@ -26,12 +26,25 @@ if os.environ.get("CTXLAB_COVERMAP"):
     _measuring = _measure()
 
     # ctxlab does much of its work in forked children (isolate.py), which
-    # end with os._exit: a child measures afresh, for the test running
-    # when it was forked, and saves before it ends.
+    # end with os._exit, or are killed as soon as they have answered: a
+    # child measures afresh, for the test running when it was forked, and
+    # saves before each answer it sends, and before it ends.
     def _in_forked_child() -> None:
         global _measuring
         _measuring.stop()
         _measuring = _measure()
+        import multiprocessing.connection
+
+        connection = multiprocessing.connection.Connection
+        if not hasattr(connection.send, "saves_first"):
+            send = connection.send
+
+            def send_saved(self, obj, _send=send) -> None:
+                _measuring.save()
+                _send(self, obj)
+
+            send_saved.saves_first = True
+            connection.send = send_saved
 
     def _exit_saved(status: int, _exit=os._exit) -> None:
         try:
