@@ -1268,6 +1268,13 @@ class TestText:
         code, out, _ = cli("--help")
         assert code == 0 and "130 interrupted" in out and "143" in out
 
+    def test_help_offers_no_shell_completion(self):
+        """The top-level options are the two the README names: Typer's
+        --install-completion and --show-completion are switched off."""
+        code, out, _ = cli("--help")
+        options = out.split("Options:\n", 1)[1].split("\n\n", 1)[0]
+        assert code == 0 and [line.split()[0] for line in options.splitlines()] == ["--version", "--help"], out
+
     @pytest.mark.parametrize("command, code", [("explain", 3), ("serve", 3)])
     def test_a_scenario_whose_module_fails_to_import(self, command, code):
         """explain and serve of a broken module: one line, exit 3."""

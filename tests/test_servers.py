@@ -1,6 +1,7 @@
 """Real uvicorn on loopback, --server both, --spec-version, and cleanup."""
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ from conftest import ctxlab, ctxlab_json, run_named
 from ctxlab import config
 from ctxlab.config import RunConfig, settled
 from ctxlab.engine import run_entry
-from ctxlab.scenario import Env, catalog
+from ctxlab.scenario import Env, catalog, load
 from ctxlab.servers import uvicorn_server
 
 BROKEN = str(Path(__file__).parent / "fixtures" / "broken_scenarios")
@@ -130,22 +131,30 @@ def test_ctrl_c_with_json_still_prints_the_partial_report(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no partial report file
 
 
-def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
-    import httpx
-
+@contextlib.contextmanager
+def serving(name: str):
+    """`ctxlab serve NAME` on a free port: the process and its first line
+    (where it serves); stopped with Ctrl-C when the block ends."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "ctxlab", "serve", "shiny-then-bad", "--port", "0"],
+        [sys.executable, "-m", "ctxlab", "serve", name, "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, preexec_fn=sigint_as_a_terminal_sends_it,
     )  # fmt: skip
     try:
-        first = process.stdout.readline()
+        yield process, process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.output = process.communicate(timeout=30)
+
+
+def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
+    import httpx
+
+    with serving("shiny-then-bad") as (process, first):
         url = first.split(" on ")[1].split(" ")[0]
         assert httpx.get(url + "/").json() == {"random_int": 42}
         rows = [process.stdout.readline() for _ in range(3)]
-    finally:
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+    out, err = process.output
     assert process.returncode == 0, err
     assert [row.split()[2] for row in rows] == ["endpoint", "bad.after", "shiny.after"]
     assert rows[1].split("=")[1].split()[0] == "null" and '{"random_int": 42}' in rows[2]
@@ -154,6 +163,16 @@ def test_serve_prints_rows_as_requests_arrive_and_stops_on_ctrl_c():
     # created by the task the middleware runs in.
     endpoint_task, creator = re.search(r" (T\d+)←(T\d+) ", rows[0]).groups()
     assert re.search(r" (T\d+) C\d+ ", rows[1]).group(1) == creator != endpoint_task, rows
+
+
+def test_serve_suggests_the_scenarios_first_request():
+    """exception-handler sends GET /refused, then GET /crash: the curl
+    serve suggests is the first."""
+    (first_request, *_) = [(r.method, r.path) for r in load(catalog()["exception-handler"]).requests]
+    with serving("exception-handler") as (_, first):
+        url = first.split(" on ")[1].split(" ")[0]
+    assert first_request == ("GET", "/refused")
+    assert first.rstrip("\n").endswith(f"; try: curl -X GET {url}/refused"), first
 
 
 def test_serve_refuses_a_scenario_that_only_runs_in_process():
