@@ -133,6 +133,13 @@ def test_static_findings_point_at_file_and_line(tmp_path):
         ("svc.py", 10, "sync-yield-reset"),
         ("svc.py", 17, "executor-no-copy"),
     ]
+    # As a person reads them: file:line [kind] and the message, one a line, last.
+    code, out, _ = ctxlab("probe", "svc:app", "--app-dir", str(tmp_path))
+    shown = [line for line in out.splitlines() if line.startswith("svc.py:")]
+    assert shown == [
+        f"{file}:{line} [{kind}] {f['message']}" for (file, line, kind), f in zip(found, document["findings"])
+    ]
+    assert out.splitlines()[-len(found) :] == shown
 
 
 def test_a_path_no_route_takes_is_one_line_and_exit_2():
