@@ -210,3 +210,19 @@ def test_a_probe_outside_any_task_shows_its_context_and_thread():
     text = console.export_text()
     cells = [line.split()[-1] for line in text.splitlines() if "endpoint" in line or line.split()[:1] == ["context"]]
     assert cells == ["C3", "asyncio_0", "-", "-"], text
+
+
+def test_two_servers_that_differ_as_expected_in_one_row_say_why():
+    """One row whose expected values differ between the servers: it is
+    marked "expected", and the scenario's why follows the table."""
+    from dataclasses import replace
+
+    asgi = run_named("bad-only")
+    first, *rest = asgi.observations
+    other = replace(asgi, observations=[replace(first, observed="elsewhere", expected="elsewhere"), *rest])
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.side_by_side(catalog()["bad-only"], asgi, other, console)
+    text = console.export_text()
+    notes = [line.split()[-1] for line in text.splitlines() if line.split()[:1] == ["1"]]
+    assert notes.count("expected") == 1 and "unexpected" not in notes, text
+    assert f"Why they differ: {load(catalog()['bad-only']).why.split()[0]}" in text, text
