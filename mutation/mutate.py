@@ -15,10 +15,10 @@ install would otherwise give them the clean checkout).
 
 A run takes minutes because each module runs only the tests that exercise
 it (TESTS below), stopping at the first failure.  Before the mutants, those
-tests run once under coverage (`map_coverage`), and each mutant first runs
-only the tests that ran the lines it changed (`test_mutant`): a mutant of
-the `trace` command no longer waits for every `probe` test to pass first,
-and one that no test runs survives without a test.
+tests run once under coverage (`map_coverage`), and each mutant runs only
+the tests that ran the lines it changed (`test_mutant`): a mutant of the
+`trace` command no longer waits for every `probe` test, and one that no
+test runs survives without a test.
 Prints killed/total and every survivor's diff; exit 1 when a module scores
 below TARGET.
 
@@ -409,27 +409,31 @@ def map_coverage(module: str, tree: Path, env: dict[str, str]) -> None:
     (tree / COVERMAP).write_text(json.dumps(covermap), encoding="utf-8")
 
 
-def test_mutant(module: str, every_test: list[str]) -> int:
-    """One mutant's test command, run in the scratch copy: first only the
-    tests the coverage map says run the lines it changed, and when those
-    all pass, every test.  A mutant counts as killed only when a test
-    failed on it.  It survives when every test passed, or at once when the
-    map says no test runs its lines: the map can miss a test (one whose
-    process was killed, or one that ran the line in an earlier test's
-    state), and then it only counts a mutant against the score, never for it."""
+def test_mutant(module: str, every_test: list[str], every_test_decides: bool = False) -> int:
+    """One mutant's test command, run in the scratch copy: only the tests
+    the coverage map says run the lines it changed (every test, for a
+    line that runs at import).  A mutant counts as killed only when a test
+    failed on it; it survives when those tests pass, or at once when no
+    test runs its lines.  The map can miss a test (one whose process was
+    killed, or one that ran the line in an earlier test's state): then it
+    counts a mutant against the score, never for it.
+
+    `every_test_decides` (with --also: the map is made on this Python
+    only, and misses what only another one runs): those tests are only a
+    quick first try, and every test runs, on every Python, when they pass."""
     tree = Path.cwd()
     original = (tree / "module.py.orig").read_text(encoding="utf-8")
     mutated = (tree / f"ctxlab/{module}.py").read_text(encoding="utf-8")
     covermap = json.loads((tree / COVERMAP).read_text(encoding="utf-8"))
     tests = tests_running(original, changed_lines(original, mutated), covermap)
-    if tests == []:
+    if tests == [] and not every_test_decides:
         print(NO_TEST_RUNS_IT)
         return 0
     if tests:
-        first = subprocess.run([sys.executable, *PYTEST, "-x", *tests]).returncode
-        # 0: all passed; 4 and 5: pytest found none of those tests.
-        if first not in (0, 4, 5):
-            return first
+        chosen = subprocess.run([sys.executable, *PYTEST, "-x", *tests]).returncode
+        # 4 and 5: pytest found none of those tests (renamed since the map).
+        if chosen not in (0, 4, 5) or (chosen == 0 and not every_test_decides):
+            return chosen
     return subprocess.run(every_test).returncode
 
 
@@ -518,7 +522,15 @@ def run(module: str, again: bool = False, also: tuple[str, ...] = ()) -> tuple[i
     # A mutant that hangs is killed by the timeout; leave a slow machine room.
     timeout = max(30.0, 4 * (time.perf_counter() - started))
     map_coverage(module, tree, env)
-    mutant_command = [sys.executable, str(Path(__file__).resolve()), "--test-mutant", module, "--", *command]
+    mutant_command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--test-mutant",
+        module,
+        str(bool(also)),
+        "--",
+        *command,
+    ]
     config = tree / "cosmic-ray.toml"
     config.write_text(
         "[cosmic-ray]\n"
@@ -607,7 +619,7 @@ def describe(survivor: dict) -> str:
 
 def main(arguments: list[str]) -> int:
     if arguments[:1] == ["--test-mutant"]:
-        return test_mutant(arguments[1], arguments[3:])
+        return test_mutant(arguments[1], arguments[4:], every_test_decides=arguments[2] == "True")
     again = "--again" in arguments
     also, modules = [], []
     words = iter(arguments)

@@ -110,7 +110,7 @@ def scratch(tmp_path, monkeypatch):
     return tmp_path
 
 
-def mutant_verdict(scratch: Path, mutation: tuple[str, str], tests: list[str]) -> tuple[int, bool]:
+def mutant_verdict(scratch: Path, mutation: tuple[str, str], tests: list[str], **options) -> tuple[int, bool]:
     """The exit code of the mutant that replaces `mutation[0]` (the first
     time it occurs), and whether every test ran."""
     mutated_line = next(n for n, line in enumerate(SOURCE.splitlines(), 1) if mutation[0] in line)
@@ -119,16 +119,27 @@ def mutant_verdict(scratch: Path, mutation: tuple[str, str], tests: list[str]) -
     (scratch / "ctxlab" / "demo.py").write_text("\n".join(lines) + "\n")
     (scratch / mutate.COVERMAP).write_text(json.dumps({"order": tests, "lines": {str(mutated_line): tests}}))
     marker = scratch / "every-test-ran"
+    marker.unlink(missing_ok=True)
     every_test = [sys.executable, "-c", f"open({str(marker)!r}, 'w'); raise SystemExit(0)"]
-    return mutate.test_mutant("demo", every_test), marker.exists()
+    return mutate.test_mutant("demo", every_test, **options), marker.exists()
 
 
 def test_a_failing_chosen_test_kills_the_mutant_at_once(scratch):
     assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_fails"]) == (1, False)
 
 
-def test_chosen_tests_that_pass_leave_the_verdict_to_every_test(scratch):
-    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_passes"]) == (0, True)
+def test_chosen_tests_that_pass_let_the_mutant_survive(scratch):
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_passes"]) == (0, False)
+
+
+def test_with_other_pythons_every_test_decides_after_the_chosen_pass(scratch, capsys):
+    """--also: the map is made on one Python, and misses what only the
+    others run: every test runs, on every Python, before a mutant survives."""
+    decides = {"every_test_decides": True}
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_passes"], **decides) == (0, True)
+    assert mutant_verdict(scratch, (">", "<"), [], **decides) == (0, True)
+    assert mutant_verdict(scratch, (">", "<"), ["tests/test_it.py::test_fails"], **decides) == (1, False)
+    assert mutate.NO_TEST_RUNS_IT not in capsys.readouterr().out
 
 
 def test_a_chosen_test_pytest_cannot_find_leaves_the_verdict_to_every_test(scratch):
