@@ -170,6 +170,21 @@ def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
     assert code == 1 and row.split() == ["bad-only", "asgi", "1", "bad.after", '{"random_int":', "42}", "null"], out
 
 
+def test_check_exits_1_when_every_scenario_passes_but_one_differs_from_the_baseline(tmp_path):
+    """A framework upgrade can change what a scenario observes while every
+    expectation still holds: against a baseline, that is a change, exit 1."""
+    baseline = tmp_path / "report.json"
+    ctxlab("run", "bad-only", "-o", str(baseline))
+    code, out, _ = ctxlab("check", "--baseline", str(baseline))
+    assert code == 0 and "\nno changes\n" in out, out
+    report = json.loads(baseline.read_text())
+    (seen,) = [o for o in report["scenarios"][0]["observations"] if o["probe"] == "bad.after"]
+    seen["observed"] = {"random_int": 42}  # as if an older Starlette had let the value out
+    baseline.write_text(json.dumps(report))
+    code, out, _ = ctxlab("check", "--baseline", str(baseline))
+    assert code == 1 and "\n1 change(s) in 1 scenario(s)\n" in out and " failed" not in out, out
+
+
 def test_unwritable_output_is_refused_before_running(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()

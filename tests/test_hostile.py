@@ -1549,6 +1549,10 @@ class TestProbeTargets:
         assert ("this middleware cannot be built" in err) == (server == "asgi")  # uvicorn answers 500 itself
         assert out == "" and not report.exists()
 
+    def test_trace_of_an_app_that_fails_each_request_its_own_way_names_the_first(self):
+        code, _, err = cli("trace", "fails_in_turn:app", "--app-dir", str(APPS), "--requests", "2")
+        assert code == 2 and "failed (request 1: RuntimeError: failure 1) and" in one_line(err)
+
     @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
     @pytest.mark.parametrize("command", ["probe", "trace"])
     def test_a_lifespan_that_fails(self, command, server):
