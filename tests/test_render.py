@@ -226,3 +226,14 @@ def test_two_servers_that_differ_as_expected_in_one_row_say_why():
     notes = [line.split()[-1] for line in text.splitlines() if line.split()[:1] == ["1"]]
     assert notes.count("expected") == 1 and "unexpected" not in notes, text
     assert f"Why they differ: {load(catalog()['bad-only']).why.split()[0]}" in text, text
+
+
+def test_a_run_on_a_real_server_says_which_in_its_head_line():
+    """In process, the head line names no server; on uvicorn it says so."""
+    for server, head in [
+        ("asgi", r"bad-only  PASS  \d+ ms"),
+        ("uvicorn", r"bad-only  PASS  on uvicorn.*  \d+ ms"),
+    ]:
+        console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+        render.scenario_report(run_named("bad-only", server), "summary", console)
+        assert re.fullmatch(head, console.export_text().splitlines()[0]), console.export_text()
