@@ -191,6 +191,19 @@ def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
     assert "\n  set " not in out and "ctxlab explain reset-wrong-context" in out, out
 
 
+def test_a_job_in_a_copy_of_the_request_task_s_context_hangs_under_that_task():
+    """copy_run's endpoint (in the request's task) runs its job in a copy
+    of its own context, on a pool thread: the thread's node sits under
+    the task, with the context it copied."""
+    code, out, _ = ctxlab("trace", "trace_apps.copy_run:app", "--requests", "1", *APP_DIR)
+    lines = out.splitlines()
+    (task,) = [n for n, line in enumerate(lines) if line.startswith("└── task ")]
+    made = re.fullmatch(r"└── task T\d+, context (C\d+) \(copied from C\d+\)", lines[task])
+    (thread,) = [line for line in lines if " thread " in line]
+    assert code == 0 and made and re.fullmatch(rf"    └── thread \S+, context C\d+, a copy of {made[1]}", thread), out
+    assert lines.index(thread) > task
+
+
 class TestBaseline:
     """A saved trace is compared with a new one: what changed exits 1."""
 
