@@ -7,6 +7,7 @@ import re
 import stat
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -126,8 +127,9 @@ def test_check_says_a_line_for_each_scenario_of_the_catalog():
     code, out, _ = ctxlab("check")
     lines = [line.split() for line in out.splitlines() if line.split()[:1] in (["PASS"], ["SKIPPED"])]
     assert code == 0 and [line[1:3] for line in lines] == [[row["name"], "asgi"] for row in json.loads(listed)], out
+    assert len(out.splitlines()) == len(lines) + 1, out  # the tables are for failures only
     passed = sum(line[0] == "PASS" for line in lines)
-    assert re.match(rf"{passed} passed(, {len(lines) - passed} skipped)? in ", out.splitlines()[-1]), out
+    assert re.fullmatch(rf"{passed} passed(, {len(lines) - passed} skipped)? in \d+\.\d\ds", out.splitlines()[-1]), out
 
 
 def test_both_servers_each_say_why_their_run_failed():
@@ -160,6 +162,14 @@ def test_diff_of_a_saved_run_runs_its_scenarios_again(tmp_path):
     saved.write_text(json.dumps(report))
     code, out, _ = ctxlab("diff", str(saved))
     assert code == 0 and f"\npython 3.9.0 → {platform.python_version()}\n" in out
+    (packages,) = [line for line in out.splitlines() if line.startswith("packages: ")]
+    assert f"starlette {metadata.version('starlette')}" in packages and " → " not in packages, out
+    report["environment"]["packages"]["starlette"] = "0.27.0"
+    saved.write_text(json.dumps(report))
+    code, out, _ = ctxlab("diff", str(saved))
+    (packages,) = [line for line in out.splitlines() if line.startswith("packages: ")]
+    assert f"starlette 0.27.0 → {metadata.version('starlette')}, fastapi {metadata.version('fastapi')}" in packages
+    assert packages.count(" → ") == 1, out
     assert out.endswith("\nno changes\n") and "before" not in out  # no table of nothing
     # As if bad-only had once seen the value after the endpoint.
     (seen,) = [o for o in report["scenarios"][0]["observations"] if o["probe"] == "bad.after"]

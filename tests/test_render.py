@@ -84,6 +84,8 @@ def test_run_notes_the_naive_reading_on_each_pitfall_row_only():
         assert code == 0 and out.count("naive: ") == len(pitfalls), out
         for o in pitfalls:
             assert f"naive: {json.dumps(o['naive'])}" in out, out
+        counted = [line for line in out.splitlines() if "pitfall row(s)" in line]
+        assert counted == ([f"{len(pitfalls)} pitfall row(s): a naive reading expects otherwise"] if pitfalls else [])
     assert pitfalls == []  # the second: a scenario without pitfalls, for the count of none
 
 
@@ -239,3 +241,15 @@ def test_a_run_on_a_real_server_says_which_in_its_head_line():
         render.scenario_report(run_named("bad-only", server), "summary", console)
         text = console.export_text()
         assert re.fullmatch(head, text.splitlines()[0]), text
+
+
+def test_run_titles_each_request_and_what_ran_outside_any():
+    """A table per request, titled with its number; what the lifespan
+    saw (no request) is titled as such."""
+    for name in ("lifespan-var", "bad-then-shiny"):
+        _, document, _ = ctxlab_json("run", name)
+        requests = list(dict.fromkeys(o["request"] for o in document["scenarios"][0]["observations"]))
+        _, out, _ = ctxlab("run", name)
+        titles = [line for line in out.splitlines() if re.fullmatch(r"request \d+|outside any request", line)]
+        assert titles == [f"request {n}" if n else "outside any request" for n in requests], out
+        assert (None in requests) == (name == "lifespan-var")
