@@ -198,8 +198,11 @@ def test_without_path_each_mount_is_probed_through_its_own_leaf():
     lines = out.splitlines()
     onions = dict(line.split(" onion: ") for line in lines if " onion: " in line)
     assert code == 1 and list(onions) == list(dict.fromkeys(mount for _, mount in truth)), out
-    for name, mount in truth:  # a mount's onion: the app's own layers, then the mount's
-        assert onions[mount].startswith("CorrelationIdMiddleware [asgi] → ") and f" {name} [" in onions[mount]
+    for mount, onion in onions.items():  # a mount's onion: the app's own layers, then the mount's, only
+        inside = [name for name, layer_mount in truth if layer_mount == mount]
+        assert [part.split(" [")[0] for part in onion.split(" → ")] == ["CorrelationIdMiddleware", *inside, "app"]
+    # The app's own onion (a request that enters no mount) holds only its own layers.
+    assert [line for line in lines if line.startswith("onion: ")] == ["onion: CorrelationIdMiddleware [asgi] → app"]
     for name, mount in truth:
         (row,) = [line.split() for line in lines if line.split()[:2] in ([name, "asgi"], [name, "base_http"])]
         assert row[2] == mount, row

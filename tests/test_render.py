@@ -41,6 +41,10 @@ def test_explain_tells_the_whole_story():
     flat = " ".join(line.strip("│ ") for line in lines)
     assert "─ why ─" in text and " ".join(scenario.why.split()[:12]) in flat
     assert "─ the fix ─" in text and " ".join(scenario.fix.split()[:12]) in flat
+    # In its panel, not only in the source printed below it.
+    header = next(n for n, line in enumerate(lines) if "─ the fix ─" in line)
+    bottom = next(n for n in range(header, len(lines)) if lines[n].startswith("╰"))
+    assert " ".join(line.strip("│ ") for line in lines[header + 1 : bottom]).split() == scenario.fix.split()
     assert f"source: {scenario.source}" in lines
     assert '"""BaseHTTPMiddleware and pure ASGI middleware: the order of add_middleware.' in lines
 
