@@ -287,6 +287,7 @@ def test_a_teardown_that_raises_after_the_response_is_reported_as_such():
     }
     code, out, _ = ctxlab("probe", "teardown_raises:app", "--app-dir", str(REAL_APPS), "--path", "/report")
     assert code == 2 and "not observed: some layers could not be observed" in out and "ok: values" not in out
+    assert "GET /report raised ValueError after the response" in out  # each layer's note, in its row
 
 
 class TestOptionsShapeTheRequest:

@@ -257,3 +257,10 @@ def test_run_titles_each_request_and_what_ran_outside_any():
         titles = [line for line in out.splitlines() if re.fullmatch(r"request \d+|outside any request", line)]
         assert titles == [f"request {n}" if n else "outside any request" for n in requests], out
         assert (None in requests) == (name == "lifespan-var")
+
+
+def test_run_numbers_each_row_as_the_json_does():
+    _, document, _ = ctxlab_json("run", "bad-then-shiny")
+    _, out, _ = ctxlab("run", "bad-then-shiny")
+    numbers = [line.split()[0] for line in out.splitlines() if re.match(r"\s*\d+\s+\S+\s+[✓✗]", line)]
+    assert numbers == [str(o["seq"]) for o in document["scenarios"][0]["observations"]], out

@@ -177,17 +177,20 @@ def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    async def answer() -> str:
+    async def answer() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=module.app), base_url="http://t") as client:
-            return (await client.get("/")).text
+            return await client.get("/")
 
-    kind, message = asyncio.run(answer()).split(": ", 1)
+    response = asyncio.run(answer())
+    kind, message = response.text.split(": ", 1)
     assert kind == "ValueError"  # what this app is for
     code, out, _ = ctxlab("trace", "trace_apps.early_token:app", "--requests", "1", *APP_DIR)
     assert code == 1, out
     assert f"  raised {kind}: the token {message.rsplit('> ', 1)[1]}\n" in out, out
     reset_line = source_line("early_token", "tenant.reset(token)")
-    assert f"  reset trace_apps/early_token.py:{reset_line} in home" in out, out
+    reset = rf"  reset trace_apps/early_token\.py:{reset_line} in home \(T\d+, C\d+\): <unset>"
+    assert re.search(rf"^{reset}$", out, re.MULTILINE), out
+    assert f"\nrequest 1  GET / → {response.status_code}\n" in out, out
     assert "\n  set " not in out and "ctxlab explain reset-wrong-context" in out, out
 
 
