@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import ctxlab
+from conftest import ctxlab, ctxlab_json
 from test_trace import body_leaks_on_asyncio, line_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -205,6 +205,19 @@ def test_a_job_in_a_copy_of_the_request_task_s_context_hangs_under_that_task():
     (thread,) = [line for line in lines if " thread " in line]
     assert code == 0 and made and re.fullmatch(rf"    └── thread \S+, context C\d+, a copy of {made[1]}", thread), out
     assert lines.index(thread) > task
+
+
+def test_the_tree_marks_each_snapshot_read_and_no_other():
+    """The gets a copy_context() snapshot stands for end with a mark; the
+    app's own gets and sets do not."""
+    wide = {"COLUMNS": "500"}
+    _, document, _ = ctxlab_json("trace", "trace_apps.snapshot_reader:app", "--requests", "1", *APP_DIR, env=wide)
+    code, out, _ = ctxlab("trace", "trace_apps.snapshot_reader:app", "--requests", "1", *APP_DIR, env=wide)
+    events = [line for line in out.splitlines() if re.search(r"── (get|set|reset) ", line)]
+    marked = [
+        line.split("── ")[1].split(" = ")[0].split() for line in events if line.endswith(" (copy_context snapshot)")
+    ]
+    assert marked == [["get", e["var"]] for e in document["events"] if e.get("snapshot")] != [], out
 
 
 class TestBaseline:
