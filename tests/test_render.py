@@ -264,3 +264,18 @@ def test_run_numbers_each_row_as_the_json_does():
     _, out, _ = ctxlab("run", "bad-then-shiny")
     numbers = [line.split()[0] for line in out.splitlines() if re.match(r"\s*\d+\s+\S+\s+[✓✗]", line)]
     assert numbers == [str(o["seq"]) for o in document["scenarios"][0]["observations"]], out
+
+
+def test_two_servers_list_rows_by_request_then_in_the_order_probes_ran():
+    from dataclasses import replace
+
+    result = run_named("bad-only")
+    endpoint, after = result.observations[:2]
+    # A probe that ran twice in request 1, another after it, then request 2.
+    rows = [endpoint, endpoint, after, replace(endpoint, request=2)]
+    both = replace(result, observations=rows)
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render.side_by_side(catalog()["bad-only"], both, both, console)
+    text = console.export_text()
+    shown = [line.split()[:2] for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert shown == [[str(o.request), o.probe] for o in rows], text
