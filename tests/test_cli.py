@@ -132,6 +132,20 @@ def test_check_says_a_line_for_each_scenario_of_the_catalog():
     assert re.fullmatch(rf"{passed} passed(, {len(lines) - passed} skipped)? in \d+\.\d\ds", out.splitlines()[-1]), out
 
 
+def test_check_shows_the_table_of_a_drifted_scenario_only():
+    """A line per scenario, and the full table (its drifted rows) of the
+    one that drifted, between the lines and the summary."""
+    drifting = str(FIXTURES / "drifting_scenarios")
+    code, document, _ = ctxlab_json("run", "always-drifts", "--scenarios", drifting)
+    (drifted,) = [o for o in document["scenarios"][0]["observations"] if not o["match"]]
+    code, out, _ = ctxlab("check", "--scenarios", drifting)
+    lines = out.splitlines()
+    details = lines[next(n for n, line in enumerate(lines) if line.startswith("always-drifts  DRIFT")) :]
+    assert code == 1 and sum(line.startswith("request ") for line in details) == 1, out
+    row = [str(drifted["seq"]), drifted["probe"], "✗", json.dumps(drifted["observed"])]
+    assert row in [line.split()[:4] for line in details], out
+
+
 def test_both_servers_each_say_why_their_run_failed():
     """The app raises: in process the exception reaches ctxlab; uvicorn
     answers 500 in its place.  Each server's line says its own."""
