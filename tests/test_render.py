@@ -271,11 +271,28 @@ def test_two_servers_list_rows_by_request_then_in_the_order_probes_ran():
 
     result = run_named("bad-only")
     endpoint, after = result.observations[:2]
-    # A probe that ran twice in request 1, another after it, then request 2.
-    rows = [endpoint, endpoint, after, replace(endpoint, request=2)]
+    # A probe that ran twice in request 1, another after it, request 2, and
+    # last one outside any request (shutdown): that one comes first.
+    rows = [endpoint, endpoint, after, replace(endpoint, request=2), replace(after, request=None)]
     both = replace(result, observations=rows)
     console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
     render.side_by_side(catalog()["bad-only"], both, both, console)
     text = console.export_text()
-    shown = [line.split()[:2] for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])]
-    assert shown == [[str(o.request), o.probe] for o in rows], text
+    shown = [line.split()[:2] for line in text.splitlines() if line.split()[:1] in (["-"], ["1"], ["2"])]
+    assert shown == [[str(o.request or "-"), o.probe] for o in [rows[-1], *rows[:-1]]], text
+
+
+def test_a_task_tree_keeps_a_creator_that_saw_nothing():
+    """A task whose creator ran no probe still hangs under that creator."""
+    from dataclasses import replace
+
+    result = run_named("bad-then-shiny")
+    (endpoint,) = [o for o in result.observations if o.parent_task]
+    tree = render.task_tree(replace(result, observations=[endpoint]), endpoint.request)
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    console.print(tree)
+    assert console.export_text().splitlines()[1:3] == [
+        f"└── task {endpoint.parent_task}",
+        f"    └── task {endpoint.task} (created by {endpoint.parent_task}), context {endpoint.context}"
+        f" (copied from {endpoint.parent_context})",
+    ]
