@@ -52,8 +52,10 @@ class Cli:
     behind can be found, and killed, by session id."""
 
     def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
+                 close_stdin=False, close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
         def prepare():
+            if close_stdin:  # as `<&-` does
+                os.close(0)
             if close_stdout:  # as `>&-` does
                 os.close(1)
             if close_stderr:  # as `2>&-` does
@@ -1086,6 +1088,20 @@ class TestText:
         the stream's own replacement, on stderr as on stdout."""
         code, _, err = cli("run", "café", **env)
         assert code == 2 and one_line(err) == "ctxlab: error: unknown scenario 'caf?'; see 'ctxlab list'"
+
+    def test_a_closed_stdin_leaves_the_report_on_stdout(self):
+        """`ctxlab run bad-only <&-`: ctxlab gives the missing stdin /dev/null,
+        and its report still reaches stdout."""
+        code, out, err = cli("run", "bad-only", close_stdin=True)
+        assert code == 0 and re.fullmatch(r"1 passed in \d+\.\d\ds", out.splitlines()[-1]), (out, err)
+
+    def test_a_run_says_how_long_it_took(self):
+        """The summary's time lies between 0 and the time ctxlab ran."""
+        started = time.monotonic()
+        code, out, _ = cli("run", "bad-only")
+        took = time.monotonic() - started
+        seconds = float(re.fullmatch(r"1 passed in (\d+\.\d\d)s", out.splitlines()[-1])[1])
+        assert code == 0 and 0 <= seconds <= took, (seconds, took)
 
     @pytest.mark.parametrize("args", [("list",), ("run", "bad-only", "--json")])
     def test_a_closed_stdout_is_one_line(self, args):
