@@ -145,6 +145,21 @@ def test_a_matrix_change_is_starred_and_listed_with_its_request(bad_only_report)
     assert lines[-1] == '  new: bad-only (asgi) request 1 endpoint context: {"random_int": 42} → {"random_int": 7}'
 
 
+def test_a_failed_column_does_not_end_the_comparison_of_the_ones_after_it(bad_only_report):
+    """old, a column that could not be built, old again, new: the change
+    from the third column to the fourth is still found."""
+    changed = json.loads(json.dumps(bad_only_report))
+    changed["scenarios"][0]["observations"][0]["observed"] = {"random_int": 7}
+    columns = [
+        matrix.Column("old", [], report=bad_only_report),
+        matrix.Column("broken", [], report={}, error="uv: no solution"),
+        matrix.Column("old-again", [], report=bad_only_report),
+        matrix.Column("new", [], report=changed),
+    ]
+    result = matrix.grid(columns)
+    assert [(c["previous"], c["column"]) for c in result["changes"]] == [("old-again", "new")]
+
+
 def test_two_servers_mark_a_value_they_disagree_on_and_a_probe_only_one_saw():
     """`--server both`: a row whose values differ while the scenario expects
     the same on both servers is "unexpected"; a probe one server never
