@@ -265,6 +265,13 @@ def test_matrix_without_pyenv_or_pythons_on_path_has_this_python(tmp_path, monke
     assert "(only my-env: ctxlab needs 3.10 or newer)" in str(refused.value)
 
 
+def test_matrix_of_three_columns_is_checked_like_one_of_two():
+    """Three columns are as good as two: the first refusal is the missing
+    Python's, not a count of columns."""
+    code, _, err = ctxlab("matrix", "--with", "python==3.99 starlette", "--with", "starlette", "--with", "uvicorn")
+    assert code == 2 and "no Python==3.99 here" in err and "two --with" not in err
+
+
 def test_matrix_refuses_a_python_older_than_ctxlab_supports():
     old = sorted((v for v in _pythons() if int(v.split(".")[1]) < 10), key=lambda v: int(v.split(".")[1]))
     if not old:

@@ -1279,6 +1279,14 @@ class TestText:
         for text in shown:
             assert text in out
 
+    @pytest.mark.parametrize(
+        "command, usage",
+        [("run", "run [OPTIONS] [NAME...]"), ("diff", "diff [OPTIONS] FILE")],
+    )
+    def test_usage_brackets_what_is_optional_only(self, command, usage):
+        code, out, _ = cli(command, "--help")  # as `python -m ctxlab`, which the usage line names
+        assert code == 0 and out.splitlines()[0] == f"Usage: python -m ctxlab {usage}"
+
     def test_help_lists_every_exit_code(self):
         """The top-level help documents 130 and 143 with the others."""
         code, out, _ = cli("--help")
