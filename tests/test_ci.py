@@ -540,3 +540,24 @@ def test_diff_reports_a_skipped_scenario_by_its_status_alone():
     skipped = {"name": "s", "status": "skipped", "observations": []}
     changes = diff({"scenarios": [skipped]}, {"scenarios": [ran]})
     assert [(c.probe, c.var, c.before, c.after) for c in changes] == [("-", "status", "skipped", "pass")]
+
+
+def test_matrix_takes_the_first_release_of_3_10(tmp_path, monkeypatch):
+    """A pyenv Python 3.10.0 is new enough (ctxlab supports 3.10 on): a
+    column asking for 3.10 runs on it."""
+    from ctxlab import matrix
+
+    bin_dir = tmp_path / "versions" / "3.10.0" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no python3.X on PATH
+    assert matrix.python_for(matrix.parse_column("python==3.10.0 starlette")) == str(bin_dir / "python")
+
+
+def test_matrix_makes_a_cache_whose_parents_do_not_exist_yet(tmp_path, monkeypatch):
+    from ctxlab import matrix
+
+    monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path / "new" / "cache"))
+    matrix.check_cache()
+    assert (tmp_path / "new" / "cache" / "envs").is_dir()

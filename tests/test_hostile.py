@@ -407,6 +407,7 @@ class TestReadOnly:
         assert code == 2 and out == ""
         assert one_line(err).startswith(f"ctxlab: error: cannot build environments in {cache / 'envs'}: ")
         assert one_line(err).endswith("; set CTXLAB_CACHE to a writable directory")
+        assert "[Errno" not in err  # the system's words, not the exception's repr
         assert not os.listdir(cache)
 
 
