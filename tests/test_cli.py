@@ -209,6 +209,18 @@ def test_check_exits_1_when_every_scenario_passes_but_one_differs_from_the_basel
     assert code == 1 and "\n1 change(s) in 1 scenario(s)\n" in out and " failed" not in out, out
 
 
+def test_snapshot_says_what_it_wrote_and_exits_0(tmp_path):
+    target = tmp_path / "snapshot.json"
+    code, out, err = ctxlab("snapshot", "-o", str(target))
+    s = json.loads(target.read_text())["summary"]
+    assert (code, out) == (0, "") and s["errors"] == s["drifted"] == 0, err
+    said = " ".join(err.split())  # on stderr, folded at COLUMNS
+    assert said == (
+        f"wrote {target}: {s['total']} scenario runs ({s['passed']} passed, "
+        f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)"
+    )
+
+
 def test_unwritable_output_is_refused_before_running(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
