@@ -296,6 +296,7 @@ TESTS = {
         "test_ci.py::test_matrix_refuses_bad_columns",
         "test_ci.py::test_matrix_needs_two_columns",
         "test_ci.py::test_matrix_refuses_an_unknown_serving_choice",
+        "test_ci.py::test_check_reports_drift_as_junit_failures_and_github_annotations",
     ],
     "diagnose": ["test_diagnose.py"]
     + [
