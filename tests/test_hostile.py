@@ -1697,6 +1697,10 @@ class TestTraceVar:
             (
                 ["user_id", "nope"],
                 "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
+            ),
+            (  # the first the app never used, as named
+                ["nope", "user_id", "nope2"],
+                "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
             ),  # fmt: skip
         ],
     )
