@@ -155,15 +155,36 @@ def test_a_mutant_no_test_runs_survives_without_a_test(scratch, capsys):
     assert capsys.readouterr().out == mutate.NO_TEST_RUNS_IT + "\n"
 
 
-def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
-    """ctxlab works in forked children that end with os._exit (isolate.py):
-    what they run counts for the test that was running when they forked."""
+def lines_measured(tmp_path: Path, module_source: str, program: str, test: str) -> dict[int, set[str]]:
+    """Run `program` as `make mutate`'s coverage map runs a test's process
+    (under node id `test`, measuring the module `work`): the tests each
+    line of `work` counted for."""
     import subprocess
 
     import coverage
 
     module = tmp_path / "work.py"
-    module.write_text("def in_parent():\n    return 1\n\n\ndef in_child():\n    return 2\n")
+    module.write_text(module_source)
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{tmp_path}:{mutate.STARTUP}",
+        "CTXLAB_COVERMAP": str(tmp_path / "data"),
+        "CTXLAB_COVERMAP_MODULE": str(module),
+        "CTXLAB_COVERMAP_TEST": test,
+    }
+    subprocess.run([sys.executable, "-c", program], env=environment, check=True, timeout=30)
+    seen: dict[int, set[str]] = {}
+    for part in tmp_path.glob("data.*"):
+        measured = coverage.CoverageData(basename=str(part))
+        measured.read()
+        for line, contexts in measured.contexts_by_lineno(str(module)).items():
+            seen.setdefault(line, set()).update(contexts)
+    return seen
+
+
+def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
+    """ctxlab works in forked children that end with os._exit (isolate.py):
+    what they run counts for the test that was running when they forked."""
     program = (
         "import os, work\n"
         "work.in_parent()\n"
@@ -174,21 +195,8 @@ def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
         "    os._exit(0)\n"
         "os.waitpid(child, 0)\n"
     )
-    data = tmp_path / "data"
-    environment = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": f"{tmp_path}:{mutate.STARTUP}",
-        "CTXLAB_COVERMAP": str(data),
-        "CTXLAB_COVERMAP_MODULE": str(module),
-        "CTXLAB_COVERMAP_TEST": "tests/t.py::first",
-    }
-    subprocess.run([sys.executable, "-c", program], env=environment, check=True)
-    seen: dict[int, set[str]] = {}
-    for part in tmp_path.glob("data.*"):
-        measured = coverage.CoverageData(basename=str(part))
-        measured.read()
-        for line, contexts in measured.contexts_by_lineno(str(module)).items():
-            seen.setdefault(line, set()).update(contexts)
+    source = "def in_parent():\n    return 1\n\n\ndef in_child():\n    return 2\n"
+    seen = lines_measured(tmp_path, source, program, "tests/t.py::first")
     assert seen[2] == {"tests/t.py::first"}
     assert seen[6] == {"tests/t.py::second"}
 
@@ -196,12 +204,6 @@ def test_the_coverage_map_sees_a_forked_child_that_ends_with_os_exit(tmp_path):
 def test_the_coverage_map_sees_a_forked_child_killed_once_it_has_answered(tmp_path):
     """isolate.call kills its child as soon as the answer arrives: what the
     child ran before it sent the answer is in the map all the same."""
-    import subprocess
-
-    import coverage
-
-    module = tmp_path / "work.py"
-    module.write_text("def answer():\n    return 42\n")
     program = (
         "import multiprocessing, os, signal, time, work\n"
         "receiving, sending = multiprocessing.Pipe(duplex=False)\n"
@@ -213,17 +215,5 @@ def test_the_coverage_map_sees_a_forked_child_killed_once_it_has_answered(tmp_pa
         "os.kill(child, signal.SIGKILL)\n"
         "os.waitpid(child, 0)\n"
     )
-    environment = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": f"{tmp_path}:{mutate.STARTUP}",
-        "CTXLAB_COVERMAP": str(tmp_path / "data"),
-        "CTXLAB_COVERMAP_MODULE": str(module),
-        "CTXLAB_COVERMAP_TEST": "tests/t.py::it",
-    }
-    subprocess.run([sys.executable, "-c", program], env=environment, check=True, timeout=30)
-    seen = set()
-    for part in tmp_path.glob("data.*"):
-        measured = coverage.CoverageData(basename=str(part))
-        measured.read()
-        seen |= set(measured.contexts_by_lineno(str(module)).get(2, ()))
-    assert seen == {"tests/t.py::it"}
+    seen = lines_measured(tmp_path, "def answer():\n    return 42\n", program, "tests/t.py::it")
+    assert seen.get(2) == {"tests/t.py::it"}
