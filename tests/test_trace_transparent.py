@@ -397,6 +397,21 @@ def test_a_later_set_elsewhere_with_the_same_old_value_is_not_the_tokens():
     assert reset.token_set is outer_set
 
 
+def traced_reset(var, token, raises: type[Exception]):
+    """`var.reset(token)` while a trace runs: the reset it recorded, and
+    the exception Python raised (the one expected, and only once)."""
+    caught = []
+    tracer = Tracer(TraceRecorder())
+    with tracer:
+        try:
+            var.reset(token)
+        except raises as error:
+            caught.append(error)
+    (reset,) = [e for e in tracer.events if e.op == "reset"]
+    (error,) = caught
+    return reset, error
+
+
 def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
     """The token was made before the trace, in another context: the reset
     raises the ValueError Python gives it, and is recorded as raised with
@@ -405,16 +420,9 @@ def test_a_reset_that_raises_with_a_token_of_an_unseen_set_raises_as_untraced():
 
     var = contextvars.ContextVar("early")
     token = contextvars.copy_context().run(var.set, "made before the trace")
-    caught = []
-    tracer = Tracer(TraceRecorder())
-    with tracer:
-        try:
-            var.reset(token)
-        except ValueError as error:
-            caught.append(error)
-    (reset,) = [e for e in tracer.events if e.op == "reset"]
-    assert len(caught) == 1 and reset.token_set is None
-    assert reset.raised == f"ValueError: the token {str(caught[0]).rsplit('> ', 1)[1]}"
+    reset, error = traced_reset(var, token, ValueError)
+    assert reset.token_set is None
+    assert reset.raised == f"ValueError: the token {str(error).rsplit('> ', 1)[1]}"
 
 
 def test_a_token_used_before_the_trace_raises_as_python_says():
@@ -426,15 +434,8 @@ def test_a_token_used_before_the_trace_raises_as_python_says():
     var = contextvars.ContextVar("early")
     token = var.set("made before the trace")
     var.reset(token)
-    caught = []
-    tracer = Tracer(TraceRecorder())
-    with tracer:
-        try:
-            var.reset(token)
-        except RuntimeError as error:
-            caught.append(error)
-    (reset,) = [e for e in tracer.events if e.op == "reset"]
-    assert reset.raised == f"RuntimeError: the token {str(caught[0]).rsplit('> ', 1)[1]}"
+    reset, error = traced_reset(var, token, RuntimeError)
+    assert reset.raised == f"RuntimeError: the token {str(error).rsplit('> ', 1)[1]}"
 
 
 def test_a_variable_stays_the_library_s_that_set_it_when_another_resets_its_token(tmp_path):
