@@ -3,6 +3,7 @@
 import io
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from conftest import ctxlab, ctxlab_json, run_named
@@ -165,8 +166,6 @@ def test_two_servers_mark_a_value_they_disagree_on_and_a_probe_only_one_saw():
     the same on both servers is "unexpected"; a probe one server never
     reached is "one side only"; neither explains itself as an expected
     difference."""
-    from dataclasses import replace
-
     asgi = run_named("bad-only")
     first, *rest = asgi.observations
     other = replace(asgi, observations=[replace(first, observed={"random_int": 7}), *rest[:-1]])
@@ -182,8 +181,6 @@ def test_two_servers_mark_a_value_they_disagree_on_and_a_probe_only_one_saw():
 def test_explain_of_more_requests_than_trees_says_how_many_are_left_out():
     """Three trees at most; the rest are counted, with the command that
     shows them all.  One request: one tree and no such note."""
-    from dataclasses import replace
-
     entry = catalog()["bad-then-shiny"]
     result = run_named("bad-then-shiny")
     (observed_request,) = {o.request for o in result.observations}
@@ -220,8 +217,6 @@ def test_where_a_probe_ran_stays_on_one_line_at_the_narrowest_width():
 def test_a_probe_outside_any_task_shows_its_context_and_thread():
     """No task (a thread of a pool, or the server's own code): the cell
     names the context and the thread, or "-" for what is unknown."""
-    from dataclasses import replace
-
     (first, *_) = run_named("bad-then-shiny").observations
     rows = [
         replace(first, task=None, context="C3", thread="asyncio_0"),
@@ -237,8 +232,6 @@ def test_a_probe_outside_any_task_shows_its_context_and_thread():
 def test_two_servers_that_differ_as_expected_in_one_row_say_why():
     """One row whose expected values differ between the servers: it is
     marked "expected", and the scenario's why follows the table."""
-    from dataclasses import replace
-
     asgi = run_named("bad-only")
     first, *rest = asgi.observations
     other = replace(asgi, observations=[replace(first, observed="elsewhere", expected="elsewhere"), *rest])
@@ -282,8 +275,6 @@ def test_run_numbers_each_row_as_the_json_does():
 
 
 def test_two_servers_list_rows_by_request_then_in_the_order_probes_ran():
-    from dataclasses import replace
-
     result = run_named("bad-only")
     endpoint, after = result.observations[:2]
     # A probe that ran twice in request 1, another after it, request 2, and
@@ -299,8 +290,6 @@ def test_two_servers_list_rows_by_request_then_in_the_order_probes_ran():
 
 def test_a_task_tree_keeps_a_creator_that_saw_nothing():
     """A task whose creator ran no probe still hangs under that creator."""
-    from dataclasses import replace
-
     result = run_named("bad-then-shiny")
     (endpoint,) = [o for o in result.observations if o.parent_task]
     tree = render.task_tree(replace(result, observations=[endpoint]), endpoint.request)
