@@ -279,6 +279,11 @@ class Boundaries:
         if reset.raised and reset.raised.startswith("RuntimeError"):
             return Finding("reset-error", reset, set_, "the token had already been used by an earlier reset",
                            "Reset each token once, in the `finally` that matches its set.", "reset-twice")  # fmt: skip
+        if reset.raised and "different ContextVar" in reset.raised:
+            # The hooks never see the token itself, so the set that made it
+            # (another variable's) is not known; this variable's sets are not it.
+            return Finding("reset-error", reset, None, f"the token came from another ContextVar's set, not {reset.var.name}'s",
+                           "Reset each ContextVar with the token its own set returned.", None)  # fmt: skip
         if set_ is None:
             boundary = f"the token was created in another context than {self.label(reset.mark)}"
             return Finding(

@@ -164,16 +164,14 @@ def test_a_reset_that_raised_is_shown_with_what_python_raised():
     assert code == 1 and "raised" not in out, out
 
 
-def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
-    """The token was made at import, so the trace never saw its set: the
-    reset's error is the one Python raised in the app (which the app
-    answers with), and the finding names no set."""
+def asgi_get(path: Path):
+    """GET / from the app in the file at `path`, in process, without ctxlab."""
     import asyncio
     import importlib.util
 
     import httpx
 
-    spec = importlib.util.spec_from_file_location("early_token", FIXTURES / "trace_apps" / "early_token.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
@@ -181,7 +179,14 @@ def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=module.app), base_url="http://t") as client:
             return await client.get("/")
 
-    response = asyncio.run(answer())
+    return asyncio.run(answer())
+
+
+def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
+    """The token was made at import, so the trace never saw its set: the
+    reset's error is the one Python raised in the app (which the app
+    answers with), and the finding names no set."""
+    response = asgi_get(FIXTURES / "trace_apps" / "early_token.py")
     kind, message = response.text.split(": ", 1)
     assert kind == "ValueError"  # what this app is for
     code, out, _ = ctxlab("trace", "trace_apps.early_token:app", "--requests", "1", *APP_DIR)
@@ -192,6 +197,18 @@ def test_a_reset_of_a_token_made_before_the_trace_is_what_python_raised():
     assert re.search(rf"^{reset}$", out, re.MULTILINE), out
     assert f"\nrequest 1  GET / → {response.status_code}\n" in out, out
     assert "\n  set " not in out and "ctxlab explain reset-wrong-context" in out, out
+
+
+def test_a_reset_with_another_variable_s_token_blames_the_variable_not_the_context():
+    """One task, one context: the app's reset fails because the token is
+    another ContextVar's (the app answers with what Python raised), so the
+    finding neither blames a context nor names this variable's set."""
+    response = asgi_get(FIXTURES / "trace_apps" / "other_var_token.py")
+    assert response.text.startswith("ValueError: ") and "ContextVar" in response.text  # what this app is for
+    code, out, _ = ctxlab("trace", "trace_apps.other_var_token:app", "--requests", "1", *APP_DIR)
+    finding = out.split("\n\n")[0]
+    assert code == 1 and "why   the token came from another ContextVar's set, not user's\n" in finding, out
+    assert "\n  set " not in finding and "reset-wrong-context" not in out, out
 
 
 def test_a_job_in_a_copy_of_the_request_task_s_context_hangs_under_that_task():
