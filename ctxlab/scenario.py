@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ctxlab.config import RunConfig
 from ctxlab.errors import ScenarioError
 from ctxlab.limits import TIMEOUT
+from ctxlab.validate import are, is_str
 
 __all__ = ["ClientRequest", "Env", "Varies", "by_flag", "by_server", "by_version", "per_request", "scenario"]
 
@@ -243,7 +244,7 @@ def _declaration_problem(scenario: Scenario) -> str | None:
         return f"concurrency must be a number of requests, not {scenario.concurrency!r}"
     if not _is_seconds(scenario.timeout):
         return f"timeout must be seconds, more than 0 and at most {TIMEOUT[1]:g}, not {scenario.timeout!r}"
-    if not _are(Servers.__contains__)(scenario.servers):
+    if not are(Servers.__contains__)(scenario.servers):
         return f"servers must be a list of {', '.join(Servers)}, not {scenario.servers!r}"
     for key in ("concurrent", "task_per_request", "lifespan", "pipelined"):
         if type(getattr(scenario, key)) is not bool:
@@ -251,14 +252,14 @@ def _declaration_problem(scenario: Scenario) -> str | None:
     for key in ("why", "fix"):
         if not isinstance(getattr(scenario, key), str):
             return f"{key} must be a string, not {getattr(scenario, key)!r}"
-    if not (isinstance(scenario.server_options, Mapping) and all(map(_is_str, scenario.server_options))):
+    if not (isinstance(scenario.server_options, Mapping) and all(map(is_str, scenario.server_options))):
         return f"server_options must map uvicorn.Config's arguments to values, not {scenario.server_options!r}"
     return _requirement_problem(scenario.requires)
 
 
 def _requirement_problem(requires: Any) -> str | None:
     wanted = "requires must map package names to versions, such as {'uvicorn': '>=0.45'}"
-    if not (isinstance(requires, Mapping) and all(map(_is_str, requires)) and all(map(_is_str, requires.values()))):
+    if not (isinstance(requires, Mapping) and all(map(is_str, requires)) and all(map(is_str, requires.values()))):
         return f"{wanted}, not {requires!r}"
     if not requires:
         return None  # most scenarios: packaging stays unimported, as for `list`
@@ -328,17 +329,9 @@ def _is_literal(node: ast.expr) -> bool:
     return True
 
 
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
 def _is_name(value: Any) -> bool:
     # Typed on command lines, and listed in columns split at spaces.
     return isinstance(value, str) and value != "" and all(c.isprintable() and not c.isspace() for c in value)
-
-
-def _are(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, (list, tuple)) and all(map(kind, value))
 
 
 def _is_seconds(value: Any) -> bool:
@@ -397,11 +390,11 @@ def _fields_of(call: ast.Call, path: Path) -> dict[str, Any]:
 
     fields = {
         "name": _literal(call.args[0], "name", path, _is_name, "text without spaces, such as 'my-tenant'"),
-        "summary": declared("summary", _is_str, "a string") if "summary" in keywords else "",
-        "tags": list(declared("tags", _are(_is_str), "a list of strings")) if "tags" in keywords else [],
+        "summary": declared("summary", is_str, "a string") if "summary" in keywords else "",
+        "tags": list(declared("tags", are(is_str), "a list of strings")) if "tags" in keywords else [],
     }
     if "servers" in keywords:
-        fields["servers"] = list(declared("servers", _are(Servers.__contains__), f"a list of {', '.join(Servers)}"))
+        fields["servers"] = list(declared("servers", are(Servers.__contains__), f"a list of {', '.join(Servers)}"))
     # How long importing the module may take (engine.run_guarded), when a
     # literal says it (Scenario checks any other as the module imports).
     if "timeout" in keywords and _is_literal(keywords["timeout"]):
@@ -469,8 +462,14 @@ def not_a_directory(path: Path) -> str | None:
 
 
 def _modules_in(directory: Path) -> list[Path]:
+    modules = [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_")]
+    for path in modules:
+        # A link to a module since moved: passed by, its scenarios would
+        # only be "unknown".
+        if path.is_symlink() and not path.exists():
+            raise ScenarioError(f"scenario module {path} is a symlink to {path.readlink()}, which does not exist")
     # Regular files only: a FIFO named x.py would be waited on for ever.
-    return [path for path in sorted(directory.glob("*.py")) if not path.name.startswith("_") and path.is_file()]
+    return [path for path in modules if path.is_file()]
 
 
 ENTRY_POINT_GROUP = "ctxlab.scenarios"
@@ -499,8 +498,10 @@ def suggest(name: str, known: Iterable[str], otherwise: str = "; see 'ctxlab lis
     """`; did you mean 'x'?` for the closest known name, else `otherwise`."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else otherwise
+    # Compared folded: `BAD-THEN-SHINY` is too far from its name for difflib.
+    by_folded = {known_name.casefold(): known_name for known_name in known}
+    close = difflib.get_close_matches(name.casefold(), list(by_folded), n=1)
+    return f"; did you mean {by_folded[close[0]]!r}?" if close else otherwise
 
 
 # -- loading ---------------------------------------------------------------------

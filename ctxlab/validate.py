@@ -83,7 +83,7 @@ def _shown(value: Any) -> str:
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def _is_str(value: Any) -> bool:
+def is_str(value: Any) -> bool:
     return isinstance(value, str)
 
 
@@ -91,8 +91,9 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, bool)
 
 
-def _are(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, list) and all(test(item) for item in value)
+def are(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    # A tuple too: scenario declarations are Python, not JSON.
+    return lambda value: isinstance(value, (list, tuple)) and all(test(item) for item in value)
 
 
 def _has(**tests: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -102,46 +103,46 @@ def _has(**tests: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 def _is_finding(value: Any) -> bool:
-    place = _has(file=_is_str, function=_is_str)
-    return _has(kind=_is_str, var=_is_str, read=place)(value) and (value.get("set") is None or place(value["set"]))
+    place = _has(file=is_str, function=is_str)
+    return _has(kind=is_str, var=is_str, read=place)(value) and (value.get("set") is None or place(value["set"]))
 
 
 # What `trace --baseline` and `diff` use of a saved trace, what each must
 # be, and how to say it; a field's object is checked before its fields.
 _TRACE_FIELDS = {
-    "app": (_is_str, "MODULE:ATTR"),
+    "app": (is_str, "MODULE:ATTR"),
     "server": (lambda value: value in ("asgi", "uvicorn"), "asgi or uvicorn"),
     "options": (lambda value: isinstance(value, dict), "an object"),
     "options.requests": (lambda value: _is_int(value) and 1 <= value <= MAX_REQUESTS, "a number of requests"),
     "options.path": (
-        lambda value: _is_str(value) and value.startswith("/") and encodes(value, "utf-8"),
+        lambda value: is_str(value) and value.startswith("/") and encodes(value, "utf-8"),
         "a path starting with /, in text a request can carry",
     ),
-    "options.method": (lambda value: _is_str(value) and TOKEN.fullmatch(value) is not None, "an HTTP method"),
+    "options.method": (lambda value: is_str(value) and TOKEN.fullmatch(value) is not None, "an HTTP method"),
     "options.headers": (
-        _are(
+        are(
             lambda pair: (
                 isinstance(pair, list)
                 and len(pair) == 2
-                and all(_is_str(text) and encodes(text, "latin-1") for text in pair)
+                and all(is_str(text) and encodes(text, "latin-1") for text in pair)
             )
         ),
         "a list of [name, value] pairs of Latin-1 text",
     ),
-    "options.data": (lambda value: _is_str(value) and encodes(value, "utf-8"), "a string a request can carry"),
+    "options.data": (lambda value: is_str(value) and encodes(value, "utf-8"), "a string a request can carry"),
     "options.lifespan": (_is_bool, "true or false"),
-    "options.vars": (_are(_is_str), "a list of variable names"),
+    "options.vars": (are(is_str), "a list of variable names"),
     "options.factory": (_is_bool, "true or false"),
-    "options.app_dir": (_is_str, "a directory"),
+    "options.app_dir": (is_str, "a directory"),
     "options.timeout": (
         lambda value: value is None or (_is_number(value) and TIMEOUT[0] <= value <= TIMEOUT[1]),
         "seconds",
     ),
     "events": (
-        _are(_has(request=_is_int, op=_is_str, var=_is_str, file=_is_str, function=_is_str, value=lambda value: True)),
+        are(_has(request=_is_int, op=is_str, var=is_str, file=is_str, function=is_str, value=lambda value: True)),
         "a list of events (request, op, var, file, function, value)",
     ),
-    "findings": (_are(_is_finding), "a list of findings (kind, var, read and set with file and function)"),
+    "findings": (are(_is_finding), "a list of findings (kind, var, read and set with file and function)"),
 }
 
 

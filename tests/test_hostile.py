@@ -954,6 +954,19 @@ class TestMalformedFiles:
         code, out, err = cli("list", "--json", "--scenarios", str(tmp_path), timeout=30)
         assert code == 0 and json.loads(out)[-1]["name"] == "real", err
 
+    def test_a_dangling_symlink_among_the_scenario_modules_is_named(self, tmp_path):
+        """A link to a module that moved is one line, exit 2: passed by, its
+        scenario would only be "unknown"."""
+        (tmp_path / "mine.py").symlink_to(tmp_path / "moved" / "mine.py")
+        (tmp_path / "real.py").write_text(SCENARIO.format(name="real", summary="s"))
+        for args in (("list",), ("run", "real")):
+            code, out, err = cli(*args, "--scenarios", str(tmp_path))
+            assert code == 2 and out == "", err
+            assert one_line(err) == (
+                f"ctxlab: error: scenario module {tmp_path}/mine.py is a symlink to {tmp_path}/moved/mine.py, "
+                "which does not exist"
+            )
+
     def test_a_scenario_only_scenarios_provides(self, tmp_path):
         """A snapshot naming a scenario from --scenarios says to pass --scenarios."""
         path = tmp_path / "snap.json"

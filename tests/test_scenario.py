@@ -130,6 +130,13 @@ def test_suggestion_for_a_typo():
     assert "ctxlab list" in suggest("zzzz", FIXED_NAMES)
 
 
+def test_suggestion_for_a_name_in_capitals():
+    """Capitals are a long way from the name for difflib, not for the user."""
+    assert suggest("BAD-THEN-SHINY", FIXED_NAMES) == "; did you mean 'bad-then-shiny'?"
+    assert suggest("Bad-Then-Shinny", FIXED_NAMES) == "; did you mean 'bad-then-shiny'?"
+    assert suggest("App", ["apps", "APP"]) == "; did you mean 'APP'?"  # the name as it is spelt
+
+
 def test_by_version_picks_the_installed_range():
     env = Env("asgi", None, None)
     installed = env.version("starlette")
