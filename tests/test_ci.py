@@ -460,16 +460,18 @@ def _installed(env: Path, package: str) -> str:
 def test_matrix_an_unpinned_column_follows_new_releases(tmp_path, monkeypatch):
     """A column that names no version gets the newest release each time its
     environment is reused: here one built when uvicorn 0.44 was the newest
-    (put back by the environment's own pip)."""
+    (put back by this Python's pip: the environment has none when uv built it)."""
     monkeypatch.setenv("CTXLAB_CACHE", str(tmp_path))
     column = matrix.parse_column("uvicorn")
     env = matrix.environment(column, progress=lambda line: None)
-    python = str(env / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     done = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "uvicorn==0.44.0"], capture_output=True, text=True
+        [*pip, "--python", str(env / "bin" / "python"), "install", "--quiet", "uvicorn==0.44.0"],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0 and _installed(env, "uvicorn") == "0.44.0", done.stderr
-    index = subprocess.run([python, "-m", "pip", "index", "versions", "uvicorn"], capture_output=True, text=True)
+    index = subprocess.run([*pip, "index", "versions", "uvicorn"], capture_output=True, text=True)
     newest = re.search(r"^uvicorn \((.+)\)$", index.stdout, re.MULTILINE).group(1)
     assert newest != "0.44.0"
     assert matrix.environment(column, progress=lambda line: None) == env
