@@ -219,7 +219,9 @@ def run(
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here."),
+        typer.Option(
+            "-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here (- for stdout)."
+        ),
     ] = None,
     concurrency: Annotated[
         Optional[int],
@@ -262,9 +264,10 @@ def _write_unless_interrupted(path: Path, results: Report, text: Callable[[], st
 
 
 def _not_written(path: Path) -> None:
+    from ctxlab.files import shown
     from ctxlab.output import console
 
-    console(stderr=True).print(f"interrupted: {path} not written")
+    console(stderr=True).print(f"interrupted: {shown(path)} not written")
 
 
 @app.command(cls=PlainCommand)
@@ -340,7 +343,8 @@ def check(
     loop: LoopOption = None,
     http: HttpOption = None,
     junit: Annotated[
-        Optional[Path], typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here.")
+        Optional[Path],
+        typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here (- for stdout)."),
     ] = None,
     baseline: Annotated[
         Optional[Path],
@@ -348,7 +352,7 @@ def check(
             "--baseline",
             metavar="FILE",
             parser=_file_name,
-            help="Also fail when observations differ from this snapshot.",
+            help="Also fail when observations differ from this snapshot (- for stdin).",
         ),
     ] = None,
     scenarios: ScenariosOption = None,
@@ -386,7 +390,13 @@ def check(
 def snapshot(
     output: Annotated[
         Path,
-        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Where to write the snapshot (JSON)."),
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            parser=_file_name,
+            help="Where to write the snapshot (JSON; - for stdout).",
+        ),
     ],
     server: Annotated[
         Server,
@@ -401,6 +411,7 @@ def snapshot(
 ) -> int:
     """Save every scenario's observations in this environment, for `diff`."""
     from ctxlab import engine
+    from ctxlab.files import shown
     from ctxlab.output import console
 
     _writable(output)
@@ -410,7 +421,7 @@ def snapshot(
         return 130
     s = results.summary
     console(stderr=True).print(
-        f"wrote {output}: {s['total']} scenario runs ({s['passed']} passed, "
+        f"wrote {shown(output)}: {s['total']} scenario runs ({s['passed']} passed, "
         f"{s['drifted']} drifted, {s['errors']} errors, {s['skipped']} skipped)"
     )
     return 3 if s["errors"] else 0
@@ -421,7 +432,9 @@ def diff(
     snapshot_file: Annotated[
         Path,
         typer.Argument(
-            metavar="FILE", parser=_file_name, help="A snapshot from 'ctxlab snapshot', or a trace saved with -o."
+            metavar="FILE",
+            parser=_file_name,
+            help="A snapshot from 'ctxlab snapshot', or a trace saved with -o (- for stdin).",
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="The changes as JSON on stdout.")] = False,
@@ -614,7 +627,13 @@ def trace_app(
     as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
     output: Annotated[
         Optional[Path],
-        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also save the JSON here (for diff)."),
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            parser=_file_name,
+            help="Also save the JSON here (for diff; - for stdout).",
+        ),
     ] = None,
     baseline: Annotated[
         Optional[Path],
@@ -622,7 +641,7 @@ def trace_app(
             "--baseline",
             metavar="FILE",
             parser=_file_name,
-            help="Also fail when the trace differs from this saved one.",
+            help="Also fail when the trace differs from this saved one (- for stdin).",
         ),
     ] = None,
     factory: FactoryOption = False,

@@ -9,13 +9,15 @@ refused, even for root, who could otherwise write anything.
 Anything else is written through, never replaced: a device (`/dev/null`,
 `/dev/full`), a FIFO, `/dev/stdout`.  Renaming over those would turn
 `/dev/null` into a regular file for the whole machine (issue 13).  A
-symlink is followed: its target is what gets written.
+symlink is followed: its target is what gets written.  `-` is stdout, as
+for most Unix tools: `ctxlab snapshot -o - | jq`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,10 +39,21 @@ def _mode(path: Path) -> int | None:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
 
 
+def is_stdout_name(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def shown(path: Path) -> str:
+    """`path` as messages name it."""
+    return "stdout" if is_stdout_name(path) else str(path)
+
+
 def check_writable(path: Path) -> None:
     """Refuse a path that cannot be written, before any work is done.
 
     Devices and FIFOs are not opened here: opening a FIFO waits for a reader."""
+    if is_stdout_name(path):
+        return
     mode = _mode(path)
     if mode is not None and stat.S_ISDIR(mode):
         raise OutputError(f"cannot write {path}: it is a directory")
@@ -75,6 +88,9 @@ def _written_through(path: Path, mode: int | None) -> bool:
 def write(path: Path, text: str) -> None:
     """Write all of `text` to `path`, or raise OutputError and leave the
     file as it was."""
+    if is_stdout_name(path):
+        _write_stdout(text)
+        return
     check_writable(path)
     mode = _mode(path)
     try:
@@ -89,6 +105,19 @@ def write(path: Path, text: str) -> None:
         raise OutputError(f"cannot write {path}: Broken pipe") from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+
+
+def _write_stdout(text: str) -> None:
+    # As bytes, like a file: a stream switched to ASCII for an old terminal
+    # would replace what a JUnit file says in other scripts.
+    sys.stdout.flush()  # what was printed before comes first
+    try:
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()  # ENOSPC (`> /dev/full`) surfaces here
+    except BrokenPipeError:
+        raise reader_gone() from None
+    except OSError as exc:
+        raise OutputError(f"cannot write to stdout: {_reason(exc)}") from None
 
 
 def _is_stdout(path: Path) -> bool:

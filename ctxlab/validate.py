@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -30,8 +31,12 @@ def read_json(path: Path, what: str, unusable: type[CtxlabError], empty: str | N
     check first, and would be read for ever.  Anything that stops it raises
     `unusable`, in one line: a file that cannot be read, is not JSON (or is
     empty: `empty` says what to do then), is too large or nests too deep."""
+    stdin = str(path) == "-"  # `ctxlab diff -`: read stdin, as Unix tools do
+    if stdin:
+        path = Path("stdin")  # as messages name it
     try:
-        with open(path, "rb") as stream:
+        # closefd: stdin stays open for whatever reads it next.
+        with open(sys.stdin.fileno() if stdin else path, "rb", closefd=not stdin) as stream:
             size = os.fstat(stream.fileno()).st_size
             data = stream.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     except OSError as exc:

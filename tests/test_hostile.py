@@ -51,8 +51,9 @@ class Cli:
     """A running `ctxlab` in its own session, so that whatever it leaves
     behind can be found, and killed, by session id."""
 
-    def __init__(self, *args, umask=None, file_size_limit=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 close_stdin=False, close_stdout=False, close_stderr=False, cwd=None, prefix=(), **env):  # fmt: skip
+    def __init__(self, *args, umask=None, file_size_limit=None, stdin=None, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, close_stdin=False, close_stdout=False, close_stderr=False, cwd=None,
+                 prefix=(), **env):  # fmt: skip
         def prepare():
             if close_stdin:  # as `<&-` does
                 os.close(0)
@@ -69,7 +70,7 @@ class Cli:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "ctxlab", *args], stdout=stdout, stderr=stderr, text=True,
+            [*prefix, sys.executable, "-m", "ctxlab", *args], stdin=stdin, stdout=stdout, stderr=stderr, text=True,
             env=environ(**env), start_new_session=True, preexec_fn=prepare, cwd=cwd,
         )  # fmt: skip
 
@@ -309,6 +310,29 @@ class TestOutputFiles:
         else): the reader went away, as when the report is printed: quietly,
         141, not a usage error."""
         code, err = Cli("snapshot", "-o", "/dev/stdout").without_a_reader()
+        assert err == "" and code == 141
+
+    def test_a_dash_is_stdout_and_nothing_else_goes_there(self, tmp_path):
+        """`snapshot -o -` prints the snapshot, and only it, on stdout, where
+        `diff -` reads it back; a directory named `-` is not what it means."""
+        (tmp_path / "-").mkdir()
+        code, out, err = cli("snapshot", "-o", "-", "--server", "asgi", cwd=tmp_path)
+        assert code == 0 and one_line(err).startswith("wrote stdout: 6"), err
+        assert json.loads(out)["summary"]["total"] == len(json.loads(out)["scenarios"])
+        assert os.listdir(tmp_path) == ["-"] and not os.listdir(tmp_path / "-")
+        (tmp_path / "snap.json").write_text(out)
+        with open(tmp_path / "snap.json") as snapshot:
+            code, out, err = cli("diff", "-", stdin=snapshot)
+        assert code == 0 and out.splitlines()[-1] == "no changes", err
+        code, _, err = cli("diff", "-", stdin=subprocess.DEVNULL)
+        assert code == 2 and one_line(err).startswith("ctxlab: error: stdin is empty; ")
+
+    def test_a_dash_into_a_full_device_or_a_closed_pipe(self):
+        """`-o - > /dev/full`: one line, exit 2; `-o - | head -1`: quietly, 141."""
+        with open("/dev/full", "w") as full:
+            code, _, err = cli("snapshot", "-o", "-", "--server", "asgi", stdout=full)
+        assert code == 2 and one_line(err) == "ctxlab: error: cannot write to stdout: No space left on device"
+        code, err = Cli("snapshot", "-o", "-").without_a_reader()
         assert err == "" and code == 141
 
     def test_a_write_that_fails_midway_leaves_no_file(self, tmp_path):
@@ -856,17 +880,18 @@ class TestMalformedFiles:
         code, _, err = cli("diff", str(path), timeout=30)
         assert code == 2 and "too large" in one_line(err)
 
+    @pytest.mark.parametrize("stdin", ["/dev/stdin", "-"])
     @pytest.mark.parametrize("saved", ["report", "trace"])
-    def test_a_saved_file_read_from_a_pipe(self, saved_trace, saved):
-        """`cat snap.json | ctxlab diff /dev/stdin` (or `diff <(...)`): a pipe
-        can be read once, and diff read it twice, first to see whether it
-        was a trace; the second read found it empty."""
+    def test_a_saved_file_read_from_a_pipe(self, saved_trace, saved, stdin):
+        """`cat snap.json | ctxlab diff /dev/stdin` (or `diff -`, or `diff
+        <(...)`): a pipe can be read once, and diff read it twice, first to
+        see whether it was a trace; the second read found it empty."""
         if saved == "report":
             code, text, err = cli("run", "bad-only", "--json")
             assert code == 0, err
         else:
             text = saved_trace.read_text()
-        done = subprocess.run([sys.executable, "-m", "ctxlab", "diff", "/dev/stdin"], input=text,
+        done = subprocess.run([sys.executable, "-m", "ctxlab", "diff", stdin], input=text,
                               capture_output=True, text=True, env=environ(), timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == (
