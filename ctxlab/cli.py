@@ -363,7 +363,6 @@ def check(
 
     before = engine.load_baseline(baseline, scenarios) if baseline is not None else None
     _writable(junit, baseline)
-    from rich.text import Text
 
     out = console()
     started = time.perf_counter()
@@ -378,7 +377,9 @@ def check(
     if before is not None and not results.interrupted:  # the missing runs would show as removed
         found, not_compared = engine.baseline_changes(before, results)
         if not_compared:
-            out.print(Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim"))
+            out.print(
+                render.Text(f"baseline: {not_compared} runs on other servers not compared (see --server)", style="dim")
+            )
         render.changes(found, before.get("environment", {}), report.environment(), out)
         if found and code in (0, 5):
             code = 1

@@ -63,7 +63,7 @@ class PlainConsole:
 
     def print(self, *objects: Any, **options: Any) -> None:
         """Print like Console.print: tables and texts here, the rest by Rich."""
-        Table, Text = _rich_types()  # noqa: N806 - the classes themselves
+        Table, Text, _ = _rich_types()  # noqa: N806 - the classes themselves
         drawn = []
         for item in objects:
             if isinstance(item, Table):
@@ -168,7 +168,7 @@ class TerminalConsole(PlainConsole):
         """`item` drawn as Rich segments, or None where Rich must draw it to
         fit in `width` (the window's, read once: Rich reads the environment
         and asks the terminal each time)."""
-        Table, Text = _rich_types()  # noqa: N806 - the classes themselves
+        Table, Text, _ = _rich_types()  # noqa: N806 - the classes themselves
         if isinstance(item, Text):
             fits = item.cell_len <= width and not any(c in item.plain for c in "\n\t")
             return self._rendered(item, item.end) if fits else None
@@ -183,11 +183,11 @@ class TerminalConsole(PlainConsole):
         it fit (Rich then draws it)."""
         from rich.segment import Segment
 
-        Text = _rich_types()[1]  # noqa: N806
+        Text = _rich_types()[2]  # noqa: N806
         columns = table.columns
         header = [Text(_plain(c.header), style=table.header_style or "") for c in columns] if table.show_header else []
         rows = [[column._cells[row] for column in columns] for row in range(table.row_count)]
-        cells = [[_lines(Text, cell) for cell in row] for row in ([header] if header else []) + rows]
+        cells = [[_lines(cell) for cell in row] for row in ([header] if header else []) + rows]
         widths = _widths(cells, lambda text: text.cell_len)
         if _span(widths) > width:
             cells = self._folded(cells, widths, [not column.no_wrap for column in columns], width)
@@ -249,23 +249,26 @@ class TerminalConsole(PlainConsole):
 
 
 @cache
-def _rich_types() -> tuple[type, type]:
-    """Rich's Table and Text, imported once, when first drawn (an import
-    statement costs about a microsecond each time, and a run prints a few
-    lines per scenario)."""
+def _rich_types() -> tuple[type, type, type]:
+    """Rich's Table and Text, and the Text ctxlab makes (render.Text),
+    imported once, when first drawn (an import statement costs about a
+    microsecond each time, and a run prints a few lines per scenario)."""
     from rich.table import Table
     from rich.text import Text
 
-    return Table, Text
+    from ctxlab.render import Text as VisibleText
+
+    return Table, Text, VisibleText
 
 
 def _plain(cell: Any) -> str:
     return cell.plain if hasattr(cell, "plain") else str(cell)
 
 
-def _lines(text_class: type, cell: Any) -> list:
+def _lines(cell: Any) -> list:
     """A cell as a list of Rich Texts, one per line."""
-    text = cell if isinstance(cell, text_class) else text_class(str(cell))
+    _, Text, VisibleText = _rich_types()  # noqa: N806
+    text = cell if isinstance(cell, Text) else VisibleText(str(cell))
     return text.split("\n", allow_blank=True) if "\n" in text.plain else [text]
 
 

@@ -8,17 +8,32 @@ from typing import TYPE_CHECKING, Any, Iterable
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
-from rich.text import Text
+from rich.text import Text as RichText
 from rich.tree import Tree
 
 from ctxlab.report import Change, Observation, Report, ScenarioReport, Status, by_occurrence, show
 from ctxlab.scenario import Entry, Scenario, describe
+from ctxlab.terminal import visible
 from ctxlab.values import same
 
 if TYPE_CHECKING:
     from ctxlab.diagnose import Diagnosis
     from ctxlab.labels import Where
     from ctxlab.probe import Record
+
+
+class Text(RichText):
+    """Rich's Text, with control characters spelled as escapes as it is
+    made: a table measures a cell as it will be printed (`\\x1b` is four
+    columns wide, ESC none), and Rich no longer drops a BEL silently.
+    (At module level: trace draws its view in a child, which pickles it.)"""
+
+    def __init__(self, text: str = "", *args, **kwargs) -> None:
+        super().__init__(visible(text), *args, **kwargs)
+
+    def append(self, text, style=None):
+        return super().append(visible(text) if isinstance(text, str) else text, style)
+
 
 STATUS_STYLE = {Status.PASS: "green", Status.DRIFT: "bold red", Status.ERROR: "bold magenta", Status.SKIPPED: "yellow"}
 

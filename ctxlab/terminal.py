@@ -75,10 +75,14 @@ def _console_class():
     from rich.console import Console
 
     class PipeAwareConsole(Console):
+        def render_str(self, text: str, **options):
+            # A plain string in a table cell or a tree label, made Text here.
+            return super().render_str(visible(text), **options)
+
         def _render_buffer(self, buffer):
-            # Here the text is apart from the styles' own escape codes.  (A
-            # cell widened by an escape was measured before: its row may
-            # stand out of line, which beats a terminal taken over.)  One
+            # Here the text is apart from the styles' own escape codes.  What
+            # did not come through render.Text or render_str() (a title
+            # Rich made Text itself) is escaped here, after layout.  One
             # search of the whole text first: a run prints thousands of
             # segments, almost never with a control character.
             buffer = list(buffer)

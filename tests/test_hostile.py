@@ -1087,12 +1087,20 @@ class TestText:
     def test_control_characters_are_shown_as_escapes(self, tmp_path, colors):
         """An ESC in a summary, a probe's label, an app's error or a path would
         clear or recolour the terminal (and a CI log that renders it): it is
-        printed as `\\x1b`, in plain output and through Rich alike."""
+        printed as `\\x1b`, in plain output and through Rich alike, and a BEL
+        (which Rich would drop) as `\\x07`.  A table measures the escape as
+        printed, so its row stays in line."""
         args = ("--scenarios", str(HOSTILE))
         for command in (("list", "--tag", "control"), ("run", "control-chars"), ("explain", "control-chars")):
             code, out, err = cli(*command, *args, **colors)
             assert code == (3 if "run" in command else 0), err
             assert "\x1b[2J" not in out and "\\x1b[2J" in out, command
+            assert "rings \\x07" in out, command
+            if "run" in command:
+                lines = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+                (header,) = [line for line in lines if " observed " in line]
+                (row,) = [line for line in lines if line.startswith("1  seen")]
+                assert re.match(r"1  seen\\x1b\[8m +", row).end() == header.index("observed"), out
         assert "seen\\x1b[8m" in out and "boom \\x1b[2J\\x1b[H" in out
         missing = tmp_path / "dir\x1b[2J"
         code, out, err = cli("list", "--scenarios", str(missing), **colors)

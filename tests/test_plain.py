@@ -286,3 +286,20 @@ def test_ctxlab_on_a_terminal_shows_what_it_pipes_in_colour(columns):
             return words(re.sub(r"\d+ ms|in [\d.]+s", "", text))  # durations differ from run to run
 
         assert timeless(plain) == timeless(piped)
+
+
+def test_control_characters_in_a_cell_rich_draws_are_escaped_before_layout():
+    """A string cell of a table Rich draws: its BEL (which Rich would drop)
+    and ESC are escapes, measured as printed, so every border stays in line."""
+    from rich.table import Table
+
+    from ctxlab.terminal import console
+
+    out = io.StringIO()
+    table = Table()
+    table.add_column("a")
+    table.add_row("x\x07y\x1bz")
+    table.add_row("abcdefgh")
+    console(file=out).print(table)
+    lines = out.getvalue().splitlines()
+    assert "│ x\\x07y\\x1bz │" in lines and len({len(line) for line in lines}) == 1, lines
