@@ -982,6 +982,11 @@ class TestMalformedFiles:
     def test_a_dangling_symlink_among_the_scenario_modules_is_named(self, tmp_path):
         """A link to a module that moved is one line, exit 2: passed by, its
         scenario would only be "unknown"."""
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "kept.py").write_text(SCENARIO.format(name="linked", summary="s"))
+        (tmp_path / "linked.py").symlink_to(tmp_path / "elsewhere" / "kept.py")
+        code, out, err = cli("list", "--json", "--scenarios", str(tmp_path))
+        assert code == 0 and json.loads(out)[-1]["name"] == "linked", err  # a link that leads somewhere is a module
         (tmp_path / "mine.py").symlink_to(tmp_path / "moved" / "mine.py")
         (tmp_path / "real.py").write_text(SCENARIO.format(name="real", summary="s"))
         for args in (("list",), ("run", "real")):
