@@ -495,7 +495,7 @@ def _own_frames(frame, task: Any) -> Iterable[Any]:
         frame = frame.f_back
 
 
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = (str, bool, type(None))  # as values.PLAIN: what needs no jsonable()
 
 
 def _raised(exception: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,38 @@ def test_jsonable_falls_back_to_repr_without_addresses():
     assert jsonable(object()).startswith("<object object")
     assert "0x" not in jsonable(object())
     assert jsonable((1, "a")) == [1, "a"]
+
+
+class _Refuses:
+    """A value whose repr and str raise, as an unbound proxy's do."""
+
+    def __repr__(self):
+        raise RuntimeError("working outside of a context")
+
+    __str__ = __repr__
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (10**5000, "<int of 16610 bits>"),  # Python refuses to print it (past 4,300 digits)
+        (-(10**5000), "<int of 16610 bits>"),
+        (10**999, 10**999),
+        (float("nan"), "<float nan>"),  # no JSON number
+        (float("-inf"), "<float -inf>"),
+        (1.5, 1.5),
+        ({"a": float("inf")}, "{'a': inf}"),
+        ([10**5000], "<list whose repr() raised ValueError>"),
+        (_Refuses(), "<_Refuses whose repr() raised RuntimeError>"),
+        (ValueError(_Refuses()), {"raised": "ValueError", "message": "<ValueError whose str() raised RuntimeError>"}),
+    ],
+    ids=["huge", "huge-negative", "long", "nan", "-inf", "float", "inf-inside", "huge-inside", "refuses", "error"],
+)
+def test_jsonable_shows_what_json_or_repr_cannot_and_never_raises(value, shown):
+    """It runs inside the app: a value that cannot be shown must not fail the
+    app's own set or get, and the report stays strict JSON."""
+    assert jsonable(value) == shown
+    json.dumps(jsonable(value), allow_nan=False)
 
 
 def test_task_and_context_labels_follow_creation(asgi_app):

@@ -30,7 +30,7 @@ from ctxlab.report import (
 )
 from ctxlab.runner import Run
 from ctxlab.scenario import Scenario, by_server, per_request
-from ctxlab.values import NOT_REACHED, UNSET
+from ctxlab.values import NOT_REACHED, UNSET, jsonable
 
 
 def scenario(expect, naive=None):
@@ -110,8 +110,9 @@ class TestCompare:
 
     @pytest.mark.parametrize("value", [float("nan"), {"b": 1, "a": 2}, [1, "x", None], False])
     def test_the_same_value_matches_even_where_python_equality_fails(self, value):
-        # NaN != NaN in Python, yet NaN observed where NaN was expected is a match.
-        report = compare(scenario({"p": {"v": value}}), run(record("p", "v", value)), RunConfig())
+        # NaN != NaN in Python, yet NaN observed where NaN was expected is a match
+        # (the record holds the value as probe() records it).
+        report = compare(scenario({"p": {"v": value}}), run(record("p", "v", jsonable(value))), RunConfig())
         assert (report.status, [o.match for o in report.observations]) == (Status.PASS, [True])
 
     def test_a_variable_the_scenario_does_not_expect_is_a_declaration_error(self):

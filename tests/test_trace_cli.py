@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import ctxlab, ctxlab_json
 from test_trace import body_leaks_on_asyncio, line_of
 
@@ -164,8 +165,8 @@ def test_a_reset_that_raised_is_shown_with_what_python_raised():
     assert code == 1 and "raised" not in out, out
 
 
-def asgi_get(path: Path):
-    """GET / from the app in the file at `path`, in process, without ctxlab."""
+def asgi_get(path: Path, url: str = "/"):
+    """GET `url` from the app in the file at `path`, in process, without ctxlab."""
     import asyncio
     import importlib.util
 
@@ -177,7 +178,7 @@ def asgi_get(path: Path):
 
     async def answer() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=module.app), base_url="http://t") as client:
-            return await client.get("/")
+            return await client.get(url)
 
     return asyncio.run(answer())
 
@@ -209,6 +210,26 @@ def test_a_reset_with_another_variable_s_token_blames_the_variable_not_the_conte
     finding = out.split("\n\n")[0]
     assert code == 1 and "why   the token came from another ContextVar's set, not user's\n" in finding, out
     assert "\n  set " not in finding and "reset-wrong-context" not in out, out
+
+
+@pytest.mark.parametrize(
+    "kind, shown",
+    [
+        ("huge", "<int of 16610 bits>"),
+        ("nan", "<float nan>"),
+        ("refuses", "<Refuses whose repr() raised RuntimeError>"),
+    ],
+)
+def test_a_value_json_or_repr_cannot_show_changes_nothing_the_app_sees(kind, shown):
+    """The app answers the same traced as untraced (its repr raising inside
+    the trace failed every request), and --json stays strict JSON."""
+    url = f"/?kind={kind}"
+    untraced = asgi_get(FIXTURES / "trace_apps" / "odd_values.py", url)
+    assert (untraced.status_code, untraced.text) == (200, "same")
+    code, out, err = ctxlab("trace", "trace_apps.odd_values:app", "--path", url, "--requests", "1", "--json", *APP_DIR)
+    document = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} is no JSON"))
+    assert code == 0 and [r["status"] for r in document["requests"]] == [200], err
+    assert [e["value"] for e in document["events"]] == [shown, shown]
 
 
 def test_a_job_in_a_copy_of_the_request_task_s_context_hangs_under_that_task():
