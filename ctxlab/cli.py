@@ -169,14 +169,18 @@ def _file_name(value: str) -> Path:
     return Path(value)
 
 
-def _writable(path: Optional[Path], baseline: Optional[Path] = None) -> None:
+def _writable(path: Optional[Path], baseline: Optional[Path] = None, stdout_used_for: str = "") -> None:
     """Refuse an output path before the run, not after it (see ctxlab.files),
     and one naming the --baseline file, which the output would replace
-    (`check --baseline s.json --junit s.json` made the snapshot JUnit XML)."""
-    from ctxlab.files import check_writable, same_regular_file
+    (`check --baseline s.json --junit s.json` made the snapshot JUnit XML).
+    `-` (stdout) is refused where the command prints `stdout_used_for` there:
+    the two would run together, and neither could be read."""
+    from ctxlab.files import check_writable, is_stdout_name, same_regular_file
 
     if path is None:
         return
+    if stdout_used_for and is_stdout_name(path):
+        raise UsageError(f"'-' (stdout) already holds {stdout_used_for}; write this output to a file")
     check_writable(path)
     if baseline is not None and same_regular_file(path, baseline):
         raise UsageError(f"{path} is also the --baseline file, which the output would replace; write it elsewhere")
@@ -219,9 +223,7 @@ def run(
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option(
-            "-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here (- for stdout)."
-        ),
+        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also write the JSON report here."),
     ] = None,
     concurrency: Annotated[
         Optional[int],
@@ -238,7 +240,7 @@ def run(
     from ctxlab.output import OutputFormat, console
 
     entries = engine.select(names or [], all_, tag or [], scenarios)
-    _writable(output)
+    _writable(output, stdout_used_for="the report (--json prints it there as JSON)")
     if not entries:
         console(stderr=True).print("nothing selected: no scenario has all of that")
         return 5
@@ -344,7 +346,7 @@ def check(
     http: HttpOption = None,
     junit: Annotated[
         Optional[Path],
-        typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here (- for stdout)."),
+        typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here."),
     ] = None,
     baseline: Annotated[
         Optional[Path],
@@ -362,7 +364,7 @@ def check(
     from ctxlab.output import console
 
     before = engine.load_baseline(baseline, scenarios) if baseline is not None else None
-    _writable(junit, baseline)
+    _writable(junit, baseline, stdout_used_for="check's lines")
 
     out = console()
     started = time.perf_counter()
@@ -633,7 +635,7 @@ def trace_app(
             "--output",
             metavar="FILE",
             parser=_file_name,
-            help="Also save the JSON here (for diff; - for stdout).",
+            help="Also save the JSON here (for diff).",
         ),
     ] = None,
     baseline: Annotated[
@@ -655,7 +657,7 @@ def trace_app(
     (also: every request failed and no ContextVar was used, or --var names a
     variable the app never used)."""
     headers = _user_request_checks(path, method, server, header, data, "trace")
-    _writable(output, baseline)
+    _writable(output, baseline, stdout_used_for="the trace (--json prints it there as JSON)")
     from ctxlab import files, render
     from ctxlab import trace as tracing
     from ctxlab.output import OutputFormat

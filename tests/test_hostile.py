@@ -327,6 +327,21 @@ class TestOutputFiles:
         code, _, err = cli("diff", "-", stdin=subprocess.DEVNULL)
         assert code == 2 and one_line(err).startswith("ctxlab: error: stdin is empty; ")
 
+    @pytest.mark.parametrize(
+        "args, holds",
+        [
+            (("run", "bad-only", "--json", "-o", "-"), "the report (--json prints it there as JSON)"),
+            (("check", "--junit", "-"), "check's lines"),
+            (("trace", "threads:app", "--app-dir", str(APPS), "-o", "-"), "the trace (--json prints it there as JSON)"),
+        ],
+    )
+    def test_a_dash_where_stdout_holds_the_report_is_refused(self, args, holds):
+        """`run --json -o -` printed two JSON documents, `check --junit -`
+        XML amid its lines: one line, exit 2, before anything runs."""
+        code, out, err = cli(*args)
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: '-' (stdout) already holds {holds}; write this output to a file"
+
     def test_a_dash_into_a_full_device_or_a_closed_pipe(self):
         """`-o - > /dev/full`: one line, exit 2; `-o - | head -1`: quietly, 141."""
         with open("/dev/full", "w") as full:
