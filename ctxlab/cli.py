@@ -368,11 +368,21 @@ def check(
 
     out = console()
     started = time.perf_counter()
+    annotating = os.environ.get("GITHUB_ACTIONS") == "true"
+    if annotating:
+        # An app's error text is printed as it is: a line of it starting
+        # "::" would be a workflow command (`::add-mask::`) to GitHub.  Its
+        # commands stay off until ctxlab's own annotations.
+        import secrets
+
+        resume = secrets.token_hex(16)
+        print(f"::stop-commands::{resume}", flush=True)
     show = partial(render.check_line, console=out)
     results = engine.execute(engine.entries(scenarios).values(), _configs(server, loop, http), show)
     if junit is not None:
         _write_unless_interrupted(junit, results, lambda: report.junit(results))
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if annotating:
+        print(f"::{resume}::")
         for line in report.github_annotations(results):
             print(line)
     code = results.exit_code

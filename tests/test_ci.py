@@ -98,6 +98,31 @@ def test_check_reports_drift_as_junit_failures_and_github_annotations(tmp_path):
     )
 
 
+INJECTING = """
+from ctxlab.scenario import scenario
+
+
+@scenario("injects", summary="s", expect={})
+def build():
+    raise RuntimeError("first line\\n::add-mask::secret")
+"""
+
+
+def test_check_on_github_keeps_an_app_s_text_from_issuing_workflow_commands(tmp_path):
+    """An error's text is printed as it is; on GitHub a line of it starting
+    "::" would be a workflow command.  Commands are stopped (GitHub's
+    `::stop-commands::TOKEN`) until ctxlab's own annotations."""
+    (tmp_path / "injects.py").write_text(INJECTING)
+    code, out, _ = ctxlab("check", "--server", "asgi", "--scenarios", str(tmp_path), env={"GITHUB_ACTIONS": "true"})
+    lines = out.splitlines()
+    token = lines[0].removeprefix("::stop-commands::")
+    assert code == 3 and re.fullmatch(r"[0-9a-f]{32}", token), out
+    resumed = lines.index(f"::{token}::")
+    assert lines.index("::add-mask::secret") < resumed, out
+    (error,) = [n for n, line in enumerate(lines) if line.startswith("::error title=ctxlab error: injects")]
+    assert resumed < error and "%0A::add-mask::secret" in lines[error]
+
+
 def test_check_with_a_baseline_fails_on_changes(snapshot):
     code, out, _ = ctxlab("check", "--baseline", str(snapshot))
     assert code == 0 and "no changes" in out
