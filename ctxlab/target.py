@@ -180,10 +180,22 @@ def _attribute(module: ModuleType, module_name: str, path: str) -> Any:
     return found
 
 
+def _attribute_or_none(obj: Any, name: str) -> Any:
+    """`obj.name`, None if it has none.  Any exception means none, not only
+    AttributeError: an unbound proxy (werkzeug's LocalProxy) raises
+    RuntimeError for every attribute."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001 - the app's own __getattr__
+        return None
+
+
 def is_starlette(obj: Any) -> bool:
     """A Starlette (or FastAPI) application: it has a middleware list and
     builds its stack from it."""
-    return hasattr(obj, "user_middleware") and hasattr(obj, "build_middleware_stack")
+    return _attribute_or_none(obj, "user_middleware") is not None and (
+        _attribute_or_none(obj, "build_middleware_stack") is not None
+    )
 
 
 def unwrap(asgi: Any) -> tuple[list[Any], Any]:
@@ -194,7 +206,7 @@ def unwrap(asgi: Any) -> tuple[list[Any], Any]:
     wrappers: list[Any] = []
     current = asgi
     while not is_starlette(current):
-        inner = getattr(current, "app", None)
+        inner = _attribute_or_none(current, "app")
         if inner is None or not callable(inner) or len(wrappers) > 50:
             return wrappers, None
         wrappers.append(current)

@@ -1546,6 +1546,22 @@ class TestProbeTargets:
             " not myapp/main.py), and --app-dir says where to import it from"
         )
 
+    @pytest.mark.parametrize(
+        "command, said",
+        [
+            ("probe", "hostile_apps.unbound_proxy:app is an ASGI callable with no Starlette or FastAPI application inside"),
+            ("trace", "every request to hostile_apps.unbound_proxy:app failed (request 1: RuntimeError: Working outside "
+                      "of application context.) and no ContextVar was used: there is nothing to trace; check the app "
+                      "and --path"),
+        ],
+    )  # fmt: skip
+    def test_an_app_whose_every_attribute_raises(self, command, said):
+        """An unbound proxy raises RuntimeError, not AttributeError, for any
+        attribute ctxlab looks for: a traceback, before."""
+        code, out, err = cli(command, "hostile_apps.unbound_proxy:app", "--app-dir", str(FIXTURES))
+        assert code == 2 and out == ""
+        assert one_line(err) == f"ctxlab: error: {said}"
+
     ANSWERING_APP = (
         "import os\n"
         "from starlette.applications import Starlette\n"
