@@ -544,8 +544,15 @@ def _user_request_checks(
             raise UsageError(f"--header expects K:V such as 'Authorization: Bearer x', got {given!r}")
         if not limits.encodes(value, "latin-1"):
             raise UsageError(f"--header values are Latin-1 text (HTTP's octets), got {given!r}")
+        if name.strip().lower() in FRAMING:
+            # One that disagreed with the body made h11 refuse to send it
+            # (a traceback), and in process the app saw two.
+            raise UsageError(f"--header {name.strip()}: ctxlab frames the body itself, from --data; leave it out")
         headers.append((name.strip(), value.strip()))
     return headers
+
+
+FRAMING = ("content-length", "transfer-encoding")
 
 
 def _on_the_users_app(work: Callable[[], Any], target: str, timeout: float, doing: str) -> Any:

@@ -326,7 +326,9 @@ async def _in_process(app: Any, request: Request, state: dict[str, Any] | None, 
     """One request straight into `app.__call__`, in a new task started in an
     empty context, with the scope, receive and send a server gives."""
     path, _, query = request.path.partition("?")
-    headers = [("host", request.host or "127.0.0.1:8000"), *request.headers]
+    # A Host among --header replaces the default one, as httpx does on a server.
+    given_host = any(name.lower() == "host" for name, _ in request.headers)
+    headers = [*([] if given_host else [("host", request.host or "127.0.0.1:8000")]), *request.headers]
     if request.body:
         headers.append(("content-length", str(len(request.body))))
     scope: dict[str, Any] = {

@@ -1573,6 +1573,43 @@ class TestProbeTargets:
         "app = Starlette(routes=[Route('/', home)])\n"
     )
 
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    @pytest.mark.parametrize("header", ["Content-Length: 999", "transfer-encoding: chunked"])
+    def test_a_header_that_frames_the_body_is_refused(self, command, header):
+        """ctxlab sets Content-Length from --data: one that disagreed made
+        h11 refuse to send the request on uvicorn (a traceback), and in
+        process the app saw two."""
+        code, out, err = cli(command, "threads:app", "--app-dir", str(APPS), "--data", "abc", "--method", "POST",
+                             "--header", header, "--server", "uvicorn")  # fmt: skip
+        name = header.partition(":")[0]
+        assert code == 2 and out == ""
+        assert (
+            one_line(err) == f"ctxlab: error: --header {name}: ctxlab frames the body itself, from --data; leave it out"
+        )
+
+    HOST_RECORDING_APP = (
+        "import os\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "async def home(request):\n"
+        "    hosts = [v.decode() for k, v in request.scope['headers'] if k.lower() == b'host']\n"
+        "    open(os.environ['SEEN'], 'a').write(repr(hosts) + '\\n')\n"
+        "    return PlainTextResponse('ok')\n"
+        "app = Starlette(routes=[Route('/', home)])\n"
+    )
+
+    @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
+    def test_a_host_header_replaces_the_default_host(self, tmp_path, server):
+        """`--header 'Host: example.com'`: the app sees that one Host, in
+        process as on a server (in process it saw two), by its own record."""
+        (tmp_path / "main.py").write_text(self.HOST_RECORDING_APP)
+        seen = tmp_path / "seen"
+        code, _, err = cli("trace", "main:app", "--app-dir", str(tmp_path), "--requests", "1", "--server", server,
+                           "--header", "Host: example.com", SEEN=str(seen))  # fmt: skip
+        assert code == 0, err
+        assert seen.read_text().splitlines() == ["['example.com']"]
+
     @pytest.mark.parametrize("shadowed", ["httpx", "uvicorn"])
     @pytest.mark.parametrize("server", ["asgi", "uvicorn"])
     @pytest.mark.parametrize("command", ["probe", "trace"])
