@@ -698,7 +698,8 @@ def trace_app(
         if output is not None:
             _not_written(output)
         raise
-    failed = [r for r in document["requests"] if r["status"] is None or r["status"] >= 500]
+    # A 4xx too: a --path no route takes (404), a request the app refuses.
+    failed = [r for r in document["requests"] if r["status"] is None or r["status"] >= 400]
     if len(failed) == len(document["requests"]) and not document["events"]:
         # "No finding" would pass CI on an app that cannot serve at all.
         first = failed[0]["error"] or f"status {failed[0]['status']}"
