@@ -198,6 +198,9 @@ def problem(document: dict[str, Any], servers: Iterable[str]) -> str | None:
             return f"{where}.status is {_shown(scenario['status'])}, expected one of {', '.join(STATUSES)}"
         if "server" in scenario and scenario["server"] not in servers:
             return f"{where}.server is {_shown(scenario['server'])}, expected one of {', '.join(servers)}"
+        if "server" not in scenario and document.get("server") == "both":
+            # Keyed by the report's own server, "both", it would match no run.
+            return f"{where}.server is missing: a report of server both names the server of each result"
         observations = scenario.get("observations")
         if not isinstance(observations, list):
             return f"{where}.observations is {_shown(observations)}, expected a list"

@@ -181,3 +181,15 @@ def test_a_scenario_may_appear_once_per_server():
         "scenarios[2] is a second result for 'a' on asgi"
     )
     assert validate.problem(_report(("a", None), ("a", None)), ["asgi"]) == "scenarios[1] is a second result for 'a'"
+
+
+def test_a_report_of_both_servers_names_each_result_s_server():
+    """Results of `--server both` are keyed by their own server: one that
+    names none would be keyed "both", and every run would read as new."""
+    both = {**_report(("a", "asgi"), ("a", "uvicorn")), "server": "both"}
+    assert validate.problem(both, ["asgi", "uvicorn"]) is None
+    both["scenarios"][1].pop("server")
+    assert validate.problem(both, ["asgi", "uvicorn"]) == (
+        "scenarios[1].server is missing: a report of server both names the server of each result"
+    )
+    assert validate.problem({**both, "server": "uvicorn"}, ["asgi", "uvicorn"]) is None
