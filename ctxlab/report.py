@@ -104,10 +104,16 @@ class ScenarioReport:
         }
 
 
+# A value shown longer than this is cut, saying how long it was: a 5 MB
+# string read eight times a request printed 108 MB of tables.
+LONGEST_SHOWN = 1000
+
+
 def show(value: Any) -> str:
     """A report value as a person reads it: `null` for None, JSON otherwise;
     markers such as <unset> as they are."""
-    return value if isinstance(value, str) and value.startswith("<") else json.dumps(value)
+    text = value if isinstance(value, str) and value.startswith("<") else json.dumps(value)
+    return text if len(text) <= LONGEST_SHOWN else f"{text[:LONGEST_SHOWN]}… ({len(text):,} characters)"
 
 
 def drift_line(o: Observation) -> str:

@@ -24,6 +24,7 @@ from ctxlab.errors import TraceFileError, described
 from ctxlab.findings import Finding, analyse
 from ctxlab.labels import Labeller
 from ctxlab.tracer import Event, Site, Tracer, TraceRecorder
+from ctxlab.values import bounded
 
 SCHEMA_VERSION = 1
 
@@ -130,7 +131,7 @@ class TraceResult:
 
     def event_json(self, event: Event) -> dict[str, Any]:
         data = {
-            "seq": event.seq, "request": event.request, "op": event.op, "var": event.var.name, "value": event.value,
+            "seq": event.seq, "request": event.request, "op": event.op, "var": event.var.name, "value": bounded(event.value),
             "file": self.places.file(event.site.path), "line": event.site.line, "function": event.site.function,
             "task": self.labels.task(event.task), "parent_task": self.labels.parent(event.task),
             "context": self.labels(event.mark), "thread": event.thread,
@@ -145,7 +146,7 @@ class TraceResult:
         if event is None:
             return None
         return {"file": self.places.file(event.site.path), "line": event.site.line, "function": event.site.function,
-                "request": event.request, "value": event.value, "task": self.labels.task(event.task),
+                "request": event.request, "value": bounded(event.value), "task": self.labels.task(event.task),
                 "context": self.labels(event.mark), "thread": event.thread}  # fmt: skip
 
     def finding_json(self, finding: Finding) -> dict[str, Any]:

@@ -63,6 +63,27 @@ def _shown(show: Callable[[Any], str], value: Any) -> str:
         return f"<{type(value).__name__} whose {show.__name__}() raised {type(exc).__name__}>"
 
 
+# A value a saved trace keeps longer than this (as JSON text) is kept as its
+# size and digest: a 5 MB string read eight times a request made a 90 MiB
+# trace, which diff then refused as too large to read.
+LONGEST_KEPT = 10_000
+
+
+def bounded(value: Any) -> Any:
+    """`value` as a saved trace keeps it: itself, or when its JSON is longer
+    than LONGEST_KEPT its size and a digest, which still tell two values
+    apart for `diff`."""
+    if value is None or type(value) in (bool, int, float):
+        return value
+    text = json.dumps(value, sort_keys=True)
+    if len(text) <= LONGEST_KEPT:
+        return value
+    import hashlib
+
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"<{type(value).__name__} of {len(text):,} characters as JSON, sha256 {digest}>"
+
+
 def same(left: Any, right: Any) -> bool:
     """Whether two reported values are the same value.
 

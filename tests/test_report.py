@@ -30,7 +30,7 @@ from ctxlab.report import (
 )
 from ctxlab.runner import Run
 from ctxlab.scenario import Scenario, by_server, per_request
-from ctxlab.values import NOT_REACHED, UNSET, jsonable
+from ctxlab.values import NOT_REACHED, UNSET, bounded, jsonable
 
 
 def scenario(expect, naive=None):
@@ -443,3 +443,18 @@ class TestCiFormats:
     def test_annotations_escape_newlines(self):
         report = Report([result("a", Status.ERROR, error="line 1\r\nline 2")])
         assert github_annotations(report) == ["::error title=ctxlab error: a (asgi)::line 1%0D%0Aline 2"]
+
+
+def test_a_value_is_shown_whole_up_to_1000_characters_then_cut_saying_how_long():
+    assert show("x" * 998) == json.dumps("x" * 998)  # 1,000 characters with its quotes
+    assert show("x" * 999) == f'"{"x" * 999}… (1,001 characters)'
+    assert show([1] * 400).endswith("… (1,200 characters)")
+
+
+def test_a_saved_trace_keeps_a_value_up_to_10000_characters_of_json_then_its_size_and_digest():
+    kept = "x" * 9_998  # 10,000 characters as JSON
+    assert bounded(kept) == kept and bounded({"k": kept[:9_990]}) == {"k": kept[:9_990]}
+    longer, other = "x" * 9_999, "x" * 9_998 + "y"
+    assert bounded(longer).startswith("<str of 10,001 characters as JSON, sha256 ")
+    assert bounded(longer) != bounded(other)  # still told apart
+    assert bounded(10**999) == 10**999 and bounded(None) is None

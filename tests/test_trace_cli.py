@@ -248,6 +248,30 @@ def test_a_path_no_route_takes_is_nothing_to_trace_unless_a_variable_was_used():
     assert code == 0 and out.count(" → 404\n") == 2 and "get   user = <unset>" in out, out
 
 
+def test_a_large_value_is_cut_where_shown_and_kept_as_its_digest(tmp_path):
+    """A 100,000-character body read four times a request: the tree shows
+    its first 1,000 characters and its length; the saved trace keeps its
+    size and digest (a 5 MB one made a file diff refused), and diff of it
+    finds nothing changed."""
+    import hashlib
+
+    text = json.dumps("x" * 100_000)  # the app's value, as JSON
+    saved = tmp_path / "trace.json"
+    code, out, err = ctxlab("trace", "trace_apps.big_value:app", "--requests", "1", "-o", str(saved), *APP_DIR)
+    assert code == 0, err
+    # The set and four gets, each its first 1,000 characters (a quote, then
+    # the x's, which the tree may wrap) and the length.
+    unwrapped = " ".join(re.sub("[│├└─]", " ", out).split())  # the tree's guides and folds left out
+    assert unwrapped.count(f"… ({len(text):,} characters)") == 5, out
+    assert sum(len(run) for run in re.findall(r"x{2,}", out)) == 5 * 999
+    assert saved.stat().st_size < 20_000
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    values = {event["value"] for event in json.loads(saved.read_text())["events"]}
+    assert values == {f"<str of {len(text):,} characters as JSON, sha256 {digest}>"}
+    code, out, err = ctxlab("diff", str(saved))
+    assert code == 0 and out.splitlines()[-1] == "no changes since the saved trace", err
+
+
 def test_a_job_in_a_copy_of_the_request_task_s_context_hangs_under_that_task():
     """copy_run's endpoint (in the request's task) runs its job in a copy
     of its own context, on a pool thread: the thread's node sits under
