@@ -149,12 +149,25 @@ AppDirOption = Annotated[Path, typer.Option("--app-dir", metavar="DIR", help="Wh
 # How long probe and trace wait for the user's app (and diff, for a trace
 # saved before traces kept theirs).
 DEFAULT_TIMEOUT = 30.0
+
+
+def _seconds(value: str) -> float:
+    """--timeout's value.  Checked here, not with min and max: NaN passes
+    neither bound, and was told it should be at most 86400."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expects seconds, such as 30, not {value!r}") from None
+    if not limits.TIMEOUT[0] <= seconds <= limits.TIMEOUT[1]:
+        raise typer.BadParameter(f"expects seconds from {limits.TIMEOUT[0]:g} to {limits.TIMEOUT[1]:g}, not {value}")
+    return seconds
+
+
 TimeoutOption = Annotated[
     float,
     typer.Option(
         "--timeout",
-        min=limits.TIMEOUT[0],
-        max=limits.TIMEOUT[1],
+        parser=_seconds,
         metavar="SECONDS",
         help="Give up on an app that does not answer by then.",
     ),

@@ -1038,12 +1038,21 @@ def test_a_directory_name_too_long(args, said):
 
 
 @pytest.mark.parametrize("command", ["probe", "trace"])
-@pytest.mark.parametrize("seconds", ["inf", "1e309"])
-def test_an_endless_timeout_is_refused(command, seconds):
-    """--timeout inf overflowed the wait (a traceback): at most a day."""
+@pytest.mark.parametrize("seconds", ["inf", "1e309", "nan", "86401", "0.05", "-1"])
+def test_a_timeout_past_a_day_or_no_number_of_seconds_is_refused(command, seconds):
+    """--timeout inf overflowed the wait (a traceback): at most a day.  NaN
+    passes neither bound, and was told it should be at most 86400."""
     code, out, err = cli(command, "threads:app", "--app-dir", str(APPS), "--timeout", seconds)
     assert code == 2 and out == ""
-    assert one_line(err) == "ctxlab: error: Invalid value for '--timeout': Input should be less than or equal to 86400"
+    assert (
+        one_line(err)
+        == f"ctxlab: error: Invalid value for '--timeout': expects seconds from 0.1 to 86400, not {seconds}"
+    )
+    code, out, err = cli(command, "threads:app", "--app-dir", str(APPS), "--timeout", "soon")
+    assert (
+        code == 2
+        and one_line(err) == "ctxlab: error: Invalid value for '--timeout': expects seconds, such as 30, not 'soon'"
+    )
 
 
 CONTROL_CHARACTERS = """
