@@ -169,7 +169,7 @@ TimeoutOption = Annotated[
         "--timeout",
         parser=_seconds,
         metavar="SECONDS",
-        help="Give up on an app that does not answer by then.",
+        help="Give up on an app that does not answer by then (0.1 to 86400 seconds).",
     ),
 ]
 
