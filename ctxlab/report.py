@@ -256,6 +256,8 @@ def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn"), docume
         document = read_saved(path)
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
+    if "events" in document:  # as diff tells them apart
+        raise ReportFileError(f"{path} is a saved trace, not a snapshot; 'ctxlab diff {path}' compares it")
     if document["schema_version"] != SCHEMA_VERSION:
         raise ReportFileError(
             f"{path} has schema_version {document['schema_version']!r}; this ctxlab reads {SCHEMA_VERSION}"

@@ -939,6 +939,15 @@ class TestMalformedFiles:
         assert code == 2 and out == ""
         assert one_line(err) == f"ctxlab: error: {path} nests deeper than 200 levels; {what} never does"
 
+    def test_a_saved_trace_as_a_check_baseline_says_what_compares_it(self, saved_trace):
+        """`check --baseline trace.json` was "a malformed ctxlab report:
+        scenarios is None", where diff reads the same file as a trace."""
+        code, out, err = cli("check", "--baseline", str(saved_trace))
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {saved_trace} is a saved trace, not a snapshot; 'ctxlab diff {saved_trace}' compares it"
+        )
+
     @pytest.mark.parametrize("baseline", ["/dev/zero", "huge"])
     def test_a_trace_baseline_too_large_is_refused(self, tmp_path, baseline):
         """trace --baseline has the same limit as a snapshot (it had none)."""
