@@ -805,9 +805,12 @@ def main() -> None:
     except Exception as exc:
         if not _is_click_error(exc):
             raise
-        # Recent typers check values with pydantic, whose message for a bad
-        # choice starts "Value error, ": print the line older typers print.
-        _say(f"ctxlab: error: {exc.format_message().replace(': Value error, ', ': ', 1)}")
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `ctxlab`: the help, as click prints it, whole
+            print(exc.format_message(), file=sys.stderr)
+        else:
+            # Recent typers check values with pydantic, whose message for a
+            # bad choice starts "Value error, ": print the line older typers print.
+            _say(f"ctxlab: error: {exc.format_message().replace(': Value error, ', ': ', 1)}")
         code = exc.exit_code
     if _terminated:  # also where Ctrl-C is the normal way to stop (serve)
         code = 143

@@ -317,3 +317,12 @@ def test_readme_catalog_lists_every_scenario():
     code, rows, _ = ctxlab_json("list")
     in_table = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
     assert in_table == {row["name"] for row in rows}
+
+
+def test_bare_ctxlab_prints_the_help_whole():
+    """No command: click's help on stderr, exit 2; it was an error line
+    "ctxlab: error: Usage: ..." cut in its middle."""
+    code, out, err = ctxlab()
+    assert code == 2 and out == ""
+    assert re.match(r"Usage: (python -m )?ctxlab \[OPTIONS\] COMMAND \[ARGS\]...\n", err) and "left out" not in err
+    assert all(f"\n  {command} " in err for command in ("list", "run", "explain", "check", "probe", "trace")), err
