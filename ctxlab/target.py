@@ -143,6 +143,9 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path("."), server:
         raise TargetError(f"importing {module_name!r} raised KeyboardInterrupt") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise TargetError(f"importing {module_name!r} failed: {described(exc)}") from None
+    shadowed = _shadowed(module_name, app_dir.resolve())
+    if shadowed:
+        raise TargetError(shadowed)
     asgi = _attribute(module, module_name, attribute)
     if factory:
         if not callable(asgi):
@@ -159,6 +162,21 @@ def load(spec: str, *, factory: bool = False, app_dir: Path = Path("."), server:
         raise TargetError(f"{spec} is a {type(asgi).__name__}, not an ASGI application")
     wrappers, app = unwrap(asgi)
     return Target(spec, asgi, app, tuple(wrappers), module, _own_root(module, app_dir))
+
+
+def _shadowed(module_name: str, app_dir: Path) -> str | None:
+    """Why MODULE is not the app's, when a module of its name in --app-dir
+    lost to one imported before it (Python's `http`, `typing`): "has no
+    attribute 'app'" alone would not say."""
+    name = module_name.partition(".")[0]
+    yours = next((path for path in (app_dir / f"{name}.py", app_dir / name) if path.exists()), None)
+    imported = sys.modules[name]
+    places = [getattr(imported, "__file__", None), *(getattr(imported, "__path__", None) or ())]
+    if yours is None or any(place and Path(place).resolve().is_relative_to(app_dir) for place in places):
+        return None
+    where = places[0] or "Python itself"
+    return (f"{name!r} is the module imported from {where} before yours, {yours}: Python imports a name once; "
+            "rename your module")  # fmt: skip
 
 
 def _attribute(module: ModuleType, module_name: str, path: str) -> Any:

@@ -1580,6 +1580,21 @@ class TestProbeTargets:
         assert code == 2 and out == ""
         assert one_line(err) == f"ctxlab: error: {said}"
 
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_a_module_named_like_one_python_imported_first(self, tmp_path, command):
+        """The app's typing.py lost to Python's own, imported long before:
+        "module 'typing' has no attribute 'app'; did you mean 'Mapping'?"
+        said nothing of why."""
+        import typing
+
+        (tmp_path / "typing.py").write_text(self.ANSWERING_APP)
+        code, out, err = cli(command, "typing:app", "--app-dir", str(tmp_path))
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: 'typing' is the module imported from {typing.__file__} before yours, "
+            f"{tmp_path / 'typing.py'}: Python imports a name once; rename your module"
+        )
+
     ANSWERING_APP = (
         "import os\n"
         "from starlette.applications import Starlette\n"
