@@ -473,6 +473,8 @@ def diff(
 
     document = report.read_saved(snapshot_file)
     if isinstance(document, dict) and "events" in document:  # a trace (which says what it lacks), never a report
+        if scenarios:
+            raise UsageError(f"{snapshot_file} is a saved trace, which names its own app: --scenarios is for snapshots")
         return _diff_trace(snapshot_file, as_json, document)
     before = engine.load_baseline(snapshot_file, scenarios, document)
     results = engine.rerun(before, scenarios)

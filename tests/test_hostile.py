@@ -939,6 +939,15 @@ class TestMalformedFiles:
         assert code == 2 and out == ""
         assert one_line(err) == f"ctxlab: error: {path} nests deeper than 200 levels; {what} never does"
 
+    def test_scenarios_with_a_saved_trace_is_refused(self, saved_trace, tmp_path):
+        """diff of a saved trace took --scenarios and never read it, even a
+        directory that does not exist."""
+        code, out, err = cli("diff", str(saved_trace), "--scenarios", str(tmp_path / "missing"))
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"ctxlab: error: {saved_trace} is a saved trace, which names its own app: --scenarios is for snapshots"
+        )
+
     def test_a_saved_trace_as_a_check_baseline_says_what_compares_it(self, saved_trace):
         """`check --baseline trace.json` was "a malformed ctxlab report:
         scenarios is None", where diff reads the same file as a trace."""
