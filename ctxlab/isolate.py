@@ -330,8 +330,16 @@ def _bury_the_group_with_me() -> None:
 def _child(work: Callable[[], object], sending, quiet_stdout: bool) -> None:
     _become_child(quiet_stdout)
     _send(sending, *_outcome(work))
-    # Threads the app left behind (even non-daemon ones) must not keep the
-    # child alive, nor run the parent's atexit handlers.
+    _end()
+
+
+def _end() -> None:
+    """End a child (or worker) that is done.  Its strays first: the parent
+    may find it gone before it looks, and once orphaned they are no one's
+    to find (its own group the undertaker kills).  Then os._exit: threads
+    the app left behind (even non-daemon ones) must not keep the child
+    alive, nor run the parent's atexit handlers."""
+    _kill_each(_strays(os.getpid()))
     os._exit(0)
 
 
@@ -351,7 +359,7 @@ def _serve(pipe, parents_end) -> None:
         try:
             function, args, checked = pipe.recv()
         except EOFError:
-            os._exit(0)
+            _end()
         kind, value = _outcome(function, *args)
         changed = False
         if checked:
@@ -364,7 +372,7 @@ def _serve(pipe, parents_end) -> None:
         # in every worker that needs them).
         _send(pipe, kind, value, _libraries(set(sys.modules) - started_with) if changed else None)
         if changed:
-            os._exit(0)
+            _end()
 
 
 def _let_threads_end(count: int, wait: float = 0.05) -> None:
@@ -466,12 +474,65 @@ def _result(kind: str, value: Any) -> Any:
 def _kill(child) -> None:
     if child.pid is None:  # never started
         return
+    strays = _strays(child.pid)  # found while they are still the child's
     for kill in (os.killpg, os.kill):
         try:
             kill(child.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
+    _kill_each(strays)
     child.join()
+
+
+def _strays(pid: int) -> list[int]:
+    """The processes below `pid` in a process group other than its own (a
+    process the app started in a session of its own, as a daemon launcher
+    does): killing the group misses them, and they would outlive ctxlab."""
+    try:
+        group = os.getpgid(pid)
+    except OSError:
+        return []
+    strays = []
+    for below in _descendants(pid):
+        try:
+            if os.getpgid(below) != group:
+                strays.append(below)
+        except OSError:  # gone meanwhile
+            continue
+    return strays
+
+
+def _kill_each(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, by the parent each names in /proc (Linux;
+    elsewhere none are known)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                # The parent is the second field after the name, which is in
+                # parentheses and may itself hold spaces and parentheses.
+                parent = int(stat.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        below = children.get(pending.pop(), [])
+        found += below
+        pending += below
+    return found
 
 
 def _death(child) -> str:

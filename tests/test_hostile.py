@@ -108,6 +108,15 @@ class Cli:
         self.process.wait()
 
 
+def _running(pid: int) -> bool:
+    """Is `pid` a live process (not gone, nor a zombie no one reaped)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def cli(*args, timeout=60, **options):
     return Cli(*args, **options).finish(timeout)
 
@@ -1603,6 +1612,18 @@ class TestProbeTargets:
             f"ctxlab: error: 'typing' is the module imported from {typing.__file__} before yours, "
             f"{tmp_path / 'typing.py'}: Python imports a name once; rename your module"
         )
+
+    @pytest.mark.parametrize("command", ["probe", "trace"])
+    def test_a_process_the_app_starts_in_a_session_of_its_own_is_not_left_behind(self, tmp_path, command):
+        """Killing the child's process group missed it: it ran on after
+        ctxlab exited."""
+        record = tmp_path / "spawned"
+        cli(command, "own_session:app", "--app-dir", str(APPS), SPAWNED=str(record))
+        spawned = int(record.read_text())
+        deadline = time.monotonic() + 2  # SIGKILL lands when the kernel schedules it
+        while _running(spawned) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(spawned)
 
     ANSWERING_APP = (
         "import os\n"
