@@ -217,3 +217,19 @@ def test_the_coverage_map_sees_a_forked_child_killed_once_it_has_answered(tmp_pa
     )
     seen = lines_measured(tmp_path, "def answer():\n    return 42\n", program, "tests/t.py::it")
     assert seen.get(2) == {"tests/t.py::it"}
+
+
+def test_every_test_a_module_names_is_there():
+    """A renamed test left in TESTS ends `make mutate` before its first
+    mutant ("the tests fail before any mutation": pytest finds no such test)."""
+    tests = Path(__file__).parent
+    for module, names in mutate.TESTS.items():
+        for name in names:
+            file, *inside = name.split("::")
+            assert (tests / file).is_file(), f"{module}: {name}"
+            defined = {
+                node.name
+                for node in ast.walk(ast.parse((tests / file).read_text()))
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            }
+            assert {part.partition("[")[0] for part in inside} <= defined, f"{module}: {name}"  # [a parameter's id]
