@@ -221,6 +221,17 @@ def test_snapshot_says_what_it_wrote_and_exits_0(tmp_path):
     )
 
 
+def test_snapshot_of_a_scenario_that_crashes_is_written_and_exits_3(tmp_path):
+    """always-crashes raises on every request (its module says so): the
+    snapshot keeps the error, and snapshot exits 3, as run does."""
+    target = tmp_path / "snapshot.json"
+    crashing = FIXTURES / "crashing_scenarios"
+    code, out, err = ctxlab("snapshot", "-o", str(target), "--server", "asgi", "--scenarios", str(crashing))
+    (crashed,) = [s for s in json.loads(target.read_text())["scenarios"] if s["name"] == "always-crashes"]
+    assert (code, out, crashed["status"]) == (3, "", "error"), err
+    assert " 1 errors, " in " ".join(err.split())
+
+
 def test_unwritable_output_is_refused_before_running(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()

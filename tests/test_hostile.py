@@ -676,6 +676,18 @@ class TestSignals:
         assert sorted(os.listdir(tmp_path)) == ["started"]
 
     @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+    def test_diff_interrupted_lists_no_changes(self, tmp_path, signum, code):
+        """diff stopped while it runs the snapshot's scenarios again: 130 or
+        143, and no list of changes, which would read the scenarios not yet
+        run as removed."""
+        snapshot = tmp_path / "snap.json"
+        snapshot.write_text(json.dumps(report_with(scenarios__0__name="many-slow-requests")))
+        running = start_and_wait(tmp_path, "diff", str(snapshot), "--scenarios", str(HOSTILE))
+        running.process.send_signal(signum)
+        got, out, err = running.finish(timeout=5)
+        assert got == code and "Traceback" not in err and "change" not in out, (out, err)
+
+    @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
     def test_trace_interrupted_says_its_file_is_not_written(self, tmp_path, signum, code):
         """trace -o interrupted mid-request: no file, and it says so, as run -o does."""
         target = tmp_path / "trace.json"
@@ -1198,12 +1210,13 @@ class TestText:
         code, out, err = cli("run", "bad-only", close_stdin=True)
         assert code == 0 and re.fullmatch(r"1 passed in \d+\.\d\ds", out.splitlines()[-1]), (out, err)
 
-    def test_a_run_says_how_long_it_took(self):
+    @pytest.mark.parametrize("args", [("run", "bad-only"), ("check", "--server", "asgi")])
+    def test_a_run_says_how_long_it_took(self, args):
         """The summary's time lies between 0 and the time ctxlab ran."""
         started = time.monotonic()
-        code, out, _ = cli("run", "bad-only")
+        code, out, _ = cli(*args)
         took = time.monotonic() - started
-        seconds = float(re.fullmatch(r"1 passed in (\d+\.\d\d)s", out.splitlines()[-1])[1])
+        seconds = float(re.fullmatch(r"\d+ passed(, \d+ skipped)? in (\d+\.\d\d)s", out.splitlines()[-1])[2])
         assert code == 0 and 0 <= seconds <= took, (seconds, took)
 
     @pytest.mark.parametrize("args", [("list",), ("run", "bad-only", "--json")])
