@@ -337,3 +337,10 @@ def test_bare_ctxlab_prints_the_help_whole():
     assert code == 2 and out == ""
     assert re.match(r"Usage: (python -m )?ctxlab \[OPTIONS\] COMMAND \[ARGS\]...\n", err) and "left out" not in err
     assert all(f"\n  {command} " in err for command in ("list", "run", "explain", "check", "probe", "trace")), err
+
+
+@pytest.mark.parametrize("given, seconds", [("0.1", 0.1), ("86400", 86400.0), ("30", 30.0)])
+def test_a_timeout_from_a_tenth_of_a_second_to_a_day_is_taken(given, seconds):
+    from ctxlab.cli import _seconds
+
+    assert _seconds(given) == seconds
