@@ -73,8 +73,6 @@ def bounded(value: Any) -> Any:
     """`value` as a saved trace keeps it: itself, or when its JSON is longer
     than LONGEST_KEPT its size and a digest, which still tell two values
     apart for `diff`."""
-    if value is None or type(value) in (bool, int, float):
-        return value
     text = json.dumps(value, sort_keys=True)
     if len(text) <= LONGEST_KEPT:
         return value

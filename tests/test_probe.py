@@ -62,6 +62,14 @@ def test_jsonable_falls_back_to_repr_without_addresses():
     assert jsonable((1, "a")) == [1, "a"]
 
 
+def _nested(depth: int) -> list:
+    """A list inside a list, `depth` deep: json.dumps and repr recurse."""
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 class _Refuses:
     """A value whose repr and str raise, as an unbound proxy's do."""
 
@@ -76,7 +84,10 @@ class _Refuses:
     [
         (10**5000, "<int of 16610 bits>"),  # Python refuses to print it (past 4,300 digits)
         (-(10**5000), "<int of 16610 bits>"),
-        (10**999, 10**999),
+        (10**1000 - 1, 10**1000 - 1),
+        (10**1000, "<int of 3322 bits>"),
+        (-(10**1000) + 1, -(10**1000) + 1),
+        (-(10**1000), "<int of 3322 bits>"),
         (float("nan"), "<float nan>"),  # no JSON number
         (float("-inf"), "<float -inf>"),
         (1.5, 1.5),
@@ -84,14 +95,44 @@ class _Refuses:
         ([10**5000], "<list whose repr() raised ValueError>"),
         (_Refuses(), "<_Refuses whose repr() raised RuntimeError>"),
         (ValueError(_Refuses()), {"raised": "ValueError", "message": "<ValueError whose str() raised RuntimeError>"}),
+        (_nested(100_000), "<list whose repr() raised RecursionError>"),
     ],
-    ids=["huge", "huge-negative", "long", "nan", "-inf", "float", "inf-inside", "huge-inside", "refuses", "error"],
+    ids=[
+        "huge",
+        "huge-negative",
+        "longest",
+        "shortest-cut",
+        "longest-negative",
+        "shortest-cut-negative",
+        "nan",
+        "-inf",
+        "float",
+        "inf-inside",
+        "huge-inside",
+        "refuses",
+        "error",
+        "too-deep",
+    ],  # fmt: skip
 )
 def test_jsonable_shows_what_json_or_repr_cannot_and_never_raises(value, shown):
     """It runs inside the app: a value that cannot be shown must not fail the
     app's own set or get, and the report stays strict JSON."""
     assert jsonable(value) == shown
     json.dumps(jsonable(value), allow_nan=False)
+
+
+def test_probe_records_what_json_cannot_hold_as_jsonable_shows_it(asgi_app):
+    """probe() skips jsonable for strings and bools only: an int Python
+    cannot print and a NaN reach the report as what they are."""
+
+    async def handler(scope):
+        var.set(10**5000)
+        probe("huge", var)
+        var.set(float("nan"))
+        probe("nan", var)
+
+    result = run_app(lambda: asgi_app(handler), {"huge": {"var": None}, "nan": {"var": None}})
+    assert [o.observed for o in result.observations] == ["<int of 16610 bits>", "<float nan>"]
 
 
 def test_task_and_context_labels_follow_creation(asgi_app):
