@@ -1,6 +1,7 @@
 """The comparison and the reports, on hand-made runs: every way an
 observation can differ from its expectation, and what each report says."""
 
+import hashlib
 import json
 import platform
 import xml.etree.ElementTree as ET
@@ -455,6 +456,10 @@ def test_a_saved_trace_keeps_a_value_up_to_10000_characters_of_json_then_its_siz
     kept = "x" * 9_998  # 10,000 characters as JSON
     assert bounded(kept) == kept and bounded({"k": kept[:9_990]}) == {"k": kept[:9_990]}
     longer, other = "x" * 9_999, "x" * 9_998 + "y"
-    assert bounded(longer).startswith("<str of 10,001 characters as JSON, sha256 ")
+    digest = hashlib.sha256(json.dumps(longer).encode()).hexdigest()[:16]
+    assert bounded(longer) == f"<str of 10,001 characters as JSON, sha256 {digest}>"
     assert bounded(longer) != bounded(other)  # still told apart
+    # A dict's keys in another order (built otherwise in another run) are the same value.
+    one, two = {"a": longer, "b": 1}, {"b": 1, "a": longer}
+    assert bounded(one) == bounded(two) and list(one) != list(two)
     assert bounded(10**999) == 10**999 and bounded(None) is None
