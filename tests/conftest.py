@@ -27,6 +27,13 @@ def seen(result, probe, var=None):
     return [o for o in result.observations if o.probe == probe and (var is None or o.var == var)]
 
 
+def python_path(*directories) -> str:
+    """PYTHONPATH with `directories` first, and what it held after them:
+    `make mutate` puts its mutated copy of ctxlab there, and a test that
+    replaced it ran ctxlab's own code under every mutant."""
+    return os.pathsep.join([*map(str, directories), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def ctxlab(*args, env=None, check=None):
     """The real CLI in a subprocess: (exit code, stdout, stderr)."""
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}

@@ -11,13 +11,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import ctxlab, ctxlab_json
+from conftest import ctxlab, ctxlab_json, python_path
 
 from ctxlab import matrix
 from ctxlab.errors import MatrixError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PROPAGATING = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
+PROPAGATING = {"PYTHONPATH": python_path(FIXTURES / "propagating_starlette")}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import ctxlab, ctxlab_json
+from conftest import ctxlab, ctxlab_json, python_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PACKAGE_DIR = str(Path(__file__).resolve().parent.parent / "ctxlab")
@@ -269,7 +269,7 @@ def test_crash_and_hang_are_errors_and_the_rest_still_run(tmp_path):
 
 def test_a_starlette_that_propagates_is_reported_as_drift():
     """If an upgrade made BaseHTTPMiddleware propagate, CI must notice."""
-    env = {"PYTHONPATH": str(FIXTURES / "propagating_starlette")}
+    env = {"PYTHONPATH": python_path(FIXTURES / "propagating_starlette")}
     code, document, _ = ctxlab_json("run", "--tag", "middleware", env=env)
     assert code == 1
     drifted = {(s["name"], o["probe"]) for s in document["scenarios"] for o in s["observations"] if not o["match"]}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ctxlab
+from conftest import ctxlab, python_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HOSTILE = FIXTURES / "hostile_scenarios"
@@ -604,7 +604,7 @@ class TestSignals:
         KeyboardInterrupt's traceback.  (SIGTERM there ends ctxlab by its
         default action, which a shell reports as 143: nothing was started.)
         A stand-in typer holds ctxlab inside that import."""
-        running = start_and_wait(tmp_path, "list", PYTHONPATH=str(FIXTURES / "slow_import"))
+        running = start_and_wait(tmp_path, "list", PYTHONPATH=python_path(FIXTURES / "slow_import"))
         running.process.send_signal(signum)
         assert running.finish(timeout=10) == (code, "", "")
 
@@ -615,7 +615,7 @@ class TestSignals:
         a SIGTERM that landed there ended ctxlab by SIGINT, not 143, about
         once in thirty runs.  The stand-in typer holds ctxlab inside an exec."""
         running = start_and_wait(
-            tmp_path, "list", PYTHONPATH=str(FIXTURES / "slow_import"), CTXLAB_TEST_HOLD_IN_EXEC="1"
+            tmp_path, "list", PYTHONPATH=python_path(FIXTURES / "slow_import"), CTXLAB_TEST_HOLD_IN_EXEC="1"
         )
         running.process.send_signal(signal.SIGINT)
         assert running.finish(timeout=10) == (130, "", "")

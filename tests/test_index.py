@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ctxlab_json
+from conftest import ctxlab_json, python_path
 
 from ctxlab.index import Index
 from ctxlab.scenario import catalog
@@ -126,7 +126,7 @@ def test_a_plugin_installed_after_a_listing_is_found(tmp_path):
 
     site = tmp_path / "site"
     site.mkdir()
-    env = {"CTXLAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(site)}
+    env = {"CTXLAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": python_path(site)}
     code, rows, _ = ctxlab_json("list", "--tag", "fix", env=env)
     assert code == 0 and "team-payments" not in {row["name"] for row in rows}
     install(site, "team-payments")

@@ -2,7 +2,7 @@
 
 import textwrap
 
-from conftest import ctxlab, ctxlab_json
+from conftest import ctxlab, ctxlab_json, python_path
 
 SCENARIO = """
 from contextvars import ContextVar
@@ -44,7 +44,7 @@ def install(site, name):
         team = teamscenarios
     """)
     )
-    return {"PYTHONPATH": str(site)}
+    return {"PYTHONPATH": python_path(site)}
 
 
 def test_installed_scenarios_are_listed_and_run(tmp_path):
