@@ -250,6 +250,13 @@ def test_a_path_no_route_takes_is_nothing_to_trace_unless_a_variable_was_used(pa
     assert code == 0 and out.count(" → 404\n") == 2 and "get   user = <unset>" in out, out
 
 
+def test_requests_that_all_fail_are_told_by_the_first():
+    """400, then 404: the line names request 1's status."""
+    code, out, err = ctxlab("trace", "trace_apps.refuses_in_turn:app", "--requests", "3", *APP_DIR)
+    assert code == 2 and out == ""
+    assert "failed (request 1: status 400) and no ContextVar was used" in err, err
+
+
 def test_a_large_value_is_cut_where_shown_and_kept_as_its_digest(tmp_path):
     """A 100,000-character body read four times a request: the tree shows
     its first 1,000 characters and its length; the saved trace keeps its
