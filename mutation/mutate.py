@@ -121,6 +121,7 @@ TESTS = {
         "test_plain.py",
         "test_hostile.py::TestText::test_markup_in_names_summaries_and_probes_is_literal",
         "test_hostile.py::TestText::test_control_characters_are_shown_as_escapes",
+        "test_hostile.py::TestText::test_a_control_character_in_a_scenario_s_source_is_shown_as_an_escape",
         "test_hostile.py::TestText::test_a_width_set_by_mistake_is_held_between_40_and_500",
         "test_hostile.py::TestText::test_a_terminal_that_cannot_show_arrows_gets_ascii",
         "test_hostile.py::TestText::test_a_terminal_that_can_show_arrows_gets_them",

@@ -1152,6 +1152,16 @@ class TestText:
         assert code == 0 and "[bold]tags[/bold]" in out, err
 
     @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
+    def test_a_control_character_in_a_scenario_s_source_is_shown_as_an_escape(self, tmp_path, colors):
+        """explain prints the scenario's source through Rich's own Text
+        (syntax highlighting), which ctxlab does not make: a literal ESC in
+        a comment is escaped as the lines are written."""
+        (tmp_path / "raw.py").write_text(SCENARIO.format(name="raw", summary="s") + "# clears \x1b[2J the screen\n")
+        code, out, err = cli("explain", "raw", "--scenarios", str(tmp_path), **colors)
+        assert code == 0, err
+        assert "\x1b[2J" not in out and "# clears \\x1b[2J the screen" in out
+
+    @pytest.mark.parametrize("colors", [{}, {"NO_COLOR": None, "FORCE_COLOR": "1"}])
     def test_control_characters_are_shown_as_escapes(self, tmp_path, colors):
         """An ESC in a summary, a probe's label, an app's error or a path would
         clear or recolour the terminal (and a CI log that renders it): it is
