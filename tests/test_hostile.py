@@ -1907,6 +1907,10 @@ class TestTraceVar:
                 ["nope", "user_id", "nope2"],
                 "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
             ),  # fmt: skip
+            (  # the suggestion is for that first one too, not for a later one close to a name
+                ["nope", "user"],
+                "no ContextVar named 'nope' was used during the 2 request(s); the app used request_id, user_id",
+            ),  # fmt: skip
         ],
     )
     def test_a_name_the_app_never_used_is_refused(self, app_dir, tmp_path, named, said):
