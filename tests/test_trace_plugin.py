@@ -212,3 +212,23 @@ def test_without_starlettes_test_client_or_uvloop(suite):
     result = suite.runpytest_subprocess("--ctxlab", "-p", "anyio", "-k", "executor_job")
     result.assert_outcomes(failed=1, deselected=5)
     assert "LEAK tenant  in request 2" in result.stdout.str()
+
+
+def test_a_value_whose_repr_raises_changes_nothing_the_test_sees(pytester: pytest.Pytester):
+    """odd_values' endpoint sets a value whose repr raises and reads it back;
+    traced, the request failed and so did a passing test."""
+    shutil.copytree(FIXTURES / "trace_apps", pytester.path / "trace_apps")
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(pytester.path)!r})\n")
+    pytester.makepyfile(
+        test_refuses="""
+from starlette.testclient import TestClient
+
+from trace_apps import odd_values
+
+
+def test_the_app_reads_back_what_it_set():
+    assert TestClient(odd_values.app).get("/?kind=refuses").text == "same"
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)  # the test holds without ctxlab
+    pytester.runpytest_subprocess("--ctxlab").assert_outcomes(passed=1)
