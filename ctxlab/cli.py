@@ -358,8 +358,7 @@ def check(
     loop: LoopOption = None,
     http: HttpOption = None,
     junit: Annotated[
-        Optional[Path],
-        typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here."),
+        Optional[Path], typer.Option("--junit", metavar="FILE", parser=_file_name, help="Write JUnit XML here.")
     ] = None,
     baseline: Annotated[
         Optional[Path],
@@ -662,13 +661,7 @@ def trace_app(
     as_json: Annotated[bool, typer.Option("--json", help="Events and findings as JSON on stdout.")] = False,
     output: Annotated[
         Optional[Path],
-        typer.Option(
-            "-o",
-            "--output",
-            metavar="FILE",
-            parser=_file_name,
-            help="Also save the JSON here (for diff).",
-        ),
+        typer.Option("-o", "--output", metavar="FILE", parser=_file_name, help="Also save the JSON here (for diff)."),
     ] = None,
     baseline: Annotated[
         Optional[Path],
