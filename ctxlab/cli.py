@@ -471,7 +471,7 @@ def diff(
     from ctxlab.output import OutputFormat
 
     document = report.read_saved(snapshot_file)
-    if isinstance(document, dict) and "events" in document:  # a trace (which says what it lacks), never a report
+    if report.is_saved_trace(document):
         if scenarios:
             raise UsageError(f"{snapshot_file} is a saved trace, which names its own app: --scenarios is for snapshots")
         return _diff_trace(snapshot_file, as_json, document)

@@ -247,6 +247,12 @@ def read_saved(path: Path) -> Any:
     return read_json(path, "a ctxlab report", ReportFileError, empty=f"make one with 'ctxlab snapshot -o {path}'")
 
 
+def is_saved_trace(document: Any) -> bool:
+    """A saved trace rather than a report, as far as telling them apart
+    goes (the trace's own reader says what a broken one lacks)."""
+    return isinstance(document, dict) and "events" in document
+
+
 def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn"), document: Any = None) -> dict[str, Any]:
     """A saved report (`document`, if it was read already), checked enough
     that diffing it cannot crash."""
@@ -256,7 +262,7 @@ def load_report(path: Path, servers: Iterable[str] = ("asgi", "uvicorn"), docume
         document = read_saved(path)
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ReportFileError(f"{path} is not a ctxlab report (no schema_version)")
-    if "events" in document:  # as diff tells them apart
+    if is_saved_trace(document):
         raise ReportFileError(f"{path} is a saved trace, not a snapshot; 'ctxlab diff {path}' compares it")
     if document["schema_version"] != SCHEMA_VERSION:
         raise ReportFileError(
